@@ -1,0 +1,185 @@
+//! The one table of datapath counters and drop reasons.
+//!
+//! The kernel programs index a per-CPU array with [`Counter`]; the CLI, the API and the
+//! tests name them through [`COUNTERS`]. Add a counter by adding a variant and a row.
+
+/// Whether a counter counts forwarded packets or a reason for dropping one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterKind {
+    Forward,
+    Drop,
+}
+
+/// Index into the counters map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Encapsulated = 0,
+    Decapsulated,
+    DeliveredLocal,
+    PassedToStack,
+    DropUnknownPeer,
+    DropUnknownVni,
+    DropBadVxlanFlags,
+    DropTruncatedVxlan,
+    DropTruncatedInner,
+    DropInnerNotIpv4,
+    DropNoLocalEndpoint,
+    DropOuterFragment,
+    DropOuterIpOptions,
+    DropAdjustRoomFailed,
+    DropHeaderWriteFailed,
+}
+
+/// Name and meaning of one counter.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterInfo {
+    pub counter: Counter,
+    /// Stable snake_case name used by the CLI, the API and metrics.
+    pub name: &'static str,
+    pub kind: CounterKind,
+    pub help: &'static str,
+}
+
+const fn row(
+    counter: Counter,
+    name: &'static str,
+    kind: CounterKind,
+    help: &'static str,
+) -> CounterInfo {
+    CounterInfo {
+        counter,
+        name,
+        kind,
+        help,
+    }
+}
+
+use CounterKind::{Drop, Forward};
+
+/// Every counter, in index order.
+pub const COUNTERS: [CounterInfo; 15] = [
+    row(
+        Counter::Encapsulated,
+        "encapsulated",
+        Forward,
+        "container packets wrapped in VXLAN and sent to a peer host",
+    ),
+    row(
+        Counter::Decapsulated,
+        "decapsulated",
+        Forward,
+        "VXLAN packets from a peer stripped and delivered to a local container",
+    ),
+    row(
+        Counter::DeliveredLocal,
+        "delivered_local",
+        Forward,
+        "container packets delivered straight to a container on the same host",
+    ),
+    row(
+        Counter::PassedToStack,
+        "passed_to_stack",
+        Forward,
+        "packets not for the overlay, handed to the host's network stack",
+    ),
+    row(
+        Counter::DropUnknownPeer,
+        "drop_unknown_peer",
+        Drop,
+        "VXLAN packet from an underlay address that is not a known peer",
+    ),
+    row(
+        Counter::DropUnknownVni,
+        "drop_unknown_vni",
+        Drop,
+        "VXLAN packet carrying a VNI of no network on this host",
+    ),
+    row(
+        Counter::DropBadVxlanFlags,
+        "drop_bad_vxlan_flags",
+        Drop,
+        "VXLAN header without the VNI-valid (I) flag",
+    ),
+    row(
+        Counter::DropTruncatedVxlan,
+        "drop_truncated_vxlan",
+        Drop,
+        "UDP packet to the VXLAN port too short for a VXLAN header",
+    ),
+    row(
+        Counter::DropTruncatedInner,
+        "drop_truncated_inner",
+        Drop,
+        "VXLAN packet too short for its inner Ethernet and IPv4 headers",
+    ),
+    row(
+        Counter::DropInnerNotIpv4,
+        "drop_inner_not_ipv4",
+        Drop,
+        "VXLAN packet whose inner frame is not IPv4",
+    ),
+    row(
+        Counter::DropNoLocalEndpoint,
+        "drop_no_local_endpoint",
+        Drop,
+        "VXLAN packet for an inner address with no container on this host",
+    ),
+    row(
+        Counter::DropOuterFragment,
+        "drop_outer_fragment",
+        Drop,
+        "fragmented VXLAN packet (peers never fragment; reassembly is not done)",
+    ),
+    row(
+        Counter::DropOuterIpOptions,
+        "drop_outer_ip_options",
+        Drop,
+        "VXLAN packet whose outer IPv4 header has options",
+    ),
+    row(
+        Counter::DropAdjustRoomFailed,
+        "drop_adjust_room_failed",
+        Drop,
+        "the kernel refused to grow or shrink the packet",
+    ),
+    row(
+        Counter::DropHeaderWriteFailed,
+        "drop_header_write_failed",
+        Drop,
+        "writing the new headers into the packet failed",
+    ),
+];
+
+/// Number of counters; the size of the counters map.
+pub const COUNTER_COUNT: u32 = COUNTERS.len() as u32;
+
+impl Counter {
+    /// Looks a counter up by its stable name.
+    pub fn by_name(name: &str) -> Option<Counter> {
+        COUNTERS.iter().find(|c| c.name == name).map(|c| c.counter)
+    }
+
+    pub fn info(self) -> &'static CounterInfo {
+        &COUNTERS[self as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_in_index_order_with_unique_names() {
+        for (i, c) in COUNTERS.iter().enumerate() {
+            assert_eq!(c.counter as usize, i, "row {} is out of order", c.name);
+            assert_eq!(Counter::by_name(c.name), Some(c.counter));
+            let is_drop_name = c.name.starts_with("drop_");
+            assert_eq!(is_drop_name, c.kind == CounterKind::Drop, "{}", c.name);
+        }
+        let mut names: std::vec::Vec<_> = COUNTERS.iter().map(|c| c.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), COUNTERS.len());
+    }
+}

@@ -1,0 +1,220 @@
+//! Types shared by oxlay's kernel programs and its userspace.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding, because the same bytes are read
+//! by the eBPF programs and written by the daemon through BPF maps. The size tests at the
+//! bottom pin every layout: changing one is a wire change between the two halves.
+//!
+//! The crate is `no_std` so the eBPF programs can use it; the `user` feature adds
+//! `aya::Pod` so userspace can put the types into maps.
+#![cfg_attr(not(test), no_std)]
+
+pub mod counters;
+pub mod wire;
+
+pub use counters::{Counter, CounterInfo, CounterKind, COUNTERS, COUNTER_COUNT};
+
+/// Name of every map, as the eBPF object declares it and as it is pinned under bpffs.
+pub mod map_names {
+    pub const CONFIG: &str = "OXLAY_CONFIG";
+    pub const ROUTES: &str = "OXLAY_ROUTES";
+    pub const ENDPOINTS: &str = "OXLAY_ENDPOINTS";
+    pub const PEERS: &str = "OXLAY_PEERS";
+    pub const NETWORKS: &str = "OXLAY_NETWORKS";
+    pub const COUNTERS: &str = "OXLAY_COUNTERS";
+}
+
+/// Name of every program in the eBPF object.
+pub mod program_names {
+    /// TC ingress on a container's host-side veth: packets leaving the container.
+    pub const FROM_CONTAINER: &str = "oxlay_from_container";
+    /// TC ingress on the underlay interface: VXLAN decapsulation.
+    pub const DECAP_TC: &str = "oxlay_decap_tc";
+    /// XDP on the underlay interface: the same decapsulation.
+    pub const DECAP_XDP: &str = "oxlay_decap_xdp";
+    /// XDP program that passes everything; attached on a container's side of a veth so
+    /// the veth accepts frames redirected by XDP (it needs NAPI on the receiving end).
+    pub const XDP_PASS: &str = "oxlay_xdp_pass";
+}
+
+/// Size limits of the maps. Each says why it has the size it has.
+pub mod limits {
+    /// Container-subnet routes: one per peer host per network plus one /32 per local
+    /// endpoint. 65k covers a thousand hosts on dozens of networks.
+    pub const MAX_ROUTES: u32 = 65_536;
+    /// Local endpoints: containers on one host; far above any realistic pod density.
+    pub const MAX_ENDPOINTS: u32 = 4_096;
+    /// Peer hosts whose VXLAN packets we accept.
+    pub const MAX_PEERS: u32 = 16_384;
+    /// Networks (VNIs) present on this host.
+    pub const MAX_NETWORKS: u32 = 4_096;
+}
+
+/// Datapath settings that are the same for every packet; one entry in an array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Interface index of the underlay device that carries VXLAN.
+    pub underlay_ifindex: u32,
+    /// This host's underlay IPv4 address (network byte order bytes).
+    pub underlay_addr: [u8; 4],
+    /// UDP destination port of VXLAN (host byte order).
+    pub vxlan_port: u16,
+    /// Inner source MAC of frames this host encapsulates.
+    pub vtep_mac: [u8; 6],
+    /// Non-zero once userspace has written the entry; programs pass everything before.
+    pub ready: u32,
+}
+
+/// The data part of a route-map key: a network id and an IPv4 address.
+///
+/// The LPM trie matches bits in memory order, so the network id comes first and is
+/// always matched whole (the key's prefix length is `32 + subnet prefix length`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteDest {
+    /// Network id, big-endian bytes so the trie compares it bit by bit.
+    pub net: [u8; 4],
+    /// IPv4 address (network byte order).
+    pub addr: [u8; 4],
+}
+
+impl RouteDest {
+    pub const fn new(net_id: u32, addr: [u8; 4]) -> Self {
+        Self {
+            net: net_id.to_be_bytes(),
+            addr,
+        }
+    }
+
+    /// Prefix length of an LPM key for a subnet of `subnet_len` bits in this network.
+    pub const fn prefix_len(subnet_len: u8) -> u32 {
+        32 + subnet_len as u32
+    }
+}
+
+/// What a route map entry tells the datapath to do.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// Destination is a container on this host: deliver to `ifindex`'s peer.
+    Local = 1,
+    /// Destination is on another host: encapsulate towards `underlay_addr`.
+    Remote = 2,
+}
+
+/// A route map value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// A [`RouteKind`] as u8.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// Local: the host-side veth of the destination container.
+    pub ifindex: u32,
+    /// Remote: the peer host's underlay IPv4 address.
+    pub underlay_addr: [u8; 4],
+    /// Local: the container's MAC. Remote: the peer's VTEP MAC (inner destination).
+    pub dst_mac: [u8; 6],
+    /// Local: the host-side veth's MAC (the container's gateway). Remote: unused.
+    pub src_mac: [u8; 6],
+}
+
+impl Route {
+    pub const fn local(ifindex: u32, container_mac: [u8; 6], gateway_mac: [u8; 6]) -> Self {
+        Self {
+            kind: RouteKind::Local as u8,
+            _pad: [0; 3],
+            ifindex,
+            underlay_addr: [0; 4],
+            dst_mac: container_mac,
+            src_mac: gateway_mac,
+        }
+    }
+
+    pub const fn remote(underlay_addr: [u8; 4], peer_vtep_mac: [u8; 6]) -> Self {
+        Self {
+            kind: RouteKind::Remote as u8,
+            _pad: [0; 3],
+            ifindex: 0,
+            underlay_addr,
+            dst_mac: peer_vtep_mac,
+            src_mac: [0; 6],
+        }
+    }
+}
+
+/// A local endpoint, keyed by the ifindex of its host-side veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Network id the endpoint belongs to.
+    pub net_id: u32,
+    /// The container's IPv4 address.
+    pub addr: [u8; 4],
+    /// The container's MAC.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// A peer host whose VXLAN packets are accepted, keyed by its underlay IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// Reserved for per-peer flags; keeps the value 8 bytes.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// A network present on this host, keyed by its VNI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Network {
+    /// The network id used in route keys.
+    pub net_id: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is #[repr(C)], Copy, made only of integers and byte arrays,
+    // with explicit padding fields (the layout tests below prove there are no holes),
+    // so every bit pattern is a valid value.
+    unsafe impl aya::Pod for DatapathConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RouteDest {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Route {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Peer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Network {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    /// The sum of field sizes equals the struct size: there is no implicit padding.
+    #[test]
+    fn layouts_are_pinned() {
+        assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 2 + 6 + 4);
+        assert_eq!(align_of::<DatapathConfig>(), 4);
+        assert_eq!(size_of::<RouteDest>(), 8);
+        assert_eq!(size_of::<Route>(), 1 + 3 + 4 + 4 + 6 + 6);
+        assert_eq!(align_of::<Route>(), 4);
+        assert_eq!(size_of::<Endpoint>(), 4 + 4 + 6 + 2);
+        assert_eq!(size_of::<Peer>(), 8);
+        assert_eq!(size_of::<Network>(), 8);
+    }
+
+    #[test]
+    fn route_dest_orders_network_before_address() {
+        let d = RouteDest::new(42, [10, 244, 1, 0]);
+        assert_eq!(d.net, [0, 0, 0, 42]);
+        assert_eq!(RouteDest::prefix_len(24), 56);
+    }
+}

@@ -1,0 +1,44 @@
+//! Wire-format constants of VXLAN over IPv4 (RFC 7348).
+
+/// IANA's VXLAN port; the default.
+pub const VXLAN_PORT: u16 = 4789;
+/// VXLAN "I" flag: the VNI field is valid.
+pub const VXLAN_FLAG_VNI: u8 = 0x08;
+pub const ETH_LEN: usize = 14;
+pub const IPV4_LEN: usize = 20;
+pub const UDP_LEN: usize = 8;
+pub const VXLAN_LEN: usize = 8;
+/// Bytes added in front of the inner Ethernet frame: outer IPv4 + UDP + VXLAN + the
+/// inner Ethernet header that the container's frame keeps.
+pub const ENCAP_OVERHEAD: usize = IPV4_LEN + UDP_LEN + VXLAN_LEN + ETH_LEN;
+/// Outer UDP source ports carry flow entropy in this range (RFC 7348 section 5).
+pub const SRC_PORT_MIN: u16 = 49152;
+pub const SRC_PORT_MAX: u16 = 65535;
+/// TTL of outer IPv4 headers.
+pub const OUTER_TTL: u8 = 64;
+/// Largest valid VNI (24 bits).
+pub const VNI_MAX: u32 = (1 << 24) - 1;
+
+/// Maps a flow hash onto the source-port range, as Linux's `udp_flow_src_port` does
+/// (multiply-shift, so the whole range is used evenly).
+pub const fn udp_src_port(flow_hash: u32) -> u16 {
+    let range = (SRC_PORT_MAX - SRC_PORT_MIN + 1) as u64;
+    SRC_PORT_MIN + ((flow_hash as u64 * range) >> 32) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overhead_is_fifty_bytes() {
+        assert_eq!(ENCAP_OVERHEAD, 50);
+    }
+
+    #[test]
+    fn src_port_spans_the_range() {
+        assert_eq!(udp_src_port(0), SRC_PORT_MIN);
+        assert_eq!(udp_src_port(u32::MAX), SRC_PORT_MAX);
+        assert!(udp_src_port(0x8000_0000) > SRC_PORT_MIN);
+    }
+}

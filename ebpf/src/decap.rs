@@ -1,0 +1,119 @@
+//! VXLAN packets from peer hosts: strip the outer headers and deliver to the container.
+//! The same classification runs under TC and XDP; only the packet surgery differs.
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, TC_ACT_OK,
+        TC_ACT_SHOT,
+    },
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head},
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
+use network_types::eth::EthHdr;
+use oxlay_common::{wire::ENCAP_OVERHEAD, Counter, Route};
+
+use crate::{
+    counters::count,
+    maps,
+    parse::{classify_vxlan, Decap, ETH_P_IPV4, VXLAN_CLASSIFY_LEN},
+};
+
+/// The Ethernet header a decapsulated frame gets: from the container's gateway to it.
+#[inline(always)]
+fn delivery_eth(route: &Route) -> EthHdr {
+    EthHdr {
+        dst_addr: route.dst_mac,
+        src_addr: route.src_mac,
+        ether_type: ETH_P_IPV4.to_be(),
+    }
+}
+
+pub fn tc(ctx: &TcContext) -> i32 {
+    let Some(cfg) = maps::config() else {
+        return TC_ACT_OK as i32;
+    };
+    if ctx.data() + VXLAN_CLASSIFY_LEN > ctx.data_end() {
+        // Headers may sit in paged data; make them linear. Failure just means the
+        // packet is short, which classification handles.
+        let _ = ctx.pull_data(VXLAN_CLASSIFY_LEN as u32);
+    }
+    match classify_vxlan(ctx.data(), ctx.data_end(), cfg) {
+        Decap::Pass => {
+            count(Counter::PassedToStack);
+            TC_ACT_OK as i32
+        }
+        Decap::Drop(reason) => {
+            count(reason);
+            TC_ACT_SHOT as i32
+        }
+        Decap::Deliver(route) => match tc_strip_and_deliver(ctx, &route) {
+            Ok(action) => action,
+            Err(reason) => {
+                count(reason);
+                TC_ACT_SHOT as i32
+            }
+        },
+    }
+}
+
+fn tc_strip_and_deliver(ctx: &TcContext, route: &Route) -> Result<i32, Counter> {
+    let shrink = -(ENCAP_OVERHEAD as i32);
+    // DECAP_L3_IPV4 (kernel 6.3+) also clears the tunnel GSO bits; older kernels reject
+    // the flag, and there a plain shrink is the best they offer.
+    if ctx
+        .adjust_room(
+            shrink,
+            BPF_ADJ_ROOM_MAC,
+            BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64,
+        )
+        .is_err()
+    {
+        ctx.adjust_room(shrink, BPF_ADJ_ROOM_MAC, 0)
+            .map_err(|_| Counter::DropAdjustRoomFailed)?;
+    }
+    ctx.store(0, &delivery_eth(route), 0)
+        .map_err(|_| Counter::DropHeaderWriteFailed)?;
+    count(Counter::Decapsulated);
+    // SAFETY: plain helper call; an unknown ifindex makes the kernel drop the packet.
+    Ok(unsafe { bpf_redirect_peer(route.ifindex, 0) } as i32)
+}
+
+pub fn xdp(ctx: &XdpContext) -> u32 {
+    let Some(cfg) = maps::config() else {
+        return xdp_action::XDP_PASS;
+    };
+    match classify_vxlan(ctx.data(), ctx.data_end(), cfg) {
+        Decap::Pass => {
+            count(Counter::PassedToStack);
+            xdp_action::XDP_PASS
+        }
+        Decap::Drop(reason) => {
+            count(reason);
+            xdp_action::XDP_DROP
+        }
+        Decap::Deliver(route) => match xdp_strip_and_deliver(ctx, &route) {
+            Ok(action) => action,
+            Err(reason) => {
+                count(reason);
+                xdp_action::XDP_DROP
+            }
+        },
+    }
+}
+
+fn xdp_strip_and_deliver(ctx: &XdpContext, route: &Route) -> Result<u32, Counter> {
+    // Dropping the first 50 bytes leaves the inner Ethernet header at the front.
+    // SAFETY: plain helper call on this program's own context.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, ENCAP_OVERHEAD as i32) } != 0 {
+        return Err(Counter::DropAdjustRoomFailed);
+    }
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data + core::mem::size_of::<EthHdr>() > data_end {
+        return Err(Counter::DropTruncatedInner);
+    }
+    // SAFETY: the check above proves the Ethernet header lies inside the packet.
+    unsafe { (data as *mut EthHdr).write_unaligned(delivery_eth(route)) };
+    count(Counter::Decapsulated);
+    // SAFETY: plain helper call; an unknown ifindex makes the redirect fail (dropped).
+    Ok(unsafe { bpf_redirect(route.ifindex, 0) } as u32)
+}

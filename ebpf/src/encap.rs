@@ -1,0 +1,161 @@
+//! Packets leaving a container: local delivery, VXLAN encapsulation, or the host stack.
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+        TC_ACT_OK, TC_ACT_SHOT,
+    },
+    helpers::{bpf_get_hash_recalc, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use oxlay_common::{
+    wire::{udp_src_port, ENCAP_OVERHEAD, ETH_LEN, IPV4_LEN, OUTER_TTL},
+    Counter, DatapathConfig, Route, RouteKind,
+};
+
+use crate::{
+    counters::count,
+    maps,
+    parse::{ipv4_header_checksum, read, ETH_P_IPV4, IPPROTO_UDP, OUTER_IP_OFF},
+};
+
+/// Everything written in front of the container's IPv4 packet, in wire order.
+#[repr(C)]
+struct VxlanHeaders {
+    outer_eth: EthHdr,
+    outer_ip: Ipv4Hdr,
+    outer_udp: UdpHdr,
+    vxlan: VxlanHdr,
+    inner_eth: EthHdr,
+}
+const _: () = assert!(core::mem::size_of::<VxlanHeaders>() == ETH_LEN + ENCAP_OVERHEAD);
+
+/// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header length, in the top byte.
+const fn encap_l2_len(len: u64) -> u64 {
+    (len & 0xff) << 56
+}
+
+/// Room for the outer headers, marked as a UDP tunnel around Ethernet so GSO segments
+/// it correctly. FIXED_GSO keeps the MSS: container MTU is already underlay MTU - 50.
+const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+    | encap_l2_len(ETH_LEN as u64);
+
+pub fn from_container(ctx: &TcContext) -> i32 {
+    match try_from_container(ctx) {
+        Ok(Some(action)) => action,
+        Ok(None) => {
+            count(Counter::PassedToStack);
+            TC_ACT_OK as i32
+        }
+        Err(reason) => {
+            count(reason);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// `Ok(None)`: not for the overlay, let the stack have it.
+fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
+    let Some(cfg) = maps::config() else {
+        return Ok(None);
+    };
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let Some(eth) = read::<EthHdr>(data, data_end, 0) else {
+        return Ok(None);
+    };
+    if u16::from_be(eth.ether_type) != ETH_P_IPV4 {
+        return Ok(None);
+    }
+    let Some(ip) = read::<Ipv4Hdr>(data, data_end, OUTER_IP_OFF) else {
+        return Ok(None);
+    };
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(ep) = maps::endpoint(ifindex) else {
+        return Ok(None);
+    };
+    let Some(route) = maps::route(ep.net_id, ip.dst_addr) else {
+        return Ok(None);
+    };
+    let route = *route;
+    if route.kind == RouteKind::Local as u8 {
+        return deliver_local(ctx, &route).map(Some);
+    }
+    let cfg = *cfg;
+    encapsulate(ctx, &cfg, ep.net_id, &route).map(Some)
+}
+
+/// Same host: address the frame to the other container and hand it to its namespace.
+fn deliver_local(ctx: &TcContext, route: &Route) -> Result<i32, Counter> {
+    let macs: [[u8; 6]; 2] = [route.dst_mac, route.src_mac];
+    ctx.store(0, &macs, 0)
+        .map_err(|_| Counter::DropHeaderWriteFailed)?;
+    count(Counter::DeliveredLocal);
+    // SAFETY: plain helper call; an unknown ifindex makes the kernel drop the packet.
+    Ok(unsafe { bpf_redirect_peer(route.ifindex, 0) } as i32)
+}
+
+/// Another host: push outer IPv4 + UDP + VXLAN and send it to the peer's underlay address.
+#[inline(always)]
+fn encapsulate(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    vni: u32,
+    route: &Route,
+) -> Result<i32, Counter> {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    let flow_hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let inner_len = ctx.len() as usize - ETH_LEN;
+    ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .map_err(|_| Counter::DropAdjustRoomFailed)?;
+
+    let ip_total = (ENCAP_OVERHEAD + inner_len) as u16;
+    let mut outer_ip = Ipv4Hdr {
+        vihl: 0x45,
+        tos: 0,
+        tot_len: ip_total.to_be_bytes(),
+        id: [0, 0],
+        frags: 0x4000u16.to_be_bytes(), // DF: containers' MTU leaves room for the headers
+        ttl: OUTER_TTL,
+        proto: IPPROTO_UDP,
+        check: [0, 0],
+        src_addr: cfg.underlay_addr,
+        dst_addr: route.underlay_addr,
+    };
+    // SAFETY: Ipv4Hdr is 20 bytes of plain u8 fields, so it can be viewed as [u8; 20].
+    let raw: &[u8; IPV4_LEN] = unsafe { &*(&outer_ip as *const Ipv4Hdr as *const [u8; IPV4_LEN]) };
+    outer_ip.check = ipv4_header_checksum(raw).to_be_bytes();
+
+    let udp_len = ip_total - IPV4_LEN as u16;
+    let headers = VxlanHeaders {
+        // bpf_redirect_neigh fills in the outer MACs from the underlay's neighbour table.
+        outer_eth: EthHdr {
+            dst_addr: [0; 6],
+            src_addr: [0; 6],
+            ether_type: ETH_P_IPV4.to_be(),
+        },
+        outer_ip,
+        outer_udp: UdpHdr {
+            src: udp_src_port(flow_hash).to_be_bytes(),
+            dst: cfg.vxlan_port.to_be_bytes(),
+            len: udp_len.to_be_bytes(),
+            check: [0, 0], // allowed over IPv4 (RFC 7348), as every VXLAN peer does
+        },
+        vxlan: VxlanHdr::new(vni),
+        inner_eth: EthHdr {
+            dst_addr: route.dst_mac,
+            src_addr: cfg.vtep_mac,
+            ether_type: ETH_P_IPV4.to_be(),
+        },
+    };
+    ctx.store(0, &headers, 0)
+        .map_err(|_| Counter::DropHeaderWriteFailed)?;
+    count(Counter::Encapsulated);
+    // SAFETY: plain helper call with no parameters struct; an unknown ifindex makes the
+    // kernel drop the packet.
+    Ok(unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+}

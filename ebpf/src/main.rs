@@ -1,0 +1,62 @@
+//! oxlay's kernel programs.
+//!
+//! ```text
+//!   container ──veth──▶ [oxlay_from_container]  TC ingress on the host-side veth
+//!                          │ route lookup (LPM: network, inner dst)
+//!                          ├─ local  ─▶ rewrite MACs, bpf_redirect_peer ─▶ other container
+//!                          ├─ remote ─▶ push outer IPv4/UDP/VXLAN, bpf_redirect_neigh ─▶ underlay
+//!                          └─ other  ─▶ host stack
+//!
+//!   underlay ─▶ [oxlay_decap_tc] TC ingress  or  [oxlay_decap_xdp] XDP
+//!                          │ UDP to the VXLAN port, for this host? else ─▶ host stack
+//!                          │ known peer, I flag, known VNI, inner IPv4, local endpoint?
+//!                          └─ strip 50 bytes, rewrite MACs, redirect ─▶ container
+//! ```
+//!
+//! Parses: outer Ethernet, IPv4 (options only to reject them), UDP, VXLAN, inner Ethernet
+//! and IPv4. Each entry point is a thin wrapper; the logic lives in one module per concern.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod decap;
+mod encap;
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+#[classifier]
+pub fn oxlay_from_container(ctx: TcContext) -> i32 {
+    encap::from_container(&ctx)
+}
+
+#[classifier]
+pub fn oxlay_decap_tc(ctx: TcContext) -> i32 {
+    decap::tc(&ctx)
+}
+
+#[xdp]
+pub fn oxlay_decap_xdp(ctx: XdpContext) -> u32 {
+    decap::xdp(&ctx)
+}
+
+/// Lets a veth accept frames that XDP redirects into its peer.
+#[xdp]
+pub fn oxlay_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,61 @@
+//! The maps shared with userspace. All are pinned by name so that a restarting daemon
+//! finds them again; sizes are explained in `oxlay_common::limits`.
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+};
+use oxlay_common::{
+    limits, DatapathConfig, Endpoint, Network, Peer, Route, RouteDest, COUNTER_COUNT,
+};
+
+/// One entry: settings common to every packet.
+#[map]
+pub static OXLAY_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// (network, container address) -> where to send it. LPM so a peer's whole subnet is
+/// one entry and a local container is a /32.
+#[map]
+pub static OXLAY_ROUTES: LpmTrie<RouteDest, Route> = LpmTrie::pinned(limits::MAX_ROUTES, 0);
+
+/// Host-side veth ifindex -> the local endpoint behind it.
+#[map]
+pub static OXLAY_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(limits::MAX_ENDPOINTS, 0);
+
+/// Underlay IPv4 address -> peer host allowed to send us VXLAN.
+#[map]
+pub static OXLAY_PEERS: HashMap<[u8; 4], Peer> = HashMap::pinned(limits::MAX_PEERS, 0);
+
+/// VNI -> network present on this host.
+#[map]
+pub static OXLAY_NETWORKS: HashMap<u32, Network> = HashMap::pinned(limits::MAX_NETWORKS, 0);
+
+/// Per-CPU packet counters, indexed by `oxlay_common::Counter`.
+#[map]
+pub static OXLAY_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+#[inline(always)]
+pub fn config() -> Option<&'static DatapathConfig> {
+    OXLAY_CONFIG.get(0).filter(|c| c.ready != 0)
+}
+
+#[inline(always)]
+pub fn route(net_id: u32, addr: [u8; 4]) -> Option<&'static Route> {
+    OXLAY_ROUTES.get(Key::new(64, RouteDest::new(net_id, addr)))
+}
+
+#[inline(always)]
+pub fn endpoint(ifindex: u32) -> Option<&'static Endpoint> {
+    // SAFETY: the value is only read; userspace replaces entries whole, so a concurrent
+    // update can at worst give us the old or the new endpoint.
+    unsafe { OXLAY_ENDPOINTS.get(ifindex) }
+}
+
+#[inline(always)]
+pub fn is_peer(underlay_addr: [u8; 4]) -> bool {
+    OXLAY_PEERS.get_ptr(underlay_addr).is_some()
+}
+
+#[inline(always)]
+pub fn has_network(vni: u32) -> bool {
+    OXLAY_NETWORKS.get_ptr(vni).is_some()
+}

@@ -1,0 +1,127 @@
+//! Bounds-checked header access and the VXLAN classification shared by TC and XDP.
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use oxlay_common::{
+    wire::{ETH_LEN, IPV4_LEN, UDP_LEN, VXLAN_FLAG_VNI, VXLAN_LEN},
+    Counter, DatapathConfig, Route, RouteKind,
+};
+
+use crate::maps;
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Offsets of each header in a VXLAN packet whose outer IPv4 header has no options.
+pub const OUTER_IP_OFF: usize = ETH_LEN;
+pub const OUTER_UDP_OFF: usize = OUTER_IP_OFF + IPV4_LEN;
+pub const VXLAN_OFF: usize = OUTER_UDP_OFF + UDP_LEN;
+pub const INNER_ETH_OFF: usize = VXLAN_OFF + VXLAN_LEN;
+pub const INNER_IP_OFF: usize = INNER_ETH_OFF + ETH_LEN;
+/// Bytes that must be linear to classify a VXLAN packet.
+pub const VXLAN_CLASSIFY_LEN: usize = INNER_IP_OFF + IPV4_LEN;
+
+/// A pointer to a `T` at `offset`, if the packet holds all of it.
+#[inline(always)]
+pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*const T> {
+    let start = data + offset;
+    if start + core::mem::size_of::<T>() > data_end {
+        return None;
+    }
+    Some(start as *const T)
+}
+
+/// Reads a `T` at `offset`, if the packet holds all of it.
+#[inline(always)]
+pub fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
+    // SAFETY: ptr_at checked that [offset, offset + size_of::<T>()) lies inside the
+    // packet; read_unaligned because packet headers have no alignment guarantee.
+    ptr_at::<T>(data, data_end, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
+/// What the decapsulation programs do with a packet from the underlay.
+pub enum Decap {
+    /// Not VXLAN for this host: the host's own traffic.
+    Pass,
+    /// VXLAN for this host that must not be delivered, with the reason.
+    Drop(Counter),
+    /// Strip the outer headers and deliver to this local route.
+    Deliver(Route),
+}
+
+/// Decides what to do with a frame that arrived on the underlay.
+#[inline(always)]
+pub fn classify_vxlan(data: usize, data_end: usize, cfg: &DatapathConfig) -> Decap {
+    let Some(eth) = read::<EthHdr>(data, data_end, 0) else {
+        return Decap::Pass;
+    };
+    if u16::from_be(eth.ether_type) != ETH_P_IPV4 {
+        return Decap::Pass;
+    }
+    let Some(ip) = read::<Ipv4Hdr>(data, data_end, OUTER_IP_OFF) else {
+        return Decap::Pass;
+    };
+    if ip.proto != IPPROTO_UDP || ip.dst_addr != cfg.underlay_addr {
+        return Decap::Pass;
+    }
+    // UDP sits after the IPv4 header, options included; mask keeps the offset bounded.
+    let ihl = (ip.vihl & 0x0f) as usize;
+    let frag = u16::from_be_bytes(ip.frags);
+    if frag & 0x1fff != 0 {
+        // A later fragment has no UDP header to look at: the stack reassembles it and
+        // finds no socket on the VXLAN port.
+        return Decap::Pass;
+    }
+    let Some(udp) = read::<UdpHdr>(data, data_end, OUTER_IP_OFF + ihl * 4) else {
+        return Decap::Pass;
+    };
+    if u16::from_be_bytes(udp.dst) != cfg.vxlan_port {
+        return Decap::Pass;
+    }
+    // From here on the packet claims to be VXLAN for us: drop, never pass, on failure.
+    if ihl != 5 {
+        return Decap::Drop(Counter::DropOuterIpOptions);
+    }
+    if frag & 0x2000 != 0 {
+        return Decap::Drop(Counter::DropOuterFragment);
+    }
+    if !maps::is_peer(ip.src_addr) {
+        return Decap::Drop(Counter::DropUnknownPeer);
+    }
+    let Some(vxlan) = read::<VxlanHdr>(data, data_end, VXLAN_OFF) else {
+        return Decap::Drop(Counter::DropTruncatedVxlan);
+    };
+    if vxlan.flags & VXLAN_FLAG_VNI == 0 {
+        return Decap::Drop(Counter::DropBadVxlanFlags);
+    }
+    let vni = vxlan.vni();
+    if !maps::has_network(vni) {
+        return Decap::Drop(Counter::DropUnknownVni);
+    }
+    let Some(inner_eth) = read::<EthHdr>(data, data_end, INNER_ETH_OFF) else {
+        return Decap::Drop(Counter::DropTruncatedInner);
+    };
+    if u16::from_be(inner_eth.ether_type) != ETH_P_IPV4 {
+        return Decap::Drop(Counter::DropInnerNotIpv4);
+    }
+    let Some(inner_ip) = read::<Ipv4Hdr>(data, data_end, INNER_IP_OFF) else {
+        return Decap::Drop(Counter::DropTruncatedInner);
+    };
+    // Delivery is by inner IP; the inner destination MAC is whatever the peer chose.
+    match maps::route(vni, inner_ip.dst_addr) {
+        Some(r) if r.kind == RouteKind::Local as u8 => Decap::Deliver(*r),
+        _ => Decap::Drop(Counter::DropNoLocalEndpoint),
+    }
+}
+
+/// RFC 1071 checksum of a 20-byte IPv4 header whose checksum field is zero.
+#[inline(always)]
+pub fn ipv4_header_checksum(hdr: &[u8; IPV4_LEN]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < IPV4_LEN {
+        sum += u16::from_be_bytes([hdr[i], hdr[i + 1]]) as u32;
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}

@@ -1,0 +1,127 @@
+//! The local API between the CLI and the daemon: one JSON request and one JSON response
+//! per connection on a unix socket that only root can open.
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixStream,
+};
+
+/// Requests are at most this long; anything longer is refused unread.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Connect an existing network namespace to the overlay.
+    Attach {
+        netns: String,
+        address: Ipv4Addr,
+        /// Interface name inside the namespace (default eth0).
+        #[serde(default)]
+        ifname: Option<String>,
+    },
+    /// Undo `Attach`.
+    Detach {
+        netns: String,
+    },
+    Routes,
+    Endpoints,
+    Stats,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub mac: String,
+    pub host_interface: String,
+    pub container_interface: String,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub vni: u32,
+    pub destination: String,
+    /// "local" or "remote".
+    pub kind: String,
+    /// Local: host-side interface. Remote: the peer's underlay address.
+    pub via: String,
+    pub mac: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterView {
+    pub name: String,
+    pub kind: String,
+    pub value: u64,
+    pub help: String,
+}
+
+/// Sends one request to the daemon at `socket` and returns its answer.
+pub async fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "cannot reach the oxlay daemon at {}: is `oxlay daemon` running for this node (and are you root)?",
+            socket.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    write.shutdown().await?;
+    let mut answer = String::new();
+    BufReader::new(read).read_line(&mut answer).await?;
+    match serde_json::from_str::<Response>(&answer)
+        .with_context(|| format!("the daemon sent an answer that is not valid: {answer:?}"))?
+    {
+        Response::Ok(v) => Ok(v),
+        Response::Error(e) => bail!("{e}"),
+    }
+}
+
+/// Parses one request line, with an error that tells the client what was wrong.
+pub fn parse_request(line: &str) -> Result<Request> {
+    serde_json::from_str(line.trim()).map_err(|e| anyhow::anyhow!("bad request: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let r = Request::Attach {
+            netns: "c1".into(),
+            address: "10.244.1.2".parse().unwrap(),
+            ifname: None,
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(parse_request(&s).unwrap(), r);
+        assert_eq!(parse_request(r#"{"op":"stats"}"#).unwrap(), Request::Stats);
+    }
+
+    #[test]
+    fn bad_requests_say_why() {
+        let e =
+            parse_request(r#"{"op":"attach","netns":"c1","address":"10.244.1.300"}"#).unwrap_err();
+        assert!(e.to_string().contains("invalid IPv4 address"), "{e}");
+        let e = parse_request(r#"{"op":"fly"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+        let e = parse_request("not json").unwrap_err();
+        assert!(e.to_string().starts_with("bad request"), "{e}");
+        let e = parse_request(r#"{"op":"stats","extra":1}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+}

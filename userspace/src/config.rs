@@ -1,0 +1,254 @@
+//! The daemon's configuration file (TOML): parsing and validation.
+//!
+//! Validation that needs no system state lives in [`Config::validate`] and is unit
+//! tested; checks against the running system (does the interface exist?) happen when the
+//! daemon starts, in `daemon.rs`.
+use std::{net::Ipv4Addr, path::PathBuf, str::FromStr};
+
+use anyhow::{bail, Context, Result};
+use oxlay_common::wire::{VNI_MAX, VXLAN_PORT};
+use serde::{Deserialize, Serialize};
+
+use crate::net::{Ipv4Net, MacAddr};
+
+/// Where decapsulation runs on the underlay interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecapMode {
+    /// TC ingress + `bpf_redirect_peer`: the faster one on veth underlays (see the
+    /// benchmark in docs/benchmarks.md), and the default.
+    #[default]
+    Tc,
+    /// XDP + `bpf_redirect`: for physical NICs with native XDP.
+    Xdp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub underlay_address: Ipv4Addr,
+    pub pod_subnet: Ipv4Net,
+    /// Inner destination MAC towards this peer. A Linux vxlan device drops frames not
+    /// addressed to its own MAC, so set it to that device's MAC; oxlay peers accept any.
+    pub vtep_mac: Option<MacAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node_name: String,
+    pub underlay_interface: String,
+    /// Defaults to the interface's first IPv4 address.
+    pub underlay_address: Option<Ipv4Addr>,
+    /// Defaults to a stable address derived from `node_name`.
+    pub vtep_mac: Option<MacAddr>,
+    pub vni: u32,
+    #[serde(default = "default_port")]
+    pub vxlan_port: u16,
+    pub pod_subnet: Ipv4Net,
+    #[serde(default)]
+    pub decap: DecapMode,
+    /// Unix socket of the local API; defaults to a per-node path.
+    pub api_socket: Option<PathBuf>,
+    /// bpffs directory for pinned maps; defaults to a per-node path.
+    pub pin_path: Option<PathBuf>,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+fn default_port() -> u16 {
+    VXLAN_PORT
+}
+
+/// Where the API socket of `node` lives unless configured otherwise.
+pub fn default_socket_path(node: &str) -> PathBuf {
+    PathBuf::from(format!("/run/oxlay/{node}.sock"))
+}
+
+/// Where the maps of `node` are pinned unless configured otherwise.
+pub fn default_pin_path(node: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/oxlay/{node}"))
+}
+
+impl FromStr for Config {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).context("the config file is not valid")?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        text.parse()
+            .with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Checks everything that can be checked without looking at the system.
+    pub fn validate(&self) -> Result<()> {
+        check_name("node_name", &self.node_name)?;
+        if self.underlay_interface.is_empty() || self.underlay_interface.len() > 15 {
+            bail!(
+                "underlay_interface {:?} is not a valid interface name (1 to 15 characters)",
+                self.underlay_interface
+            );
+        }
+        if self.vni == 0 || self.vni > VNI_MAX {
+            bail!(
+                "vni {} is out of range: use 1 to {VNI_MAX} (VXLAN VNIs have 24 bits)",
+                self.vni
+            );
+        }
+        if self.vxlan_port == 0 {
+            bail!("vxlan_port must not be 0 (the standard VXLAN port is {VXLAN_PORT})");
+        }
+        check_pod_subnet("pod_subnet", self.pod_subnet)?;
+        let mut names = std::collections::HashSet::from([self.node_name.as_str()]);
+        let mut subnets = vec![(self.node_name.as_str(), self.pod_subnet)];
+        let mut addrs = std::collections::HashSet::new();
+        if let Some(a) = self.underlay_address {
+            addrs.insert(a);
+        }
+        for peer in &self.peers {
+            check_name("peers.name", &peer.name)?;
+            if !names.insert(&peer.name) {
+                bail!(
+                    "peer name {:?} appears twice (or equals node_name): names must be unique",
+                    peer.name
+                );
+            }
+            check_pod_subnet(
+                &format!("pod_subnet of peer {}", peer.name),
+                peer.pod_subnet,
+            )?;
+            if !addrs.insert(peer.underlay_address) {
+                bail!(
+                    "underlay_address {} of peer {} is used twice: each host has its own",
+                    peer.underlay_address,
+                    peer.name
+                );
+            }
+            for (other, subnet) in &subnets {
+                if subnet.overlaps(&peer.pod_subnet) {
+                    bail!(
+                        "pod_subnet {} of {} overlaps {} of {}: every host needs its own subnet",
+                        peer.pod_subnet,
+                        peer.name,
+                        subnet,
+                        other
+                    );
+                }
+            }
+            subnets.push((&peer.name, peer.pod_subnet));
+        }
+        Ok(())
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.api_socket
+            .clone()
+            .unwrap_or_else(|| default_socket_path(&self.node_name))
+    }
+
+    pub fn pin_path(&self) -> PathBuf {
+        self.pin_path
+            .clone()
+            .unwrap_or_else(|| default_pin_path(&self.node_name))
+    }
+
+    /// The configured VTEP MAC, or one derived from the node name: locally
+    /// administered, unicast, and the same every time the daemon starts.
+    pub fn vtep_mac(&self) -> MacAddr {
+        self.vtep_mac
+            .unwrap_or_else(|| MacAddr::derived(&self.node_name))
+    }
+
+    /// MTU that containers get: the underlay's minus the VXLAN overhead.
+    pub fn container_mtu(underlay_mtu: u32) -> u32 {
+        underlay_mtu.saturating_sub(50)
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !ok {
+        bail!("{what} {name:?} is not valid: use 1 to 63 letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
+
+fn check_pod_subnet(what: &str, subnet: Ipv4Net) -> Result<()> {
+    if subnet.prefix_len() > 30 {
+        bail!("{what} {subnet} is too small: use a /30 or larger to leave room for containers");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        node_name = "host-a"
+        underlay_interface = "eth0"
+        vni = 42
+        pod_subnet = "10.244.1.0/24"
+
+        [[peers]]
+        name = "host-b"
+        underlay_address = "192.168.50.12"
+        pod_subnet = "10.244.2.0/24"
+        vtep_mac = "02:00:00:00:00:0b"
+    "#;
+
+    fn with(extra: &str) -> String {
+        format!("{GOOD}\n{extra}")
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", text.parse::<Config>().unwrap_err())
+    }
+
+    #[test]
+    fn parses_defaults() {
+        let c: Config = GOOD.parse().unwrap();
+        assert_eq!(c.vxlan_port, 4789);
+        assert_eq!(c.decap, DecapMode::Tc);
+        assert_eq!(c.socket_path(), PathBuf::from("/run/oxlay/host-a.sock"));
+        assert_eq!(c.pin_path(), PathBuf::from("/sys/fs/bpf/oxlay/host-a"));
+        assert_eq!(c.peers[0].vtep_mac.unwrap().0, [2, 0, 0, 0, 0, 0x0b]);
+        assert_eq!(c.vtep_mac(), MacAddr::derived("host-a"));
+    }
+
+    #[test]
+    fn rejects_bad_input_with_a_reason() {
+        assert!(err(&GOOD.replace("vni = 42", "vni = 0")).contains("vni 0 is out of range"));
+        assert!(err(&GOOD.replace("vni = 42", "vni = 16777216")).contains("out of range"));
+        assert!(err(&GOOD.replace("10.244.1.0/24", "10.244.1.0/33")).contains("prefix length"));
+        assert!(err(&GOOD.replace("10.244.1.0/24", "10.244.1.1/24")).contains("host bits"));
+        assert!(err(&GOOD.replace("10.244.1.0/24", "banana")).contains("CIDR"));
+        assert!(err(&GOOD.replace("10.244.2.0/24", "10.244.0.0/16")).contains("overlaps"));
+        assert!(err(&GOOD.replace("\"eth0\"", "\"\"")).contains("underlay_interface"));
+        assert!(err(&GOOD.replace("host-b", "host-a")).contains("appears twice"));
+        assert!(err(&with("colour = \"blue\"")).contains("unknown field"));
+        assert!(err(&GOOD.replace("02:00:00:00:00:0b", "zz")).contains("MAC"));
+        assert!(err(&GOOD.replace("node_name = \"host-a\"", "")).contains("node_name"));
+        assert!(err(&with("decap = \"ebpf\"")).contains("unknown variant"));
+        assert!(err(&GOOD.replace("host-a", "a/b")).contains("not valid"));
+    }
+
+    #[test]
+    fn container_mtu_leaves_room_for_vxlan() {
+        assert_eq!(Config::container_mtu(1500), 1450);
+        assert_eq!(Config::container_mtu(9000), 8950);
+    }
+}

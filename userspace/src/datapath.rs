@@ -1,0 +1,310 @@
+//! The kernel side seen from userspace: loading the eBPF object, pinning its maps,
+//! attaching programs, and reading and writing the maps.
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray},
+    programs::{
+        tc::{self, SchedClassifierLinkId},
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    util::KernelVersion,
+    Ebpf, EbpfLoader,
+};
+use oxlay_common::{
+    map_names, program_names, CounterInfo, DatapathConfig, Endpoint, Network, Peer, Route,
+    RouteDest, COUNTERS,
+};
+
+use crate::{config::DecapMode, net::Ipv4Net};
+
+/// The eBPF object built by build.rs, embedded so `oxlay` is a single file.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxlay.bpf.o"));
+
+/// A route as stored in the route map, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub net_id: u32,
+    pub dest: Ipv4Net,
+    pub route: Route,
+}
+
+/// The loaded programs and maps of one node.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    endpoint_links: HashMap<String, SchedClassifierLinkId>,
+}
+
+impl Datapath {
+    /// Loads the programs; maps are pinned under `pin_dir` (created if missing) and
+    /// re-used from there when already pinned.
+    pub fn load(pin_dir: &Path) -> Result<Self> {
+        ensure_bpffs(pin_dir)?;
+        std::fs::create_dir_all(pin_dir)
+            .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(EBPF_OBJECT)
+            .context(
+                "loading the eBPF object failed (is this root on a kernel with BPF and BTF?)",
+            )?;
+        for name in [program_names::FROM_CONTAINER, program_names::DECAP_TC] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("the kernel rejected program {name}"))?;
+        }
+        for name in [program_names::DECAP_XDP, program_names::XDP_PASS] {
+            xdp(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("the kernel rejected program {name}"))?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            endpoint_links: HashMap::new(),
+        })
+    }
+
+    /// The loaded object, for tests that run programs through BPF_PROG_TEST_RUN.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Removes the pinned maps; the next daemon starts with empty ones.
+    pub fn unpin(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.pin_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove pins in {}", self.pin_dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn set_config(&mut self, config: DatapathConfig) -> Result<()> {
+        let mut map: Array<&mut MapData, DatapathConfig> = self.map_mut(map_names::CONFIG)?;
+        map.set(0, config, 0)
+            .context("cannot write the datapath config map")
+    }
+
+    pub fn config(&self) -> Result<DatapathConfig> {
+        let map: Array<&MapData, DatapathConfig> = self.map(map_names::CONFIG)?;
+        Ok(map.get(&0, 0)?)
+    }
+
+    pub fn add_network(&mut self, vni: u32) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, Network> = self.map_mut(map_names::NETWORKS)?;
+        map.insert(
+            vni,
+            Network {
+                net_id: vni,
+                _pad: 0,
+            },
+            0,
+        )
+        .with_context(|| format!("cannot add network {vni}"))
+    }
+
+    pub fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, [u8; 4], Peer> = self.map_mut(map_names::PEERS)?;
+        map.insert(underlay.octets(), Peer::default(), 0)
+            .with_context(|| format!("cannot add peer {underlay}"))
+    }
+
+    pub fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+        let map: BpfHashMap<&MapData, [u8; 4], Peer> = self.map(map_names::PEERS)?;
+        map.keys().map(|k| Ok(Ipv4Addr::from(k?))).collect()
+    }
+
+    pub fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, RouteDest, Route> = self.map_mut(map_names::ROUTES)?;
+        map.insert(&route_key(net_id, dest), route, 0)
+            .with_context(|| format!("cannot add route to {dest} in network {net_id}"))
+    }
+
+    pub fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, RouteDest, Route> = self.map_mut(map_names::ROUTES)?;
+        map.remove(&route_key(net_id, dest))
+            .with_context(|| format!("cannot remove route to {dest} in network {net_id}"))
+    }
+
+    pub fn routes(&self) -> Result<Vec<RouteEntry>> {
+        let map: LpmTrie<&MapData, RouteDest, Route> = self.map(map_names::ROUTES)?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (key, route) = item?;
+            let data = key.data();
+            let net_id = u32::from_be_bytes(data.net);
+            let dest = Ipv4Net::new(Ipv4Addr::from(data.addr), (key.prefix_len() - 32) as u8)?;
+            out.push(RouteEntry {
+                net_id,
+                dest,
+                route,
+            });
+        }
+        out.sort_by_key(|r| (r.net_id, r.dest.addr(), r.dest.prefix_len()));
+        Ok(out)
+    }
+
+    pub fn set_endpoint(&mut self, host_ifindex: u32, endpoint: Endpoint) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, Endpoint> =
+            self.map_mut(map_names::ENDPOINTS)?;
+        map.insert(host_ifindex, endpoint, 0)
+            .context("cannot add the endpoint to the endpoint map")
+    }
+
+    pub fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, Endpoint> =
+            self.map_mut(map_names::ENDPOINTS)?;
+        match map.remove(&host_ifindex) {
+            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(e).context("cannot remove the endpoint from the endpoint map"),
+        }
+    }
+
+    /// Every counter summed over CPUs, in table order.
+    pub fn counters(&self) -> Result<Vec<(&'static CounterInfo, u64)>> {
+        let map: PerCpuArray<&MapData, u64> = self.map(map_names::COUNTERS)?;
+        COUNTERS
+            .iter()
+            .map(|info| {
+                let per_cpu = map.get(&(info.counter as u32), 0)?;
+                Ok((info, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Attaches decapsulation to the underlay interface.
+    pub fn attach_decap(&mut self, interface: &str, mode: DecapMode) -> Result<()> {
+        match mode {
+            DecapMode::Tc => self
+                .attach_tc(program_names::DECAP_TC, interface)
+                .map(|_| ()),
+            DecapMode::Xdp => {
+                xdp(&mut self.ebpf, program_names::DECAP_XDP)?
+                    .attach(interface, XdpMode::Default)
+                    .with_context(|| {
+                        format!(
+                            "cannot attach XDP decapsulation to {interface}; try decap = \"tc\""
+                        )
+                    })?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Attaches the container-egress program to a container's host-side veth.
+    pub fn attach_endpoint(&mut self, host_ifname: &str) -> Result<()> {
+        let link = self.attach_tc(program_names::FROM_CONTAINER, host_ifname)?;
+        self.endpoint_links.insert(host_ifname.to_owned(), link);
+        Ok(())
+    }
+
+    /// Detaches from a host-side veth (which may already be gone with its container).
+    pub fn detach_endpoint(&mut self, host_ifname: &str) {
+        if let Some(link) = self.endpoint_links.remove(host_ifname) {
+            if let Ok(prog) = classifier(&mut self.ebpf, program_names::FROM_CONTAINER) {
+                let _ = prog.detach(link);
+            }
+        }
+    }
+
+    fn attach_tc(&mut self, program: &str, interface: &str) -> Result<SchedClassifierLinkId> {
+        // Before TCX (6.6) programs hang off a clsact qdisc, which may already exist.
+        if KernelVersion::current().map_or(true, |v| v < KernelVersion::new(6, 6, 0)) {
+            let _ = tc::qdisc_add_clsact(interface);
+        }
+        classifier(&mut self.ebpf, program)?
+            .attach(interface, TcAttachType::Ingress)
+            .with_context(|| format!("cannot attach {program} to TC ingress of {interface}"))
+    }
+
+    fn map<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
+        &'a self,
+        name: &str,
+    ) -> Result<T> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    fn map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
+        &'a mut self,
+        name: &str,
+    ) -> Result<T> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+}
+
+fn route_key(net_id: u32, dest: Ipv4Net) -> Key<RouteDest> {
+    Key::new(
+        RouteDest::prefix_len(dest.prefix_len()),
+        RouteDest::new(net_id, dest.addr().octets()),
+    )
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not an XDP program"))
+}
+
+/// Mounts bpffs at /sys/fs/bpf when `dir` lies under it and nothing is mounted there
+/// (as inside `ip netns exec`, which remounts /sys).
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(root) || is_bpffs(root) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).ok();
+    let src = c"bpf";
+    let target = c"/sys/fs/bpf";
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call;
+    // data is null, which bpffs accepts.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("/sys/fs/bpf is not a bpffs and mounting one failed (are you root?)");
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs is plain old data; zeroed is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and st a valid out-pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}

@@ -1,0 +1,191 @@
+//! Endpoints: a container's interface on the overlay. Naming, address checks, and the
+//! steps of attaching and detaching a network namespace.
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Result};
+use oxlay_common::{Endpoint, Route};
+use rtnetlink::Handle;
+
+use crate::{
+    api::EndpointView,
+    datapath::Datapath,
+    net::{Ipv4Net, MacAddr},
+    netlink::{self, EndpointSpec},
+};
+
+/// The containers' default gateway: link-local, so it takes no address from the pod
+/// subnet; the host-side veth answers for it through a permanent neighbour entry.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// A local endpoint as the daemon remembers it.
+#[derive(Clone, Debug)]
+pub struct EndpointRecord {
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub container_ifname: String,
+    pub container_mac: MacAddr,
+    pub mtu: u32,
+}
+
+impl EndpointRecord {
+    pub fn view(&self) -> EndpointView {
+        EndpointView {
+            netns: self.netns.clone(),
+            address: self.address,
+            mac: self.container_mac.to_string(),
+            host_interface: self.host_ifname.clone(),
+            container_interface: self.container_ifname.clone(),
+            mtu: self.mtu,
+        }
+    }
+}
+
+/// Host-side veth name for a namespace: short (IFNAMSIZ is 16), stable, and
+/// recognisably oxlay's.
+pub fn host_ifname(netns: &str) -> String {
+    let mac = MacAddr::derived(netns).0;
+    format!(
+        "oxl{:02x}{:02x}{:02x}{:02x}",
+        mac[2], mac[3], mac[4], mac[5]
+    )
+}
+
+/// Checks that `address` may be given to a new endpoint.
+pub fn check_address<'a>(
+    pod_subnet: Ipv4Net,
+    address: Ipv4Addr,
+    mut existing: impl Iterator<Item = &'a EndpointRecord>,
+) -> Result<()> {
+    if !pod_subnet.is_usable_host(address) {
+        bail!(
+            "address {address} is not usable in this host's pod subnet {pod_subnet}: pick one inside it, other than the network and broadcast addresses"
+        );
+    }
+    if let Some(other) = existing.find(|e| e.address == address) {
+        bail!(
+            "address {address} is already used by namespace {}",
+            other.netns
+        );
+    }
+    Ok(())
+}
+
+pub fn check_ifname(ifname: &str) -> Result<()> {
+    if ifname.is_empty()
+        || ifname.len() > 15
+        || !ifname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!(
+            "interface name {ifname:?} is not valid: use 1 to 15 letters, digits, '-', '_' or '.'"
+        );
+    }
+    Ok(())
+}
+
+/// Creates the interfaces, attaches the program, and fills the maps.
+pub async fn attach(
+    handle: &Handle,
+    datapath: &mut Datapath,
+    vni: u32,
+    spec: EndpointSpec,
+) -> Result<EndpointRecord> {
+    let links = netlink::create_endpoint(handle, &spec).await?;
+    let record = EndpointRecord {
+        netns: spec.netns.clone(),
+        address: spec.address,
+        host_ifname: links.host.name.clone(),
+        host_ifindex: links.host.index,
+        container_ifname: links.container_ifname.clone(),
+        container_mac: links.container_mac,
+        mtu: spec.mtu,
+    };
+    let wired = async {
+        datapath.attach_endpoint(&record.host_ifname)?;
+        datapath.set_endpoint(
+            record.host_ifindex,
+            Endpoint {
+                net_id: vni,
+                addr: record.address.octets(),
+                mac: record.container_mac.0,
+                _pad: [0; 2],
+            },
+        )?;
+        datapath.set_route(
+            vni,
+            Ipv4Net::new(record.address, 32)?,
+            Route::local(
+                record.host_ifindex,
+                record.container_mac.0,
+                links.host.mac.0,
+            ),
+        )
+    };
+    if let Err(e) = wired.await {
+        let _ = detach(handle, datapath, vni, &record).await;
+        return Err(e);
+    }
+    Ok(record)
+}
+
+/// Removes what `attach` made. Parts already gone are skipped, so this can finish a
+/// detach that was interrupted.
+pub async fn detach(
+    handle: &Handle,
+    datapath: &mut Datapath,
+    vni: u32,
+    record: &EndpointRecord,
+) -> Result<()> {
+    let _ = datapath.remove_route(vni, Ipv4Net::new(record.address, 32)?);
+    datapath.remove_endpoint(record.host_ifindex)?;
+    datapath.detach_endpoint(&record.host_ifname);
+    netlink::delete_link(handle, &record.host_ifname).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(netns: &str, address: &str) -> EndpointRecord {
+        EndpointRecord {
+            netns: netns.into(),
+            address: address.parse().unwrap(),
+            host_ifname: host_ifname(netns),
+            host_ifindex: 7,
+            container_ifname: "eth0".into(),
+            container_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            mtu: 1450,
+        }
+    }
+
+    #[test]
+    fn host_ifnames_fit_and_differ() {
+        let a = host_ifname("c1");
+        assert!(a.len() <= 15 && a.starts_with("oxl"));
+        assert_eq!(a, host_ifname("c1"));
+        assert_ne!(a, host_ifname("c2"));
+    }
+
+    #[test]
+    fn addresses_are_checked() {
+        let subnet: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let existing = [record("c1", "10.244.1.2")];
+        assert!(check_address(subnet, "10.244.1.3".parse().unwrap(), existing.iter()).is_ok());
+        let e = check_address(subnet, "10.244.1.2".parse().unwrap(), existing.iter()).unwrap_err();
+        assert!(e.to_string().contains("already used by namespace c1"));
+        let e = check_address(subnet, "10.244.2.2".parse().unwrap(), existing.iter()).unwrap_err();
+        assert!(e.to_string().contains("not usable"));
+        assert!(check_address(subnet, "10.244.1.255".parse().unwrap(), existing.iter()).is_err());
+    }
+
+    #[test]
+    fn ifnames_are_checked() {
+        assert!(check_ifname("eth0").is_ok());
+        assert!(check_ifname("").is_err());
+        assert!(check_ifname("a-very-long-interface").is_err());
+        assert!(check_ifname("eth 0").is_err());
+    }
+}

@@ -1,0 +1,392 @@
+//! rtnetlink plumbing: looking up links and addresses, creating a container's veth,
+//! configuring the container's side inside its network namespace.
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{LinkAttribute, LinkMessage},
+    neighbour::NeighbourState,
+};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::net::MacAddr;
+
+/// A link as oxlay needs to know it.
+#[derive(Clone, Debug)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: MacAddr,
+    pub mtu: u32,
+}
+
+/// Opens a netlink connection in the calling thread's network namespace.
+pub fn connect() -> Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn link_info(msg: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: msg.header.index,
+        name: String::new(),
+        mac: MacAddr([0; 6]),
+        mtu: 0,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                info.mac = MacAddr(a.as_slice().try_into().unwrap_or_default())
+            }
+            LinkAttribute::Mtu(m) => info.mtu = *m,
+            _ => {}
+        }
+    }
+    info
+}
+
+/// The link called `name`, or None if there is none.
+pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkInfo>> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+        Ok(None) => Ok(None),
+        // The kernel answers ENODEV for a name it does not know.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot look up interface {name}")),
+    }
+}
+
+pub async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<LinkInfo>> {
+    let mut links = handle.link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(msg) => Ok(msg.as_ref().map(link_info)),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot look up interface {index}")),
+    }
+}
+
+/// The first IPv4 address on link `index`.
+pub async fn first_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>> {
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(msg) = addrs.try_next().await? {
+        for attr in msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
+                return Ok(Some(a));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Resolves a network namespace given by name (under /run/netns) or by path.
+pub fn netns_path(netns: &str) -> PathBuf {
+    if netns.contains('/') {
+        PathBuf::from(netns)
+    } else {
+        Path::new("/run/netns").join(netns)
+    }
+}
+
+pub fn open_netns(netns: &str) -> Result<OwnedFd> {
+    let path = netns_path(netns);
+    let file = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "network namespace {netns:?} not found at {}: create it first (ip netns add NAME)",
+            path.display()
+        )
+    })?;
+    Ok(file.into())
+}
+
+/// Runs `f` with a netlink handle inside the network namespace `netns`, on a thread of
+/// its own (setns changes the calling thread only).
+pub async fn in_netns<T, F, Fut>(netns: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let fd = open_netns(netns)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A thread of its own that ends with the work, so no pooled thread is ever left
+    // in a container's namespace.
+    std::thread::spawn(move || {
+        // SAFETY: fd is a valid namespace file descriptor owned by this closure;
+        // setns changes only this thread.
+        let result = if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            Err(std::io::Error::last_os_error())
+                .context("setns into the container's namespace failed")
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start a runtime for the namespace thread")
+                .and_then(|rt| rt.block_on(async move { f(connect()?).await }))
+        };
+        let _ = tx.send(result);
+    });
+    rx.await.map_err(|_| anyhow!("the namespace thread died"))?
+}
+
+/// What attaching a container created.
+#[derive(Clone, Debug)]
+pub struct EndpointLinks {
+    pub host: LinkInfo,
+    pub container_ifname: String,
+    pub container_mac: MacAddr,
+}
+
+/// Everything needed to wire a container's interface.
+pub struct EndpointSpec {
+    pub netns: String,
+    pub host_ifname: String,
+    pub container_ifname: String,
+    pub address: Ipv4Addr,
+    pub mtu: u32,
+    pub gateway: Ipv4Addr,
+}
+
+/// Creates the veth, moves one end into the container and configures both ends:
+/// container: address/32, default route via `gateway` (onlink, permanent neighbour on
+/// the host side's MAC), GRO on so XDP redirects into it work; host: /32 route and a
+/// permanent neighbour for the container.
+pub async fn create_endpoint(handle: &Handle, spec: &EndpointSpec) -> Result<EndpointLinks> {
+    if link_by_name(handle, &spec.host_ifname).await?.is_some() {
+        bail!(
+            "interface {} already exists: is the namespace already attached?",
+            spec.host_ifname
+        );
+    }
+    let ns_fd = open_netns(&spec.netns)?;
+    let peer_tmp = format!("{}p", &spec.host_ifname[..spec.host_ifname.len().min(14)]);
+    handle
+        .link()
+        .add(
+            LinkVeth::new(&spec.host_ifname, &peer_tmp)
+                .mtu(spec.mtu)
+                .build(),
+        )
+        .execute()
+        .await
+        .with_context(|| format!("cannot create veth {}", spec.host_ifname))?;
+    let result = wire_endpoint(handle, spec, &peer_tmp, ns_fd).await;
+    if result.is_err() {
+        // Deleting one end deletes the pair, wherever the other end is.
+        if let Ok(Some(host)) = link_by_name(handle, &spec.host_ifname).await {
+            let _ = handle.link().del(host.index).execute().await;
+        }
+    }
+    result
+}
+
+async fn wire_endpoint(
+    handle: &Handle,
+    spec: &EndpointSpec,
+    peer_tmp: &str,
+    ns_fd: OwnedFd,
+) -> Result<EndpointLinks> {
+    let peer = link_by_name(handle, peer_tmp)
+        .await?
+        .ok_or_else(|| anyhow!("veth peer {peer_tmp} vanished"))?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(peer.index)
+                .setns_by_fd(ns_fd.as_raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .context("cannot move the veth into the container's namespace")?;
+    let host = link_by_name(handle, &spec.host_ifname)
+        .await?
+        .ok_or_else(|| anyhow!("veth {} vanished", spec.host_ifname))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(host.index).up().build())
+        .execute()
+        .await
+        .context("cannot bring up the host-side veth")?;
+
+    let (container_ifname, address, gateway, gw_mac, mtu) = (
+        spec.container_ifname.clone(),
+        spec.address,
+        spec.gateway,
+        host.mac,
+        spec.mtu,
+    );
+    let peer_tmp = peer_tmp.to_owned();
+    let container_mac = in_netns(&spec.netns, move |h| async move {
+        configure_container(
+            &h,
+            &peer_tmp,
+            &container_ifname,
+            address,
+            gateway,
+            gw_mac,
+            mtu,
+        )
+        .await
+    })
+    .await?;
+
+    handle
+        .route()
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(spec.address, 32)
+                .output_interface(host.index)
+                .scope(netlink_packet_route::route::RouteScope::Link)
+                .build(),
+        )
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("cannot add the host route to {}", spec.address))?;
+    handle
+        .neighbours()
+        .add(host.index, IpAddr::V4(spec.address))
+        .link_layer_address(&container_mac.0)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .context("cannot add the neighbour entry for the container")?;
+    Ok(EndpointLinks {
+        host,
+        container_ifname: spec.container_ifname.clone(),
+        container_mac,
+    })
+}
+
+async fn configure_container(
+    h: &Handle,
+    tmp_name: &str,
+    ifname: &str,
+    address: Ipv4Addr,
+    gateway: Ipv4Addr,
+    gateway_mac: MacAddr,
+    mtu: u32,
+) -> Result<MacAddr> {
+    let link = link_by_name(h, tmp_name)
+        .await?
+        .ok_or_else(|| anyhow!("veth {tmp_name} did not arrive in the namespace"))?;
+    if link_by_name(h, ifname).await?.is_some() {
+        bail!("the namespace already has an interface {ifname}");
+    }
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(link.index)
+                .name(ifname.to_owned())
+                .mtu(mtu)
+                .build(),
+        )
+        .execute()
+        .await
+        .with_context(|| format!("cannot rename the container's veth to {ifname}"))?;
+    set_gro(ifname, true)?;
+    h.link()
+        .set(LinkUnspec::new_with_index(link.index).up().build())
+        .execute()
+        .await
+        .context("cannot bring up the container's veth")?;
+    if let Some(lo) = link_by_name(h, "lo").await? {
+        h.link()
+            .set(LinkUnspec::new_with_index(lo.index).up().build())
+            .execute()
+            .await
+            .context("cannot bring up lo in the container")?;
+    }
+    h.address()
+        .add(link.index, IpAddr::V4(address), 32)
+        .execute()
+        .await
+        .with_context(|| format!("cannot add address {address} in the container"))?;
+    h.neighbours()
+        .add(link.index, IpAddr::V4(gateway))
+        .link_layer_address(&gateway_mac.0)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .context("cannot add the gateway neighbour in the container")?;
+    h.route()
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gateway)
+                .output_interface(link.index)
+                .onlink()
+                .build(),
+        )
+        .replace()
+        .execute()
+        .await
+        .context("cannot add the default route in the container")?;
+    let link = link_by_index(h, link.index)
+        .await?
+        .ok_or_else(|| anyhow!("the container's veth vanished"))?;
+    Ok(link.mac)
+}
+
+/// Deletes a link (for a veth: both ends). A link already gone is not an error.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
+    if let Some(link) = link_by_name(handle, name).await? {
+        handle
+            .link()
+            .del(link.index)
+            .execute()
+            .await
+            .with_context(|| format!("cannot delete interface {name}"))?;
+    }
+    Ok(())
+}
+
+/// Turns GRO on or off with the ethtool ioctl. A veth that receives frames redirected
+/// by XDP needs GRO (or an XDP program) on the receiving end, or the kernel drops them.
+pub fn set_gro(ifname: &str, on: bool) -> Result<()> {
+    const ETHTOOL_SGRO: u32 = 0x0000_002c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: on as u32,
+    };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes().take(15)) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: plain socket() call.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot open a socket for ethtool");
+    }
+    // SAFETY: sock is a valid socket; req points at a valid ifreq whose data pointer
+    // refers to `value`, which outlives the call.
+    let rc = unsafe { libc::ioctl(sock, libc::SIOCETHTOOL, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: sock is ours and closed once.
+    unsafe { libc::close(sock) };
+    if rc != 0 {
+        return Err(err).with_context(|| format!("cannot set GRO on {ifname}"));
+    }
+    Ok(())
+}
