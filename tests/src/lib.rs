@@ -1,1 +1,537 @@
+//! Test hosts in network namespaces: an underlay L2 segment (a bridge in a namespace of
+//! its own), hosts on it, containers in hosts, and an oxlay daemon per host.
+//!
+//! Used by the integration tests, `cargo xtask demo` and `cargo xtask bench`. Every
+//! object cleans up on drop, also when a test panics; names carry the process id, so
+//! parallel runs do not collide and leftovers of dead runs are recognised and removed.
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
 
+use anyhow::{bail, Context, Result};
+
+/// Prefix of every namespace this crate makes.
+pub const PREFIX: &str = "oxt";
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, failing with its stderr when it fails.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// Runs a shell-like argument list, e.g. `sh(&["ip", "link"])`.
+pub fn sh(args: &[&str]) -> Result<String> {
+    let out = run(Command::new(args[0]).args(&args[1..]))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether this process may create namespaces and load programs.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Removes namespaces left by runs whose process is gone.
+pub fn remove_stale() {
+    let Ok(list) = sh(&["ip", "netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = sh(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// A new namespace named `oxt<pid>-<seq>-<role>`, with lo up.
+    pub fn new(role: &str) -> Result<Self> {
+        let name = format!(
+            "{PREFIX}{}-{}-{role}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NS ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs a program inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// A command that runs inside the namespace without remounting /sys (so bpffs and
+    /// cgroups stay visible), for daemons.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg(program);
+        c
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+    }
+
+    /// Pings `addr` `count` times; Ok when all replies arrived.
+    pub fn ping(&self, addr: &str, count: u32) -> Result<()> {
+        self.exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "2", "-q", addr])
+            .map(|_| ())
+            .with_context(|| format!("ping from {} to {addr}", self.name))
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T>> {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path)?;
+            // SAFETY: file is an open namespace file; setns changes only this thread,
+            // which ends when `f` returns.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// The underlay: a bridge in a namespace of its own, 192.168.50.0/24.
+pub struct Underlay {
+    pub ns: Netns,
+    ports: u32,
+}
+
+pub const UNDERLAY_PREFIX: &str = "192.168.50";
+
+impl Underlay {
+    pub fn new() -> Result<Self> {
+        remove_stale();
+        let ns = Netns::new("ul")?;
+        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        ns.ip(&["link", "set", "br0", "up"])?;
+        Ok(Self { ns, ports: 0 })
+    }
+
+    /// Adds a host namespace whose `eth0` is on the bridge with address
+    /// 192.168.50.`octet`/24.
+    pub fn add_host(&mut self, role: &str, octet: u8) -> Result<Host> {
+        let ns = Netns::new(role)?;
+        self.ports += 1;
+        let port = format!("p{}", self.ports);
+        sh(&[
+            "ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &port,
+            "netns", &self.ns.name,
+        ])?;
+        self.ns.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        let addr = format!("{UNDERLAY_PREFIX}.{octet}");
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(Host {
+            ns,
+            addr: addr.parse()?,
+            underlay_port: port,
+        })
+    }
+
+    /// Turns TSO/GSO/GRO on or off on both ends of a host's underlay link.
+    pub fn set_offloads(&self, host: &Host, on: bool) -> Result<()> {
+        let v = if on { "on" } else { "off" };
+        for (ns, dev) in [(&self.ns, host.underlay_port.as_str()), (&host.ns, "eth0")] {
+            ns.exec(&["ethtool", "-K", dev, "tso", v, "gso", v, "gro", v])?;
+        }
+        Ok(())
+    }
+}
+
+/// A host: a namespace with `eth0` on the underlay.
+pub struct Host {
+    pub ns: Netns,
+    pub addr: Ipv4Addr,
+    /// Its port's name on the underlay bridge.
+    pub underlay_port: String,
+}
+
+impl Host {
+    /// A container namespace (not yet wired to anything).
+    pub fn container(&self, role: &str) -> Result<Netns> {
+        Netns::new(role)
+    }
+}
+
+/// Path of the `oxlay` binary: `$OXLAY_BIN`, or the workspace's debug build.
+pub fn oxlay_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("OXLAY_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/oxlay")
+}
+
+/// An `oxlay daemon` running in a host namespace; SIGTERM and wait on drop.
+pub struct Daemon {
+    pub node: String,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    _dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon with `config` (TOML; `api_socket` is added) and waits until its
+    /// API answers.
+    pub fn start(host: &Host, node: &str, config: &str) -> Result<Self> {
+        let dir = TempDir::new(node)?;
+        let socket = dir.path.join("api.sock");
+        let config = format!("api_socket = \"{}\"\n{config}", socket.display());
+        let config_path = dir.path.join("oxlay.toml");
+        std::fs::write(&config_path, &config)?;
+        let log = std::fs::File::create(dir.path.join("daemon.log"))?;
+        let child = host
+            .ns
+            .command(oxlay_bin().to_str().unwrap())
+            .args(["daemon", "--config"])
+            .arg(&config_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", oxlay_bin().display()))?;
+        let mut d = Self {
+            node: node.to_owned(),
+            socket,
+            child: Some(child),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if d.cli(&["stats", "--json"]).is_ok() {
+                return Ok(d);
+            }
+            if let Some(status) = d.child.as_mut().unwrap().try_wait()? {
+                bail!("daemon {node} exited ({status}): {}", d.log());
+            }
+            if Instant::now() > deadline {
+                bail!("daemon {node} did not answer within 20 s: {}", d.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs `oxlay ARGS --socket S` and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new(oxlay_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn attach(&self, container: &Netns, address: &str) -> Result<String> {
+        self.cli(&["attach", "--netns", &container.name, "--address", address])
+    }
+
+    /// One counter's value from `oxlay stats --json`.
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let v: serde_json::Value = serde_json::from_str(&self.cli(&["stats", "--json"])?)?;
+        v.as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .and_then(|c| c["value"].as_u64())
+            .with_context(|| format!("no counter {name}"))
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: plain kill() on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!("daemon {} exited with {status}: {}", self.node, self.log());
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("daemon {} ignored SIGTERM for 10 s", self.node);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "oxlay-{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Deterministic pseudo-random bytes, a function of (seed, position), so a receiver
+/// can check a stream without the sender's copy, however reads split it.
+pub struct PatternStream {
+    seed: u64,
+    pos: u64,
+}
+
+impl PatternStream {
+    pub fn new(seed: u64) -> Self {
+        Self { seed, pos: 0 }
+    }
+    /// Byte `pos` of the stream: splitmix64 of its 8-byte block.
+    fn byte_at(&self, pos: u64) -> u8 {
+        let mut z = self.seed.wrapping_add((pos / 8).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        z.to_le_bytes()[(pos % 8) as usize]
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf.iter_mut() {
+            *b = self.byte_at(self.pos);
+            self.pos += 1;
+        }
+    }
+}
+
+/// Sends `bytes` of a pattern over TCP from namespace `from` to a listener in `to` at
+/// `to_addr`, checks every byte on arrival, and returns the elapsed time.
+pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: Ipv4Addr, bytes: u64) -> Result<Duration> {
+    const PORT: u16 = 5201;
+    const CHUNK: usize = 256 * 1024;
+    let seed = 0x6f78_6c61_7900 ^ bytes;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = to.spawn(move || -> Result<u64> {
+        let listener = TcpListener::bind(SocketAddr::from((to_addr, PORT)))?;
+        ready_tx.send(()).ok();
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut expected = PatternStream::new(seed);
+        let (mut buf, mut want) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+        let mut got = 0u64;
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            expected.fill(&mut want[..n]);
+            if buf[..n] != want[..n] {
+                bail!("corrupted data at byte offset {got}..{}", got + n as u64);
+            }
+            got += n as u64;
+        }
+        Ok(got)
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("the receiver did not start")?;
+    let client = from.spawn(move || -> Result<Duration> {
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((to_addr, PORT)), Duration::from_secs(5))?;
+        conn.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let mut pattern = PatternStream::new(seed);
+        let mut buf = vec![0u8; CHUNK];
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = (bytes - sent).min(CHUNK as u64) as usize;
+            pattern.fill(&mut buf[..n]);
+            conn.write_all(&buf[..n])?;
+            sent += n as u64;
+        }
+        conn.shutdown(std::net::Shutdown::Write)?;
+        // Wait for the receiver to close: all bytes were read.
+        let _ = conn.read(&mut [0u8; 1]);
+        Ok(start.elapsed())
+    });
+    let sent = client.join().map_err(|_| anyhow::anyhow!("sender panicked"))?;
+    // The receiver's error (e.g. corruption) explains a sender's reset: report it first.
+    let got = server.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let elapsed = sent?;
+    if got != bytes {
+        bail!("receiver got {got} of {bytes} bytes");
+    }
+    Ok(elapsed)
+}
+
+/// The TOML of one oxlay node.
+pub struct NodeConfig<'a> {
+    pub node: &'a str,
+    pub pod_subnet: &'a str,
+    pub decap: &'a str,
+    pub vni: u32,
+    /// (name, underlay address, pod subnet, optional vtep MAC)
+    pub peers: Vec<(String, Ipv4Addr, String, Option<String>)>,
+}
+
+impl NodeConfig<'_> {
+    pub fn toml(&self) -> String {
+        let mut s = format!(
+            "node_name = \"{}\"\nunderlay_interface = \"eth0\"\nvni = {}\npod_subnet = \"{}\"\ndecap = \"{}\"\npin_path = \"/sys/fs/bpf/oxlay-test/{}\"\n",
+            self.node, self.vni, self.pod_subnet, self.decap, self.node
+        );
+        for (name, addr, subnet, mac) in &self.peers {
+            s += &format!(
+                "\n[[peers]]\nname = \"{name}\"\nunderlay_address = \"{addr}\"\npod_subnet = \"{subnet}\"\n"
+            );
+            if let Some(mac) = mac {
+                s += &format!("vtep_mac = \"{mac}\"\n");
+            }
+        }
+        s
+    }
+}
+
+/// A ready overlay: hosts on an underlay, a daemon per host, containers attached.
+/// Host `i` owns 10.244.`i+1`.0/24; its containers are 10.244.`i+1`.`2+j`.
+pub struct Cluster {
+    pub containers: Vec<Vec<Netns>>,
+    pub daemons: Vec<Daemon>,
+    pub hosts: Vec<Host>,
+    pub underlay: Underlay,
+}
+
+impl Cluster {
+    pub fn new(hosts: usize, containers_per_host: usize, decap: &str) -> Result<Self> {
+        let mut underlay = Underlay::new()?;
+        let tag = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let mut hs = Vec::new();
+        for i in 0..hosts {
+            hs.push(underlay.add_host(&format!("host{i}"), 11 + i as u8)?);
+        }
+        let names: Vec<String> = (0..hosts).map(|i| format!("h{i}-{tag}")).collect();
+        let mut daemons = Vec::new();
+        for (i, host) in hs.iter().enumerate() {
+            let subnet = format!("10.244.{}.0/24", i + 1);
+            let peers = (0..hosts)
+                .filter(|&j| j != i)
+                .map(|j| (names[j].clone(), hs[j].addr, format!("10.244.{}.0/24", j + 1), None))
+                .collect();
+            let cfg = NodeConfig {
+                node: &names[i],
+                pod_subnet: &subnet,
+                decap,
+                vni: 42,
+                peers,
+            };
+            daemons.push(Daemon::start(host, &names[i], &cfg.toml())?);
+        }
+        let mut containers = Vec::new();
+        for (i, host) in hs.iter().enumerate() {
+            let mut cs = Vec::new();
+            for j in 0..containers_per_host {
+                let c = host.container(&format!("c{i}{j}"))?;
+                daemons[i].attach(&c, &Self::container_addr(i, j).to_string())?;
+                cs.push(c);
+            }
+            containers.push(cs);
+        }
+        Ok(Self {
+            containers,
+            daemons,
+            hosts: hs,
+            underlay,
+        })
+    }
+
+    pub fn container_addr(host: usize, index: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, host as u8 + 1, 2 + index as u8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_does_not_depend_on_how_it_is_split() {
+        let mut whole = vec![0u8; 1000];
+        PatternStream::new(7).fill(&mut whole);
+        let mut parts = PatternStream::new(7);
+        let mut joined = Vec::new();
+        for n in [3usize, 250, 1, 746] {
+            let mut b = vec![0u8; n];
+            parts.fill(&mut b);
+            joined.extend(b);
+        }
+        assert_eq!(whole, joined);
+        let mut other = vec![0u8; 1000];
+        PatternStream::new(8).fill(&mut other);
+        assert_ne!(whole, other);
+    }
+}
