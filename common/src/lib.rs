@@ -31,9 +31,9 @@ pub mod program_names {
     pub const DECAP_TC: &str = "oxlay_decap_tc";
     /// XDP on the underlay interface: the same decapsulation.
     pub const DECAP_XDP: &str = "oxlay_decap_xdp";
-    /// XDP program that passes everything; attached on a container's side of a veth so
-    /// the veth accepts frames redirected by XDP (it needs NAPI on the receiving end).
-    pub const XDP_PASS: &str = "oxlay_xdp_pass";
+    /// Programs that do nothing: the baselines of the per-packet benchmarks.
+    pub const NOOP_TC: &str = "oxlay_noop_tc";
+    pub const NOOP_XDP: &str = "oxlay_noop_xdp";
 }
 
 /// Size limits of the maps. Each says why it has the size it has.
@@ -174,6 +174,25 @@ pub struct Network {
     pub _pad: u32,
 }
 
+/// Metadata the XDP decapsulation leaves in front of a frame it stripped, for the TC
+/// program on the same interface, which delivers it with `bpf_redirect_peer`.
+///
+/// Why not redirect from XDP: an XDP frame carries no checksum state, so a TCP packet
+/// whose checksum was left to offload (CHECKSUM_PARTIAL, as on any veth) would arrive
+/// with a bad checksum. Passing to TC keeps the skb and its checksum state, and GRO.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpDeliveryMeta {
+    /// [`XdpDeliveryMeta::MAGIC`]; anything else means "no metadata of ours".
+    pub magic: u32,
+    /// Host-side veth of the destination container.
+    pub ifindex: u32,
+}
+
+impl XdpDeliveryMeta {
+    pub const MAGIC: u32 = 0x6f78_6c79; // "oxly"
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -209,6 +228,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 4 + 4 + 6 + 2);
         assert_eq!(size_of::<Peer>(), 8);
         assert_eq!(size_of::<Network>(), 8);
+        assert_eq!(size_of::<XdpDeliveryMeta>(), 8);
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! VXLAN packets from peer hosts: strip the outer headers and deliver to the container.
 //! The same classification runs under TC and XDP; only the packet surgery differs.
+//! In XDP mode, XDP strips the headers and TC (same interface) does the delivery.
 use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, TC_ACT_OK,
         TC_ACT_SHOT,
     },
-    helpers::{bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head},
+    helpers::{bpf_redirect_peer, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use network_types::eth::EthHdr;
-use oxlay_common::{wire::ENCAP_OVERHEAD, Counter, Route};
+use oxlay_common::{wire::ENCAP_OVERHEAD, Counter, Route, XdpDeliveryMeta};
 
 use crate::{
     counters::count,
@@ -29,6 +30,11 @@ fn delivery_eth(route: &Route) -> EthHdr {
 }
 
 pub fn tc(ctx: &TcContext) -> i32 {
+    if let Some(ifindex) = xdp_delivery(ctx) {
+        // Already stripped and addressed by the XDP program: just deliver.
+        // SAFETY: plain helper call; an unknown ifindex makes the kernel drop the packet.
+        return unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+    }
     let Some(cfg) = maps::config() else {
         return TC_ACT_OK as i32;
     };
@@ -54,6 +60,20 @@ pub fn tc(ctx: &TcContext) -> i32 {
             }
         },
     }
+}
+
+/// The destination left by the XDP program in the frame's metadata, if any.
+#[inline(always)]
+fn xdp_delivery(ctx: &TcContext) -> Option<u32> {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    let meta = unsafe { (*ctx.skb.skb).data_meta } as usize;
+    let data = ctx.data();
+    if meta + core::mem::size_of::<XdpDeliveryMeta>() > data {
+        return None;
+    }
+    // SAFETY: the check above proves the metadata lies between data_meta and data.
+    let m = unsafe { (meta as *const XdpDeliveryMeta).read_unaligned() };
+    (m.magic == XdpDeliveryMeta::MAGIC).then_some(m.ifindex)
 }
 
 fn tc_strip_and_deliver(ctx: &TcContext, route: &Route) -> Result<i32, Counter> {
@@ -107,13 +127,24 @@ fn xdp_strip_and_deliver(ctx: &XdpContext, route: &Route) -> Result<u32, Counter
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, ENCAP_OVERHEAD as i32) } != 0 {
         return Err(Counter::DropAdjustRoomFailed);
     }
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    if data + core::mem::size_of::<EthHdr>() > data_end {
+    let meta_len = core::mem::size_of::<XdpDeliveryMeta>() as i32;
+    // SAFETY: plain helper call on this program's own context.
+    if unsafe { bpf_xdp_adjust_meta(ctx.as_ptr() as *mut _, -meta_len) } != 0 {
+        return Err(Counter::DropAdjustRoomFailed);
+    }
+    let (meta, data, data_end) = (ctx.metadata(), ctx.data(), ctx.data_end());
+    if meta + meta_len as usize > data || data + core::mem::size_of::<EthHdr>() > data_end {
         return Err(Counter::DropTruncatedInner);
     }
-    // SAFETY: the check above proves the Ethernet header lies inside the packet.
-    unsafe { (data as *mut EthHdr).write_unaligned(delivery_eth(route)) };
+    // SAFETY: the checks above prove both writes lie inside the metadata and packet.
+    unsafe {
+        (meta as *mut XdpDeliveryMeta).write_unaligned(XdpDeliveryMeta {
+            magic: XdpDeliveryMeta::MAGIC,
+            ifindex: route.ifindex,
+        });
+        (data as *mut EthHdr).write_unaligned(delivery_eth(route));
+    }
     count(Counter::Decapsulated);
-    // SAFETY: plain helper call; an unknown ifindex makes the redirect fail (dropped).
-    Ok(unsafe { bpf_redirect(route.ifindex, 0) } as u32)
+    // The TC program on this interface delivers it (see XdpDeliveryMeta for why).
+    Ok(xdp_action::XDP_PASS)
 }

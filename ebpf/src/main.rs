@@ -10,7 +10,8 @@
 //!   underlay ─▶ [oxlay_decap_tc] TC ingress  or  [oxlay_decap_xdp] XDP
 //!                          │ UDP to the VXLAN port, for this host? else ─▶ host stack
 //!                          │ known peer, I flag, known VNI, inner IPv4, local endpoint?
-//!                          └─ strip 50 bytes, rewrite MACs, redirect ─▶ container
+//!                          └─ strip 50 bytes, rewrite MACs, bpf_redirect_peer ─▶ container
+//!                             (XDP strips and marks the frame; TC on the same device delivers)
 //! ```
 //!
 //! Parses: outer Ethernet, IPv4 (options only to reject them), UDP, VXLAN, inner Ethernet
@@ -25,7 +26,7 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, TC_ACT_OK},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -45,9 +46,15 @@ pub fn oxlay_decap_xdp(ctx: XdpContext) -> u32 {
     decap::xdp(&ctx)
 }
 
-/// Lets a veth accept frames that XDP redirects into its peer.
+/// Does nothing: the baseline that benchmarks subtract from the programs above.
+#[classifier]
+pub fn oxlay_noop_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
+}
+
+/// Does nothing: the XDP baseline for benchmarks.
 #[xdp]
-pub fn oxlay_xdp_pass(_ctx: XdpContext) -> u32 {
+pub fn oxlay_noop_xdp(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 

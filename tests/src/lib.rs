@@ -380,7 +380,19 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: Ipv4Addr, bytes: u64) -> 
     let server = to.spawn(move || -> Result<u64> {
         let listener = TcpListener::bind(SocketAddr::from((to_addr, PORT)))?;
         ready_tx.send(()).ok();
-        let (mut conn, _) = listener.accept()?;
+        // Never block forever: a sender that cannot connect must fail the test.
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e).context("no connection arrived"),
+            }
+        };
+        conn.set_nonblocking(false)?;
         conn.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut expected = PatternStream::new(seed);
         let (mut buf, mut want) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);

@@ -60,7 +60,7 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("the kernel rejected program {name}"))?;
         }
-        for name in [program_names::DECAP_XDP, program_names::XDP_PASS] {
+        for name in [program_names::DECAP_XDP, program_names::NOOP_XDP] {
             xdp(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("the kernel rejected program {name}"))?;
@@ -187,6 +187,8 @@ impl Datapath {
                 .attach_tc(program_names::DECAP_TC, interface)
                 .map(|_| ()),
             DecapMode::Xdp => {
+                // XDP strips; the TC program on the same interface delivers.
+                self.attach_tc(program_names::DECAP_TC, interface)?;
                 xdp(&mut self.ebpf, program_names::DECAP_XDP)?
                     .attach(interface, XdpMode::Default)
                     .with_context(|| {

@@ -162,7 +162,7 @@ pub struct EndpointSpec {
 
 /// Creates the veth, moves one end into the container and configures both ends:
 /// container: address/32, default route via `gateway` (onlink, permanent neighbour on
-/// the host side's MAC), GRO on so XDP redirects into it work; host: /32 route and a
+/// the host side's MAC); host: /32 route and a
 /// permanent neighbour for the container.
 pub async fn create_endpoint(handle: &Handle, spec: &EndpointSpec) -> Result<EndpointLinks> {
     if link_by_name(handle, &spec.host_ifname).await?.is_some() {
@@ -298,7 +298,6 @@ async fn configure_container(
         .execute()
         .await
         .with_context(|| format!("cannot rename the container's veth to {ifname}"))?;
-    set_gro(ifname, true)?;
     h.link()
         .set(LinkUnspec::new_with_index(link.index).up().build())
         .execute()
@@ -351,42 +350,6 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
             .execute()
             .await
             .with_context(|| format!("cannot delete interface {name}"))?;
-    }
-    Ok(())
-}
-
-/// Turns GRO on or off with the ethtool ioctl. A veth that receives frames redirected
-/// by XDP needs GRO (or an XDP program) on the receiving end, or the kernel drops them.
-pub fn set_gro(ifname: &str, on: bool) -> Result<()> {
-    const ETHTOOL_SGRO: u32 = 0x0000_002c;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_SGRO,
-        data: on as u32,
-    };
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes().take(15)) {
-        *dst = src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-    // SAFETY: plain socket() call.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot open a socket for ethtool");
-    }
-    // SAFETY: sock is a valid socket; req points at a valid ifreq whose data pointer
-    // refers to `value`, which outlives the call.
-    let rc = unsafe { libc::ioctl(sock, libc::SIOCETHTOOL, &mut req) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: sock is ours and closed once.
-    unsafe { libc::close(sock) };
-    if rc != 0 {
-        return Err(err).with_context(|| format!("cannot set GRO on {ifname}"));
     }
     Ok(())
 }
