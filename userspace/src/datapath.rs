@@ -11,10 +11,10 @@ use aya::{
     maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray},
     programs::{
         tc::{self, SchedClassifierLinkId},
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        Program, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     util::KernelVersion,
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, TestRun, TestRunOptions,
 };
 use oxlay_common::{
     map_names, program_names, CounterInfo, DatapathConfig, Endpoint, Network, Peer, Route,
@@ -33,6 +33,15 @@ pub struct RouteEntry {
     pub net_id: u32,
     pub dest: Ipv4Net,
     pub route: Route,
+}
+
+/// What one BPF_PROG_TEST_RUN returned.
+#[derive(Clone, Debug)]
+pub struct TestRunOutcome {
+    pub verdict: u32,
+    pub packet: Vec<u8>,
+    /// The kernel's average duration of one run.
+    pub ns_per_run: f64,
 }
 
 /// The loaded programs and maps of one node.
@@ -75,6 +84,34 @@ impl Datapath {
     /// The loaded object, for tests that run programs through BPF_PROG_TEST_RUN.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// Runs program `name` once per `repeat` on `packet` through BPF_PROG_TEST_RUN and
+    /// returns its verdict, the packet it left, and the kernel's time per run.
+    pub fn test_run(&self, name: &str, packet: &[u8], repeat: u32) -> Result<TestRunOutcome> {
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+        let result = match program {
+            Program::SchedClassifier(p) => p.test_run(opts),
+            Program::Xdp(p) => p.test_run(opts),
+            _ => return Err(anyhow!("program {name} cannot be test-run")),
+        }
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {name} failed"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutcome {
+            verdict: result.return_value,
+            packet: out,
+            ns_per_run: result.duration.as_nanos() as f64,
+        })
     }
 
     /// Removes the pinned maps; the next daemon starts with empty ones.
