@@ -1,6 +1,11 @@
 //! End to end: real daemons in host namespaces, real containers, real traffic.
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
 use anyhow::Result;
-use oxlay_testbed::{is_root, tcp_transfer, Cluster};
+use oxlay_testbed::{is_root, sh, tcp_transfer, Cluster, Daemon, NodeConfig, TempDir, Underlay};
 
 const MB: u64 = 1024 * 1024;
 
@@ -63,4 +68,119 @@ fn three_hosts_xdp_decap() -> Result<()> {
         return Ok(());
     }
     three_hosts("xdp")
+}
+
+/// One oxlay host and one host running the kernel's own `vxlan` device, configured as
+/// flannel does (nolearning, static fdb and neigh entries, port 4789): traffic flows both
+/// ways, and a capture on the underlay shows valid VXLAN both ways.
+#[test]
+fn interoperates_with_the_linux_vxlan_device() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut ul = Underlay::new()?;
+    let host_a = ul.add_host("oxlay", 11)?;
+    let host_b = ul.add_host("linux", 12)?;
+    const A_VTEP: &str = "02:aa:00:00:00:0a";
+    const B_VTEP: &str = "02:bb:00:00:00:0b";
+
+    // Host B: Linux vxlan, flannel style, with a routed container behind it.
+    let b = &host_b.ns;
+    b.ip(&[
+        "link", "add", "vxlan0", "address", B_VTEP, "type", "vxlan", "id", "42", "dstport", "4789",
+        "local", "192.168.50.12", "dev", "eth0", "nolearning",
+    ])?;
+    b.ip(&["link", "set", "vxlan0", "up"])?;
+    b.ip(&["addr", "add", "10.244.2.0/32", "dev", "vxlan0"])?;
+    b.ip(&["route", "add", "10.244.1.0/24", "via", "10.244.1.0", "dev", "vxlan0", "onlink"])?;
+    b.ip(&["neigh", "add", "10.244.1.0", "lladdr", A_VTEP, "dev", "vxlan0", "nud", "permanent"])?;
+    b.exec(&["bridge", "fdb", "add", A_VTEP, "dev", "vxlan0", "dst", "192.168.50.11"])?;
+    b.sysctl("net.ipv4.ip_forward", "1")?;
+    let cb = host_b.container("cb")?;
+    sh(&["ip", "link", "add", "vethb", "netns", &b.name, "type", "veth", "peer", "name", "eth0", "netns", &cb.name])?;
+    b.ip(&["addr", "add", "10.244.2.1/24", "dev", "vethb"])?;
+    b.ip(&["link", "set", "vethb", "up"])?;
+    cb.ip(&["link", "set", "eth0", "mtu", "1450", "up"])?;
+    cb.ip(&["addr", "add", "10.244.2.2/24", "dev", "eth0"])?;
+    cb.ip(&["route", "add", "default", "via", "10.244.2.1"])?;
+
+    // Host A: oxlay, with B's vxlan MAC as the peer's VTEP MAC.
+    let cfg = NodeConfig {
+        node: &format!("interop-a-{}", std::process::id()),
+        pod_subnet: "10.244.1.0/24",
+        decap: "tc",
+        vni: 42,
+        peers: vec![("linux-b".into(), host_b.addr, "10.244.2.0/24".into(), Some(B_VTEP.into()))],
+    };
+    let daemon = Daemon::start(&host_a, cfg.node, &format!("vtep_mac = \"{A_VTEP}\"\n{}", cfg.toml()))?;
+    let ca = host_a.container("ca")?;
+    daemon.attach(&ca, "10.244.1.2")?;
+
+    // Capture on the underlay while traffic flows both ways.
+    let pcap = TempDir::new("pcap")?;
+    let file = pcap.path.join("vxlan.pcap");
+    let mut capture = Command::new("ip")
+        .args(["netns", "exec", &ul.ns.name, "tshark", "-q", "-i", "br0", "-f", "udp port 4789", "-a", "duration:20", "-c", "8", "-w"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2)); // tshark needs a moment to start capturing
+    ca.ping("10.244.2.2", 2)?;
+    cb.ping("10.244.1.2", 2)?;
+    let status = capture.wait()?;
+    assert!(status.success(), "tshark failed: {status}");
+
+    tcp_transfer(&ca, &cb, "10.244.2.2".parse()?, 16 * MB)?;
+    tcp_transfer(&cb, &ca, "10.244.1.2".parse()?, 16 * MB)?;
+
+    let fields = sh(&[
+        "tshark", "-r", file.to_str().unwrap(), "-T", "fields", "-E", "separator=,", "-E", "aggregator=/",
+        "-e", "ip.src", "-e", "ip.dst", "-e", "udp.dstport", "-e", "vxlan.flags", "-e", "vxlan.vni",
+        "-e", "icmp.type",
+    ])?;
+    let lines: Vec<&str> = fields.lines().collect();
+    assert_eq!(lines.len(), 8, "expected 8 VXLAN packets, captured: {fields}");
+    let mut directions = std::collections::BTreeSet::new();
+    for line in &lines {
+        let f: Vec<&str> = line.split(',').collect();
+        // ip.src and ip.dst hold the outer then the inner address, '/'-separated.
+        assert_eq!(f[2], "4789", "UDP destination port in {line}");
+        assert_eq!(f[3], "0x0800", "VXLAN flags (only I set) in {line}");
+        assert_eq!(f[4], "42", "VNI in {line}");
+        assert!(!f[5].is_empty(), "no inner ICMP dissected in {line}");
+        let outer_src = f[0].split('/').next().unwrap_or_default();
+        directions.insert(outer_src.to_owned());
+    }
+    assert_eq!(
+        directions.len(),
+        2,
+        "VXLAN seen from only one side: {directions:?}\n{fields}"
+    );
+    let from_oxlay = daemon.counter("encapsulated")?;
+    let into_oxlay = daemon.counter("decapsulated")?;
+    assert!(from_oxlay >= 4 && into_oxlay >= 4, "encapsulated {from_oxlay}, decapsulated {into_oxlay}");
+    Ok(())
+}
+
+/// A daemon stopped with SIGTERM leaves no pins, socket or interfaces behind.
+#[test]
+fn sigterm_cleans_up() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut c = Cluster::new(2, 1, "tc")?;
+    c.containers[0][0].ping(&Cluster::container_addr(1, 0).to_string(), 1)?;
+    let host_links_before = c.hosts[0].ns.ip(&["-o", "link"])?;
+    assert!(host_links_before.contains("oxl"), "no endpoint veth on host 0: {host_links_before}");
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/oxlay-test/{}", c.daemons[0].node));
+    assert!(pins.exists(), "maps are not pinned at {}", pins.display());
+    c.daemons[0].stop()?;
+    assert!(!pins.exists(), "pins left at {}", pins.display());
+    assert!(!c.daemons[0].socket.exists(), "API socket left behind");
+    let links = c.hosts[0].ns.ip(&["-o", "link"])?;
+    assert!(!links.contains("oxl"), "endpoint veth left behind: {links}");
+    let tc = c.hosts[0].ns.exec(&["bpftool", "net", "show", "dev", "eth0"])?;
+    assert!(!tc.contains("oxlay"), "program still attached: {tc}");
+    Ok(())
 }
