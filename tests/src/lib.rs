@@ -206,6 +206,47 @@ impl Host {
     pub fn container(&self, role: &str) -> Result<Netns> {
         Netns::new(role)
     }
+
+    /// A container wired the classic way, without oxlay: a veth whose host end has
+    /// `gateway`/24 and whose container end has `address`/24 and a default route via
+    /// the gateway; the host forwards.
+    pub fn routed_container(&self, role: &str, address: Ipv4Addr, gateway: Ipv4Addr, mtu: u32) -> Result<Netns> {
+        let c = Netns::new(role)?;
+        let host_if = format!("v{role}");
+        sh(&[
+            "ip", "link", "add", &host_if, "netns", &self.ns.name, "type", "veth", "peer", "name", "eth0",
+            "netns", &c.name,
+        ])?;
+        self.ns.ip(&["addr", "add", &format!("{gateway}/24"), "dev", &host_if])?;
+        self.ns.ip(&["link", "set", &host_if, "mtu", &mtu.to_string(), "up"])?;
+        c.ip(&["link", "set", "eth0", "mtu", &mtu.to_string(), "up"])?;
+        c.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        c.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+        self.ns.sysctl("net.ipv4.ip_forward", "1")?;
+        Ok(c)
+    }
+
+    /// Sets up the kernel's `vxlan` device the way flannel does: `nolearning`, port
+    /// 4789, VNI 42, address `<pod_subnet>.0/32`, and for each peer (underlay address,
+    /// its /24 pod subnet's first three octets, its VTEP MAC) a route, a permanent
+    /// neighbour and a static fdb entry.
+    pub fn linux_vxlan(&self, vtep_mac: &str, pod_net: [u8; 3], peers: &[(Ipv4Addr, [u8; 3], &str)]) -> Result<()> {
+        let ns = &self.ns;
+        ns.ip(&[
+            "link", "add", "vxlan0", "address", vtep_mac, "type", "vxlan", "id", "42", "dstport", "4789",
+            "local", &self.addr.to_string(), "dev", "eth0", "nolearning",
+        ])?;
+        ns.ip(&["link", "set", "vxlan0", "up"])?;
+        let net = |n: [u8; 3]| format!("{}.{}.{}", n[0], n[1], n[2]);
+        ns.ip(&["addr", "add", &format!("{}.0/32", net(pod_net)), "dev", "vxlan0"])?;
+        for (underlay, subnet, mac) in peers {
+            let gw = format!("{}.0", net(*subnet));
+            ns.ip(&["route", "add", &format!("{gw}/24"), "via", &gw, "dev", "vxlan0", "onlink"])?;
+            ns.ip(&["neigh", "add", &gw, "lladdr", mac, "dev", "vxlan0", "nud", "permanent"])?;
+            ns.exec(&["bridge", "fdb", "add", mac, "dev", "vxlan0", "dst", &underlay.to_string()])?;
+        }
+        ns.sysctl("net.ipv4.ip_forward", "1")
+    }
 }
 
 /// Path of the `oxlay` binary: `$OXLAY_BIN`, or the workspace's debug build.

@@ -85,24 +85,8 @@ fn interoperates_with_the_linux_vxlan_device() -> Result<()> {
     const B_VTEP: &str = "02:bb:00:00:00:0b";
 
     // Host B: Linux vxlan, flannel style, with a routed container behind it.
-    let b = &host_b.ns;
-    b.ip(&[
-        "link", "add", "vxlan0", "address", B_VTEP, "type", "vxlan", "id", "42", "dstport", "4789",
-        "local", "192.168.50.12", "dev", "eth0", "nolearning",
-    ])?;
-    b.ip(&["link", "set", "vxlan0", "up"])?;
-    b.ip(&["addr", "add", "10.244.2.0/32", "dev", "vxlan0"])?;
-    b.ip(&["route", "add", "10.244.1.0/24", "via", "10.244.1.0", "dev", "vxlan0", "onlink"])?;
-    b.ip(&["neigh", "add", "10.244.1.0", "lladdr", A_VTEP, "dev", "vxlan0", "nud", "permanent"])?;
-    b.exec(&["bridge", "fdb", "add", A_VTEP, "dev", "vxlan0", "dst", "192.168.50.11"])?;
-    b.sysctl("net.ipv4.ip_forward", "1")?;
-    let cb = host_b.container("cb")?;
-    sh(&["ip", "link", "add", "vethb", "netns", &b.name, "type", "veth", "peer", "name", "eth0", "netns", &cb.name])?;
-    b.ip(&["addr", "add", "10.244.2.1/24", "dev", "vethb"])?;
-    b.ip(&["link", "set", "vethb", "up"])?;
-    cb.ip(&["link", "set", "eth0", "mtu", "1450", "up"])?;
-    cb.ip(&["addr", "add", "10.244.2.2/24", "dev", "eth0"])?;
-    cb.ip(&["route", "add", "default", "via", "10.244.2.1"])?;
+    host_b.linux_vxlan(B_VTEP, [10, 244, 2], &[(host_a.addr, [10, 244, 1], A_VTEP)])?;
+    let cb = host_b.routed_container("cb", "10.244.2.2".parse()?, "10.244.2.1".parse()?, 1450)?;
 
     // Host A: oxlay, with B's vxlan MAC as the peer's VTEP MAC.
     let cfg = NodeConfig {

@@ -64,7 +64,11 @@ impl Datapath {
             .context(
                 "loading the eBPF object failed (is this root on a kernel with BPF and BTF?)",
             )?;
-        for name in [program_names::FROM_CONTAINER, program_names::DECAP_TC] {
+        for name in [
+            program_names::FROM_CONTAINER,
+            program_names::DECAP_TC,
+            program_names::NOOP_TC,
+        ] {
             classifier(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("the kernel rejected program {name}"))?;

@@ -1,1 +1,109 @@
-fn main() {}
+//! `cargo xtask`: the project's commands. `install` and the others that call it set up a
+//! fresh Debian 12 machine; every step prints what it does.
+mod bench;
+mod demo;
+mod install;
+
+#[path = "../../userspace/build_ebpf.rs"]
+mod build_ebpf;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "oxlay's build, test, demo and benchmark commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (Debian packages, bpf-linker). Idempotent.
+    Install,
+    /// Build the kernel programs alone.
+    BuildEbpf,
+    /// Install, build, and run the whole test suite.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Install, build, and run the three-host demo.
+    Demo,
+    /// Install, build, and benchmark oxlay against host routing and the Linux vxlan.
+    Bench {
+        /// Rounds of each variant (interleaved).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per throughput and latency run.
+        #[arg(long, default_value_t = 4)]
+        seconds: u32,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Install => install::run(),
+        Cmd::BuildEbpf => {
+            install::run()?;
+            let object = build_ebpf::build_ebpf(&root(), &root().join("target/ebpf")).map_err(anyhow::Error::msg)?;
+            println!("==> eBPF object: {}", object.display());
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            install::run()?;
+            step("building oxlay (userspace and kernel programs)");
+            cargo(&["build", "--workspace"])?;
+            step("running the test suite (serially: tests share the kernel)");
+            let mut test_args: Vec<&str> = vec!["test", "--workspace", "--exclude", "xtask"];
+            let (filters, rest): (Vec<&String>, Vec<&String>) = args.iter().partition(|a| !a.starts_with('-'));
+            test_args.extend(rest.iter().map(|s| s.as_str()));
+            test_args.push("--");
+            test_args.push("--test-threads=1");
+            test_args.extend(filters.iter().map(|s| s.as_str()));
+            cargo(&test_args)
+        }
+        Cmd::Demo => {
+            install::run()?;
+            step("building oxlay (release)");
+            cargo(&["build", "--release", "-p", "oxlay"])?;
+            demo::run(&root().join("target/release/oxlay"))
+        }
+        Cmd::Bench { rounds, seconds } => {
+            install::run()?;
+            step("building oxlay (release)");
+            cargo(&["build", "--release", "-p", "oxlay", "-p", "oxlay-testbed", "--examples"])?;
+            bench::run(&root(), rounds, seconds)
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Prints a progress line.
+pub fn step(what: &str) {
+    println!("==> {what}");
+}
+
+/// Runs cargo (the one running xtask) in the workspace root.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(root())
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Per-packet cost of the kernel programs under BPF_PROG_TEST_RUN, next to no-op
+//! programs of the same types; prints one JSON object (ns per run) for `cargo xtask bench`.
+//!
+//! Every run is a separate `repeat = 1` call: with repeat > 1 the kernel reruns on the
+//! same, already modified packet (an encap would keep pushing headers), so the average
+//! of many single runs is what is measured. The no-op figure carries the same timer
+//! overhead and is reported beside it.
+use std::net::Ipv4Addr;
+
+use anyhow::{ensure, Result};
+use oxlay::{datapath::Datapath, net::Ipv4Net};
+use oxlay_common::{program_names as prog, DatapathConfig, Endpoint, Route};
+
+const RUNS: u32 = 20_000;
+
+fn main() -> Result<()> {
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/oxlay-bench-{}", std::process::id()));
+    let result = measure(&pins);
+    let _ = std::fs::remove_dir_all(&pins);
+    println!("{}", serde_json::to_string(&result?)?);
+    Ok(())
+}
+
+fn measure(pins: &std::path::Path) -> Result<serde_json::Value> {
+    let mut dp = Datapath::load(pins)?;
+    dp.set_config(DatapathConfig {
+        underlay_ifindex: 1,
+        underlay_addr: [192, 168, 50, 11],
+        vxlan_port: 4789,
+        vtep_mac: [2, 0, 0, 0, 0, 0xa],
+        ready: 1,
+    })?;
+    dp.add_network(42)?;
+    dp.add_peer(Ipv4Addr::new(192, 168, 50, 12))?;
+    // 1,000 peer subnets, so lookups walk a realistic trie.
+    for i in 0..1000u32 {
+        let subnet = Ipv4Net::new(Ipv4Addr::from(0x0af4_0000 | (i + 2) << 8), 24)?;
+        dp.set_route(42, subnet, Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 0xb]))?;
+    }
+    dp.set_route(42, Ipv4Net::new(Ipv4Addr::new(10, 244, 1, 3), 32)?, Route::local(7, [2; 6], [4; 6]))?;
+    dp.set_endpoint(1, Endpoint { net_id: 42, addr: [10, 244, 1, 2], mac: [2; 6], _pad: [0; 2] })?;
+
+    let payload = [0u8; 64];
+    let inner = ipv4_udp([10, 244, 1, 2], [10, 244, 2, 2], &payload);
+    let from_container = [eth(0x0800), inner.clone()].concat();
+    let inner_back = ipv4_udp([10, 244, 2, 2], [10, 244, 1, 3], &payload);
+    let vxlan = [
+        eth(0x0800),
+        ipv4_udp_header([192, 168, 50, 12], [192, 168, 50, 11], 4789, 8 + 14 + inner_back.len()),
+        vec![0x08, 0, 0, 0, 0, 0, 42, 0],
+        eth(0x0800),
+        inner_back,
+    ]
+    .concat();
+
+    let time = |name: &str, packet: &[u8], verdict: u32| -> Result<f64> {
+        let mut total = 0.0;
+        for _ in 0..RUNS {
+            let r = dp.test_run(name, packet, 1)?;
+            ensure!(r.verdict == verdict, "{name} returned {} instead of {verdict}", r.verdict);
+            total += r.ns_per_run;
+        }
+        Ok(total / RUNS as f64)
+    };
+    Ok(serde_json::json!({
+        "noop_tc": time(prog::NOOP_TC, &from_container, 0)?,
+        "encap_tc": time(prog::FROM_CONTAINER, &from_container, 7)?,
+        "decap_tc": time(prog::DECAP_TC, &vxlan, 7)?,
+        "noop_xdp": time(prog::NOOP_XDP, &vxlan, 2)?,
+        "decap_xdp": time(prog::DECAP_XDP, &vxlan, 2)?,
+        "routes": 1001,
+    }))
+}
+
+fn eth(ethertype: u16) -> Vec<u8> {
+    [&[2u8, 0, 0, 0, 0, 1][..], &[2, 0, 0, 0, 0, 2], &ethertype.to_be_bytes()].concat()
+}
+
+fn ipv4_udp_header(src: [u8; 4], dst: [u8; 4], dport: u16, payload_len: usize) -> Vec<u8> {
+    let mut h = vec![0x45, 0];
+    h.extend(((20 + 8 + payload_len) as u16).to_be_bytes());
+    h.extend([0, 0, 0x40, 0, 64, 17, 0, 0]);
+    h.extend(src);
+    h.extend(dst);
+    h.extend(50000u16.to_be_bytes());
+    h.extend(dport.to_be_bytes());
+    h.extend(((8 + payload_len) as u16).to_be_bytes());
+    h.extend([0, 0]);
+    h
+}
+
+fn ipv4_udp(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    [ipv4_udp_header(src, dst, 7777, payload.len()), payload.to_vec()].concat()
+}
