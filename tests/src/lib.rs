@@ -395,18 +395,22 @@ impl PatternStream {
     pub fn new(seed: u64) -> Self {
         Self { seed, pos: 0 }
     }
-    /// Byte `pos` of the stream: splitmix64 of its 8-byte block.
-    fn byte_at(&self, pos: u64) -> u8 {
-        let mut z = self.seed.wrapping_add((pos / 8).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    /// The 8-byte block `block` of the stream: splitmix64 of its index.
+    fn block(&self, block: u64) -> [u8; 8] {
+        let mut z = self.seed.wrapping_add(block.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        z.to_le_bytes()[(pos % 8) as usize]
+        (z ^ (z >> 31)).to_le_bytes()
     }
     pub fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf.iter_mut() {
-            *b = self.byte_at(self.pos);
-            self.pos += 1;
+        let mut i = 0;
+        while i < buf.len() {
+            let (block, offset) = (self.pos / 8, (self.pos % 8) as usize);
+            let bytes = self.block(block);
+            let n = (8 - offset).min(buf.len() - i);
+            buf[i..i + n].copy_from_slice(&bytes[offset..offset + n]);
+            i += n;
+            self.pos += n as u64;
         }
     }
 }

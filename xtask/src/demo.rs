@@ -88,3 +88,8 @@ pub fn run(oxlay: &Path) -> Result<()> {
     step("demo done");
     Ok(())
 }
+
+/// Whether Ctrl-C was pressed since `catch_interrupt`.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}

@@ -1,0 +1,271 @@
+//! `cargo xtask bench`: oxlay (both decap modes) against plain host routing ("host-gw")
+//! and the kernel's vxlan device, in one run, interleaved, two regimes (veth offloads
+//! on, and off = per-packet), plus the programs' ns/packet under test-run. Prints a
+//! table of ratios and writes it to docs/benchmarks.md.
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use oxlay_testbed::{sh, Cluster, Daemon, Host, Netns, Underlay};
+
+use crate::{demo::catch_interrupt, step};
+
+/// The four ways of connecting two containers on two hosts.
+const VARIANTS: [&str; 4] = ["host-gw", "linux-vxlan", "oxlay-tc", "oxlay-xdp"];
+/// Every variant's containers use this MTU, so all carry the same bytes per packet.
+const MTU: u32 = 1450;
+
+/// Two hosts with one container each; fields drop in order (containers first).
+struct Setup {
+    client: Netns,
+    server: Netns,
+    _daemons: Vec<Daemon>,
+    _hosts: Vec<Host>,
+    underlay: Underlay,
+    server_addr: Ipv4Addr,
+}
+
+impl Setup {
+    fn new(variant: &str) -> Result<Self> {
+        match variant {
+            "oxlay-tc" | "oxlay-xdp" => {
+                let mut c = Cluster::new(2, 1, variant.trim_start_matches("oxlay-"))?;
+                let server = c.containers[1].pop().unwrap();
+                let client = c.containers[0].pop().unwrap();
+                Ok(Self {
+                    client,
+                    server,
+                    _daemons: std::mem::take(&mut c.daemons),
+                    _hosts: std::mem::take(&mut c.hosts),
+                    underlay: c.underlay,
+                    server_addr: Cluster::container_addr(1, 0),
+                })
+            }
+            "host-gw" | "linux-vxlan" => {
+                let mut underlay = Underlay::new()?;
+                let hosts = [underlay.add_host("h0", 11)?, underlay.add_host("h1", 12)?];
+                let macs = ["02:00:00:00:00:01", "02:00:00:00:00:02"];
+                let mut containers = Vec::new();
+                for (i, host) in hosts.iter().enumerate() {
+                    let other = 1 - i;
+                    let net = [10, 244, other as u8 + 1];
+                    if variant == "host-gw" {
+                        host.ns.ip(&[
+                            "route", "add", &format!("10.244.{}.0/24", other + 1), "via",
+                            &hosts[other].addr.to_string(),
+                        ])?;
+                    } else {
+                        host.linux_vxlan(macs[i], [10, 244, i as u8 + 1], &[(hosts[other].addr, net, macs[other])])?;
+                    }
+                    containers.push(host.routed_container(
+                        &format!("c{i}"),
+                        Ipv4Addr::new(10, 244, i as u8 + 1, 2),
+                        Ipv4Addr::new(10, 244, i as u8 + 1, 1),
+                        MTU,
+                    )?);
+                }
+                let server = containers.pop().unwrap();
+                let client = containers.pop().unwrap();
+                Ok(Self {
+                    client,
+                    server,
+                    _daemons: Vec::new(),
+                    _hosts: hosts.into(),
+                    underlay,
+                    server_addr: Ipv4Addr::new(10, 244, 2, 2),
+                })
+            }
+            _ => bail!("unknown variant {variant}"),
+        }
+    }
+
+    fn namespaces(&self) -> Vec<&Netns> {
+        let mut v = vec![&self.client, &self.server, &self.underlay.ns];
+        v.extend(self._hosts.iter().map(|h| &h.ns));
+        v
+    }
+
+    /// Turns TSO/GSO/GRO on or off on every veth of the setup.
+    fn set_offloads(&self, on: bool) -> Result<()> {
+        let v = if on { "on" } else { "off" };
+        for ns in self.namespaces() {
+            for line in ns.ip(&["-o", "link", "show", "type", "veth"])?.lines() {
+                let name = line.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
+                if !name.is_empty() {
+                    ns.exec(&["ethtool", "-K", name, "tso", v, "gso", v, "gro", v])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn throughput_gbps(&self, seconds: u32) -> Result<f64> {
+        let addr = self.server_addr.to_string();
+        let _server = Background::start(&self.server, &["iperf3", "-s", "-1", "-A", "1", "-B", &addr])?;
+        std::thread::sleep(Duration::from_millis(300));
+        let out = self.client.exec(&["iperf3", "-c", &addr, "-t", &seconds.to_string(), "-A", "0", "-J"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 printed no JSON")?;
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .map(|b| b / 1e9)
+            .context("iperf3 JSON has no end.sum_received.bits_per_second")
+    }
+
+    /// UDP request/response latency (µs): p50 and p99.
+    fn latency_us(&self, seconds: u32) -> Result<(f64, f64)> {
+        let addr = self.server_addr.to_string();
+        let _server = Background::start(&self.server, &["taskset", "-c", "1", "sockperf", "sr", "-i", &addr, "-p", "11111"])?;
+        std::thread::sleep(Duration::from_millis(300));
+        let out = self.client.exec(&[
+            "taskset", "-c", "0", "sockperf", "pp", "-i", &addr, "-p", "11111", "-t", &seconds.to_string(),
+        ])?;
+        let pct = |p: &str| -> Result<f64> {
+            out.lines()
+                .find(|l| l.contains(&format!("percentile {p} =")))
+                .and_then(|l| l.rsplit('=').next())
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("no percentile {p} in sockperf output:\n{out}"))
+        };
+        Ok((pct("50.000")?, pct("99.000")?))
+    }
+}
+
+/// A process in a namespace, killed on drop.
+struct Background(Child);
+
+impl Background {
+    fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {args:?}"))?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Default, Clone)]
+struct Samples {
+    gbps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
+    std::env::set_var("OXLAY_BIN", root.join("target/release/oxlay"));
+    catch_interrupt();
+    for sysctl in ["kernel.bpf_stats_enabled=0"] {
+        let _ = sh(&["sysctl", "-qw", sysctl]);
+    }
+    step("per-packet cost of the programs (BPF_PROG_TEST_RUN, 20,000 single runs each)");
+    let programs: serde_json::Value = serde_json::from_str(
+        sh(&[root.join("target/release/examples/bench_programs").to_str().unwrap()])?.trim(),
+    )?;
+    println!("    {programs}");
+
+    let mut report = String::new();
+    writeln!(report, "# Benchmarks\n")?;
+    writeln!(
+        report,
+        "Measured by `cargo xtask bench` on {} ({} CPUs), kernel {}. Two hosts, one container each, \
+         all variants at container MTU {MTU}, interleaved {rounds} rounds of {seconds} s; medians shown. \
+         host-gw: plain routing between hosts, no encapsulation. linux-vxlan: the kernel's vxlan device, \
+         flannel-style. oxlay-tc / oxlay-xdp: oxlay's eBPF datapath with TC or XDP decapsulation.\n",
+        sh(&["date", "-u", "+%Y-%m-%d"])?.trim(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        sh(&["uname", "-r"])?.trim()
+    )?;
+    for (regime, offloads) in [("veth offloads on (default)", true), ("offloads off (per packet)", false)] {
+        step(&format!("regime: {regime}: setting up {} variants", VARIANTS.len()));
+        let setups: Vec<Setup> = VARIANTS.iter().map(|v| Setup::new(v)).collect::<Result<_>>()?;
+        for s in &setups {
+            s.set_offloads(offloads)?;
+            s.client.ping(&s.server_addr.to_string(), 1)?;
+        }
+        let mut samples = vec![Samples::default(); VARIANTS.len()];
+        for round in 1..=rounds {
+            for (i, s) in setups.iter().enumerate() {
+                if crate::demo::interrupted() {
+                    bail!("interrupted; cleaning up");
+                }
+                let gbps = s.throughput_gbps(seconds)?;
+                let (p50, p99) = s.latency_us(seconds)?;
+                println!(
+                    "    round {round} {:<12} {gbps:>6.2} Gbit/s   p50 {p50:>7.1} µs   p99 {p99:>7.1} µs",
+                    VARIANTS[i]
+                );
+                samples[i].gbps.push(gbps);
+                samples[i].p50.push(p50);
+                samples[i].p99.push(p99);
+            }
+        }
+        drop(setups);
+        let base_gw = median(&samples[0].gbps);
+        let base_vx = median(&samples[1].gbps);
+        let lat_gw = median(&samples[0].p50);
+        let lat_vx = median(&samples[1].p50);
+        writeln!(report, "## {regime}\n")?;
+        writeln!(
+            report,
+            "| variant | TCP Gbit/s | vs host-gw | vs linux-vxlan | UDP RR p50 µs | p99 µs | p50 vs host-gw | p50 vs linux-vxlan |"
+        )?;
+        writeln!(report, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+        for (i, s) in samples.iter().enumerate() {
+            let (g, p50, p99) = (median(&s.gbps), median(&s.p50), median(&s.p99));
+            writeln!(
+                report,
+                "| {} | {g:.2} | {:.2}x | {:.2}x | {p50:.1} | {p99:.1} | {:.2}x | {:.2}x |",
+                VARIANTS[i],
+                g / base_gw,
+                g / base_vx,
+                p50 / lat_gw,
+                p50 / lat_vx
+            )?;
+        }
+        writeln!(report)?;
+    }
+    let ns = |k: &str| programs[k].as_f64().unwrap_or(f64::NAN);
+    writeln!(report, "## Programs under BPF_PROG_TEST_RUN (ns per packet)\n")?;
+    writeln!(
+        report,
+        "Average of 20,000 single runs each, {} routes in the trie; a no-op program of the same type \
+         shows the fixed cost of a test run.\n",
+        programs["routes"]
+    )?;
+    writeln!(report, "| program | ns/packet | minus no-op |\n| --- | ---: | ---: |")?;
+    for (name, key, noop) in [
+        ("no-op (TC)", "noop_tc", "noop_tc"),
+        ("encapsulation (TC, from container)", "encap_tc", "noop_tc"),
+        ("decapsulation (TC)", "decap_tc", "noop_tc"),
+        ("no-op (XDP)", "noop_xdp", "noop_xdp"),
+        ("decapsulation (XDP)", "decap_xdp", "noop_xdp"),
+    ] {
+        writeln!(report, "| {name} | {:.0} | {:.0} |", ns(key), ns(key) - ns(noop))?;
+    }
+    println!("\n{report}");
+    let path = root.join("docs/benchmarks.md");
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    std::fs::write(&path, &report)?;
+    step(&format!("written to {}", path.display()));
+    Ok(())
+}
