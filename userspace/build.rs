@@ -7,7 +7,13 @@ mod build_ebpf;
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap();
-    for watched in ["ebpf/src", "ebpf/Cargo.toml", "ebpf/Cargo.lock", "common/src", "userspace/build_ebpf.rs"] {
+    for watched in [
+        "ebpf/src",
+        "ebpf/Cargo.toml",
+        "ebpf/Cargo.lock",
+        "common/src",
+        "userspace/build_ebpf.rs",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=OXLAY_EBPF_OBJECT");

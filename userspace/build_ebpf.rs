@@ -23,20 +23,38 @@ pub fn build_ebpf(root: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     // A clean slate: an outer cargo's variables (RUSTC, RUSTFLAGS, target dir, ...)
     // belong to the userspace build.
     for (key, _) in std::env::vars() {
-        if key.starts_with("CARGO") || key.starts_with("RUSTC") || key.starts_with("RUSTFLAGS") || key == "RUSTUP_TOOLCHAIN" {
+        if key.starts_with("CARGO")
+            || key.starts_with("RUSTC")
+            || key.starts_with("RUSTFLAGS")
+            || key == "RUSTUP_TOOLCHAIN"
+        {
             cmd.env_remove(key);
         }
     }
-    let home_bin = std::env::var("HOME").map(|h| format!("{h}/.cargo/bin:")).unwrap_or_default();
+    let home_bin = std::env::var("HOME")
+        .map(|h| format!("{h}/.cargo/bin:"))
+        .unwrap_or_default();
     let status = cmd
         .current_dir(root.join("ebpf"))
-        .env("PATH", format!("{home_bin}{}", std::env::var("PATH").unwrap_or_default()))
+        .env(
+            "PATH",
+            format!("{home_bin}{}", std::env::var("PATH").unwrap_or_default()),
+        )
         .env("RUSTC", DEBIAN_RUSTC)
         // aya-ebpf uses #![feature(asm_experimental_arch)]; this compiler is stable.
         .env("RUSTC_BOOTSTRAP", "1")
         // BTF makes maps and programs readable in bpftool.
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "--target-dir"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+        ])
         .arg(target_dir)
         .status()
         .map_err(|e| format!("cannot run {DEBIAN_CARGO}: {e}"))?;

@@ -35,10 +35,26 @@ fn measure(pins: &std::path::Path) -> Result<serde_json::Value> {
     // 1,000 peer subnets, so lookups walk a realistic trie.
     for i in 0..1000u32 {
         let subnet = Ipv4Net::new(Ipv4Addr::from(0x0af4_0000 | (i + 2) << 8), 24)?;
-        dp.set_route(42, subnet, Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 0xb]))?;
+        dp.set_route(
+            42,
+            subnet,
+            Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 0xb]),
+        )?;
     }
-    dp.set_route(42, Ipv4Net::new(Ipv4Addr::new(10, 244, 1, 3), 32)?, Route::local(7, [2; 6], [4; 6]))?;
-    dp.set_endpoint(1, Endpoint { net_id: 42, addr: [10, 244, 1, 2], mac: [2; 6], _pad: [0; 2] })?;
+    dp.set_route(
+        42,
+        Ipv4Net::new(Ipv4Addr::new(10, 244, 1, 3), 32)?,
+        Route::local(7, [2; 6], [4; 6]),
+    )?;
+    dp.set_endpoint(
+        1,
+        Endpoint {
+            net_id: 42,
+            addr: [10, 244, 1, 2],
+            mac: [2; 6],
+            _pad: [0; 2],
+        },
+    )?;
 
     let payload = [0u8; 64];
     let inner = ipv4_udp([10, 244, 1, 2], [10, 244, 2, 2], &payload);
@@ -46,7 +62,12 @@ fn measure(pins: &std::path::Path) -> Result<serde_json::Value> {
     let inner_back = ipv4_udp([10, 244, 2, 2], [10, 244, 1, 3], &payload);
     let vxlan = [
         eth(0x0800),
-        ipv4_udp_header([192, 168, 50, 12], [192, 168, 50, 11], 4789, 8 + 14 + inner_back.len()),
+        ipv4_udp_header(
+            [192, 168, 50, 12],
+            [192, 168, 50, 11],
+            4789,
+            8 + 14 + inner_back.len(),
+        ),
         vec![0x08, 0, 0, 0, 0, 0, 42, 0],
         eth(0x0800),
         inner_back,
@@ -57,7 +78,11 @@ fn measure(pins: &std::path::Path) -> Result<serde_json::Value> {
         let mut total = 0.0;
         for _ in 0..RUNS {
             let r = dp.test_run(name, packet, 1)?;
-            ensure!(r.verdict == verdict, "{name} returned {} instead of {verdict}", r.verdict);
+            ensure!(
+                r.verdict == verdict,
+                "{name} returned {} instead of {verdict}",
+                r.verdict
+            );
             total += r.ns_per_run;
         }
         Ok(total / RUNS as f64)
@@ -73,7 +98,12 @@ fn measure(pins: &std::path::Path) -> Result<serde_json::Value> {
 }
 
 fn eth(ethertype: u16) -> Vec<u8> {
-    [&[2u8, 0, 0, 0, 0, 1][..], &[2, 0, 0, 0, 0, 2], &ethertype.to_be_bytes()].concat()
+    [
+        &[2u8, 0, 0, 0, 0, 1][..],
+        &[2, 0, 0, 0, 0, 2],
+        &ethertype.to_be_bytes(),
+    ]
+    .concat()
 }
 
 fn ipv4_udp_header(src: [u8; 4], dst: [u8; 4], dport: u16, payload_len: usize) -> Vec<u8> {
@@ -90,5 +120,9 @@ fn ipv4_udp_header(src: [u8; 4], dst: [u8; 4], dport: u16, payload_len: usize) -
 }
 
 fn ipv4_udp(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    [ipv4_udp_header(src, dst, 7777, payload.len()), payload.to_vec()].concat()
+    [
+        ipv4_udp_header(src, dst, 7777, payload.len()),
+        payload.to_vec(),
+    ]
+    .concat()
 }

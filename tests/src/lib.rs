@@ -106,19 +106,31 @@ impl Netns {
     /// cgroups stay visible), for daemons.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display())).arg(program);
+        c.arg(format!("--net={}", self.path().display()))
+            .arg(program);
         c
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
+            .map(|_| ())
     }
 
     /// Pings `addr` `count` times; Ok when all replies arrived.
     pub fn ping(&self, addr: &str, count: u32) -> Result<()> {
-        self.exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "2", "-q", addr])
-            .map(|_| ())
-            .with_context(|| format!("ping from {} to {addr}", self.name))
+        self.exec(&[
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-q",
+            addr,
+        ])
+        .map(|_| ())
+        .with_context(|| format!("ping from {} to {addr}", self.name))
     }
 
     /// Runs `f` on a thread inside this namespace.
@@ -169,8 +181,19 @@ impl Underlay {
         self.ports += 1;
         let port = format!("p{}", self.ports);
         sh(&[
-            "ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &port,
-            "netns", &self.ns.name,
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.ns.name,
         ])?;
         self.ns.ip(&["link", "set", &port, "master", "br0", "up"])?;
         let addr = format!("{UNDERLAY_PREFIX}.{octet}");
@@ -210,15 +233,34 @@ impl Host {
     /// A container wired the classic way, without oxlay: a veth whose host end has
     /// `gateway`/24 and whose container end has `address`/24 and a default route via
     /// the gateway; the host forwards.
-    pub fn routed_container(&self, role: &str, address: Ipv4Addr, gateway: Ipv4Addr, mtu: u32) -> Result<Netns> {
+    pub fn routed_container(
+        &self,
+        role: &str,
+        address: Ipv4Addr,
+        gateway: Ipv4Addr,
+        mtu: u32,
+    ) -> Result<Netns> {
         let c = Netns::new(role)?;
         let host_if = format!("v{role}");
         sh(&[
-            "ip", "link", "add", &host_if, "netns", &self.ns.name, "type", "veth", "peer", "name", "eth0",
-            "netns", &c.name,
+            "ip",
+            "link",
+            "add",
+            &host_if,
+            "netns",
+            &self.ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &c.name,
         ])?;
-        self.ns.ip(&["addr", "add", &format!("{gateway}/24"), "dev", &host_if])?;
-        self.ns.ip(&["link", "set", &host_if, "mtu", &mtu.to_string(), "up"])?;
+        self.ns
+            .ip(&["addr", "add", &format!("{gateway}/24"), "dev", &host_if])?;
+        self.ns
+            .ip(&["link", "set", &host_if, "mtu", &mtu.to_string(), "up"])?;
         c.ip(&["link", "set", "eth0", "mtu", &mtu.to_string(), "up"])?;
         c.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
         c.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
@@ -230,20 +272,73 @@ impl Host {
     /// 4789, VNI 42, address `<pod_subnet>.0/32`, and for each peer (underlay address,
     /// its /24 pod subnet's first three octets, its VTEP MAC) a route, a permanent
     /// neighbour and a static fdb entry.
-    pub fn linux_vxlan(&self, vtep_mac: &str, pod_net: [u8; 3], peers: &[(Ipv4Addr, [u8; 3], &str)]) -> Result<()> {
+    pub fn linux_vxlan(
+        &self,
+        vtep_mac: &str,
+        pod_net: [u8; 3],
+        peers: &[(Ipv4Addr, [u8; 3], &str)],
+    ) -> Result<()> {
         let ns = &self.ns;
         ns.ip(&[
-            "link", "add", "vxlan0", "address", vtep_mac, "type", "vxlan", "id", "42", "dstport", "4789",
-            "local", &self.addr.to_string(), "dev", "eth0", "nolearning",
+            "link",
+            "add",
+            "vxlan0",
+            "address",
+            vtep_mac,
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "4789",
+            "local",
+            &self.addr.to_string(),
+            "dev",
+            "eth0",
+            "nolearning",
         ])?;
         ns.ip(&["link", "set", "vxlan0", "up"])?;
         let net = |n: [u8; 3]| format!("{}.{}.{}", n[0], n[1], n[2]);
-        ns.ip(&["addr", "add", &format!("{}.0/32", net(pod_net)), "dev", "vxlan0"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}.0/32", net(pod_net)),
+            "dev",
+            "vxlan0",
+        ])?;
         for (underlay, subnet, mac) in peers {
             let gw = format!("{}.0", net(*subnet));
-            ns.ip(&["route", "add", &format!("{gw}/24"), "via", &gw, "dev", "vxlan0", "onlink"])?;
-            ns.ip(&["neigh", "add", &gw, "lladdr", mac, "dev", "vxlan0", "nud", "permanent"])?;
-            ns.exec(&["bridge", "fdb", "add", mac, "dev", "vxlan0", "dst", &underlay.to_string()])?;
+            ns.ip(&[
+                "route",
+                "add",
+                &format!("{gw}/24"),
+                "via",
+                &gw,
+                "dev",
+                "vxlan0",
+                "onlink",
+            ])?;
+            ns.ip(&[
+                "neigh",
+                "add",
+                &gw,
+                "lladdr",
+                mac,
+                "dev",
+                "vxlan0",
+                "nud",
+                "permanent",
+            ])?;
+            ns.exec(&[
+                "bridge",
+                "fdb",
+                "add",
+                mac,
+                "dev",
+                "vxlan0",
+                "dst",
+                &underlay.to_string(),
+            ])?;
         }
         ns.sysctl("net.ipv4.ip_forward", "1")
     }
@@ -397,7 +492,9 @@ impl PatternStream {
     }
     /// The 8-byte block `block` of the stream: splitmix64 of its index.
     fn block(&self, block: u64) -> [u8; 8] {
-        let mut z = self.seed.wrapping_add(block.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut z = self
+            .seed
+            .wrapping_add(block.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         (z ^ (z >> 31)).to_le_bytes()
@@ -431,7 +528,9 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: Ipv4Addr, bytes: u64) -> 
         let mut conn = loop {
             match listener.accept() {
                 Ok((conn, _)) => break conn,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 Err(e) => return Err(e).context("no connection arrived"),
@@ -459,7 +558,8 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: Ipv4Addr, bytes: u64) -> 
         .recv_timeout(Duration::from_secs(5))
         .context("the receiver did not start")?;
     let client = from.spawn(move || -> Result<Duration> {
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((to_addr, PORT)), Duration::from_secs(5))?;
+        let mut conn =
+            TcpStream::connect_timeout(&SocketAddr::from((to_addr, PORT)), Duration::from_secs(5))?;
         conn.set_write_timeout(Some(Duration::from_secs(30)))?;
         let mut pattern = PatternStream::new(seed);
         let mut buf = vec![0u8; CHUNK];
@@ -476,9 +576,13 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: Ipv4Addr, bytes: u64) -> 
         let _ = conn.read(&mut [0u8; 1]);
         Ok(start.elapsed())
     });
-    let sent = client.join().map_err(|_| anyhow::anyhow!("sender panicked"))?;
+    let sent = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))?;
     // The receiver's error (e.g. corruption) explains a sender's reset: report it first.
-    let got = server.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let got = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     let elapsed = sent?;
     if got != bytes {
         bail!("receiver got {got} of {bytes} bytes");
@@ -526,7 +630,11 @@ pub struct Cluster {
 impl Cluster {
     pub fn new(hosts: usize, containers_per_host: usize, decap: &str) -> Result<Self> {
         let mut underlay = Underlay::new()?;
-        let tag = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let mut hs = Vec::new();
         for i in 0..hosts {
             hs.push(underlay.add_host(&format!("host{i}"), 11 + i as u8)?);
@@ -537,7 +645,14 @@ impl Cluster {
             let subnet = format!("10.244.{}.0/24", i + 1);
             let peers = (0..hosts)
                 .filter(|&j| j != i)
-                .map(|j| (names[j].clone(), hs[j].addr, format!("10.244.{}.0/24", j + 1), None))
+                .map(|j| {
+                    (
+                        names[j].clone(),
+                        hs[j].addr,
+                        format!("10.244.{}.0/24", j + 1),
+                        None,
+                    )
+                })
                 .collect();
             let cfg = NodeConfig {
                 node: &names[i],

@@ -38,16 +38,29 @@ fn three_hosts(decap: &str) -> Result<()> {
     let enc_a = c.daemons[0].counter("encapsulated")?;
     let dec_b = c.daemons[1].counter("decapsulated")?;
     let local_a = c.daemons[0].counter("delivered_local")?;
-    assert!(enc_a >= 6, "host A encapsulated {enc_a} packets, expected at least 6");
-    assert!(dec_b >= 3, "host B decapsulated {dec_b} packets, expected at least 3");
-    assert!(local_a >= 6, "host A delivered {local_a} packets locally, expected at least 6");
+    assert!(
+        enc_a >= 6,
+        "host A encapsulated {enc_a} packets, expected at least 6"
+    );
+    assert!(
+        dec_b >= 3,
+        "host B decapsulated {dec_b} packets, expected at least 3"
+    );
+    assert!(
+        local_a >= 6,
+        "host A delivered {local_a} packets locally, expected at least 6"
+    );
 
     let t = tcp_transfer(a0, b0, addr(1, 0), 64 * MB)?;
     eprintln!("{decap}: A->B 64 MiB in {t:?}");
     let t = tcp_transfer(b0, a0, addr(0, 0), 64 * MB)?;
     eprintln!("{decap}: B->A 64 MiB in {t:?}");
     for d in &c.daemons {
-        for drop in ["drop_adjust_room_failed", "drop_header_write_failed", "drop_no_local_endpoint"] {
+        for drop in [
+            "drop_adjust_room_failed",
+            "drop_header_write_failed",
+            "drop_no_local_endpoint",
+        ] {
             assert_eq!(d.counter(drop)?, 0, "{} counted {drop}", d.node);
         }
     }
@@ -94,9 +107,18 @@ fn interoperates_with_the_linux_vxlan_device() -> Result<()> {
         pod_subnet: "10.244.1.0/24",
         decap: "tc",
         vni: 42,
-        peers: vec![("linux-b".into(), host_b.addr, "10.244.2.0/24".into(), Some(B_VTEP.into()))],
+        peers: vec![(
+            "linux-b".into(),
+            host_b.addr,
+            "10.244.2.0/24".into(),
+            Some(B_VTEP.into()),
+        )],
     };
-    let daemon = Daemon::start(&host_a, cfg.node, &format!("vtep_mac = \"{A_VTEP}\"\n{}", cfg.toml()))?;
+    let daemon = Daemon::start(
+        &host_a,
+        cfg.node,
+        &format!("vtep_mac = \"{A_VTEP}\"\n{}", cfg.toml()),
+    )?;
     let ca = host_a.container("ca")?;
     daemon.attach(&ca, "10.244.1.2")?;
 
@@ -104,7 +126,22 @@ fn interoperates_with_the_linux_vxlan_device() -> Result<()> {
     let pcap = TempDir::new("pcap")?;
     let file = pcap.path.join("vxlan.pcap");
     let mut capture = Command::new("ip")
-        .args(["netns", "exec", &ul.ns.name, "tshark", "-q", "-i", "br0", "-f", "udp port 4789", "-a", "duration:20", "-c", "8", "-w"])
+        .args([
+            "netns",
+            "exec",
+            &ul.ns.name,
+            "tshark",
+            "-q",
+            "-i",
+            "br0",
+            "-f",
+            "udp port 4789",
+            "-a",
+            "duration:20",
+            "-c",
+            "8",
+            "-w",
+        ])
         .arg(&file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -119,12 +156,34 @@ fn interoperates_with_the_linux_vxlan_device() -> Result<()> {
     tcp_transfer(&cb, &ca, "10.244.1.2".parse()?, 16 * MB)?;
 
     let fields = sh(&[
-        "tshark", "-r", file.to_str().unwrap(), "-T", "fields", "-E", "separator=,", "-E", "aggregator=/",
-        "-e", "ip.src", "-e", "ip.dst", "-e", "udp.dstport", "-e", "vxlan.flags", "-e", "vxlan.vni",
-        "-e", "icmp.type",
+        "tshark",
+        "-r",
+        file.to_str().unwrap(),
+        "-T",
+        "fields",
+        "-E",
+        "separator=,",
+        "-E",
+        "aggregator=/",
+        "-e",
+        "ip.src",
+        "-e",
+        "ip.dst",
+        "-e",
+        "udp.dstport",
+        "-e",
+        "vxlan.flags",
+        "-e",
+        "vxlan.vni",
+        "-e",
+        "icmp.type",
     ])?;
     let lines: Vec<&str> = fields.lines().collect();
-    assert_eq!(lines.len(), 8, "expected 8 VXLAN packets, captured: {fields}");
+    assert_eq!(
+        lines.len(),
+        8,
+        "expected 8 VXLAN packets, captured: {fields}"
+    );
     let mut directions = std::collections::BTreeSet::new();
     for line in &lines {
         let f: Vec<&str> = line.split(',').collect();
@@ -143,7 +202,10 @@ fn interoperates_with_the_linux_vxlan_device() -> Result<()> {
     );
     let from_oxlay = daemon.counter("encapsulated")?;
     let into_oxlay = daemon.counter("decapsulated")?;
-    assert!(from_oxlay >= 4 && into_oxlay >= 4, "encapsulated {from_oxlay}, decapsulated {into_oxlay}");
+    assert!(
+        from_oxlay >= 4 && into_oxlay >= 4,
+        "encapsulated {from_oxlay}, decapsulated {into_oxlay}"
+    );
     Ok(())
 }
 
@@ -156,7 +218,10 @@ fn sigterm_cleans_up() -> Result<()> {
     let mut c = Cluster::new(2, 1, "tc")?;
     c.containers[0][0].ping(&Cluster::container_addr(1, 0).to_string(), 1)?;
     let host_links_before = c.hosts[0].ns.ip(&["-o", "link"])?;
-    assert!(host_links_before.contains("oxl"), "no endpoint veth on host 0: {host_links_before}");
+    assert!(
+        host_links_before.contains("oxl"),
+        "no endpoint veth on host 0: {host_links_before}"
+    );
     let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/oxlay-test/{}", c.daemons[0].node));
     assert!(pins.exists(), "maps are not pinned at {}", pins.display());
     c.daemons[0].stop()?;
@@ -164,7 +229,9 @@ fn sigterm_cleans_up() -> Result<()> {
     assert!(!c.daemons[0].socket.exists(), "API socket left behind");
     let links = c.hosts[0].ns.ip(&["-o", "link"])?;
     assert!(!links.contains("oxl"), "endpoint veth left behind: {links}");
-    let tc = c.hosts[0].ns.exec(&["bpftool", "net", "show", "dev", "eth0"])?;
+    let tc = c.hosts[0]
+        .ns
+        .exec(&["bpftool", "net", "show", "dev", "eth0"])?;
     assert!(!tc.contains("oxlay"), "program still attached: {tc}");
     Ok(())
 }

@@ -51,7 +51,8 @@ fn fixture() -> Result<Option<Fixture>> {
         return Ok(None);
     }
     let tag = TempDir::new("pins")?;
-    let pins = PinDir(std::path::Path::new("/sys/fs/bpf/oxlay-test").join(tag.path.file_name().unwrap()));
+    let pins =
+        PinDir(std::path::Path::new("/sys/fs/bpf/oxlay-test").join(tag.path.file_name().unwrap()));
     let mut dp = Datapath::load(&pins.0)?;
     dp.set_config(DatapathConfig {
         underlay_ifindex: 1,
@@ -62,7 +63,11 @@ fn fixture() -> Result<Option<Fixture>> {
     })?;
     dp.add_network(VNI)?;
     dp.add_peer(Ipv4Addr::from(PEER_UNDERLAY))?;
-    dp.set_route(VNI, "10.244.2.0/24".parse()?, Route::remote(PEER_UNDERLAY, PEER_VTEP))?;
+    dp.set_route(
+        VNI,
+        "10.244.2.0/24".parse()?,
+        Route::remote(PEER_UNDERLAY, PEER_VTEP),
+    )?;
     dp.set_route(
         VNI,
         Ipv4Net::new(LOCAL_CONTAINER.into(), 32)?,
@@ -70,14 +75,24 @@ fn fixture() -> Result<Option<Fixture>> {
     )?;
     dp.set_endpoint(
         TEST_RUN_IFINDEX,
-        Endpoint { net_id: VNI, addr: SRC_CONTAINER, mac: SRC_MAC, _pad: [0; 2] },
+        Endpoint {
+            net_id: VNI,
+            addr: SRC_CONTAINER,
+            mac: SRC_MAC,
+            _pad: [0; 2],
+        },
     )?;
     Ok(Some(Fixture { dp, _pins: pins }))
 }
 
 impl Fixture {
     fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
-        Ok(self.dp.counters()?.into_iter().map(|(i, v)| (i.name, v)).collect())
+        Ok(self
+            .dp
+            .counters()?
+            .into_iter()
+            .map(|(i, v)| (i.name, v))
+            .collect())
     }
 
     /// Runs `program` and checks the verdict and that exactly `counter` went up by one.
@@ -85,10 +100,16 @@ impl Fixture {
         let before = self.counters()?;
         let out = self.dp.test_run(program, packet, 1)?;
         let after = self.counters()?;
-        assert_eq!(out.verdict, verdict, "{program}: verdict for the {counter} case");
+        assert_eq!(
+            out.verdict, verdict,
+            "{program}: verdict for the {counter} case"
+        );
         for (name, value) in &after {
             let expected = before[name] + u64::from(*name == counter);
-            assert_eq!(*value, expected, "{program}: counter {name} in the {counter} case");
+            assert_eq!(
+                *value, expected,
+                "{program}: counter {name} in the {counter} case"
+            );
         }
         Ok(out.packet)
     }
@@ -141,15 +162,40 @@ fn vxlan(flags: u8, vni: u32) -> Vec<u8> {
 
 /// A container's IPv4/UDP packet to `dst`, as it leaves the container.
 fn container_frame(dst: [u8; 4]) -> Vec<u8> {
-    let inner_ip = ipv4(SRC_CONTAINER, dst, 17, 0x4000, &udp(40000, 7777, b"hello, overlay"));
+    let inner_ip = ipv4(
+        SRC_CONTAINER,
+        dst,
+        17,
+        0x4000,
+        &udp(40000, 7777, b"hello, overlay"),
+    );
     [eth(GATEWAY_MAC, SRC_MAC, 0x0800), inner_ip].concat()
 }
 
 /// A VXLAN frame from `from` carrying an IPv4/UDP packet to `inner_dst`.
 fn vxlan_frame(from: [u8; 4], flags: u8, vni: u32, inner_dst: [u8; 4]) -> (Vec<u8>, Vec<u8>) {
-    let inner_ip = ipv4(REMOTE_CONTAINER, inner_dst, 17, 0x4000, &udp(40000, 7777, b"hi back"));
-    let inner = [eth([0x02, 1, 2, 3, 4, 5], PEER_VTEP, 0x0800), inner_ip.clone()].concat();
-    (outer(from, OUR_UNDERLAY, 4789, 0x4000, &[vxlan(flags, vni), inner].concat()), inner_ip)
+    let inner_ip = ipv4(
+        REMOTE_CONTAINER,
+        inner_dst,
+        17,
+        0x4000,
+        &udp(40000, 7777, b"hi back"),
+    );
+    let inner = [
+        eth([0x02, 1, 2, 3, 4, 5], PEER_VTEP, 0x0800),
+        inner_ip.clone(),
+    ]
+    .concat();
+    (
+        outer(
+            from,
+            OUR_UNDERLAY,
+            4789,
+            0x4000,
+            &[vxlan(flags, vni), inner].concat(),
+        ),
+        inner_ip,
+    )
 }
 
 fn outer(src: [u8; 4], dst: [u8; 4], dport: u16, frags: u16, udp_payload: &[u8]) -> Vec<u8> {
@@ -166,7 +212,12 @@ fn outer(src: [u8; 4], dst: [u8; 4], dport: u16, frags: u16, udp_payload: &[u8])
 fn encap_matches_independently_built_headers() -> Result<()> {
     let Some(f) = fixture()? else { return Ok(()) };
     let frame = container_frame(REMOTE_CONTAINER);
-    let out = f.run(prog::FROM_CONTAINER, &frame, TC_ACT_REDIRECT, "encapsulated")?;
+    let out = f.run(
+        prog::FROM_CONTAINER,
+        &frame,
+        TC_ACT_REDIRECT,
+        "encapsulated",
+    )?;
     assert_eq!(out.len(), frame.len() + 50);
 
     let inner_ip = &frame[14..];
@@ -190,10 +241,19 @@ fn encap_matches_independently_built_headers() -> Result<()> {
     expected.extend([0x08, 0, 0, 0, 0, 0, 42, 0]);
     expected.extend(inner);
     assert_eq!(out, expected, "encapsulated frame differs");
-    assert_eq!(checksum(&out[14..34]), 0, "outer IPv4 checksum does not verify");
+    assert_eq!(
+        checksum(&out[14..34]),
+        0,
+        "outer IPv4 checksum does not verify"
+    );
 
     // The same flow always gets the same source port (ECMP must not reorder it).
-    let again = f.run(prog::FROM_CONTAINER, &frame, TC_ACT_REDIRECT, "encapsulated")?;
+    let again = f.run(
+        prog::FROM_CONTAINER,
+        &frame,
+        TC_ACT_REDIRECT,
+        "encapsulated",
+    )?;
     assert_eq!(again, out);
     Ok(())
 }
@@ -202,7 +262,12 @@ fn encap_matches_independently_built_headers() -> Result<()> {
 fn same_host_delivery_rewrites_macs_only() -> Result<()> {
     let Some(f) = fixture()? else { return Ok(()) };
     let frame = container_frame(LOCAL_CONTAINER);
-    let out = f.run(prog::FROM_CONTAINER, &frame, TC_ACT_REDIRECT, "delivered_local")?;
+    let out = f.run(
+        prog::FROM_CONTAINER,
+        &frame,
+        TC_ACT_REDIRECT,
+        "delivered_local",
+    )?;
     let mut expected = eth(LOCAL_MAC, GATEWAY_MAC, 0x0800);
     expected.extend(&frame[14..]);
     assert_eq!(out, expected);
@@ -216,7 +281,10 @@ fn traffic_outside_the_overlay_goes_to_the_stack_untouched() -> Result<()> {
         container_frame([8, 8, 8, 8]),
         container_frame(OUR_UNDERLAY),
         container_frame([10, 244, 1, 99]), // own subnet, no such container
-        eth([0xff; 6], SRC_MAC, 0x0806).into_iter().chain([0u8; 28]).collect(),
+        eth([0xff; 6], SRC_MAC, 0x0806)
+            .into_iter()
+            .chain([0u8; 28])
+            .collect(),
     ] {
         let out = f.run(prog::FROM_CONTAINER, &frame, TC_ACT_OK, "passed_to_stack")?;
         assert_eq!(out, frame);
@@ -255,22 +323,71 @@ fn hostile_cases() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     // Truncations keep the outer headers' length fields; only the bytes are missing.
     let cut = |n: usize| full[..n].to_vec();
     let (_, inner_ip) = vxlan_frame(PEER_UNDERLAY, 0x08, VNI, LOCAL_CONTAINER);
-    let arp_inner = [vxlan(0x08, VNI), eth([0xff; 6], PEER_VTEP, 0x0806), vec![0; 28]].concat();
+    let arp_inner = [
+        vxlan(0x08, VNI),
+        eth([0xff; 6], PEER_VTEP, 0x0806),
+        vec![0; 28],
+    ]
+    .concat();
     let mut options = full.clone();
     options[14] = 0x46; // IHL 6: one word of options before UDP
     options.splice(34..34, [1u8, 1, 1, 0]);
     vec![
-        ("wrong VNI", "drop_unknown_vni", good(PEER_UNDERLAY, 0x08, 43, LOCAL_CONTAINER)),
-        ("VNI 0", "drop_unknown_vni", good(PEER_UNDERLAY, 0x08, 0, LOCAL_CONTAINER)),
-        ("VNI 2^24-1", "drop_unknown_vni", good(PEER_UNDERLAY, 0x08, (1 << 24) - 1, LOCAL_CONTAINER)),
-        ("unknown peer", "drop_unknown_peer", good([192, 168, 50, 99], 0x08, VNI, LOCAL_CONTAINER)),
-        ("no I flag", "drop_bad_vxlan_flags", good(PEER_UNDERLAY, 0x00, VNI, LOCAL_CONTAINER)),
-        ("truncated in VXLAN header", "drop_truncated_vxlan", cut(14 + 20 + 8 + 4)),
-        ("truncated after UDP", "drop_truncated_vxlan", cut(14 + 20 + 8)),
-        ("truncated in inner Ethernet", "drop_truncated_inner", cut(50 + 10)),
-        ("truncated in inner IPv4", "drop_truncated_inner", cut(64 + 12)),
-        ("inner ARP", "drop_inner_not_ipv4", outer(PEER_UNDERLAY, OUR_UNDERLAY, 4789, 0x4000, &arp_inner)),
-        ("no such container", "drop_no_local_endpoint", good(PEER_UNDERLAY, 0x08, VNI, [10, 244, 1, 99])),
+        (
+            "wrong VNI",
+            "drop_unknown_vni",
+            good(PEER_UNDERLAY, 0x08, 43, LOCAL_CONTAINER),
+        ),
+        (
+            "VNI 0",
+            "drop_unknown_vni",
+            good(PEER_UNDERLAY, 0x08, 0, LOCAL_CONTAINER),
+        ),
+        (
+            "VNI 2^24-1",
+            "drop_unknown_vni",
+            good(PEER_UNDERLAY, 0x08, (1 << 24) - 1, LOCAL_CONTAINER),
+        ),
+        (
+            "unknown peer",
+            "drop_unknown_peer",
+            good([192, 168, 50, 99], 0x08, VNI, LOCAL_CONTAINER),
+        ),
+        (
+            "no I flag",
+            "drop_bad_vxlan_flags",
+            good(PEER_UNDERLAY, 0x00, VNI, LOCAL_CONTAINER),
+        ),
+        (
+            "truncated in VXLAN header",
+            "drop_truncated_vxlan",
+            cut(14 + 20 + 8 + 4),
+        ),
+        (
+            "truncated after UDP",
+            "drop_truncated_vxlan",
+            cut(14 + 20 + 8),
+        ),
+        (
+            "truncated in inner Ethernet",
+            "drop_truncated_inner",
+            cut(50 + 10),
+        ),
+        (
+            "truncated in inner IPv4",
+            "drop_truncated_inner",
+            cut(64 + 12),
+        ),
+        (
+            "inner ARP",
+            "drop_inner_not_ipv4",
+            outer(PEER_UNDERLAY, OUR_UNDERLAY, 4789, 0x4000, &arp_inner),
+        ),
+        (
+            "no such container",
+            "drop_no_local_endpoint",
+            good(PEER_UNDERLAY, 0x08, VNI, [10, 244, 1, 99]),
+        ),
         ("outer first fragment", "drop_outer_fragment", {
             let inner = [vxlan(0x08, VNI), eth([2; 6], PEER_VTEP, 0x0800), inner_ip].concat();
             outer(PEER_UNDERLAY, OUR_UNDERLAY, 4789, 0x2000, &inner)
@@ -283,13 +400,34 @@ fn hostile_cases() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 fn passing_cases() -> Vec<(&'static str, Vec<u8>)> {
     let full = vxlan_frame(PEER_UNDERLAY, 0x08, VNI, LOCAL_CONTAINER).0;
     vec![
-        ("DNS over UDP", outer(PEER_UNDERLAY, OUR_UNDERLAY, 53, 0, b"dns query")),
-        ("VXLAN for another host", outer(PEER_UNDERLAY, [192, 168, 50, 77], 4789, 0, &full[42..])),
-        ("later fragment", outer(PEER_UNDERLAY, OUR_UNDERLAY, 4789, 0x0010, b"fragment body")),
+        (
+            "DNS over UDP",
+            outer(PEER_UNDERLAY, OUR_UNDERLAY, 53, 0, b"dns query"),
+        ),
+        (
+            "VXLAN for another host",
+            outer(PEER_UNDERLAY, [192, 168, 50, 77], 4789, 0, &full[42..]),
+        ),
+        (
+            "later fragment",
+            outer(PEER_UNDERLAY, OUR_UNDERLAY, 4789, 0x0010, b"fragment body"),
+        ),
         ("truncated in outer IPv4", full[..14 + 10].to_vec()),
         ("truncated in outer UDP", full[..14 + 20 + 4].to_vec()),
-        ("IPv6", eth([2; 6], [4; 6], 0x86dd).into_iter().chain([0x60u8; 40]).collect()),
-        ("VLAN-tagged", eth([2; 6], [4; 6], 0x8100).into_iter().chain(full[12..].iter().copied()).collect()),
+        (
+            "IPv6",
+            eth([2; 6], [4; 6], 0x86dd)
+                .into_iter()
+                .chain([0x60u8; 40])
+                .collect(),
+        ),
+        (
+            "VLAN-tagged",
+            eth([2; 6], [4; 6], 0x8100)
+                .into_iter()
+                .chain(full[12..].iter().copied())
+                .collect(),
+        ),
         ("Ethernet only", eth([2; 6], [4; 6], 0x0800)),
     ]
 }

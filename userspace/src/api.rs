@@ -27,10 +27,16 @@ pub enum Request {
     Detach {
         netns: String,
     },
-    Routes,
-    Endpoints,
-    Stats,
+    // Unit variants would silently accept extra fields; `NoArgs` rejects them.
+    Routes(NoArgs),
+    Endpoints(NoArgs),
+    Stats(NoArgs),
 }
+
+/// The (empty) arguments of requests that take none; unknown fields are an error.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,7 +115,10 @@ mod tests {
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(parse_request(&s).unwrap(), r);
-        assert_eq!(parse_request(r#"{"op":"stats"}"#).unwrap(), Request::Stats);
+        assert_eq!(
+            parse_request(r#"{"op":"stats"}"#).unwrap(),
+            Request::Stats(NoArgs {})
+        );
     }
 
     #[test]

@@ -210,8 +210,9 @@ mod tests {
         vtep_mac = "02:00:00:00:00:0b"
     "#;
 
+    /// GOOD with a top-level line added (before the [[peers]] tables).
     fn with(extra: &str) -> String {
-        format!("{GOOD}\n{extra}")
+        format!("{extra}\n{GOOD}")
     }
 
     fn err(text: &str) -> String {

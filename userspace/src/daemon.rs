@@ -224,10 +224,10 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
             info!("detached {netns}");
             serde_json::to_value(record.view())?
         }
-        Request::Endpoints => {
+        Request::Endpoints(_) => {
             serde_json::to_value(s.endpoints.values().map(|e| e.view()).collect::<Vec<_>>())?
         }
-        Request::Routes => {
+        Request::Routes(_) => {
             let names: BTreeMap<u32, &str> = s
                 .endpoints
                 .values()
@@ -257,7 +257,7 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
                 .collect();
             serde_json::to_value(routes)?
         }
-        Request::Stats => {
+        Request::Stats(_) => {
             let counters: Vec<CounterView> = s
                 .datapath
                 .counters()?

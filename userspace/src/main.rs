@@ -4,7 +4,7 @@ use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use oxlay::{
-    api::{self, CounterView, EndpointView, Request, RouteView},
+    api::{self, CounterView, EndpointView, NoArgs, Request, RouteView},
     config::{self, Config},
     daemon,
 };
@@ -144,7 +144,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Routes(l) => {
-            let v = api::call(&l.target.socket()?, &Request::Routes).await?;
+            let v = api::call(&l.target.socket()?, &Request::Routes(NoArgs {})).await?;
             print_listing(l.json, &v, |v| {
                 let routes: Vec<RouteView> = serde_json::from_value(v)?;
                 println!(
@@ -161,7 +161,7 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Endpoints(l) => {
-            let v = api::call(&l.target.socket()?, &Request::Endpoints).await?;
+            let v = api::call(&l.target.socket()?, &Request::Endpoints(NoArgs {})).await?;
             print_listing(l.json, &v, |v| {
                 let eps: Vec<EndpointView> = serde_json::from_value(v)?;
                 println!(
@@ -178,7 +178,7 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Stats(l) => {
-            let v = api::call(&l.target.socket()?, &Request::Stats).await?;
+            let v = api::call(&l.target.socket()?, &Request::Stats(NoArgs {})).await?;
             print_listing(l.json, &v, |v| {
                 let counters: Vec<CounterView> = serde_json::from_value(v)?;
                 println!("{:<26} {:>14}  MEANING", "COUNTER", "PACKETS");

@@ -56,11 +56,18 @@ impl Setup {
                     let net = [10, 244, other as u8 + 1];
                     if variant == "host-gw" {
                         host.ns.ip(&[
-                            "route", "add", &format!("10.244.{}.0/24", other + 1), "via",
+                            "route",
+                            "add",
+                            &format!("10.244.{}.0/24", other + 1),
+                            "via",
                             &hosts[other].addr.to_string(),
                         ])?;
                     } else {
-                        host.linux_vxlan(macs[i], [10, 244, i as u8 + 1], &[(hosts[other].addr, net, macs[other])])?;
+                        host.linux_vxlan(
+                            macs[i],
+                            [10, 244, i as u8 + 1],
+                            &[(hosts[other].addr, net, macs[other])],
+                        )?;
                     }
                     containers.push(host.routed_container(
                         &format!("c{i}"),
@@ -95,7 +102,13 @@ impl Setup {
         let v = if on { "on" } else { "off" };
         for ns in self.namespaces() {
             for line in ns.ip(&["-o", "link", "show", "type", "veth"])?.lines() {
-                let name = line.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
+                let name = line
+                    .split(": ")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split('@')
+                    .next()
+                    .unwrap_or("");
                 if !name.is_empty() {
                     ns.exec(&["ethtool", "-K", name, "tso", v, "gso", v, "gro", v])?;
                 }
@@ -106,9 +119,21 @@ impl Setup {
 
     fn throughput_gbps(&self, seconds: u32) -> Result<f64> {
         let addr = self.server_addr.to_string();
-        let _server = Background::start(&self.server, &["iperf3", "-s", "-1", "-A", "1", "-B", &addr])?;
+        let _server = Background::start(
+            &self.server,
+            &["iperf3", "-s", "-1", "-A", "1", "-B", &addr],
+        )?;
         std::thread::sleep(Duration::from_millis(300));
-        let out = self.client.exec(&["iperf3", "-c", &addr, "-t", &seconds.to_string(), "-A", "0", "-J"])?;
+        let out = self.client.exec(&[
+            "iperf3",
+            "-c",
+            &addr,
+            "-t",
+            &seconds.to_string(),
+            "-A",
+            "0",
+            "-J",
+        ])?;
         let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 printed no JSON")?;
         v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
@@ -119,10 +144,25 @@ impl Setup {
     /// UDP request/response latency (µs): p50 and p99.
     fn latency_us(&self, seconds: u32) -> Result<(f64, f64)> {
         let addr = self.server_addr.to_string();
-        let _server = Background::start(&self.server, &["taskset", "-c", "1", "sockperf", "sr", "-i", &addr, "-p", "11111"])?;
+        let _server = Background::start(
+            &self.server,
+            &[
+                "taskset", "-c", "1", "sockperf", "sr", "-i", &addr, "-p", "11111",
+            ],
+        )?;
         std::thread::sleep(Duration::from_millis(300));
         let out = self.client.exec(&[
-            "taskset", "-c", "0", "sockperf", "pp", "-i", &addr, "-p", "11111", "-t", &seconds.to_string(),
+            "taskset",
+            "-c",
+            "0",
+            "sockperf",
+            "pp",
+            "-i",
+            &addr,
+            "-p",
+            "11111",
+            "-t",
+            &seconds.to_string(),
         ])?;
         let pct = |p: &str| -> Result<f64> {
             out.lines()
@@ -179,7 +219,11 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
     }
     step("per-packet cost of the programs (BPF_PROG_TEST_RUN, 20,000 single runs each)");
     let programs: serde_json::Value = serde_json::from_str(
-        sh(&[root.join("target/release/examples/bench_programs").to_str().unwrap()])?.trim(),
+        sh(&[root
+            .join("target/release/examples/bench_programs")
+            .to_str()
+            .unwrap()])?
+        .trim(),
     )?;
     println!("    {programs}");
 
@@ -195,9 +239,18 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         sh(&["uname", "-r"])?.trim()
     )?;
-    for (regime, offloads) in [("veth offloads on (default)", true), ("offloads off (per packet)", false)] {
-        step(&format!("regime: {regime}: setting up {} variants", VARIANTS.len()));
-        let setups: Vec<Setup> = VARIANTS.iter().map(|v| Setup::new(v)).collect::<Result<_>>()?;
+    for (regime, offloads) in [
+        ("veth offloads on (default)", true),
+        ("offloads off (per packet)", false),
+    ] {
+        step(&format!(
+            "regime: {regime}: setting up {} variants",
+            VARIANTS.len()
+        ));
+        let setups: Vec<Setup> = VARIANTS
+            .iter()
+            .map(|v| Setup::new(v))
+            .collect::<Result<_>>()?;
         for s in &setups {
             s.set_offloads(offloads)?;
             s.client.ping(&s.server_addr.to_string(), 1)?;
@@ -229,7 +282,10 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
             report,
             "| variant | TCP Gbit/s | vs host-gw | vs linux-vxlan | UDP RR p50 µs | p99 µs | p50 vs host-gw | p50 vs linux-vxlan |"
         )?;
-        writeln!(report, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+        writeln!(
+            report,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )?;
         for (i, s) in samples.iter().enumerate() {
             let (g, p50, p99) = (median(&s.gbps), median(&s.p50), median(&s.p99));
             writeln!(
@@ -245,14 +301,20 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
         writeln!(report)?;
     }
     let ns = |k: &str| programs[k].as_f64().unwrap_or(f64::NAN);
-    writeln!(report, "## Programs under BPF_PROG_TEST_RUN (ns per packet)\n")?;
+    writeln!(
+        report,
+        "## Programs under BPF_PROG_TEST_RUN (ns per packet)\n"
+    )?;
     writeln!(
         report,
         "Average of 20,000 single runs each, {} routes in the trie; a no-op program of the same type \
          shows the fixed cost of a test run.\n",
         programs["routes"]
     )?;
-    writeln!(report, "| program | ns/packet | minus no-op |\n| --- | ---: | ---: |")?;
+    writeln!(
+        report,
+        "| program | ns/packet | minus no-op |\n| --- | ---: | ---: |"
+    )?;
     for (name, key, noop) in [
         ("no-op (TC)", "noop_tc", "noop_tc"),
         ("encapsulation (TC, from container)", "encap_tc", "noop_tc"),
@@ -260,7 +322,12 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
         ("no-op (XDP)", "noop_xdp", "noop_xdp"),
         ("decapsulation (XDP)", "decap_xdp", "noop_xdp"),
     ] {
-        writeln!(report, "| {name} | {:.0} | {:.0} |", ns(key), ns(key) - ns(noop))?;
+        writeln!(
+            report,
+            "| {name} | {:.0} | {:.0} |",
+            ns(key),
+            ns(key) - ns(noop)
+        )?;
     }
     println!("\n{report}");
     let path = root.join("docs/benchmarks.md");

@@ -41,7 +41,10 @@ pub fn run(oxlay: &Path) -> Result<()> {
             c.daemons[i].node,
             host.addr,
             i + 1,
-            (0..2).map(|j| Cluster::container_addr(i, j).to_string()).collect::<Vec<_>>().join(", ")
+            (0..2)
+                .map(|j| Cluster::container_addr(i, j).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     check_interrupt()?;
@@ -52,22 +55,42 @@ pub fn run(oxlay: &Path) -> Result<()> {
 
     let a0 = &c.containers[0][0];
     for (what, target) in [
-        ("cross-host: 10.244.1.2 -> 10.244.2.2", Cluster::container_addr(1, 0).to_string()),
-        ("cross-host: 10.244.1.2 -> 10.244.3.3", Cluster::container_addr(2, 1).to_string()),
-        ("same host:  10.244.1.2 -> 10.244.1.3", Cluster::container_addr(0, 1).to_string()),
-        ("to its own host: 10.244.1.2 -> 192.168.50.11", c.hosts[0].addr.to_string()),
+        (
+            "cross-host: 10.244.1.2 -> 10.244.2.2",
+            Cluster::container_addr(1, 0).to_string(),
+        ),
+        (
+            "cross-host: 10.244.1.2 -> 10.244.3.3",
+            Cluster::container_addr(2, 1).to_string(),
+        ),
+        (
+            "same host:  10.244.1.2 -> 10.244.1.3",
+            Cluster::container_addr(0, 1).to_string(),
+        ),
+        (
+            "to its own host: 10.244.1.2 -> 192.168.50.11",
+            c.hosts[0].addr.to_string(),
+        ),
     ] {
         check_interrupt()?;
         step(&format!("ping {what}"));
         let out = a0.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &target])?;
-        for line in out.lines().filter(|l| l.contains("bytes from") || l.contains("packet loss")) {
+        for line in out
+            .lines()
+            .filter(|l| l.contains("bytes from") || l.contains("packet loss"))
+        {
             println!("    {line}");
         }
     }
     check_interrupt()?;
     const BYTES: u64 = 512 * 1024 * 1024;
     step("TCP: 512 MiB from 10.244.1.2 to 10.244.2.2, every byte checked on arrival");
-    let t = tcp_transfer(a0, &c.containers[1][0], Cluster::container_addr(1, 0), BYTES)?;
+    let t = tcp_transfer(
+        a0,
+        &c.containers[1][0],
+        Cluster::container_addr(1, 0),
+        BYTES,
+    )?;
     println!(
         "    {:.2} Gbit/s ({:.2} s)",
         BYTES as f64 * 8.0 / t.as_secs_f64() / 1e9,

@@ -8,10 +8,16 @@ use crate::step;
 
 /// Debian packages and why each is needed.
 const PACKAGES: &[(&str, &str)] = &[
-    ("rustc-web", "rustc with a precompiled core for bpfel-unknown-none"),
+    (
+        "rustc-web",
+        "rustc with a precompiled core for bpfel-unknown-none",
+    ),
     ("cargo-web", "the cargo that goes with it"),
     ("libstd-rust-web-dev-bpf", "core for the BPF target"),
-    ("llvm-22-dev", "LLVM for bpf-linker (same LLVM as rustc-web)"),
+    (
+        "llvm-22-dev",
+        "LLVM for bpf-linker (same LLVM as rustc-web)",
+    ),
     ("zlib1g-dev", "bpf-linker link dependency"),
     ("libzstd-dev", "bpf-linker link dependency"),
     ("iproute2", "namespaces, veths and bridges in tests"),
@@ -34,7 +40,10 @@ pub fn run() -> Result<()> {
     if missing.is_empty() {
         step("Debian packages: all present");
     } else {
-        step(&format!("installing Debian packages: {}", missing.join(" ")));
+        step(&format!(
+            "installing Debian packages: {}",
+            missing.join(" ")
+        ));
         sh(Command::new("apt-get").args(["update", "-q"]))?;
         sh(Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -50,8 +59,14 @@ pub fn run() -> Result<()> {
         sh(Command::new("cargo")
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .args([
-                "install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION,
-                "--no-default-features", "--features", "llvm-22",
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
             ]))?;
     }
     Ok(())
@@ -79,7 +94,9 @@ fn bpf_linker_ok() -> bool {
 }
 
 fn sh(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }

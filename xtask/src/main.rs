@@ -52,7 +52,8 @@ fn main() -> Result<()> {
         Cmd::Install => install::run(),
         Cmd::BuildEbpf => {
             install::run()?;
-            let object = build_ebpf::build_ebpf(&root(), &root().join("target/ebpf")).map_err(anyhow::Error::msg)?;
+            let object = build_ebpf::build_ebpf(&root(), &root().join("target/ebpf"))
+                .map_err(anyhow::Error::msg)?;
             println!("==> eBPF object: {}", object.display());
             Ok(())
         }
@@ -62,7 +63,8 @@ fn main() -> Result<()> {
             cargo(&["build", "--workspace"])?;
             step("running the test suite (serially: tests share the kernel)");
             let mut test_args: Vec<&str> = vec!["test", "--workspace", "--exclude", "xtask"];
-            let (filters, rest): (Vec<&String>, Vec<&String>) = args.iter().partition(|a| !a.starts_with('-'));
+            let (filters, rest): (Vec<&String>, Vec<&String>) =
+                args.iter().partition(|a| !a.starts_with('-'));
             test_args.extend(rest.iter().map(|s| s.as_str()));
             test_args.push("--");
             test_args.push("--test-threads=1");
@@ -78,7 +80,15 @@ fn main() -> Result<()> {
         Cmd::Bench { rounds, seconds } => {
             install::run()?;
             step("building oxlay (release)");
-            cargo(&["build", "--release", "-p", "oxlay", "-p", "oxlay-testbed", "--examples"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "oxlay",
+                "-p",
+                "oxlay-testbed",
+                "--examples",
+            ])?;
             bench::run(&root(), rounds, seconds)
         }
     }
@@ -86,7 +96,10 @@ fn main() -> Result<()> {
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// Prints a progress line.
