@@ -31,6 +31,8 @@ pub mod program_names {
     pub const DECAP_TC: &str = "oxlay_decap_tc";
     /// XDP on the underlay interface: the same decapsulation.
     pub const DECAP_XDP: &str = "oxlay_decap_xdp";
+    /// TC ingress on the underlay interface in XDP mode: delivers what XDP stripped.
+    pub const XDP_DELIVER_TC: &str = "oxlay_xdp_deliver_tc";
     /// Programs that do nothing: the baselines of the per-packet benchmarks.
     pub const NOOP_TC: &str = "oxlay_noop_tc";
     pub const NOOP_XDP: &str = "oxlay_noop_xdp";

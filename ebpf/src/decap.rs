@@ -29,12 +29,17 @@ fn delivery_eth(route: &Route) -> EthHdr {
     }
 }
 
-pub fn tc(ctx: &TcContext) -> i32 {
-    if let Some(ifindex) = xdp_delivery(ctx) {
-        // Already stripped and addressed by the XDP program: just deliver.
+/// TC half of XDP mode: delivers frames the XDP program stripped and marked; leaves
+/// everything else (already classified and counted by XDP) to the stack.
+pub fn tc_deliver_marked(ctx: &TcContext) -> i32 {
+    match xdp_delivery(ctx) {
         // SAFETY: plain helper call; an unknown ifindex makes the kernel drop the packet.
-        return unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+        Some(ifindex) => unsafe { bpf_redirect_peer(ifindex, 0) } as i32,
+        None => TC_ACT_OK as i32,
     }
+}
+
+pub fn tc(ctx: &TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
         return TC_ACT_OK as i32;
     };

@@ -46,6 +46,12 @@ pub fn oxlay_decap_xdp(ctx: XdpContext) -> u32 {
     decap::xdp(&ctx)
 }
 
+/// With `oxlay_decap_xdp`: delivers what it stripped (see `XdpDeliveryMeta` for why).
+#[classifier]
+pub fn oxlay_xdp_deliver_tc(ctx: TcContext) -> i32 {
+    decap::tc_deliver_marked(&ctx)
+}
+
 /// Does nothing: the baseline that benchmarks subtract from the programs above.
 #[classifier]
 pub fn oxlay_noop_tc(_ctx: TcContext) -> i32 {

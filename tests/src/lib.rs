@@ -364,15 +364,18 @@ impl Daemon {
     /// Starts a daemon with `config` (TOML; `api_socket` is added) and waits until its
     /// API answers.
     pub fn start(host: &Host, node: &str, config: &str) -> Result<Self> {
+        Self::start_with(host.ns.command(oxlay_bin().to_str().unwrap()), node, config)
+    }
+
+    /// Like `start`, with `launcher` (a command that runs the oxlay binary somewhere).
+    pub fn start_with(mut launcher: Command, node: &str, config: &str) -> Result<Self> {
         let dir = TempDir::new(node)?;
         let socket = dir.path.join("api.sock");
         let config = format!("api_socket = \"{}\"\n{config}", socket.display());
         let config_path = dir.path.join("oxlay.toml");
         std::fs::write(&config_path, &config)?;
         let log = std::fs::File::create(dir.path.join("daemon.log"))?;
-        let child = host
-            .ns
-            .command(oxlay_bin().to_str().unwrap())
+        let child = launcher
             .args(["daemon", "--config"])
             .arg(&config_path)
             .stdout(log.try_clone()?)

@@ -67,6 +67,7 @@ impl Datapath {
         for name in [
             program_names::FROM_CONTAINER,
             program_names::DECAP_TC,
+            program_names::XDP_DELIVER_TC,
             program_names::NOOP_TC,
         ] {
             classifier(&mut ebpf, name)?
@@ -229,7 +230,7 @@ impl Datapath {
                 .map(|_| ()),
             DecapMode::Xdp => {
                 // XDP strips; the TC program on the same interface delivers.
-                self.attach_tc(program_names::DECAP_TC, interface)?;
+                self.attach_tc(program_names::XDP_DELIVER_TC, interface)?;
                 xdp(&mut self.ebpf, program_names::DECAP_XDP)?
                     .attach(interface, XdpMode::Default)
                     .with_context(|| {
