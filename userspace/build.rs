@@ -21,9 +21,17 @@ fn main() {
     // A prebuilt object may be supplied (e.g. by a packager); otherwise build it.
     let built = match env::var("OXLAY_EBPF_OBJECT") {
         Ok(prebuilt) => PathBuf::from(prebuilt),
-        Err(_) => build_ebpf::build_ebpf(root, &root.join("target/ebpf"))
-            .unwrap_or_else(|e| panic!("{e}")),
+        Err(_) => {
+            build_ebpf::build_ebpf(root, &root.join("target/ebpf")).unwrap_or_else(|e| fail(&e))
+        }
     };
-    std::fs::copy(&built, &object)
-        .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+    if let Err(e) = std::fs::copy(&built, &object) {
+        fail(&format!("cannot copy {}: {e}", built.display()));
+    }
+}
+
+/// Stops the build with a message (cargo shows a build script's stderr), no backtrace.
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
 }

@@ -34,7 +34,7 @@ fn delivery_eth(route: &Route) -> EthHdr {
 pub fn tc_deliver_marked(ctx: &TcContext) -> i32 {
     match xdp_delivery(ctx) {
         // SAFETY: plain helper call; an unknown ifindex makes the kernel drop the packet.
-        Some(ifindex) => unsafe { bpf_redirect_peer(ifindex, 0) } as i32,
+        Some(ifindex) => (unsafe { bpf_redirect_peer(ifindex, 0) }) as i32,
         None => TC_ACT_OK as i32,
     }
 }

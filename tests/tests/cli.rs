@@ -14,7 +14,14 @@ fn skip() -> bool {
 }
 
 fn config(node: &str) -> String {
-    NodeConfig { node, pod_subnet: "10.244.1.0/24", decap: "tc", vni: 42, peers: vec![] }.toml()
+    NodeConfig {
+        node,
+        pod_subnet: "10.244.1.0/24",
+        decap: "tc",
+        vni: 42,
+        peers: vec![],
+    }
+    .toml()
 }
 
 fn unique(tag: &str) -> String {
@@ -24,7 +31,10 @@ fn unique(tag: &str) -> String {
 /// Runs `oxlay ARGS` and returns (success, stderr).
 fn oxlay(args: &[&str]) -> Result<(bool, String)> {
     let out = Command::new(oxlay_bin()).args(args).output()?;
-    Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 #[test]
@@ -32,27 +42,48 @@ fn bad_config_files_are_rejected_with_the_reason() -> Result<()> {
     let dir = TempDir::new("cfg")?;
     let path = dir.path.join("bad.toml");
     for (text, expected) in [
-        (config("x").replace("vni = 42", "vni = 0"), "vni 0 is out of range"),
-        (config("x").replace("10.244.1.0/24", "10.244.1.0/40"), "prefix length"),
+        (
+            config("x").replace("vni = 42", "vni = 0"),
+            "vni 0 is out of range",
+        ),
+        (
+            config("x").replace("10.244.1.0/24", "10.244.1.0/40"),
+            "prefix length",
+        ),
         ("node_name = \"x\"\n".to_owned(), "missing field"),
     ] {
         std::fs::write(&path, &text)?;
         let (ok, stderr) = oxlay(&["daemon", "--config", path.to_str().unwrap()])?;
         assert!(!ok, "daemon accepted {text}");
-        assert!(stderr.contains(expected), "stderr {stderr:?} lacks {expected:?}");
-        assert!(stderr.contains("bad.toml"), "stderr {stderr:?} does not name the file");
+        assert!(
+            stderr.contains(expected),
+            "stderr {stderr:?} lacks {expected:?}"
+        );
+        assert!(
+            stderr.contains("bad.toml"),
+            "stderr {stderr:?} does not name the file"
+        );
     }
     let (ok, stderr) = oxlay(&["daemon", "--config", "/nonexistent/oxlay.toml"])?;
-    assert!(!ok && stderr.contains("cannot read config file"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("cannot read config file"),
+        "{stderr}"
+    );
     Ok(())
 }
 
 #[test]
 fn cli_needs_a_daemon_to_talk_to() -> Result<()> {
     let (ok, stderr) = oxlay(&["stats"])?;
-    assert!(!ok && stderr.contains("--node NAME or --socket PATH"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("--node NAME or --socket PATH"),
+        "{stderr}"
+    );
     let (ok, stderr) = oxlay(&["stats", "--socket", "/nonexistent.sock"])?;
-    assert!(!ok && stderr.contains("is `oxlay daemon` running"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("is `oxlay daemon` running"),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -64,9 +95,17 @@ fn daemon_refuses_a_missing_interface() -> Result<()> {
     let mut ul = Underlay::new()?;
     let host = ul.add_host("h", 11)?;
     let node = unique("noif");
-    let text = config(&node).replace("underlay_interface = \"eth0\"", "underlay_interface = \"eth9\"");
-    let err = Daemon::start(&host, &node, &text).err().expect("daemon started without eth9");
-    assert!(format!("{err:#}").contains("\"eth9\" does not exist in this network namespace"), "{err:#}");
+    let text = config(&node).replace(
+        "underlay_interface = \"eth0\"",
+        "underlay_interface = \"eth9\"",
+    );
+    let err = Daemon::start(&host, &node, &text)
+        .err()
+        .expect("daemon started without eth9");
+    assert!(
+        format!("{err:#}").contains("\"eth9\" does not exist in this network namespace"),
+        "{err:#}"
+    );
     Ok(())
 }
 
@@ -78,7 +117,10 @@ fn daemon_refuses_to_run_without_root() -> Result<()> {
     let dir = TempDir::new("noroot")?;
     let path = dir.path.join("oxlay.toml");
     std::fs::write(&path, config(&unique("noroot")))?;
-    std::fs::set_permissions(&dir.path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::set_permissions(
+        &dir.path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -87,7 +129,10 @@ fn daemon_refuses_to_run_without_root() -> Result<()> {
         .arg(&path)
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("needs root"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("needs root"),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -101,7 +146,9 @@ fn daemon_mounts_bpffs_when_missing() -> Result<()> {
     let host = ul.add_host("h", 11)?;
     let node = unique("bpffs");
     let mut launcher = Command::new("ip");
-    launcher.args(["netns", "exec", &host.ns.name]).arg(oxlay_bin());
+    launcher
+        .args(["netns", "exec", &host.ns.name])
+        .arg(oxlay_bin());
     let mut daemon = Daemon::start_with(launcher, &node, &config(&node))?;
     assert!(daemon.log().contains("ready"), "{}", daemon.log());
     daemon.stop()
@@ -120,10 +167,16 @@ fn one_node_name_one_daemon() -> Result<()> {
     launcher.env("RUST_LOG", "info");
     let dir = TempDir::new("dup")?;
     let path = dir.path.join("dup.toml");
-    std::fs::write(&path, format!("{text}{}", config(&node).replace("pin_path", "# pin_path")))?;
+    std::fs::write(
+        &path,
+        format!("{text}{}", config(&node).replace("pin_path", "# pin_path")),
+    )?;
     let out = launcher.args(["daemon", "--config"]).arg(&path).output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("another daemon already serves"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("another daemon already serves"),
+        "{stderr}"
+    );
     // The first daemon still answers.
     c.daemons[0].cli(&["stats"])?;
     Ok(())
@@ -138,19 +191,43 @@ fn attach_rejects_bad_requests_and_lists_what_it_made() -> Result<()> {
     let d = &c.daemons[0];
     let extra = c.hosts[0].container("extra")?;
     for (args, expected) in [
-        (vec!["--address", "10.244.9.2"], "not usable in this host's pod subnet 10.244.1.0/24"),
+        (
+            vec!["--address", "10.244.9.2"],
+            "not usable in this host's pod subnet 10.244.1.0/24",
+        ),
         (vec!["--address", "10.244.1.255"], "not usable"),
         (vec!["--address", "10.244.1.2"], "already used by namespace"),
-        (vec!["--address", "10.244.1.7", "--ifname", "a-name-that-is-too-long"], "not valid"),
+        (
+            vec![
+                "--address",
+                "10.244.1.7",
+                "--ifname",
+                "a-name-that-is-too-long",
+            ],
+            "not valid",
+        ),
     ] {
         let mut full = vec!["attach", "--netns", extra.name.as_str()];
         full.extend(args);
         let err = d.cli(&full).unwrap_err();
-        assert!(format!("{err:#}").contains(expected), "{err:#} lacks {expected:?}");
+        assert!(
+            format!("{err:#}").contains(expected),
+            "{err:#} lacks {expected:?}"
+        );
     }
-    let err = d.cli(&["attach", "--netns", "no-such-netns-oxlay", "--address", "10.244.1.9"]).unwrap_err();
+    let err = d
+        .cli(&[
+            "attach",
+            "--netns",
+            "no-such-netns-oxlay",
+            "--address",
+            "10.244.1.9",
+        ])
+        .unwrap_err();
     assert!(format!("{err:#}").contains("not found"), "{err:#}");
-    let err = d.cli(&["detach", "--netns", "no-such-netns-oxlay"]).unwrap_err();
+    let err = d
+        .cli(&["detach", "--netns", "no-such-netns-oxlay"])
+        .unwrap_err();
     assert!(format!("{err:#}").contains("is not attached"), "{err:#}");
 
     let routes: serde_json::Value = serde_json::from_str(&d.cli(&["routes", "--json"])?)?;
@@ -158,11 +235,19 @@ fn attach_rejects_bad_requests_and_lists_what_it_made() -> Result<()> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["destination"].as_str().unwrap().to_owned(), r["kind"].as_str().unwrap().to_owned()))
+        .map(|r| {
+            (
+                r["destination"].as_str().unwrap().to_owned(),
+                r["kind"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         kinds,
-        [("10.244.1.2/32".into(), "local".into()), ("10.244.2.0/24".into(), "remote".into())]
+        [
+            ("10.244.1.2/32".into(), "local".into()),
+            ("10.244.2.0/24".into(), "remote".into())
+        ]
     );
     let eps: serde_json::Value = serde_json::from_str(&d.cli(&["endpoints", "--json"])?)?;
     assert_eq!(eps[0]["address"], "10.244.1.2");
