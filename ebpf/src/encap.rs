@@ -17,7 +17,7 @@ use oxlay_common::{
 use crate::{
     counters::count,
     maps,
-    parse::{ipv4_header_checksum, read, ETH_P_IPV4, IPPROTO_UDP, OUTER_IP_OFF},
+    parse::{ipv4_header_checksum, read, ETH_P_IPV4, IPPROTO_UDP},
 };
 
 /// Everything written in front of the container's IPv4 packet, in wire order.
@@ -70,7 +70,7 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
     if u16::from_be(eth.ether_type) != ETH_P_IPV4 {
         return Ok(None);
     }
-    let Some(ip) = read::<Ipv4Hdr>(data, data_end, OUTER_IP_OFF) else {
+    let Some(ip) = read::<Ipv4Hdr>(data, data_end, ETH_LEN) else {
         return Ok(None);
     };
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
