@@ -119,14 +119,24 @@ impl Datapath {
         })
     }
 
-    /// Removes the pinned maps; the next daemon starts with empty ones.
+    /// Removes the pinned maps (and their parent directory once empty); the next daemon
+    /// starts with empty ones.
     pub fn unpin(&self) -> Result<()> {
         match std::fs::remove_dir_all(&self.pin_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("cannot remove pins in {}", self.pin_dir.display()))
+                return Err(e)
+                    .with_context(|| format!("cannot remove pins in {}", self.pin_dir.display()))
             }
-            _ => Ok(()),
+            _ => {}
         }
+        if let Some(parent) = self
+            .pin_dir
+            .parent()
+            .filter(|p| *p != Path::new("/sys/fs/bpf"))
+        {
+            let _ = std::fs::remove_dir(parent); // fails, as it should, while others use it
+        }
+        Ok(())
     }
 
     pub fn set_config(&mut self, config: DatapathConfig) -> Result<()> {

@@ -1,4 +1,5 @@
-//! Debug aid: builds a cluster and keeps it until /tmp/oxlay-hold is removed.
+//! Debugging aid: `cargo run -p oxlay-testbed --example cluster [tc|xdp]` builds a
+//! two-host cluster, prints its namespaces, and keeps it until /tmp/oxlay-hold is removed.
 fn main() -> anyhow::Result<()> {
     let decap = std::env::args().nth(1).unwrap_or_else(|| "tc".into());
     let c = oxlay_testbed::Cluster::new(2, 2, &decap)?;
