@@ -177,8 +177,14 @@ fn one_node_name_one_daemon() -> Result<()> {
         !out.status.success() && stderr.contains("another daemon already serves"),
         "{stderr}"
     );
-    // The first daemon still answers.
+    // The first daemon still answers, and the second touched no pins.
     c.daemons[0].cli(&["stats"])?;
+    let default_pins = std::path::Path::new("/sys/fs/bpf/oxlay").join(&node);
+    assert!(
+        !default_pins.exists(),
+        "the refused daemon left pins at {}",
+        default_pins.display()
+    );
     Ok(())
 }
 

@@ -58,36 +58,25 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let container_mtu = Config::container_mtu(underlay.mtu);
 
+    // Claim the API socket first: a second daemon for the same node stops here, before
+    // it touches the first one's pinned maps.
+    let socket_path = config.socket_path();
+    let listener = bind_api(&socket_path)?;
     let pin_path = config.pin_path();
     if pin_path.exists() {
         // Left by a daemon that did not stop cleanly; its endpoints are gone with it.
         warn!("removing stale pinned maps in {}", pin_path.display());
         std::fs::remove_dir_all(&pin_path).ok();
     }
-    let mut datapath = Datapath::load(&pin_path)?;
-    datapath.add_network(config.vni)?;
-    for peer in &config.peers {
-        datapath.add_peer(peer.underlay_address)?;
-        let mac = peer
-            .vtep_mac
-            .unwrap_or_else(|| MacAddr::derived(&peer.name));
-        datapath.set_route(
-            config.vni,
-            peer.pod_subnet,
-            Route::remote(peer.underlay_address.octets(), mac.0),
-        )?;
-    }
-    datapath.set_config(DatapathConfig {
-        underlay_ifindex: underlay.index,
-        underlay_addr: underlay_addr.octets(),
-        vxlan_port: config.vxlan_port,
-        vtep_mac: config.vtep_mac().0,
-        ready: 1,
-    })?;
-    datapath.attach_decap(&underlay.name, config.decap)?;
-
-    let socket_path = config.socket_path();
-    let listener = bind_api(&socket_path)?;
+    let datapath = match load_datapath(&config, &underlay, underlay_addr) {
+        Ok(d) => d,
+        Err(e) => {
+            // Leave nothing behind: no socket, no pins.
+            std::fs::remove_file(&socket_path).ok();
+            std::fs::remove_dir_all(&pin_path).ok();
+            return Err(e);
+        }
+    };
     info!(
         "node {} ready: underlay {} ({}), vni {}, pod subnet {}, {} peers, decap {:?}, api {}",
         config.node_name,
@@ -143,6 +132,36 @@ pub async fn run(config: Config) -> Result<()> {
     datapath.unpin()?;
     std::fs::remove_file(&socket_path).ok();
     Ok(())
+}
+
+/// Loads the programs, fills the maps from the config and attaches decapsulation.
+fn load_datapath(
+    config: &Config,
+    underlay: &netlink::LinkInfo,
+    underlay_addr: std::net::Ipv4Addr,
+) -> Result<Datapath> {
+    let mut datapath = Datapath::load(&config.pin_path())?;
+    datapath.add_network(config.vni)?;
+    for peer in &config.peers {
+        datapath.add_peer(peer.underlay_address)?;
+        let mac = peer
+            .vtep_mac
+            .unwrap_or_else(|| MacAddr::derived(&peer.name));
+        datapath.set_route(
+            config.vni,
+            peer.pod_subnet,
+            Route::remote(peer.underlay_address.octets(), mac.0),
+        )?;
+    }
+    datapath.set_config(DatapathConfig {
+        underlay_ifindex: underlay.index,
+        underlay_addr: underlay_addr.octets(),
+        vxlan_port: config.vxlan_port,
+        vtep_mac: config.vtep_mac().0,
+        ready: 1,
+    })?;
+    datapath.attach_decap(&underlay.name, config.decap)?;
+    Ok(datapath)
 }
 
 fn bind_api(path: &Path) -> Result<UnixListener> {
