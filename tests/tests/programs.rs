@@ -42,6 +42,9 @@ struct PinDir(std::path::PathBuf);
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent); // only once empty
+        }
     }
 }
 
