@@ -459,6 +459,71 @@ impl Drop for Daemon {
     }
 }
 
+/// A real etcd server on loopback with its own data directory; killed on drop.
+pub struct Etcd {
+    pub endpoint: String,
+    child: Child,
+    _dir: TempDir,
+}
+
+/// A free TCP port on loopback (bound, then released for the caller to use).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Etcd {
+    pub fn start() -> Result<Self> {
+        let dir = TempDir::new("etcd")?;
+        let (client, peer) = (free_port()?, free_port()?);
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path.join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .args(["--name", "oxlay-test", "--data-dir"])
+            .arg(dir.path.join("data"))
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("oxlay-test={peer_url}")])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start etcd (cargo xtask install provides etcd-server)")?;
+        let etcd = Self {
+            endpoint,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", client)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd did not listen within 20 s: {}",
+                    std::fs::read_to_string(etcd._dir.path.join("etcd.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(etcd)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A temporary directory, removed on drop.
 pub struct TempDir {
     pub path: PathBuf,

@@ -7,3 +7,4 @@ pub mod datapath;
 pub mod endpoint;
 pub mod net;
 pub mod netlink;
+pub mod store;

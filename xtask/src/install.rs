@@ -27,6 +27,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tshark", "VXLAN capture in the interoperability test"),
     ("iperf3", "throughput benchmark"),
     ("sockperf", "latency benchmark"),
+    (
+        "protobuf-compiler",
+        "protoc, for the etcd client's generated gRPC code",
+    ),
+    ("etcd-server", "a real etcd for the store tests"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
