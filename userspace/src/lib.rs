@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod endpoint;
+pub mod model;
 pub mod net;
 pub mod netlink;
 pub mod store;
