@@ -371,7 +371,14 @@ impl Daemon {
     pub fn start_with(mut launcher: Command, node: &str, config: &str) -> Result<Self> {
         let dir = TempDir::new(node)?;
         let socket = dir.path.join("api.sock");
-        let config = format!("api_socket = \"{}\"\n{config}", socket.display());
+        let mut config = format!("api_socket = \"{}\"\n{config}", socket.display());
+        if !config.contains("[store]") {
+            // A store of its own, so tests never share the machine's default one.
+            config += &format!(
+                "\n[store]\npath = \"{}\"\n",
+                dir.path.join("store.json").display()
+            );
+        }
         let config_path = dir.path.join("oxlay.toml");
         std::fs::write(&config_path, &config)?;
         let log = std::fs::File::create(dir.path.join("daemon.log"))?;

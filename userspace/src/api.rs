@@ -1,7 +1,8 @@
 //! The local API between the CLI and the daemon: one JSON request and one JSON response
 //! per connection on a unix socket that only root can open.
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
+use crate::net::Ipv4Net;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -29,8 +30,51 @@ pub enum Request {
     },
     // Unit variants would silently accept extra fields; `NoArgs` rejects them.
     Routes(NoArgs),
+    /// This host's endpoints (static and store networks).
     Endpoints(NoArgs),
     Stats(NoArgs),
+    /// Hosts registered in the store.
+    Hosts(NoArgs),
+    NetworkCreate {
+        name: String,
+        #[serde(default)]
+        subnet: Option<Ipv4Net>,
+        #[serde(default)]
+        vni: Option<u32>,
+        #[serde(default)]
+        block_prefix: Option<u8>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        #[serde(default)]
+        allow_overlap: bool,
+    },
+    NetworkLs(NoArgs),
+    NetworkInspect {
+        name: String,
+    },
+    NetworkRm {
+        name: String,
+    },
+    /// Creates an endpoint on a store network in a namespace on this host.
+    EndpointCreate {
+        network: String,
+        netns: String,
+        #[serde(default)]
+        ip: Option<Ipv4Addr>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        #[serde(default)]
+        ifname: Option<String>,
+    },
+    /// Endpoints of every host, from the store.
+    EndpointLs {
+        #[serde(default)]
+        network: Option<String>,
+    },
+    EndpointRm {
+        network: String,
+        netns: String,
+    },
 }
 
 /// The (empty) arguments of requests that take none; unknown fields are an error.
@@ -47,6 +91,8 @@ pub enum Response {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointView {
+    pub network: String,
+    pub vni: u32,
     pub netns: String,
     pub address: Ipv4Addr,
     pub mac: String,

@@ -43,10 +43,12 @@ pub struct Config {
     pub underlay_address: Option<Ipv4Addr>,
     /// Defaults to a stable address derived from `node_name`.
     pub vtep_mac: Option<MacAddr>,
-    pub vni: u32,
+    /// Static network (with `pod_subnet` and `peers`): the hand-configured mode.
+    /// Networks in the store need neither.
+    pub vni: Option<u32>,
     #[serde(default = "default_port")]
     pub vxlan_port: u16,
-    pub pod_subnet: Ipv4Net,
+    pub pod_subnet: Option<Ipv4Net>,
     #[serde(default)]
     pub decap: DecapMode,
     /// Unix socket of the local API; defaults to a per-node path.
@@ -54,7 +56,42 @@ pub struct Config {
     /// bpffs directory for pinned maps; defaults to a per-node path.
     pub pin_path: Option<PathBuf>,
     #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
     pub peers: Vec<PeerConfig>,
+}
+
+/// Where hosts, networks and endpoints are shared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// etcd endpoints (e.g. "http://10.0.0.1:2379"); empty means the embedded store.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    /// File of the embedded store, shared by the daemons of one machine.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// Seconds a host stays registered after its last keep-alive.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            etcd_endpoints: Vec::new(),
+            path: default_store_path(),
+            lease_ttl_secs: default_lease_ttl(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from(crate::store::embedded::DEFAULT_PATH)
+}
+
+fn default_lease_ttl() -> u64 {
+    10
 }
 
 fn default_port() -> u16 {
@@ -82,6 +119,11 @@ impl FromStr for Config {
 }
 
 impl Config {
+    /// The hand-configured network, if any: (VNI, this host's pod subnet).
+    pub fn static_network(&self) -> Option<(u32, Ipv4Net)> {
+        self.vni.zip(self.pod_subnet)
+    }
+
     pub fn load(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -98,18 +140,31 @@ impl Config {
                 self.underlay_interface
             );
         }
-        if self.vni == 0 || self.vni > VNI_MAX {
-            bail!(
-                "vni {} is out of range: use 1 to {VNI_MAX} (VXLAN VNIs have 24 bits)",
-                self.vni
-            );
+        match (self.vni, self.pod_subnet) {
+            (Some(vni), Some(subnet)) => {
+                if vni == 0 || vni > VNI_MAX {
+                    bail!(
+                        "vni {vni} is out of range: use 1 to {VNI_MAX} (VXLAN VNIs have 24 bits)"
+                    );
+                }
+                check_pod_subnet("pod_subnet", subnet)?;
+            }
+            (None, None) if self.peers.is_empty() => {}
+            (None, None) => bail!("peers need a static network: set vni and pod_subnet too"),
+            _ => bail!("vni and pod_subnet go together: set both for a static network, or neither"),
+        }
+        if self.store.lease_ttl_secs < 2 {
+            bail!("store.lease_ttl_secs must be at least 2 (etcd's minimum lease)");
         }
         if self.vxlan_port == 0 {
             bail!("vxlan_port must not be 0 (the standard VXLAN port is {VXLAN_PORT})");
         }
-        check_pod_subnet("pod_subnet", self.pod_subnet)?;
         let mut names = std::collections::HashSet::from([self.node_name.as_str()]);
-        let mut subnets = vec![(self.node_name.as_str(), self.pod_subnet)];
+        let mut subnets: Vec<(&str, Ipv4Net)> = self
+            .pod_subnet
+            .map(|s| (self.node_name.as_str(), s))
+            .into_iter()
+            .collect();
         let mut addrs = std::collections::HashSet::new();
         if let Some(a) = self.underlay_address {
             addrs.insert(a);
@@ -228,11 +283,28 @@ mod tests {
         assert_eq!(c.pin_path(), PathBuf::from("/sys/fs/bpf/oxlay/host-a"));
         assert_eq!(c.peers[0].vtep_mac.unwrap().0, [2, 0, 0, 0, 0, 0x0b]);
         assert_eq!(c.vtep_mac(), MacAddr::derived("host-a"));
+        assert_eq!(c.store, StoreConfig::default());
+        assert_eq!(
+            c.static_network(),
+            Some((42, "10.244.1.0/24".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn store_only_config_needs_no_static_network() {
+        let c: Config = "node_name = \"a\"\nunderlay_interface = \"eth0\"\n[store]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n"
+            .parse()
+            .unwrap();
+        assert_eq!(c.static_network(), None);
+        assert_eq!(c.store.etcd_endpoints.len(), 1);
+        assert_eq!(c.store.lease_ttl_secs, 10);
     }
 
     #[test]
     fn rejects_bad_input_with_a_reason() {
         assert!(err(&GOOD.replace("vni = 42", "vni = 0")).contains("vni 0 is out of range"));
+        assert!(err(&GOOD.replace("vni = 42", "")).contains("go together"));
+        assert!(err(&format!("{GOOD}\n[store]\nlease_ttl_secs = 1")).contains("at least 2"));
         assert!(err(&GOOD.replace("vni = 42", "vni = 16777216")).contains("out of range"));
         assert!(err(&GOOD.replace("10.244.1.0/24", "10.244.1.0/33")).contains("prefix length"));
         assert!(err(&GOOD.replace("10.244.1.0/24", "10.244.1.1/24")).contains("host bits"));

@@ -1,10 +1,13 @@
-//! `oxlay daemon`: loads the datapath for one node, fills its maps from the config,
-//! serves the local API, and removes everything it made on SIGTERM or SIGINT.
-use std::{collections::BTreeMap, os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+//! `oxlay daemon`: loads the datapath for one node, registers the node in the store,
+//! keeps the maps in step with the store and the config, serves the local API, and
+//! removes everything it made on SIGTERM or SIGINT.
+use std::{
+    collections::BTreeMap, os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use log::{info, warn};
-use oxlay_common::{CounterKind, DatapathConfig, Route, RouteKind};
+use oxlay_common::{CounterKind, DatapathConfig, RouteKind};
 use rtnetlink::Handle;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -17,18 +20,80 @@ use crate::{
     api::{self, CounterView, Request, Response, RouteView},
     config::Config,
     datapath::Datapath,
-    endpoint::{self, EndpointRecord, GATEWAY},
+    endpoint::{self, LocalEndpoint, GATEWAY},
+    model::{self, HostRecord, NetworkSpec},
     net::MacAddr,
-    netlink::{self, EndpointSpec},
+    netlink::{self, ContainerRoute, EndpointSpec},
+    reconcile::{self, Snapshot},
+    store::{embedded::EmbeddedStore, etcd::EtcdStore, LeaseId, Store},
 };
+
+/// Local endpoints by (namespace, store network; None for the static network).
+type EndpointKey = (String, Option<String>);
 
 struct State {
     config: Config,
     handle: Handle,
     datapath: Datapath,
     container_mtu: u32,
-    /// Local endpoints by namespace.
-    endpoints: BTreeMap<String, EndpointRecord>,
+    store: Arc<dyn Store>,
+    host: HostRecord,
+    lease: LeaseId,
+    endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
+    /// The store's routing view, as last read.
+    snapshot: Snapshot,
+}
+
+impl State {
+    /// Re-reads the store and brings the maps in step, changing only what differs.
+    async fn reconcile(&mut self) -> Result<()> {
+        let store = self.store.clone();
+        self.snapshot = Snapshot {
+            hosts: model::hosts(&*store).await?,
+            networks: model::networks(&*store).await?,
+            blocks: model::all_blocks(&*store).await?,
+        };
+        let local: Vec<&LocalEndpoint> = self.endpoints.values().collect();
+        let want =
+            reconcile::desired(&self.config.node_name, &self.config, &self.snapshot, &local)?;
+        let changes = reconcile::apply(&mut self.datapath, &want)?;
+        if changes != reconcile::Changes::default() {
+            info!(
+                "maps updated: {} added or changed, {} removed",
+                changes.added, changes.removed
+            );
+        }
+        Ok(())
+    }
+
+    /// Grants a lease, registers the host under it and re-claims the blocks of this
+    /// host's endpoints (they went with an expired lease).
+    async fn register(&mut self) -> Result<()> {
+        let ttl = Duration::from_secs(self.config.store.lease_ttl_secs);
+        self.lease = self.store.grant_lease(ttl).await?;
+        model::register_host(&*self.store, &self.host, self.lease).await?;
+        for ep in self.endpoints.values() {
+            if let Some(network) = &ep.network {
+                model::reclaim_block(
+                    &*self.store,
+                    &self.host.name,
+                    self.lease,
+                    network,
+                    ep.address,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn connect_store(config: &Config) -> Result<Arc<dyn Store>> {
+    Ok(if config.store.etcd_endpoints.is_empty() {
+        Arc::new(EmbeddedStore::new(&config.store.path)?)
+    } else {
+        Arc::new(EtcdStore::connect(&config.store.etcd_endpoints).await?)
+    })
 }
 
 pub async fn run(config: Config) -> Result<()> {
@@ -57,6 +122,7 @@ pub async fn run(config: Config) -> Result<()> {
             })?,
     };
     let container_mtu = Config::container_mtu(underlay.mtu);
+    let store = connect_store(&config).await?;
 
     // Claim the API socket first: a second daemon for the same node stops here, before
     // it touches the first one's pinned maps.
@@ -77,24 +143,51 @@ pub async fn run(config: Config) -> Result<()> {
             return Err(e);
         }
     };
-    info!(
-        "node {} ready: underlay {} ({}), vni {}, pod subnet {}, {} peers, decap {:?}, api {}",
-        config.node_name,
-        underlay.name,
-        underlay_addr,
-        config.vni,
-        config.pod_subnet,
-        config.peers.len(),
-        config.decap,
-        socket_path.display()
-    );
-    let state = Arc::new(Mutex::new(State {
+    let host = HostRecord {
+        name: config.node_name.clone(),
+        underlay_address: underlay_addr,
+        vtep_mac: config.vtep_mac(),
+    };
+    let mut state = State {
         config,
         handle,
         datapath,
         container_mtu,
+        store,
+        host,
+        lease: 0,
         endpoints: BTreeMap::new(),
-    }));
+        snapshot: Snapshot::default(),
+    };
+    let started = async {
+        state.register().await?;
+        state.reconcile().await
+    };
+    if let Err(e) = started.await {
+        std::fs::remove_file(&socket_path).ok();
+        state.datapath.unpin().ok();
+        return Err(e.context("cannot register this host in the store"));
+    }
+    info!(
+        "node {} ready: underlay {} ({}), static network {:?}, {} static peers, store {}, decap {:?}, api {}",
+        state.config.node_name,
+        underlay.name,
+        underlay_addr,
+        state.config.static_network().map(|(vni, subnet)| format!("vni {vni} {subnet}")),
+        state.config.peers.len(),
+        if state.config.store.etcd_endpoints.is_empty() {
+            format!("embedded {}", state.config.store.path.display())
+        } else {
+            format!("etcd {}", state.config.store.etcd_endpoints.join(","))
+        },
+        state.config.decap,
+        socket_path.display()
+    );
+    let ttl = Duration::from_secs(state.config.store.lease_ttl_secs);
+    let store = state.store.clone();
+    let state = Arc::new(Mutex::new(state));
+    let keepalive = tokio::spawn(keep_alive(state.clone(), ttl));
+    let watcher = tokio::spawn(watch_store(state.clone(), store));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -115,44 +208,97 @@ pub async fn run(config: Config) -> Result<()> {
             _ = int.recv() => break,
         }
     }
-    info!("stopping: detaching programs and removing endpoints, pins and the socket");
-    let mut state = state.lock().await;
-    let State {
-        handle,
-        datapath,
-        endpoints,
-        config,
-        ..
-    } = &mut *state;
-    for record in endpoints.values() {
-        if let Err(e) = endpoint::detach(handle, datapath, config.vni, record).await {
-            warn!("detaching {}: {e:#}", record.netns);
+    keepalive.abort();
+    watcher.abort();
+    info!("stopping: removing endpoints, deregistering, detaching programs, removing pins and the socket");
+    let mut s = state.lock().await;
+    let keys: Vec<EndpointKey> = s.endpoints.keys().cloned().collect();
+    for key in keys {
+        if let Err(e) = remove_local_endpoint(&mut s, &key).await {
+            warn!("removing endpoint {key:?}: {e:#}");
         }
     }
-    datapath.unpin()?;
+    if let Err(e) = s.store.revoke_lease(s.lease).await {
+        warn!("deregistering from the store: {e:#}");
+    }
+    s.datapath.unpin()?;
     std::fs::remove_file(&socket_path).ok();
     Ok(())
 }
 
-/// Loads the programs, fills the maps from the config and attaches decapsulation.
+/// Renews the host's lease; when it was lost (store outage longer than the TTL),
+/// registers again and re-claims this host's blocks.
+async fn keep_alive(state: Arc<Mutex<State>>, ttl: Duration) {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let mut s = state.lock().await;
+        let (store, lease) = (s.store.clone(), s.lease);
+        if let Err(e) = store.keep_alive(lease).await {
+            warn!("store keep-alive failed ({e:#}); registering again");
+            if let Err(e) = s.register().await {
+                warn!("registering again failed: {e:#}");
+            }
+        }
+    }
+}
+
+/// Follows the store and reconciles the maps after every change (batched).
+async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>) {
+    loop {
+        let start = match store.list(model::PREFIX).await {
+            Ok((_, revision)) => revision,
+            Err(e) => {
+                warn!("store listing failed: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = state.lock().await.reconcile().await {
+            warn!("reconcile failed: {e:#}");
+        }
+        let mut events = match store.watch(model::PREFIX, start).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                warn!("store watch failed: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            match events.recv().await {
+                Some(Ok(_)) => {
+                    // Take whatever else arrived with it, then reconcile once.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let mut broken = false;
+                    while let Ok(item) = events.try_recv() {
+                        broken |= item.is_err();
+                    }
+                    if let Err(e) = state.lock().await.reconcile().await {
+                        warn!("reconcile failed: {e:#}");
+                    }
+                    if broken {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    warn!("store watch: {e:#}; listing again");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Loads the programs, writes the datapath config and attaches decapsulation. Routes,
+/// peers and networks come from reconciling.
 fn load_datapath(
     config: &Config,
     underlay: &netlink::LinkInfo,
     underlay_addr: std::net::Ipv4Addr,
 ) -> Result<Datapath> {
     let mut datapath = Datapath::load(&config.pin_path())?;
-    datapath.add_network(config.vni)?;
-    for peer in &config.peers {
-        datapath.add_peer(peer.underlay_address)?;
-        let mac = peer
-            .vtep_mac
-            .unwrap_or_else(|| MacAddr::derived(&peer.name));
-        datapath.set_route(
-            config.vni,
-            peer.pod_subnet,
-            Route::remote(peer.underlay_address.octets(), mac.0),
-        )?;
-    }
     datapath.set_config(DatapathConfig {
         underlay_ifindex: underlay.index,
         underlay_addr: underlay_addr.octets(),
@@ -203,44 +349,96 @@ async fn serve_connection(stream: UnixStream, state: &Mutex<State>) -> Result<()
     Ok(())
 }
 
+/// Wires an endpoint into a namespace and records it; the maps follow by reconciling.
+async fn add_local_endpoint(
+    s: &mut State,
+    network: Option<String>,
+    vni: u32,
+    netns: String,
+    address: std::net::Ipv4Addr,
+    ifname: Option<String>,
+    route: ContainerRoute,
+) -> Result<LocalEndpoint> {
+    let key = (netns.clone(), network.clone());
+    if s.endpoints.contains_key(&key) {
+        bail!("namespace {netns} is already on this network here; remove that endpoint first");
+    }
+    // A sandbox's first interface is eth0; each further network adds eth1, eth2, ...
+    let taken = s.endpoints.keys().filter(|(n, _)| *n == netns).count();
+    let ifname = ifname.unwrap_or_else(|| format!("eth{taken}"));
+    endpoint::check_ifname(&ifname)?;
+    let spec = EndpointSpec {
+        route,
+        host_ifname: endpoint::host_ifname(&netns, network.as_deref()),
+        netns: netns.clone(),
+        container_ifname: ifname,
+        address,
+        mtu: s.container_mtu,
+        gateway: GATEWAY,
+    };
+    let record = endpoint::attach(&s.handle, &mut s.datapath, network, vni, spec).await?;
+    info!(
+        "endpoint {netns} {address} (vni {vni}) on {}",
+        record.host_ifname
+    );
+    s.endpoints.insert(key, record.clone());
+    s.reconcile().await?;
+    Ok(record)
+}
+
+async fn remove_local_endpoint(s: &mut State, key: &EndpointKey) -> Result<LocalEndpoint> {
+    let record = s.endpoints.get(key).cloned().ok_or_else(|| {
+        anyhow!(
+            "namespace {} is not attached to {} on this node",
+            key.0,
+            key.1.as_deref().unwrap_or("the static network")
+        )
+    })?;
+    endpoint::detach(&s.handle, &mut s.datapath, &record).await?;
+    s.endpoints.remove(key);
+    if let Some(network) = &record.network {
+        model::remove_endpoint(&*s.store, network, record.address).await?;
+    }
+    s.reconcile().await?;
+    info!("removed endpoint {} {}", record.netns, record.address);
+    Ok(record)
+}
+
+fn parse_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+    for k in labels.keys() {
+        if k.is_empty() || k.len() > 253 {
+            bail!("label key {k:?} is not valid: use 1 to 253 characters");
+        }
+    }
+    Ok(labels)
+}
+
 async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_json::Value> {
     let mut guard = state.lock().await;
     let s = &mut *guard;
+    let store = s.store.clone();
     Ok(match request {
         Request::Attach {
             netns,
             address,
             ifname,
         } => {
-            if s.endpoints.contains_key(&netns) {
-                bail!("namespace {netns} is already attached; detach it first");
-            }
-            let ifname = ifname.unwrap_or_else(|| "eth0".to_owned());
-            endpoint::check_ifname(&ifname)?;
-            endpoint::check_address(s.config.pod_subnet, address, s.endpoints.values())?;
-            let spec = EndpointSpec {
-                host_ifname: endpoint::host_ifname(&netns),
-                netns: netns.clone(),
-                container_ifname: ifname,
-                address,
-                mtu: s.container_mtu,
-                gateway: GATEWAY,
+            let (vni, subnet) = s.config.static_network().ok_or_else(|| {
+                anyhow!("this node has no static network (vni, pod_subnet); use `oxlay endpoint create --network NAME`")
+            })?;
+            let statics = s.endpoints.values().filter(|e| e.network.is_none());
+            endpoint::check_address(subnet, address, statics)?;
+            let first = !s.endpoints.keys().any(|(n, _)| *n == netns);
+            let route = if first {
+                ContainerRoute::Default
+            } else {
+                ContainerRoute::Subnet(subnet)
             };
-            let record = endpoint::attach(&s.handle, &mut s.datapath, s.config.vni, spec).await?;
-            info!("attached {netns} as {address} on {}", record.host_ifname);
-            let view = record.view();
-            s.endpoints.insert(netns, record);
-            serde_json::to_value(view)?
+            let record = add_local_endpoint(s, None, vni, netns, address, ifname, route).await?;
+            serde_json::to_value(record.view())?
         }
         Request::Detach { netns } => {
-            let record = s
-                .endpoints
-                .get(&netns)
-                .ok_or_else(|| anyhow!("namespace {netns} is not attached to this node"))?
-                .clone();
-            endpoint::detach(&s.handle, &mut s.datapath, s.config.vni, &record).await?;
-            s.endpoints.remove(&netns);
-            info!("detached {netns}");
+            let record = remove_local_endpoint(s, &(netns, None)).await?;
             serde_json::to_value(record.view())?
         }
         Request::Endpoints(_) => {
@@ -293,6 +491,90 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
                 })
                 .collect();
             serde_json::to_value(counters)?
+        }
+        Request::Hosts(_) => serde_json::to_value(model::hosts(&*store).await?)?,
+        Request::NetworkCreate {
+            name,
+            subnet,
+            vni,
+            block_prefix,
+            labels,
+            allow_overlap,
+        } => {
+            let spec = NetworkSpec {
+                name,
+                subnet,
+                vni,
+                block_prefix,
+                labels: parse_labels(labels)?,
+                allow_overlap,
+                direct: false,
+            };
+            serde_json::to_value(model::create_network(&*store, spec).await?)?
+        }
+        Request::NetworkLs(_) => serde_json::to_value(model::networks(&*store).await?)?,
+        Request::NetworkInspect { name } => {
+            let network = model::network(&*store, &name).await?;
+            serde_json::json!({
+                "network": network,
+                "blocks": model::blocks(&*store, &name).await?,
+                "endpoints": model::endpoints(&*store, Some(&name)).await?,
+            })
+        }
+        Request::NetworkRm { name } => {
+            model::remove_network(&*store, &name).await?;
+            serde_json::json!({ "removed": name })
+        }
+        Request::EndpointCreate {
+            network,
+            netns,
+            ip,
+            labels,
+            ifname,
+        } => {
+            let net = model::network(&*store, &network).await?;
+            let (host, lease) = (s.host.name.clone(), s.lease);
+            let record = model::create_endpoint(
+                &*store,
+                &host,
+                lease,
+                &network,
+                &netns,
+                ip,
+                parse_labels(labels)?,
+            )
+            .await?;
+            let first = !s.endpoints.keys().any(|(n, _)| *n == netns);
+            let route = if first {
+                ContainerRoute::Default
+            } else {
+                ContainerRoute::Subnet(net.subnet)
+            };
+            match add_local_endpoint(
+                s,
+                Some(network.clone()),
+                net.vni,
+                netns,
+                record.address,
+                ifname,
+                route,
+            )
+            .await
+            {
+                Ok(local) => serde_json::to_value(local.view())?,
+                Err(e) => {
+                    // Give the address back: the endpoint never came to be.
+                    let _ = model::remove_endpoint(&*store, &network, record.address).await;
+                    return Err(e);
+                }
+            }
+        }
+        Request::EndpointLs { network } => {
+            serde_json::to_value(model::endpoints(&*store, network.as_deref()).await?)?
+        }
+        Request::EndpointRm { network, netns } => {
+            let record = remove_local_endpoint(s, &(netns, Some(network))).await?;
+            serde_json::to_value(record.view())?
         }
     })
 }

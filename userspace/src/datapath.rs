@@ -163,6 +163,23 @@ impl Datapath {
         .with_context(|| format!("cannot add network {vni}"))
     }
 
+    pub fn remove_network(&mut self, vni: u32) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, Network> = self.map_mut(map_names::NETWORKS)?;
+        ignore_missing(map.remove(&vni)).with_context(|| format!("cannot remove network {vni}"))
+    }
+
+    /// VNIs whose packets decapsulation accepts.
+    pub fn networks(&self) -> Result<Vec<u32>> {
+        let map: BpfHashMap<&MapData, u32, Network> = self.map(map_names::NETWORKS)?;
+        map.keys().map(|k| Ok(k?)).collect()
+    }
+
+    pub fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, [u8; 4], Peer> = self.map_mut(map_names::PEERS)?;
+        ignore_missing(map.remove(&underlay.octets()))
+            .with_context(|| format!("cannot remove peer {underlay}"))
+    }
+
     pub fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
         let mut map: BpfHashMap<&mut MapData, [u8; 4], Peer> = self.map_mut(map_names::PEERS)?;
         map.insert(underlay.octets(), Peer::default(), 0)
@@ -299,6 +316,14 @@ impl Datapath {
             .map_mut(name)
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
         T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+}
+
+/// A removal of something already gone is not an error.
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
     }
 }
 

@@ -19,19 +19,26 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
 /// A local endpoint as the daemon remembers it.
 #[derive(Clone, Debug)]
-pub struct EndpointRecord {
+pub struct LocalEndpoint {
+    /// The store network, or None for the config's static network.
+    pub network: Option<String>,
+    pub vni: u32,
     pub netns: String,
     pub address: Ipv4Addr,
     pub host_ifname: String,
     pub host_ifindex: u32,
+    /// MAC of the host-side veth: the container's gateway.
+    pub host_mac: MacAddr,
     pub container_ifname: String,
     pub container_mac: MacAddr,
     pub mtu: u32,
 }
 
-impl EndpointRecord {
+impl LocalEndpoint {
     pub fn view(&self) -> EndpointView {
         EndpointView {
+            network: self.network.clone().unwrap_or_else(|| "static".to_owned()),
+            vni: self.vni,
             netns: self.netns.clone(),
             address: self.address,
             mac: self.container_mac.to_string(),
@@ -42,10 +49,14 @@ impl EndpointRecord {
     }
 }
 
-/// Host-side veth name for a namespace: short (IFNAMSIZ is 16), stable, and
-/// recognisably oxlay's.
-pub fn host_ifname(netns: &str) -> String {
-    let mac = MacAddr::derived(netns).0;
+/// Host-side veth name for a namespace's endpoint on a network (None: the static
+/// one): short (IFNAMSIZ is 16), stable, and recognisably oxlay's.
+pub fn host_ifname(netns: &str, network: Option<&str>) -> String {
+    let seed = match network {
+        Some(n) => format!("{netns}/{n}"),
+        None => netns.to_owned(),
+    };
+    let mac = MacAddr::derived(&seed).0;
     format!(
         "oxl{:02x}{:02x}{:02x}{:02x}",
         mac[2], mac[3], mac[4], mac[5]
@@ -56,7 +67,7 @@ pub fn host_ifname(netns: &str) -> String {
 pub fn check_address<'a>(
     pod_subnet: Ipv4Net,
     address: Ipv4Addr,
-    mut existing: impl Iterator<Item = &'a EndpointRecord>,
+    mut existing: impl Iterator<Item = &'a LocalEndpoint>,
 ) -> Result<()> {
     if !pod_subnet.is_usable_host(address) {
         bail!(
@@ -90,15 +101,19 @@ pub fn check_ifname(ifname: &str) -> Result<()> {
 pub async fn attach(
     handle: &Handle,
     datapath: &mut Datapath,
+    network: Option<String>,
     vni: u32,
     spec: EndpointSpec,
-) -> Result<EndpointRecord> {
+) -> Result<LocalEndpoint> {
     let links = netlink::create_endpoint(handle, &spec).await?;
-    let record = EndpointRecord {
+    let record = LocalEndpoint {
+        network,
+        vni,
         netns: spec.netns.clone(),
         address: spec.address,
         host_ifname: links.host.name.clone(),
         host_ifindex: links.host.index,
+        host_mac: links.host.mac,
         container_ifname: links.container_ifname.clone(),
         container_mac: links.container_mac,
         mtu: spec.mtu,
@@ -125,7 +140,7 @@ pub async fn attach(
         )
     };
     if let Err(e) = wired.await {
-        let _ = detach(handle, datapath, vni, &record).await;
+        let _ = detach(handle, datapath, &record).await;
         return Err(e);
     }
     Ok(record)
@@ -136,10 +151,9 @@ pub async fn attach(
 pub async fn detach(
     handle: &Handle,
     datapath: &mut Datapath,
-    vni: u32,
-    record: &EndpointRecord,
+    record: &LocalEndpoint,
 ) -> Result<()> {
-    let _ = datapath.remove_route(vni, Ipv4Net::new(record.address, 32)?);
+    let _ = datapath.remove_route(record.vni, Ipv4Net::new(record.address, 32)?);
     datapath.remove_endpoint(record.host_ifindex)?;
     datapath.detach_endpoint(&record.host_ifname);
     netlink::delete_link(handle, &record.host_ifname).await
@@ -149,12 +163,15 @@ pub async fn detach(
 mod tests {
     use super::*;
 
-    fn record(netns: &str, address: &str) -> EndpointRecord {
-        EndpointRecord {
+    fn record(netns: &str, address: &str) -> LocalEndpoint {
+        LocalEndpoint {
+            network: None,
+            vni: 42,
             netns: netns.into(),
             address: address.parse().unwrap(),
-            host_ifname: host_ifname(netns),
+            host_ifname: host_ifname(netns, None),
             host_ifindex: 7,
+            host_mac: MacAddr([2, 0, 0, 0, 0, 2]),
             container_ifname: "eth0".into(),
             container_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             mtu: 1450,
@@ -163,10 +180,11 @@ mod tests {
 
     #[test]
     fn host_ifnames_fit_and_differ() {
-        let a = host_ifname("c1");
+        let a = host_ifname("c1", None);
         assert!(a.len() <= 15 && a.starts_with("oxl"));
-        assert_eq!(a, host_ifname("c1"));
-        assert_ne!(a, host_ifname("c2"));
+        assert_eq!(a, host_ifname("c1", None));
+        assert_ne!(a, host_ifname("c2", None));
+        assert_ne!(a, host_ifname("c1", Some("blue")));
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod endpoint;
 pub mod model;
 pub mod net;
 pub mod netlink;
+pub mod reconcile;
 pub mod store;

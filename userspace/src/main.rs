@@ -7,6 +7,8 @@ use oxlay::{
     api::{self, CounterView, EndpointView, NoArgs, Request, RouteView},
     config::{self, Config},
     daemon,
+    model::{EndpointRecord, HostRecord, NetworkRecord},
+    net::Ipv4Net,
 };
 
 #[derive(Parser)]
@@ -55,6 +57,103 @@ enum Command {
     Endpoints(Listing),
     /// Show datapath counters and drop reasons.
     Stats(Listing),
+    /// Show the hosts registered in the store.
+    Hosts(Listing),
+    /// Networks: separate overlays, each with its own VNI and address pool.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Endpoints: a container's interface on a network.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Create a network (VNI and subnet are allocated when not given).
+    Create {
+        name: String,
+        #[arg(long)]
+        subnet: Option<Ipv4Net>,
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Size of the address blocks hosts lease, e.g. /24.
+        #[arg(long, value_parser = parse_block_size)]
+        block_size: Option<u8>,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Allow the subnet to overlap another network's (they stay isolated).
+        #[arg(long)]
+        allow_overlap: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List networks.
+    Ls(Listing),
+    /// Show a network with its blocks and endpoints (JSON).
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a network (refused while it has endpoints).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// Give a namespace on this node an interface on a network.
+    Create {
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        netns: String,
+        /// A specific address instead of the next free one.
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Interface name in the namespace (default eth0, then eth1, ...).
+        #[arg(long)]
+        ifname: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List endpoints of all hosts.
+    Ls {
+        #[arg(long)]
+        network: Option<String>,
+        #[command(flatten)]
+        listing: Listing,
+    },
+    /// Remove a namespace's endpoint on a network.
+    Rm {
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        netns: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not a label: write KEY=VALUE"))
+}
+
+fn parse_block_size(s: &str) -> Result<u8, String> {
+    s.trim_start_matches('/')
+        .parse::<u8>()
+        .ok()
+        .filter(|n| *n <= 32)
+        .ok_or_else(|| format!("{s:?} is not a block size: write a prefix length such as /24"))
 }
 
 #[derive(Args)]
@@ -177,6 +276,24 @@ async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
+        Command::Network(cmd) => network_command(cmd).await,
+        Command::Endpoint(cmd) => endpoint_command(cmd).await,
+        Command::Hosts(l) => {
+            let v = api::call(&l.target.socket()?, &Request::Hosts(NoArgs {})).await?;
+            print_listing(l.json, &v, |v| {
+                let hosts: Vec<HostRecord> = serde_json::from_value(v)?;
+                println!("{:<24} {:<16} VTEP-MAC", "HOST", "UNDERLAY");
+                for h in hosts {
+                    println!(
+                        "{:<24} {:<16} {}",
+                        h.name,
+                        h.underlay_address.to_string(),
+                        h.vtep_mac
+                    );
+                }
+                Ok(())
+            })
+        }
         Command::Stats(l) => {
             let v = api::call(&l.target.socket()?, &Request::Stats(NoArgs {})).await?;
             print_listing(l.json, &v, |v| {
@@ -187,6 +304,150 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             })
+        }
+    }
+}
+
+async fn network_command(cmd: NetworkCmd) -> Result<()> {
+    match cmd {
+        NetworkCmd::Create {
+            name,
+            subnet,
+            vni,
+            block_size,
+            labels,
+            allow_overlap,
+            target,
+        } => {
+            let v = api::call(
+                &target.socket()?,
+                &Request::NetworkCreate {
+                    name,
+                    subnet,
+                    vni,
+                    block_prefix: block_size,
+                    labels: labels.into_iter().collect(),
+                    allow_overlap,
+                },
+            )
+            .await?;
+            let n: NetworkRecord = serde_json::from_value(v)?;
+            println!(
+                "created network {} (vni {}, subnet {}, blocks /{})",
+                n.name, n.vni, n.subnet, n.block_prefix
+            );
+            Ok(())
+        }
+        NetworkCmd::Ls(l) => {
+            let v = api::call(&l.target.socket()?, &Request::NetworkLs(NoArgs {})).await?;
+            print_listing(l.json, &v, |v| {
+                let nets: Vec<NetworkRecord> = serde_json::from_value(v)?;
+                println!(
+                    "{:<20} {:<10} {:<18} {:<6} LABELS",
+                    "NAME", "VNI", "SUBNET", "BLOCK"
+                );
+                for n in nets {
+                    let labels: Vec<String> =
+                        n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<20} {:<10} {:<18} /{:<5} {}",
+                        n.name,
+                        n.vni,
+                        n.subnet.to_string(),
+                        n.block_prefix,
+                        labels.join(",")
+                    );
+                }
+                Ok(())
+            })
+        }
+        NetworkCmd::Inspect { name, target } => {
+            let v = api::call(&target.socket()?, &Request::NetworkInspect { name }).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        NetworkCmd::Rm { name, target } => {
+            api::call(
+                &target.socket()?,
+                &Request::NetworkRm { name: name.clone() },
+            )
+            .await?;
+            println!("removed network {name}");
+            Ok(())
+        }
+    }
+}
+
+async fn endpoint_command(cmd: EndpointCmd) -> Result<()> {
+    match cmd {
+        EndpointCmd::Create {
+            network,
+            netns,
+            ip,
+            labels,
+            ifname,
+            target,
+        } => {
+            let request = Request::EndpointCreate {
+                network,
+                netns,
+                ip,
+                labels: labels.into_iter().collect(),
+                ifname,
+            };
+            let e: EndpointView =
+                serde_json::from_value(api::call(&target.socket()?, &request).await?)?;
+            println!(
+                "created endpoint {} on {} (vni {}): {} as {} ({}, mtu {}) via {}",
+                e.netns,
+                e.network,
+                e.vni,
+                e.container_interface,
+                e.address,
+                e.mac,
+                e.mtu,
+                e.host_interface
+            );
+            Ok(())
+        }
+        EndpointCmd::Ls { network, listing } => {
+            let v = api::call(&listing.target.socket()?, &Request::EndpointLs { network }).await?;
+            print_listing(listing.json, &v, |v| {
+                let eps: Vec<EndpointRecord> = serde_json::from_value(v)?;
+                println!(
+                    "{:<16} {:<16} {:<16} {:<24} LABELS",
+                    "NETWORK", "ADDRESS", "HOST", "SANDBOX"
+                );
+                for e in eps {
+                    let labels: Vec<String> =
+                        e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<16} {:<16} {:<16} {:<24} {}",
+                        e.network,
+                        e.address,
+                        e.host,
+                        e.sandbox,
+                        labels.join(",")
+                    );
+                }
+                Ok(())
+            })
+        }
+        EndpointCmd::Rm {
+            network,
+            netns,
+            target,
+        } => {
+            api::call(
+                &target.socket()?,
+                &Request::EndpointRm {
+                    network: network.clone(),
+                    netns: netns.clone(),
+                },
+            )
+            .await?;
+            println!("removed endpoint of {netns} on {network}");
+            Ok(())
         }
     }
 }

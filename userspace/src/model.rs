@@ -22,6 +22,8 @@ use crate::{
     store::{LeaseId, Store},
 };
 
+/// Everything oxlay keeps in the store lives under this prefix.
+pub const PREFIX: &str = "/oxlay/";
 pub const HOSTS: &str = "/oxlay/hosts/";
 pub const NETWORKS: &str = "/oxlay/networks/";
 pub const VNIS: &str = "/oxlay/vnis/";
@@ -272,6 +274,55 @@ pub async fn blocks(store: &dyn Store, network: &str) -> Result<Vec<BlockRecord>
     list(store, &format!("{BLOCKS}{network}/")).await
 }
 
+/// Blocks of every network.
+pub async fn all_blocks(store: &dyn Store) -> Result<Vec<BlockRecord>> {
+    list(store, BLOCKS).await
+}
+
+/// After its lease expired, a host claims the block of one of its endpoints again
+/// (under its new lease), unless another host took it meanwhile.
+pub async fn reclaim_block(
+    store: &dyn Store,
+    host: &str,
+    lease: LeaseId,
+    network_name: &str,
+    address: Ipv4Addr,
+) -> Result<()> {
+    let net = network(store, network_name).await?;
+    let block = tiles(&net)
+        .find(|b| b.contains(address))
+        .context("address outside the network")?;
+    let key = block_key(network_name, block);
+    let record = BlockRecord {
+        network: network_name.to_owned(),
+        block,
+        host: host.to_owned(),
+    };
+    let expected = match store.get(&key).await? {
+        None => 0,
+        Some(kv) => {
+            let owner: BlockRecord = decode(&kv.key, &kv.value)?;
+            if owner.host != host {
+                bail!("block {block} of network {network_name} was taken by {} while this host was away", owner.host);
+            }
+            if kv.lease == lease {
+                return Ok(());
+            }
+            kv.mod_revision
+        }
+    };
+    store
+        .compare_and_put(
+            &key,
+            expected,
+            &serde_json::to_string(&record)?,
+            Some(lease),
+        )
+        .await?
+        .map(|_| ())
+        .with_context(|| format!("block {block} changed while re-claiming it"))
+}
+
 pub async fn endpoints(store: &dyn Store, network: Option<&str>) -> Result<Vec<EndpointRecord>> {
     let prefix = match network {
         Some(n) => format!("{ENDPOINTS}{n}/"),
@@ -288,7 +339,7 @@ fn block_hosts(block: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
 }
 
 /// Every block of `net`'s subnet, in address order.
-fn all_blocks(net: &NetworkRecord) -> impl Iterator<Item = Ipv4Net> + '_ {
+fn tiles(net: &NetworkRecord) -> impl Iterator<Item = Ipv4Net> + '_ {
     let start = u32::from(net.subnet.addr());
     let count = 1u64 << (net.block_prefix - net.subnet.prefix_len());
     let step = 1u64 << (32 - net.block_prefix);
@@ -325,7 +376,7 @@ pub async fn create_endpoint(
                 net.subnet
             );
         }
-        let block = all_blocks(&net)
+        let block = tiles(&net)
             .find(|b| b.contains(addr))
             .context("no block holds the address")?;
         if !block_hosts(block).any(|a| a == addr) {
@@ -362,7 +413,7 @@ pub async fn create_endpoint(
         }
         let taken: std::collections::HashSet<Ipv4Net> = latest.iter().map(|b| b.block).collect();
         let mut claimed = false;
-        for block in all_blocks(&net).filter(|b| !taken.contains(b)) {
+        for block in tiles(&net).filter(|b| !taken.contains(b)) {
             if claim_block(store, &net, block, host, host_lease).await? {
                 claimed = true;
                 break;
@@ -494,7 +545,7 @@ mod tests {
     #[test]
     fn blocks_tile_the_subnet() {
         let n = net("10.1.0.0/16", 24);
-        let b: Vec<_> = all_blocks(&n).collect();
+        let b: Vec<_> = tiles(&n).collect();
         assert_eq!(b.len(), 256);
         assert_eq!(b[0].to_string(), "10.1.0.0/24");
         assert_eq!(b[255].to_string(), "10.1.255.0/24");

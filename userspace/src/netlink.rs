@@ -150,8 +150,18 @@ pub struct EndpointLinks {
     pub container_mac: MacAddr,
 }
 
+/// Which traffic a container sends through an interface.
+#[derive(Clone, Copy, Debug)]
+pub enum ContainerRoute {
+    /// The default route: the container's first interface.
+    Default,
+    /// Only this subnet: a further interface, on another network.
+    Subnet(crate::net::Ipv4Net),
+}
+
 /// Everything needed to wire a container's interface.
 pub struct EndpointSpec {
+    pub route: ContainerRoute,
     pub netns: String,
     pub host_ifname: String,
     pub container_ifname: String,
@@ -222,25 +232,17 @@ async fn wire_endpoint(
         .await
         .context("cannot bring up the host-side veth")?;
 
-    let (container_ifname, address, gateway, gw_mac, mtu) = (
-        spec.container_ifname.clone(),
-        spec.address,
-        spec.gateway,
-        host.mac,
-        spec.mtu,
-    );
-    let peer_tmp = peer_tmp.to_owned();
+    let container = ContainerSide {
+        tmp_name: peer_tmp.to_owned(),
+        ifname: spec.container_ifname.clone(),
+        address: spec.address,
+        gateway: spec.gateway,
+        gateway_mac: host.mac,
+        mtu: spec.mtu,
+        route: spec.route,
+    };
     let container_mac = in_netns(&spec.netns, move |h| async move {
-        configure_container(
-            &h,
-            &peer_tmp,
-            &container_ifname,
-            address,
-            gateway,
-            gw_mac,
-            mtu,
-        )
-        .await
+        configure_container(&h, &container).await
     })
     .await?;
 
@@ -253,9 +255,14 @@ async fn wire_endpoint(
                 .scope(netlink_packet_route::route::RouteScope::Link)
                 .build(),
         )
-        .replace()
         .execute()
         .await
+        .or_else(|e| match e {
+            // Another network's container holds this address on this host already;
+            // the host reaches that one, the overlay reaches both.
+            rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST => Ok(()),
+            e => Err(e),
+        })
         .with_context(|| format!("cannot add the host route to {}", spec.address))?;
     handle
         .neighbours()
@@ -273,15 +280,29 @@ async fn wire_endpoint(
     })
 }
 
-async fn configure_container(
-    h: &Handle,
-    tmp_name: &str,
-    ifname: &str,
+/// The container's end of a veth and how to configure it.
+struct ContainerSide {
+    tmp_name: String,
+    ifname: String,
     address: Ipv4Addr,
     gateway: Ipv4Addr,
     gateway_mac: MacAddr,
     mtu: u32,
-) -> Result<MacAddr> {
+    route: ContainerRoute,
+}
+
+async fn configure_container(h: &Handle, c: &ContainerSide) -> Result<MacAddr> {
+    let ContainerSide {
+        tmp_name,
+        ifname,
+        address,
+        gateway,
+        gateway_mac,
+        mtu,
+        route,
+    } = c;
+    let (tmp_name, ifname, address, gateway, mtu) =
+        (tmp_name.as_str(), ifname.as_str(), *address, *gateway, *mtu);
     let link = link_by_name(h, tmp_name)
         .await?
         .ok_or_else(|| anyhow!("veth {tmp_name} did not arrive in the namespace"))?;
@@ -323,9 +344,13 @@ async fn configure_container(
         .execute()
         .await
         .context("cannot add the gateway neighbour in the container")?;
+    let mut via_gateway = RouteMessageBuilder::<Ipv4Addr>::new();
+    if let ContainerRoute::Subnet(subnet) = route {
+        via_gateway = via_gateway.destination_prefix(subnet.addr(), subnet.prefix_len());
+    }
     h.route()
         .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
+            via_gateway
                 .gateway(gateway)
                 .output_interface(link.index)
                 .onlink()
@@ -334,7 +359,7 @@ async fn configure_container(
         .replace()
         .execute()
         .await
-        .context("cannot add the default route in the container")?;
+        .context("cannot add the route via the gateway in the container")?;
     let link = link_by_index(h, link.index)
         .await?
         .ok_or_else(|| anyhow!("the container's veth vanished"))?;
