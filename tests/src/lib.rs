@@ -164,6 +164,8 @@ pub struct Underlay {
 }
 
 pub const UNDERLAY_PREFIX: &str = "192.168.50";
+/// Address of the underlay namespace itself on the segment (for etcd).
+pub const UNDERLAY_SERVICE: &str = "192.168.50.1";
 
 impl Underlay {
     pub fn new() -> Result<Self> {
@@ -171,6 +173,14 @@ impl Underlay {
         let ns = Netns::new("ul")?;
         ns.ip(&["link", "add", "br0", "type", "bridge"])?;
         ns.ip(&["link", "set", "br0", "up"])?;
+        // The segment's own address, where shared services (etcd) listen.
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{UNDERLAY_SERVICE}/24"),
+            "dev",
+            "br0",
+        ])?;
         Ok(Self { ns, ports: 0 })
     }
 
@@ -436,6 +446,15 @@ impl Daemon {
             .with_context(|| format!("no counter {name}"))
     }
 
+    /// Kills the daemon with SIGKILL: no cleanup, as in a crash.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
@@ -479,13 +498,31 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl Etcd {
+    /// An etcd on this machine's loopback.
     pub fn start() -> Result<Self> {
+        Self::launch(None, "127.0.0.1", free_port()?, free_port()?)
+    }
+
+    /// An etcd inside `ns`, listening on `ip` (an address of that namespace), e.g. on
+    /// the underlay, where every host can reach it.
+    pub fn start_in(ns: &Netns, ip: &str) -> Result<Self> {
+        Self::launch(Some(ns), ip, 2379, 2380)
+    }
+
+    fn launch(ns: Option<&Netns>, ip: &str, client: u16, peer: u16) -> Result<Self> {
         let dir = TempDir::new("etcd")?;
-        let (client, peer) = (free_port()?, free_port()?);
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let endpoint = format!("http://{ip}:{client}");
+        let peer_url = format!("http://{ip}:{peer}");
         let log = std::fs::File::create(dir.path.join("etcd.log"))?;
-        let child = Command::new("etcd")
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, "etcd"]);
+                c
+            }
+            None => Command::new("etcd"),
+        };
+        let child = cmd
             .args(["--name", "oxlay-test", "--data-dir"])
             .arg(dir.path.join("data"))
             .args([
@@ -510,16 +547,27 @@ impl Etcd {
             child,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", client)).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "etcd did not listen within 20 s: {}",
-                    std::fs::read_to_string(etcd._dir.path.join("etcd.log")).unwrap_or_default()
-                );
+        let addr: SocketAddr = format!("{ip}:{client}").parse()?;
+        let up = move || -> Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                if Instant::now() > deadline {
+                    bail!("etcd did not listen on {addr} within 20 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Ok(())
+        };
+        let waited = match ns {
+            Some(ns) => ns
+                .spawn(up)
+                .join()
+                .map_err(|_| anyhow::anyhow!("wait thread panicked"))?,
+            None => up(),
+        };
+        waited.with_context(|| {
+            std::fs::read_to_string(etcd._dir.path.join("etcd.log")).unwrap_or_default()
+        })?;
         Ok(etcd)
     }
 }
@@ -690,6 +738,78 @@ impl NodeConfig<'_> {
             }
         }
         s
+    }
+}
+
+/// Hosts whose daemons share a store (etcd at `etcd`, or an embedded store file) and
+/// have no static network: networks and endpoints come from the CLI.
+pub struct StoreCluster {
+    pub daemons: Vec<Daemon>,
+    pub hosts: Vec<Host>,
+    pub etcd: Option<Etcd>,
+    pub underlay: Underlay,
+    store_toml: String,
+    names: Vec<String>,
+    _store_dir: TempDir,
+}
+
+impl StoreCluster {
+    /// With `etcd`, a real etcd runs on the underlay (192.168.50.1:2379); else the
+    /// daemons share an embedded store file.
+    pub fn new(hosts: usize, etcd: bool, lease_ttl_secs: u64) -> Result<Self> {
+        let mut underlay = Underlay::new()?;
+        let dir = TempDir::new("store")?;
+        let etcd_server = if etcd {
+            Some(Etcd::start_in(&underlay.ns, UNDERLAY_SERVICE)?)
+        } else {
+            None
+        };
+        let store_toml = match &etcd_server {
+            Some(e) => format!(
+                "\n[store]\netcd_endpoints = [\"{}\"]\nlease_ttl_secs = {lease_ttl_secs}\n",
+                e.endpoint
+            ),
+            None => format!(
+                "\n[store]\npath = \"{}\"\nlease_ttl_secs = {lease_ttl_secs}\n",
+                dir.path.join("store.json").display()
+            ),
+        };
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut hs = Vec::new();
+        for i in 0..hosts {
+            hs.push(underlay.add_host(&format!("host{i}"), 11 + i as u8)?);
+        }
+        let mut c = Self {
+            daemons: Vec::new(),
+            hosts: hs,
+            etcd: etcd_server,
+            underlay,
+            store_toml,
+            names: (0..hosts).map(|i| format!("s{i}-{tag}")).collect(),
+            _store_dir: dir,
+        };
+        for i in 0..hosts {
+            let d = c.start_daemon(i)?;
+            c.daemons.push(d);
+        }
+        Ok(c)
+    }
+
+    /// Starts host `i`'s daemon (again).
+    pub fn start_daemon(&self, i: usize) -> Result<Daemon> {
+        let config = format!(
+            "node_name = \"{0}\"\nunderlay_interface = \"eth0\"\npin_path = \"/sys/fs/bpf/oxlay-test/{0}\"\n{1}",
+            self.names[i], self.store_toml
+        );
+        Daemon::start(&self.hosts[i], &self.names[i], &config)
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
     }
 }
 

@@ -66,6 +66,56 @@ impl State {
         Ok(())
     }
 
+    /// Takes back the endpoints the store says are on this host (a daemon that died
+    /// left them wired): re-attaches the program and fills the endpoint map. Endpoints
+    /// whose interface is gone are released.
+    async fn adopt_endpoints(&mut self) -> Result<()> {
+        let store = self.store.clone();
+        for ep in model::endpoints(&*store, None).await? {
+            if ep.host != self.host.name {
+                continue;
+            }
+            let host_ifname = endpoint::host_ifname(&ep.sandbox, Some(&ep.network));
+            let link = netlink::link_by_name(&self.handle, &host_ifname).await?;
+            let net = model::network(&*store, &ep.network).await;
+            let (Some(link), Some(interface), Some(mac), Ok(net)) =
+                (&link, ep.interface.clone(), ep.mac, &net)
+            else {
+                warn!(
+                    "endpoint {} of {} is gone (interface {host_ifname}: {}, wired: {}, network: {}); releasing {}",
+                    ep.network,
+                    ep.sandbox,
+                    if link.is_some() { "present" } else { "missing" },
+                    ep.mac.is_some(),
+                    if net.is_ok() { "present" } else { "missing" },
+                    ep.address
+                );
+                model::remove_endpoint(&*store, &ep.network, ep.address).await?;
+                continue;
+            };
+            let link = link.clone();
+            let local = LocalEndpoint {
+                network: Some(ep.network.clone()),
+                vni: net.vni,
+                netns: ep.sandbox.clone(),
+                address: ep.address,
+                host_ifname: host_ifname.clone(),
+                host_ifindex: link.index,
+                host_mac: link.mac,
+                container_ifname: interface,
+                container_mac: mac,
+                mtu: self.container_mtu,
+            };
+            endpoint::adopt(&mut self.datapath, &local)?;
+            info!(
+                "adopted endpoint {} {} on {}",
+                ep.sandbox, ep.address, host_ifname
+            );
+            self.endpoints.insert((ep.sandbox, Some(ep.network)), local);
+        }
+        Ok(())
+    }
+
     /// Grants a lease, registers the host under it and re-claims the blocks of this
     /// host's endpoints (they went with an expired lease).
     async fn register(&mut self) -> Result<()> {
@@ -160,6 +210,7 @@ pub async fn run(config: Config) -> Result<()> {
         snapshot: Snapshot::default(),
     };
     let started = async {
+        state.adopt_endpoints().await?;
         state.register().await?;
         state.reconcile().await
     };
@@ -561,7 +612,15 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
             )
             .await
             {
-                Ok(local) => serde_json::to_value(local.view())?,
+                Ok(local) => {
+                    let wired = model::EndpointRecord {
+                        interface: Some(local.container_ifname.clone()),
+                        mac: Some(local.container_mac),
+                        ..record
+                    };
+                    model::update_endpoint(&*store, &wired).await?;
+                    serde_json::to_value(local.view())?
+                }
                 Err(e) => {
                     // Give the address back: the endpoint never came to be.
                     let _ = model::remove_endpoint(&*store, &network, record.address).await;

@@ -146,6 +146,21 @@ pub async fn attach(
     Ok(record)
 }
 
+/// Takes over an endpoint whose interfaces already exist: attaches the program and
+/// registers it in the endpoint map (its route comes from reconciling).
+pub fn adopt(datapath: &mut Datapath, ep: &LocalEndpoint) -> Result<()> {
+    datapath.attach_endpoint(&ep.host_ifname)?;
+    datapath.set_endpoint(
+        ep.host_ifindex,
+        Endpoint {
+            net_id: ep.vni,
+            addr: ep.address.octets(),
+            mac: ep.container_mac.0,
+            _pad: [0; 2],
+        },
+    )
+}
+
 /// Removes what `attach` made. Parts already gone are skipped, so this can finish a
 /// detach that was interrupted.
 pub async fn detach(

@@ -72,6 +72,12 @@ pub struct EndpointRecord {
     pub sandbox: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The interface in the sandbox and its MAC, once wired (a restarted daemon
+    /// adopts the endpoint from these).
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
 }
 
 /// What `network create` asks for.
@@ -367,6 +373,8 @@ pub async fn create_endpoint(
         host: host.to_owned(),
         sandbox: sandbox.to_owned(),
         labels,
+        interface: None,
+        mac: None,
     };
     if let Some(addr) = wanted {
         if !net.subnet.contains(addr) {
@@ -488,6 +496,18 @@ async fn ensure_block(
             return Ok(());
         }
     }
+}
+
+/// Records how an endpoint was wired (its interface and MAC).
+pub async fn update_endpoint(store: &dyn Store, record: &EndpointRecord) -> Result<()> {
+    store
+        .put(
+            &endpoint_key(&record.network, record.address),
+            &serde_json::to_string(record)?,
+            None,
+        )
+        .await
+        .map(|_| ())
 }
 
 /// Deletes an endpoint, releasing its address, and then every block of its host in that

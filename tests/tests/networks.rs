@@ -1,0 +1,265 @@
+//! Networks, endpoints and sandboxes over a shared store with real daemons: isolation
+//! between networks with the same subnet, a sandbox on two networks, hosts that vanish
+//! and come back.
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use oxlay_testbed::{is_root, Netns, StoreCluster};
+
+fn skip() -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root to create namespaces and load eBPF programs");
+        return true;
+    }
+    if std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no etcd binary; `cargo xtask install` installs it");
+        return true;
+    }
+    false
+}
+
+/// Retries `f` until it succeeds or `limit` passes (for convergence through the store).
+fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Whether a TCP connection from `from` to `addr:port` is accepted by a listener that
+/// `listen_in` holds (true), or refused/lost (false).
+fn reaches(from: &Netns, listen_in: &Netns, addr: Ipv4Addr, port: u16) -> Result<bool> {
+    let server = listen_in.spawn(move || -> Result<bool> {
+        let l = TcpListener::bind(SocketAddr::from((addr, port)))?;
+        l.set_nonblocking(true)?;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if l.accept().is_ok() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(false)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let client = from.spawn(move || -> Result<()> {
+        let _ = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(1));
+        Ok(())
+    });
+    client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))??;
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))?
+}
+
+fn endpoint(c: &StoreCluster, host: usize, network: &str, ns: &Netns, ip: &str) -> Result<String> {
+    c.daemons[host].cli(&[
+        "endpoint",
+        "create",
+        "--network",
+        network,
+        "--netns",
+        &ns.name,
+        "--ip",
+        ip,
+    ])
+}
+
+#[test]
+fn networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut c = StoreCluster::new(3, true, 3)?;
+
+    // Every host sees every host.
+    eventually(Duration::from_secs(5), || {
+        let hosts: serde_json::Value =
+            serde_json::from_str(&c.daemons[0].cli(&["hosts", "--json"])?)?;
+        ensure!(
+            hosts.as_array().map(|a| a.len()) == Some(3),
+            "hosts: {hosts}"
+        );
+        Ok(())
+    })?;
+
+    c.daemons[0].cli(&[
+        "network",
+        "create",
+        "blue",
+        "--subnet",
+        "10.10.0.0/16",
+        "--vni",
+        "100",
+        "--label",
+        "team=a",
+    ])?;
+    let err = c.daemons[0]
+        .cli(&["network", "create", "red", "--subnet", "10.10.0.0/16"])
+        .unwrap_err();
+    ensure!(
+        format!("{err:#}").contains("overlaps network blue"),
+        "{err:#}"
+    );
+    c.daemons[0].cli(&[
+        "network",
+        "create",
+        "red",
+        "--subnet",
+        "10.10.0.0/16",
+        "--vni",
+        "200",
+        "--allow-overlap",
+    ])?;
+    c.daemons[0].cli(&["network", "create", "green", "--subnet", "10.20.0.0/16"])?;
+    let ls = c.daemons[1].cli(&["network", "ls"])?;
+    ensure!(
+        ls.contains("blue") && ls.contains("red") && ls.contains("team=a"),
+        "{ls}"
+    );
+
+    // On each host: one sandbox on blue and one on red, with the same address.
+    let mut blue = Vec::new();
+    let mut red = Vec::new();
+    for h in 0..3 {
+        let ip = format!("10.10.{}.5", h + 1);
+        let b = Netns::new(&format!("blue{h}"))?;
+        let r = Netns::new(&format!("red{h}"))?;
+        endpoint(&c, h, "blue", &b, &ip)?;
+        endpoint(&c, h, "red", &r, &ip)?;
+        blue.push(b);
+        red.push(r);
+    }
+    let target: Ipv4Addr = "10.10.2.5".parse()?;
+    eventually(Duration::from_secs(3), || blue[0].ping("10.10.2.5", 1))?;
+    eventually(Duration::from_secs(3), || red[0].ping("10.10.3.5", 1))?;
+    // Same address, two networks: each connection lands in its own network only.
+    ensure!(
+        reaches(&blue[0], &blue[1], target, 7001)?,
+        "blue did not reach blue"
+    );
+    ensure!(
+        !reaches(&blue[0], &red[1], target, 7002)?,
+        "blue reached red"
+    );
+    ensure!(
+        reaches(&red[0], &red[1], target, 7003)?,
+        "red did not reach red"
+    );
+    ensure!(
+        !reaches(&red[0], &blue[1], target, 7004)?,
+        "red reached blue"
+    );
+
+    // A sandbox on a second network gets a second interface.
+    let g1 = Netns::new("green1")?;
+    let out = c.daemons[1].cli(&[
+        "endpoint",
+        "create",
+        "--network",
+        "green",
+        "--netns",
+        &g1.name,
+    ])?;
+    ensure!(out.contains("eth0"), "{out}");
+    let out = c.daemons[0].cli(&[
+        "endpoint",
+        "create",
+        "--network",
+        "green",
+        "--netns",
+        &blue[0].name,
+    ])?;
+    ensure!(out.contains("eth1"), "second interface: {out}");
+    let eps: serde_json::Value = serde_json::from_str(&c.daemons[0].cli(&[
+        "endpoint",
+        "ls",
+        "--network",
+        "green",
+        "--json",
+    ])?)?;
+    let g1_addr = eps
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["host"] == c.name(1)))
+        .and_then(|e| e["address"].as_str())
+        .context("green endpoint of host 1")?
+        .to_owned();
+    eventually(Duration::from_secs(3), || blue[0].ping(&g1_addr, 1))?;
+    eventually(Duration::from_secs(3), || blue[0].ping("10.10.2.5", 1))?;
+
+    // Removing a network with endpoints is refused.
+    let err = c.daemons[0].cli(&["network", "rm", "green"]).unwrap_err();
+    ensure!(
+        format!("{err:#}").contains("still has 2 endpoint"),
+        "{err:#}"
+    );
+
+    // Host 2 dies without cleanup: after the lease TTL its routes vanish elsewhere.
+    c.daemons[2].kill()?;
+    let host2_block = "10.10.3.0/24";
+    eventually(Duration::from_secs(10), || {
+        let routes = c.daemons[0].cli(&["routes"])?;
+        if routes.contains(host2_block) {
+            bail!("host 2's block is still routed: {routes}");
+        }
+        Ok(())
+    })?;
+    ensure!(
+        !c.daemons[0].cli(&["hosts"])?.contains(c.name(2)),
+        "host 2 still registered"
+    );
+    // It comes back: it re-registers, adopts its endpoints, and traffic resumes.
+    let back = c.start_daemon(2)?;
+    c.daemons[2] = back;
+    eventually(Duration::from_secs(5), || red[0].ping("10.10.3.5", 1))
+        .with_context(|| format!("after host 2 returned; its log:\n{}", c.daemons[2].log()))?;
+    eventually(Duration::from_secs(5), || blue[1].ping("10.10.3.5", 1))?;
+
+    // Everything is released afterwards.
+    for h in 0..3 {
+        c.daemons[h].cli(&[
+            "endpoint",
+            "rm",
+            "--network",
+            "blue",
+            "--netns",
+            &blue[h].name,
+        ])?;
+        c.daemons[h].cli(&[
+            "endpoint",
+            "rm",
+            "--network",
+            "red",
+            "--netns",
+            &red[h].name,
+        ])?;
+    }
+    c.daemons[0].cli(&[
+        "endpoint",
+        "rm",
+        "--network",
+        "green",
+        "--netns",
+        &blue[0].name,
+    ])?;
+    c.daemons[1].cli(&["endpoint", "rm", "--network", "green", "--netns", &g1.name])?;
+    for n in ["blue", "red", "green"] {
+        c.daemons[0].cli(&["network", "rm", n])?;
+    }
+    let inspect = c.daemons[0].cli(&["network", "ls", "--json"])?;
+    ensure!(inspect.trim() == "[]", "networks left: {inspect}");
+    Ok(())
+}
