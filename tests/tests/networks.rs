@@ -79,11 +79,23 @@ fn endpoint(c: &StoreCluster, host: usize, network: &str, ns: &Netns, ip: &str) 
 }
 
 #[test]
-fn networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go() -> Result<()> {
+fn networks_over_etcd() -> Result<()> {
     if skip() {
         return Ok(());
     }
-    let mut c = StoreCluster::new(3, true, 3)?;
+    networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go(true)
+}
+
+#[test]
+fn networks_over_the_embedded_store() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go(false)
+}
+
+fn networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go(etcd: bool) -> Result<()> {
+    let mut c = StoreCluster::new(3, etcd, 3)?;
 
     // Every host sees every host.
     eventually(Duration::from_secs(5), || {
