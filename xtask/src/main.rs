@@ -35,7 +35,11 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Install, build, and run the three-host demo.
-    Demo,
+    Demo {
+        /// Where hosts share networks and endpoints: "embedded" or "etcd".
+        #[arg(long, default_value = "embedded", value_parser = ["embedded", "etcd"])]
+        store: String,
+    },
     /// Install, build, and benchmark oxlay against host routing and the Linux vxlan.
     Bench {
         /// Rounds of each variant (interleaved).
@@ -81,11 +85,11 @@ fn run(command: Cmd) -> Result<()> {
             test_args.extend(filters.iter().map(|s| s.as_str()));
             cargo(&test_args)
         }
-        Cmd::Demo => {
+        Cmd::Demo { store } => {
             install::run()?;
             step("building oxlay (release)");
             cargo(&["build", "--release", "-p", "oxlay"])?;
-            demo::run(&root().join("target/release/oxlay"))
+            demo::run(&root().join("target/release/oxlay"), store == "etcd")
         }
         Cmd::Bench { rounds, seconds } => {
             install::run()?;
