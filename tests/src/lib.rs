@@ -446,6 +446,11 @@ impl Daemon {
             .with_context(|| format!("no counter {name}"))
     }
 
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Kills the daemon with SIGKILL: no cleanup, as in a crash.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {

@@ -211,6 +211,59 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
+/// Control-plane convergence (tests/examples/bench_convergence.rs), as Markdown.
+fn convergence(root: &Path) -> Result<String> {
+    step("control-plane convergence: a joining host, and 1,000 / 10,000 synthetic hosts in etcd");
+    let out = sh(&[root
+        .join("target/release/examples/bench_convergence")
+        .to_str()
+        .unwrap()])?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    let mut r = String::new();
+    writeln!(r, "## Control plane (etcd)\n")?;
+    writeln!(
+        r,
+        "A host joins a running cluster and creates an endpoint; time from its daemon's start until \
+         every other host routes the new block, and until a container on each can ping the endpoint:\n"
+    )?;
+    writeln!(
+        r,
+        "| other hosts | routed everywhere (s) | pingable from all (s) |\n| ---: | ---: | ---: |"
+    )?;
+    if let Some(joins) = v["join"].as_object() {
+        for (n, j) in joins {
+            writeln!(
+                r,
+                "| {n} | {:.3} | {:.3} |",
+                j["routed_s"].as_f64().unwrap_or(f64::NAN),
+                j["pingable_s"].as_f64().unwrap_or(f64::NAN)
+            )?;
+        }
+    }
+    writeln!(
+        r,
+        "\nOne daemon with an endpoint on a network; N synthetic hosts, each with a block of that network, \
+         written to etcd by 32 concurrent writers. Converged: from the first write until the daemon's route \
+         map holds all N. Memory: the daemon's resident set before and after.\n"
+    )?;
+    writeln!(r, "| hosts | writing took (s) | converged (s) | after the last write (s) | RSS before (MiB) | RSS after (MiB) |")?;
+    writeln!(r, "| ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    for s in v["scale"].as_array().into_iter().flatten() {
+        let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+        writeln!(
+            r,
+            "| {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
+            s["hosts"],
+            f("write_s"),
+            f("converged_s"),
+            f("converged_s") - f("write_s"),
+            f("rss_before_mib"),
+            f("rss_after_mib")
+        )?;
+    }
+    Ok(r)
+}
+
 pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
     std::env::set_var("OXLAY_BIN", root.join("target/release/oxlay"));
     catch_interrupt();
@@ -328,6 +381,8 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
             ns(key) - ns(noop)
         )?;
     }
+    writeln!(report)?;
+    report += &convergence(root)?;
     println!("\n{report}");
     let path = root.join("docs/benchmarks.md");
     std::fs::create_dir_all(path.parent().unwrap())?;
