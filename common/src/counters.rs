@@ -17,6 +17,8 @@ pub enum Counter {
     Encapsulated = 0,
     Decapsulated,
     DeliveredLocal,
+    RoutedDirect,
+    DeliveredDirect,
     PassedToStack,
     DropUnknownPeer,
     DropUnknownVni,
@@ -58,7 +60,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 15] = [
+pub const COUNTERS: [CounterInfo; 17] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -76,6 +78,18 @@ pub const COUNTERS: [CounterInfo; 15] = [
         "delivered_local",
         Forward,
         "container packets delivered straight to a container on the same host",
+    ),
+    row(
+        Counter::RoutedDirect,
+        "routed_direct",
+        Forward,
+        "container packets routed unencapsulated to a peer on the same underlay subnet (direct networks)",
+    ),
+    row(
+        Counter::DeliveredDirect,
+        "delivered_direct",
+        Forward,
+        "unencapsulated packets from a direct peer delivered to a local container",
     ),
     row(
         Counter::PassedToStack,

@@ -102,7 +102,15 @@ pub enum RouteKind {
     Local = 1,
     /// Destination is on another host: encapsulate towards `underlay_addr`.
     Remote = 2,
+    /// Destination is on another host on the same underlay subnet, in a network marked
+    /// direct: route the packet unencapsulated with `underlay_addr` as next hop.
+    Direct = 3,
 }
+
+/// Network id of the table that direct routing uses on the receiving side: local
+/// endpoints of direct networks, and the blocks of direct peers (to check sources).
+/// 0 is no valid VNI, so it never clashes with a network.
+pub const DIRECT_NET_ID: u32 = 0;
 
 /// A route map value.
 #[repr(C)]
@@ -130,6 +138,17 @@ impl Route {
             underlay_addr: [0; 4],
             dst_mac: container_mac,
             src_mac: gateway_mac,
+        }
+    }
+
+    pub const fn direct(underlay_addr: [u8; 4]) -> Self {
+        Self {
+            kind: RouteKind::Direct as u8,
+            _pad: [0; 3],
+            ifindex: 0,
+            underlay_addr,
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
         }
     }
 

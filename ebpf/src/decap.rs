@@ -64,6 +64,15 @@ pub fn tc(ctx: &TcContext) -> i32 {
                 TC_ACT_SHOT as i32
             }
         },
+        Decap::DeliverDirect(route) => {
+            if ctx.store(0, &delivery_eth(&route), 0).is_err() {
+                count(Counter::DropHeaderWriteFailed);
+                return TC_ACT_SHOT as i32;
+            }
+            count(Counter::DeliveredDirect);
+            // SAFETY: plain helper call; an unknown ifindex makes the kernel drop it.
+            (unsafe { bpf_redirect_peer(route.ifindex, 0) }) as i32
+        }
     }
 }
 
@@ -116,8 +125,21 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
             count(reason);
             xdp_action::XDP_DROP
         }
-        Decap::Deliver(route) => match xdp_strip_and_deliver(ctx, &route) {
-            Ok(action) => action,
+        Decap::Deliver(route) => match xdp_strip_and_deliver(ctx, &route, ENCAP_OVERHEAD as i32) {
+            Ok(action) => {
+                count(Counter::Decapsulated);
+                action
+            }
+            Err(reason) => {
+                count(reason);
+                xdp_action::XDP_DROP
+            }
+        },
+        Decap::DeliverDirect(route) => match xdp_strip_and_deliver(ctx, &route, 0) {
+            Ok(action) => {
+                count(Counter::DeliveredDirect);
+                action
+            }
             Err(reason) => {
                 count(reason);
                 xdp_action::XDP_DROP
@@ -126,10 +148,12 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
     }
 }
 
-fn xdp_strip_and_deliver(ctx: &XdpContext, route: &Route) -> Result<u32, Counter> {
+/// Removes `strip` bytes (the outer headers; 0 for a direct packet), addresses the frame
+/// to the container and leaves metadata for the TC program that delivers it.
+fn xdp_strip_and_deliver(ctx: &XdpContext, route: &Route, strip: i32) -> Result<u32, Counter> {
     // Dropping the first 50 bytes leaves the inner Ethernet header at the front.
     // SAFETY: plain helper call on this program's own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, ENCAP_OVERHEAD as i32) } != 0 {
+    if strip != 0 && unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, strip) } != 0 {
         return Err(Counter::DropAdjustRoomFailed);
     }
     let meta_len = core::mem::size_of::<XdpDeliveryMeta>() as i32;
@@ -149,7 +173,6 @@ fn xdp_strip_and_deliver(ctx: &XdpContext, route: &Route) -> Result<u32, Counter
         });
         (data as *mut EthHdr).write_unaligned(delivery_eth(route));
     }
-    count(Counter::Decapsulated);
     // The TC program on this interface delivers it (see XdpDeliveryMeta for why).
     Ok(xdp_action::XDP_PASS)
 }

@@ -3,7 +3,7 @@ use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
-        TC_ACT_OK, TC_ACT_SHOT,
+        bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::{bpf_get_hash_recalc, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
@@ -19,6 +19,8 @@ use crate::{
     maps,
     parse::{ipv4_header_checksum, read, ETH_P_IPV4, IPPROTO_UDP},
 };
+
+const AF_INET: u32 = 2;
 
 /// Everything written in front of the container's IPv4 packet, in wire order.
 #[repr(C)]
@@ -85,8 +87,33 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
     if route.kind == RouteKind::Local as u8 {
         return deliver_local(ctx, &route).map(Some);
     }
+    if route.kind == RouteKind::Direct as u8 {
+        return Ok(Some(route_direct(cfg.underlay_ifindex, &route)));
+    }
     let cfg = *cfg;
     encapsulate(ctx, &cfg, ep.net_id, &route).map(Some)
+}
+
+/// A direct network's peer on the same underlay subnet: send the packet as it is, with
+/// the peer's underlay address as next hop (the kernel fills in the MACs).
+fn route_direct(underlay_ifindex: u32, route: &Route) -> i32 {
+    let mut next_hop = bpf_redir_neigh {
+        nh_family: AF_INET,
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            ipv4_nh: u32::from_ne_bytes(route.underlay_addr),
+        },
+    };
+    count(Counter::RoutedDirect);
+    // SAFETY: next_hop is a valid bpf_redir_neigh that outlives the call, and its size
+    // is passed along.
+    unsafe {
+        bpf_redirect_neigh(
+            underlay_ifindex,
+            &mut next_hop,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        ) as i32
+    }
 }
 
 /// Same host: address the frame to the other container and hand it to its namespace.

@@ -2,7 +2,7 @@
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use oxlay_common::{
     wire::{ETH_LEN, IPV4_LEN, UDP_LEN, VXLAN_FLAG_VNI, VXLAN_LEN},
-    Counter, DatapathConfig, Route, RouteKind,
+    Counter, DatapathConfig, Route, RouteKind, DIRECT_NET_ID,
 };
 
 use crate::maps;
@@ -45,6 +45,8 @@ pub enum Decap {
     Drop(Counter),
     /// Strip the outer headers and deliver to this local route.
     Deliver(Route),
+    /// An unencapsulated packet from a direct peer: deliver as it is.
+    DeliverDirect(Route),
 }
 
 /// Decides what to do with a frame that arrived on the underlay.
@@ -59,7 +61,10 @@ pub fn classify_vxlan(data: usize, data_end: usize, cfg: &DatapathConfig) -> Dec
     let Some(ip) = read::<Ipv4Hdr>(data, data_end, OUTER_IP_OFF) else {
         return Decap::Pass;
     };
-    if ip.proto != IPPROTO_UDP || ip.dst_addr != cfg.underlay_addr {
+    if ip.dst_addr != cfg.underlay_addr {
+        return classify_direct(&ip);
+    }
+    if ip.proto != IPPROTO_UDP {
         return Decap::Pass;
     }
     // UDP sits after the IPv4 header, options included; mask keeps the offset bounded.
@@ -109,6 +114,21 @@ pub fn classify_vxlan(data: usize, data_end: usize, cfg: &DatapathConfig) -> Dec
     match maps::route(vni, inner_ip.dst_addr) {
         Some(r) if r.kind == RouteKind::Local as u8 => Decap::Deliver(*r),
         _ => Decap::Drop(Counter::DropNoLocalEndpoint),
+    }
+}
+
+/// A packet not addressed to this host: deliver it when it is for a local endpoint of a
+/// direct network and comes from a direct peer's block; else it is not ours.
+#[inline(always)]
+fn classify_direct(ip: &Ipv4Hdr) -> Decap {
+    match maps::route(DIRECT_NET_ID, ip.dst_addr) {
+        Some(dst) if dst.kind == RouteKind::Local as u8 => {
+            match maps::route(DIRECT_NET_ID, ip.src_addr) {
+                Some(src) if src.kind == RouteKind::Direct as u8 => Decap::DeliverDirect(*dst),
+                _ => Decap::Pass,
+            }
+        }
+        _ => Decap::Pass,
     }
 }
 

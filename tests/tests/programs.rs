@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::Result;
 use oxlay::{datapath::Datapath, net::Ipv4Net};
-use oxlay_common::{program_names as prog, DatapathConfig, Endpoint, Route};
+use oxlay_common::{program_names as prog, DatapathConfig, Endpoint, Route, DIRECT_NET_ID};
 use oxlay_testbed::{is_root, TempDir};
 
 const TC_ACT_OK: u32 = 0;
@@ -27,6 +27,8 @@ const LOCAL_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x03];
 const GATEWAY_MAC: [u8; 6] = [0x02, 0x99, 0, 0, 0, 0x99];
 const REMOTE_CONTAINER: [u8; 4] = [10, 244, 2, 2];
 const LOCAL_IFINDEX: u32 = 7;
+const DIRECT_PEER_BLOCK: &str = "10.244.5.0/24";
+const DIRECT_PEER_CONTAINER: [u8; 4] = [10, 244, 5, 7];
 
 /// test_run gives the program a packet on `lo` (ifindex 1): the endpoint is registered
 /// there, as if lo were a container's host-side veth.
@@ -73,6 +75,14 @@ fn fixture() -> Result<Option<Fixture>> {
     )?;
     dp.set_route(
         VNI,
+        Ipv4Net::new(LOCAL_CONTAINER.into(), 32)?,
+        Route::local(LOCAL_IFINDEX, LOCAL_MAC, GATEWAY_MAC),
+    )?;
+    // A direct network's peer block (same VNI here) and the receive-side direct table.
+    dp.set_route(VNI, DIRECT_PEER_BLOCK.parse()?, Route::direct(PEER_UNDERLAY))?;
+    dp.set_route(DIRECT_NET_ID, DIRECT_PEER_BLOCK.parse()?, Route::direct(PEER_UNDERLAY))?;
+    dp.set_route(
+        DIRECT_NET_ID,
         Ipv4Net::new(LOCAL_CONTAINER.into(), 32)?,
         Route::local(LOCAL_IFINDEX, LOCAL_MAC, GATEWAY_MAC),
     )?;
@@ -471,5 +481,37 @@ fn decap_passes_the_hosts_own_traffic_untouched() -> Result<()> {
             assert_eq!(out, frame, "tc changed {what}");
         }
     }
+    Ok(())
+}
+
+// ---- direct routing ----
+
+#[test]
+fn direct_routes_leave_unencapsulated() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    let frame = container_frame(DIRECT_PEER_CONTAINER);
+    // bpf_redirect_neigh would fill in the MACs; the packet itself is not touched.
+    let out = f.run(prog::FROM_CONTAINER, &frame, TC_ACT_REDIRECT, "routed_direct")?;
+    assert_eq!(out, frame);
+    Ok(())
+}
+
+#[test]
+fn direct_packets_from_direct_peers_are_delivered() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    let ip = ipv4(DIRECT_PEER_CONTAINER, LOCAL_CONTAINER, 17, 0x4000, &udp(4000, 7777, b"direct"));
+    let frame = [eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800), ip.clone()].concat();
+    let expected = [eth(LOCAL_MAC, GATEWAY_MAC, 0x0800), ip.clone()].concat();
+    let out = f.run(prog::DECAP_TC, &frame, TC_ACT_REDIRECT, "delivered_direct")?;
+    assert_eq!(out, expected);
+    let meta = [0x6f78_6c79u32.to_ne_bytes(), LOCAL_IFINDEX.to_ne_bytes()].concat();
+    let out = f.run(prog::DECAP_XDP, &frame, XDP_PASS, "delivered_direct")?;
+    assert_eq!(out, [meta, expected].concat());
+
+    // From an address that is no direct peer's: not ours, the stack decides.
+    let spoofed = ipv4([10, 99, 0, 1], LOCAL_CONTAINER, 17, 0x4000, &udp(4000, 7777, b"direct"));
+    let frame = [eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800), spoofed].concat();
+    assert_eq!(f.run(prog::DECAP_TC, &frame, TC_ACT_OK, "passed_to_stack")?, frame);
+    assert_eq!(f.run(prog::DECAP_XDP, &frame, XDP_PASS, "passed_to_stack")?, frame);
     Ok(())
 }

@@ -47,6 +47,9 @@ pub enum Request {
         labels: BTreeMap<String, String>,
         #[serde(default)]
         allow_overlap: bool,
+        /// Route to peers on the same underlay subnet without encapsulation.
+        #[serde(default)]
+        direct: bool,
     },
     NetworkLs(NoArgs),
     NetworkInspect {

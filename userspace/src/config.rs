@@ -32,6 +32,9 @@ pub struct PeerConfig {
     /// Inner destination MAC towards this peer. A Linux vxlan device drops frames not
     /// addressed to its own MAC, so set it to that device's MAC; oxlay peers accept any.
     pub vtep_mac: Option<MacAddr>,
+    /// Route to this peer without encapsulation when it is on our underlay subnet.
+    #[serde(default)]
+    pub direct: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

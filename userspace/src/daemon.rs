@@ -22,7 +22,7 @@ use crate::{
     datapath::Datapath,
     endpoint::{self, LocalEndpoint, GATEWAY},
     model::{self, HostRecord, NetworkSpec},
-    net::MacAddr,
+    net::{Ipv4Net, MacAddr},
     netlink::{self, ContainerRoute, EndpointSpec},
     reconcile::{self, Snapshot},
     store::{embedded::EmbeddedStore, etcd::EtcdStore, LeaseId, Store},
@@ -42,6 +42,8 @@ struct State {
     endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
     /// The store's routing view, as last read.
     snapshot: Snapshot,
+    /// The underlay subnet (direct routing reaches peers inside it).
+    underlay_subnet: Ipv4Net,
 }
 
 impl State {
@@ -54,8 +56,12 @@ impl State {
             blocks: model::all_blocks(&*store).await?,
         };
         let local: Vec<&LocalEndpoint> = self.endpoints.values().collect();
+        let me = reconcile::Me {
+            name: &self.config.node_name,
+            underlay_subnet: self.underlay_subnet,
+        };
         let want =
-            reconcile::desired(&self.config.node_name, &self.config, &self.snapshot, &local)?;
+            reconcile::desired(&me, &self.config, &self.snapshot, &local)?;
         let changes = reconcile::apply(&mut self.datapath, &want)?;
         if changes != reconcile::Changes::default() {
             info!(
@@ -172,6 +178,7 @@ pub async fn run(config: Config) -> Result<()> {
             })?,
     };
     let container_mtu = Config::container_mtu(underlay.mtu);
+    let underlay_subnet = netlink::subnet_of(&handle, underlay.index, underlay_addr).await?;
     let store = connect_store(&config).await?;
 
     // Claim the API socket first: a second daemon for the same node stops here, before
@@ -208,6 +215,7 @@ pub async fn run(config: Config) -> Result<()> {
         lease: 0,
         endpoints: BTreeMap::new(),
         snapshot: Snapshot::default(),
+        underlay_subnet,
     };
     let started = async {
         state.adopt_endpoints().await?;
@@ -551,6 +559,7 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
             block_prefix,
             labels,
             allow_overlap,
+            direct,
         } => {
             let spec = NetworkSpec {
                 name,
@@ -559,7 +568,7 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
                 block_prefix,
                 labels: parse_labels(labels)?,
                 allow_overlap,
-                direct: false,
+                direct,
             };
             serde_json::to_value(model::create_network(&*store, spec).await?)?
         }

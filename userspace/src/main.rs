@@ -85,6 +85,10 @@ enum NetworkCmd {
         /// Allow the subnet to overlap another network's (they stay isolated).
         #[arg(long)]
         allow_overlap: bool,
+        /// Route to hosts on the same underlay subnet without encapsulation (plain
+        /// host routing); VXLAN for the others.
+        #[arg(long)]
+        direct: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -317,6 +321,7 @@ async fn network_command(cmd: NetworkCmd) -> Result<()> {
             block_size,
             labels,
             allow_overlap,
+            direct,
             target,
         } => {
             let v = api::call(
@@ -328,6 +333,7 @@ async fn network_command(cmd: NetworkCmd) -> Result<()> {
                     block_prefix: block_size,
                     labels: labels.into_iter().collect(),
                     allow_overlap,
+                    direct,
                 },
             )
             .await?;

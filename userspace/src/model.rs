@@ -164,6 +164,16 @@ pub async fn create_network(store: &dyn Store, spec: NetworkSpec) -> Result<Netw
     }
     let subnet = match spec.subnet {
         Some(s) => {
+            // Direct networks share one table on the receiving side: never overlapping.
+            if spec.direct {
+                if let Some(other) = existing.iter().find(|n| n.direct && n.subnet.overlaps(&s)) {
+                    bail!(
+                        "subnet {s} overlaps direct network {} ({}): direct networks cannot overlap each other",
+                        other.name,
+                        other.subnet
+                    );
+                }
+            }
             if !spec.allow_overlap {
                 if let Some(other) = existing.iter().find(|n| n.subnet.overlaps(&s)) {
                     bail!(

@@ -92,6 +92,22 @@ pub async fn first_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>>
     Ok(None)
 }
 
+/// The subnet that `addr` (an address of link `index`) belongs to, from its prefix
+/// length; a /32 when the address is not on the link.
+pub async fn subnet_of(handle: &Handle, index: u32, addr: Ipv4Addr) -> Result<crate::net::Ipv4Net> {
+    let mut addrs = handle.address().get().set_link_index_filter(index).execute();
+    while let Some(msg) = addrs.try_next().await? {
+        let prefix = msg.header.prefix_len;
+        for attr in &msg.attributes {
+            if *attr == AddressAttribute::Address(IpAddr::V4(addr)) {
+                let net = ipnet::Ipv4Net::new(addr, prefix)?.trunc();
+                return crate::net::Ipv4Net::new(net.network(), net.prefix_len());
+            }
+        }
+    }
+    crate::net::Ipv4Net::new(addr, 32)
+}
+
 /// Resolves a network namespace given by name (under /run/netns) or by path.
 pub fn netns_path(netns: &str) -> PathBuf {
     if netns.contains('/') {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Result;
-use oxlay_common::Route;
+use oxlay_common::{Route, DIRECT_NET_ID};
 
 use crate::{
     config::Config,
@@ -35,58 +35,71 @@ pub struct Desired {
     pub routes: BTreeMap<(u32, Ipv4Net), Route>,
 }
 
+/// This host as routing sees it.
+pub struct Me<'a> {
+    pub name: &'a str,
+    /// The underlay subnet: direct routing reaches only peers inside it.
+    pub underlay_subnet: Ipv4Net,
+}
+
+impl Desired {
+    /// A route to a peer's block: direct when asked for and the peer is on our underlay
+    /// subnet (also entered in the direct table, where received packets' sources are
+    /// checked), else VXLAN.
+    fn peer_route(&mut self, me: &Me, vni: u32, block: Ipv4Net, underlay: Ipv4Addr, vtep_mac: MacAddr, direct: bool) {
+        if direct && me.underlay_subnet.contains(underlay) {
+            let route = Route::direct(underlay.octets());
+            self.routes.insert((vni, block), route);
+            self.routes.insert((DIRECT_NET_ID, block), route);
+        } else {
+            self.routes
+                .entry((vni, block))
+                .or_insert(Route::remote(underlay.octets(), vtep_mac.0));
+        }
+    }
+}
+
 /// Computes the desired maps for host `me`.
-pub fn desired(
-    me: &str,
-    config: &Config,
-    snapshot: &Snapshot,
-    local: &[&LocalEndpoint],
-) -> Result<Desired> {
+pub fn desired(me: &Me, config: &Config, snapshot: &Snapshot, local: &[&LocalEndpoint]) -> Result<Desired> {
     let mut d = Desired::default();
+    let mut direct_vnis = BTreeSet::new();
     if let Some((vni, _)) = config.static_network() {
         d.networks.insert(vni);
         for peer in &config.peers {
             d.peers.insert(peer.underlay_address);
-            let mac = peer
-                .vtep_mac
-                .unwrap_or_else(|| MacAddr::derived(&peer.name));
-            d.routes.insert(
-                (vni, peer.pod_subnet),
-                Route::remote(peer.underlay_address.octets(), mac.0),
-            );
+            let mac = peer.vtep_mac.unwrap_or_else(|| MacAddr::derived(&peer.name));
+            d.peer_route(me, vni, peer.pod_subnet, peer.underlay_address, mac, peer.direct);
+            if peer.direct {
+                direct_vnis.insert(vni);
+            }
         }
     }
+    direct_vnis.extend(snapshot.networks.iter().filter(|n| n.direct).map(|n| n.vni));
     for ep in local {
         d.networks.insert(ep.vni);
-        d.routes.insert(
-            (ep.vni, Ipv4Net::new(ep.address, 32)?),
-            Route::local(ep.host_ifindex, ep.container_mac.0, ep.host_mac.0),
-        );
+        let route = Route::local(ep.host_ifindex, ep.container_mac.0, ep.host_mac.0);
+        let dest = Ipv4Net::new(ep.address, 32)?;
+        d.routes.insert((ep.vni, dest), route);
+        if direct_vnis.contains(&ep.vni) {
+            d.routes.insert((DIRECT_NET_ID, dest), route);
+        }
     }
     let hosts: BTreeMap<&str, &HostRecord> = snapshot
         .hosts
         .iter()
-        .filter(|h| h.name != me)
+        .filter(|h| h.name != me.name)
         .map(|h| (h.name.as_str(), h))
         .collect();
     d.peers.extend(hosts.values().map(|h| h.underlay_address));
-    let vnis: BTreeMap<&str, u32> = snapshot
-        .networks
-        .iter()
-        .map(|n| (n.name.as_str(), n.vni))
-        .collect();
+    let networks: BTreeMap<&str, &NetworkRecord> =
+        snapshot.networks.iter().map(|n| (n.name.as_str(), n)).collect();
     for block in &snapshot.blocks {
         // Only networks this host takes part in need routes; only live hosts get them.
-        let (Some(&vni), Some(host)) = (
-            vnis.get(block.network.as_str()),
-            hosts.get(block.host.as_str()),
-        ) else {
+        let (Some(net), Some(host)) = (networks.get(block.network.as_str()), hosts.get(block.host.as_str())) else {
             continue;
         };
-        if d.networks.contains(&vni) {
-            d.routes
-                .entry((vni, block.block))
-                .or_insert_with(|| Route::remote(host.underlay_address.octets(), host.vtep_mac.0));
+        if d.networks.contains(&net.vni) {
+            d.peer_route(me, net.vni, block.block, host.underlay_address, host.vtep_mac, net.direct);
         }
     }
     Ok(d)
@@ -137,4 +150,103 @@ pub fn apply(datapath: &mut Datapath, want: &Desired) -> Result<Changes> {
         c.removed += 1;
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        "node_name = \"me\"\nunderlay_interface = \"eth0\"\n".parse().unwrap()
+    }
+
+    fn me() -> Me<'static> {
+        Me {
+            name: "me",
+            underlay_subnet: "192.168.50.0/24".parse().unwrap(),
+        }
+    }
+
+    fn host(name: &str, last: u8) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            underlay_address: Ipv4Addr::new(192, 168, 50, last),
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, last]),
+        }
+    }
+
+    fn network(name: &str, vni: u32) -> NetworkRecord {
+        NetworkRecord {
+            name: name.into(),
+            vni,
+            subnet: "10.10.0.0/16".parse().unwrap(),
+            block_prefix: 24,
+            labels: Default::default(),
+            direct: false,
+        }
+    }
+
+    fn block(network: &str, cidr: &str, host: &str) -> BlockRecord {
+        BlockRecord {
+            network: network.into(),
+            block: cidr.parse().unwrap(),
+            host: host.into(),
+        }
+    }
+
+    fn local(vni: u32, addr: &str) -> LocalEndpoint {
+        LocalEndpoint {
+            network: Some("blue".into()),
+            vni,
+            netns: "c1".into(),
+            address: addr.parse().unwrap(),
+            host_ifname: "oxl1".into(),
+            host_ifindex: 9,
+            host_mac: MacAddr([2, 9, 9, 9, 9, 9]),
+            container_ifname: "eth0".into(),
+            container_mac: MacAddr([2, 1, 1, 1, 1, 1]),
+            mtu: 1450,
+        }
+    }
+
+    #[test]
+    fn only_networks_with_local_endpoints_are_accepted_and_routed() {
+        let snapshot = Snapshot {
+            hosts: vec![host("me", 11), host("b", 12)],
+            networks: vec![network("blue", 100), network("red", 200)],
+            blocks: vec![
+                block("blue", "10.10.0.0/24", "me"),
+                block("blue", "10.10.1.0/24", "b"),
+                block("red", "10.10.1.0/24", "b"),
+                // A block of a host that is not (or no longer) registered: no route.
+                block("blue", "10.10.2.0/24", "gone"),
+            ],
+        };
+        let ep = local(100, "10.10.0.1");
+        let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
+        assert_eq!(d.networks, BTreeSet::from([100]), "red has no endpoint here");
+        assert_eq!(d.peers, BTreeSet::from([Ipv4Addr::new(192, 168, 50, 12)]));
+        let keys: Vec<String> = d.routes.keys().map(|(v, n)| format!("{v} {n}")).collect();
+        assert_eq!(keys, ["100 10.10.0.1/32", "100 10.10.1.0/24"]);
+        assert_eq!(d.routes[&(100, "10.10.1.0/24".parse().unwrap())], Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]));
+        // Direct networks route peers on our underlay subnet unencapsulated, others by VXLAN.
+        let mut snapshot = snapshot;
+        snapshot.networks[0].direct = true;
+        snapshot.hosts.push(HostRecord { underlay_address: Ipv4Addr::new(192, 168, 60, 9), ..host("far", 9) });
+        snapshot.blocks.push(block("blue", "10.10.9.0/24", "far"));
+        let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
+        let near = Route::direct([192, 168, 50, 12]);
+        assert_eq!(d.routes[&(100, "10.10.1.0/24".parse().unwrap())], near);
+        assert_eq!(d.routes[&(DIRECT_NET_ID, "10.10.1.0/24".parse().unwrap())], near);
+        assert_eq!(d.routes[&(100, "10.10.9.0/24".parse().unwrap())].kind, oxlay_common::RouteKind::Remote as u8);
+        assert!(!d.routes.contains_key(&(DIRECT_NET_ID, "10.10.9.0/24".parse().unwrap())));
+        assert!(d.routes.contains_key(&(DIRECT_NET_ID, "10.10.0.1/32".parse().unwrap())));
+        assert!(!d.networks.contains(&DIRECT_NET_ID));
+        let mut snapshot = snapshot;
+        snapshot.networks[0].direct = false;
+
+        // Without local endpoints: nothing accepted, nothing routed, peers still known.
+        let d = desired(&me(), &config(), &snapshot, &[]).unwrap();
+        assert!(d.networks.is_empty() && d.routes.is_empty());
+    }
 }
