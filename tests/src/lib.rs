@@ -187,6 +187,13 @@ impl Underlay {
     /// Adds a host namespace whose `eth0` is on the bridge with address
     /// 192.168.50.`octet`/24.
     pub fn add_host(&mut self, role: &str, octet: u8) -> Result<Host> {
+        self.add_host_at(role, &format!("{UNDERLAY_PREFIX}.{octet}"))
+    }
+
+    /// Adds a host with address `addr`/24 on the bridge. One outside 192.168.50.0/24
+    /// is another underlay subnet on the same segment; every host reaches every
+    /// other through on-link routes, as if a router joined them.
+    pub fn add_host_at(&mut self, role: &str, addr: &str) -> Result<Host> {
         let ns = Netns::new(role)?;
         self.ports += 1;
         let port = format!("p{}", self.ports);
@@ -206,9 +213,12 @@ impl Underlay {
             &self.ns.name,
         ])?;
         self.ns.ip(&["link", "set", &port, "master", "br0", "up"])?;
-        let addr = format!("{UNDERLAY_PREFIX}.{octet}");
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
+        for other in ["192.168.50.0/24", "192.168.60.0/24"] {
+            // The connected route already covers the host's own subnet.
+            let _ = ns.ip(&["route", "add", other, "dev", "eth0"]);
+        }
         Ok(Host {
             ns,
             addr: addr.parse()?,
@@ -762,6 +772,15 @@ impl StoreCluster {
     /// With `etcd`, a real etcd runs on the underlay (192.168.50.1:2379); else the
     /// daemons share an embedded store file.
     pub fn new(hosts: usize, etcd: bool, lease_ttl_secs: u64) -> Result<Self> {
+        let addrs: Vec<String> = (0..hosts)
+            .map(|i| format!("{UNDERLAY_PREFIX}.{}", 11 + i))
+            .collect();
+        Self::with_hosts(&addrs, etcd, lease_ttl_secs)
+    }
+
+    /// Like `new`, with the hosts' underlay addresses given.
+    pub fn with_hosts(addrs: &[String], etcd: bool, lease_ttl_secs: u64) -> Result<Self> {
+        let hosts = addrs.len();
         let mut underlay = Underlay::new()?;
         let dir = TempDir::new("store")?;
         let etcd_server = if etcd {
@@ -785,8 +804,8 @@ impl StoreCluster {
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         let mut hs = Vec::new();
-        for i in 0..hosts {
-            hs.push(underlay.add_host(&format!("host{i}"), 11 + i as u8)?);
+        for (i, addr) in addrs.iter().enumerate() {
+            hs.push(underlay.add_host_at(&format!("host{i}"), addr)?);
         }
         let mut c = Self {
             daemons: Vec::new(),

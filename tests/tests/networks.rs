@@ -275,3 +275,56 @@ fn networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go(etcd: bool)
     ensure!(inspect.trim() == "[]", "networks left: {inspect}");
     Ok(())
 }
+
+/// A direct network: hosts on the same underlay subnet exchange plain, unencapsulated
+/// packets; a host on another subnet is still reached through VXLAN.
+#[test]
+fn direct_networks_route_without_encapsulation_on_one_subnet() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let addrs = ["192.168.50.11", "192.168.50.12", "192.168.60.13"].map(String::from);
+    let c = StoreCluster::with_hosts(&addrs, false, 5)?;
+    let out = c.daemons[0].cli(&[
+        "network",
+        "create",
+        "fast",
+        "--subnet",
+        "10.40.0.0/16",
+        "--direct",
+    ])?;
+    ensure!(out.contains("direct"), "{out}");
+    let mut sandboxes = Vec::new();
+    for h in 0..3 {
+        let ns = Netns::new(&format!("fast{h}"))?;
+        endpoint(&c, h, "fast", &ns, &format!("10.40.{}.5", h + 1))?;
+        sandboxes.push(ns);
+    }
+    let counter = |h: usize, name: &str| c.daemons[h].counter(name);
+    // Same subnet: routed directly both ways, nothing encapsulated.
+    eventually(Duration::from_secs(3), || sandboxes[0].ping("10.40.2.5", 1))?;
+    let (direct0, encap0) = (counter(0, "routed_direct")?, counter(0, "encapsulated")?);
+    sandboxes[0].ping("10.40.2.5", 3)?;
+    ensure!(
+        counter(0, "routed_direct")? >= direct0 + 3,
+        "host 0 did not route directly"
+    );
+    ensure!(
+        counter(0, "encapsulated")? == encap0,
+        "host 0 encapsulated traffic to a same-subnet peer"
+    );
+    ensure!(
+        counter(1, "delivered_direct")? >= 3,
+        "host 1 did not deliver direct packets"
+    );
+    oxlay_testbed::tcp_transfer(&sandboxes[0], &sandboxes[1], "10.40.2.5".parse()?, 16 << 20)?;
+    // Another subnet: VXLAN.
+    eventually(Duration::from_secs(3), || sandboxes[0].ping("10.40.3.5", 1))?;
+    let encap0 = counter(0, "encapsulated")?;
+    sandboxes[0].ping("10.40.3.5", 3)?;
+    ensure!(
+        counter(0, "encapsulated")? >= encap0 + 3,
+        "host 0 did not fall back to VXLAN for the far host"
+    );
+    Ok(())
+}

@@ -79,8 +79,16 @@ fn fixture() -> Result<Option<Fixture>> {
         Route::local(LOCAL_IFINDEX, LOCAL_MAC, GATEWAY_MAC),
     )?;
     // A direct network's peer block (same VNI here) and the receive-side direct table.
-    dp.set_route(VNI, DIRECT_PEER_BLOCK.parse()?, Route::direct(PEER_UNDERLAY))?;
-    dp.set_route(DIRECT_NET_ID, DIRECT_PEER_BLOCK.parse()?, Route::direct(PEER_UNDERLAY))?;
+    dp.set_route(
+        VNI,
+        DIRECT_PEER_BLOCK.parse()?,
+        Route::direct(PEER_UNDERLAY),
+    )?;
+    dp.set_route(
+        DIRECT_NET_ID,
+        DIRECT_PEER_BLOCK.parse()?,
+        Route::direct(PEER_UNDERLAY),
+    )?;
     dp.set_route(
         DIRECT_NET_ID,
         Ipv4Net::new(LOCAL_CONTAINER.into(), 32)?,
@@ -491,7 +499,12 @@ fn direct_routes_leave_unencapsulated() -> Result<()> {
     let Some(f) = fixture()? else { return Ok(()) };
     let frame = container_frame(DIRECT_PEER_CONTAINER);
     // bpf_redirect_neigh would fill in the MACs; the packet itself is not touched.
-    let out = f.run(prog::FROM_CONTAINER, &frame, TC_ACT_REDIRECT, "routed_direct")?;
+    let out = f.run(
+        prog::FROM_CONTAINER,
+        &frame,
+        TC_ACT_REDIRECT,
+        "routed_direct",
+    )?;
     assert_eq!(out, frame);
     Ok(())
 }
@@ -499,8 +512,18 @@ fn direct_routes_leave_unencapsulated() -> Result<()> {
 #[test]
 fn direct_packets_from_direct_peers_are_delivered() -> Result<()> {
     let Some(f) = fixture()? else { return Ok(()) };
-    let ip = ipv4(DIRECT_PEER_CONTAINER, LOCAL_CONTAINER, 17, 0x4000, &udp(4000, 7777, b"direct"));
-    let frame = [eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800), ip.clone()].concat();
+    let ip = ipv4(
+        DIRECT_PEER_CONTAINER,
+        LOCAL_CONTAINER,
+        17,
+        0x4000,
+        &udp(4000, 7777, b"direct"),
+    );
+    let frame = [
+        eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800),
+        ip.clone(),
+    ]
+    .concat();
     let expected = [eth(LOCAL_MAC, GATEWAY_MAC, 0x0800), ip.clone()].concat();
     let out = f.run(prog::DECAP_TC, &frame, TC_ACT_REDIRECT, "delivered_direct")?;
     assert_eq!(out, expected);
@@ -509,9 +532,25 @@ fn direct_packets_from_direct_peers_are_delivered() -> Result<()> {
     assert_eq!(out, [meta, expected].concat());
 
     // From an address that is no direct peer's: not ours, the stack decides.
-    let spoofed = ipv4([10, 99, 0, 1], LOCAL_CONTAINER, 17, 0x4000, &udp(4000, 7777, b"direct"));
-    let frame = [eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800), spoofed].concat();
-    assert_eq!(f.run(prog::DECAP_TC, &frame, TC_ACT_OK, "passed_to_stack")?, frame);
-    assert_eq!(f.run(prog::DECAP_XDP, &frame, XDP_PASS, "passed_to_stack")?, frame);
+    let spoofed = ipv4(
+        [10, 99, 0, 1],
+        LOCAL_CONTAINER,
+        17,
+        0x4000,
+        &udp(4000, 7777, b"direct"),
+    );
+    let frame = [
+        eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800),
+        spoofed,
+    ]
+    .concat();
+    assert_eq!(
+        f.run(prog::DECAP_TC, &frame, TC_ACT_OK, "passed_to_stack")?,
+        frame
+    );
+    assert_eq!(
+        f.run(prog::DECAP_XDP, &frame, XDP_PASS, "passed_to_stack")?,
+        frame
+    );
     Ok(())
 }

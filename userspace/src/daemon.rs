@@ -60,8 +60,7 @@ impl State {
             name: &self.config.node_name,
             underlay_subnet: self.underlay_subnet,
         };
-        let want =
-            reconcile::desired(&me, &self.config, &self.snapshot, &local)?;
+        let want = reconcile::desired(&me, &self.config, &self.snapshot, &local)?;
         let changes = reconcile::apply(&mut self.datapath, &want)?;
         if changes != reconcile::Changes::default() {
             info!(

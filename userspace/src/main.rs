@@ -339,8 +339,12 @@ async fn network_command(cmd: NetworkCmd) -> Result<()> {
             .await?;
             let n: NetworkRecord = serde_json::from_value(v)?;
             println!(
-                "created network {} (vni {}, subnet {}, blocks /{})",
-                n.name, n.vni, n.subnet, n.block_prefix
+                "created network {} (vni {}, subnet {}, blocks /{}{})",
+                n.name,
+                n.vni,
+                n.subnet,
+                n.block_prefix,
+                if n.direct { ", direct" } else { "" }
             );
             Ok(())
         }

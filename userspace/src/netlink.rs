@@ -95,7 +95,11 @@ pub async fn first_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>>
 /// The subnet that `addr` (an address of link `index`) belongs to, from its prefix
 /// length; a /32 when the address is not on the link.
 pub async fn subnet_of(handle: &Handle, index: u32, addr: Ipv4Addr) -> Result<crate::net::Ipv4Net> {
-    let mut addrs = handle.address().get().set_link_index_filter(index).execute();
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
     while let Some(msg) = addrs.try_next().await? {
         let prefix = msg.header.prefix_len;
         for attr in &msg.attributes {

@@ -46,7 +46,15 @@ impl Desired {
     /// A route to a peer's block: direct when asked for and the peer is on our underlay
     /// subnet (also entered in the direct table, where received packets' sources are
     /// checked), else VXLAN.
-    fn peer_route(&mut self, me: &Me, vni: u32, block: Ipv4Net, underlay: Ipv4Addr, vtep_mac: MacAddr, direct: bool) {
+    fn peer_route(
+        &mut self,
+        me: &Me,
+        vni: u32,
+        block: Ipv4Net,
+        underlay: Ipv4Addr,
+        vtep_mac: MacAddr,
+        direct: bool,
+    ) {
         if direct && me.underlay_subnet.contains(underlay) {
             let route = Route::direct(underlay.octets());
             self.routes.insert((vni, block), route);
@@ -60,15 +68,29 @@ impl Desired {
 }
 
 /// Computes the desired maps for host `me`.
-pub fn desired(me: &Me, config: &Config, snapshot: &Snapshot, local: &[&LocalEndpoint]) -> Result<Desired> {
+pub fn desired(
+    me: &Me,
+    config: &Config,
+    snapshot: &Snapshot,
+    local: &[&LocalEndpoint],
+) -> Result<Desired> {
     let mut d = Desired::default();
     let mut direct_vnis = BTreeSet::new();
     if let Some((vni, _)) = config.static_network() {
         d.networks.insert(vni);
         for peer in &config.peers {
             d.peers.insert(peer.underlay_address);
-            let mac = peer.vtep_mac.unwrap_or_else(|| MacAddr::derived(&peer.name));
-            d.peer_route(me, vni, peer.pod_subnet, peer.underlay_address, mac, peer.direct);
+            let mac = peer
+                .vtep_mac
+                .unwrap_or_else(|| MacAddr::derived(&peer.name));
+            d.peer_route(
+                me,
+                vni,
+                peer.pod_subnet,
+                peer.underlay_address,
+                mac,
+                peer.direct,
+            );
             if peer.direct {
                 direct_vnis.insert(vni);
             }
@@ -91,15 +113,28 @@ pub fn desired(me: &Me, config: &Config, snapshot: &Snapshot, local: &[&LocalEnd
         .map(|h| (h.name.as_str(), h))
         .collect();
     d.peers.extend(hosts.values().map(|h| h.underlay_address));
-    let networks: BTreeMap<&str, &NetworkRecord> =
-        snapshot.networks.iter().map(|n| (n.name.as_str(), n)).collect();
+    let networks: BTreeMap<&str, &NetworkRecord> = snapshot
+        .networks
+        .iter()
+        .map(|n| (n.name.as_str(), n))
+        .collect();
     for block in &snapshot.blocks {
         // Only networks this host takes part in need routes; only live hosts get them.
-        let (Some(net), Some(host)) = (networks.get(block.network.as_str()), hosts.get(block.host.as_str())) else {
+        let (Some(net), Some(host)) = (
+            networks.get(block.network.as_str()),
+            hosts.get(block.host.as_str()),
+        ) else {
             continue;
         };
         if d.networks.contains(&net.vni) {
-            d.peer_route(me, net.vni, block.block, host.underlay_address, host.vtep_mac, net.direct);
+            d.peer_route(
+                me,
+                net.vni,
+                block.block,
+                host.underlay_address,
+                host.vtep_mac,
+                net.direct,
+            );
         }
     }
     Ok(d)
@@ -157,7 +192,9 @@ mod tests {
     use super::*;
 
     fn config() -> Config {
-        "node_name = \"me\"\nunderlay_interface = \"eth0\"\n".parse().unwrap()
+        "node_name = \"me\"\nunderlay_interface = \"eth0\"\n"
+            .parse()
+            .unwrap()
     }
 
     fn me() -> Me<'static> {
@@ -224,25 +261,44 @@ mod tests {
         };
         let ep = local(100, "10.10.0.1");
         let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
-        assert_eq!(d.networks, BTreeSet::from([100]), "red has no endpoint here");
+        assert_eq!(
+            d.networks,
+            BTreeSet::from([100]),
+            "red has no endpoint here"
+        );
         assert_eq!(d.peers, BTreeSet::from([Ipv4Addr::new(192, 168, 50, 12)]));
         let keys: Vec<String> = d.routes.keys().map(|(v, n)| format!("{v} {n}")).collect();
         assert_eq!(keys, ["100 10.10.0.1/32", "100 10.10.1.0/24"]);
-        assert_eq!(d.routes[&(100, "10.10.1.0/24".parse().unwrap())], Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]));
+        assert_eq!(
+            d.routes[&(100, "10.10.1.0/24".parse().unwrap())],
+            Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12])
+        );
         // Direct networks route peers on our underlay subnet unencapsulated, others by VXLAN.
         let mut snapshot = snapshot;
         snapshot.networks[0].direct = true;
-        snapshot.hosts.push(HostRecord { underlay_address: Ipv4Addr::new(192, 168, 60, 9), ..host("far", 9) });
+        snapshot.hosts.push(HostRecord {
+            underlay_address: Ipv4Addr::new(192, 168, 60, 9),
+            ..host("far", 9)
+        });
         snapshot.blocks.push(block("blue", "10.10.9.0/24", "far"));
         let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
         let near = Route::direct([192, 168, 50, 12]);
         assert_eq!(d.routes[&(100, "10.10.1.0/24".parse().unwrap())], near);
-        assert_eq!(d.routes[&(DIRECT_NET_ID, "10.10.1.0/24".parse().unwrap())], near);
-        assert_eq!(d.routes[&(100, "10.10.9.0/24".parse().unwrap())].kind, oxlay_common::RouteKind::Remote as u8);
-        assert!(!d.routes.contains_key(&(DIRECT_NET_ID, "10.10.9.0/24".parse().unwrap())));
-        assert!(d.routes.contains_key(&(DIRECT_NET_ID, "10.10.0.1/32".parse().unwrap())));
+        assert_eq!(
+            d.routes[&(DIRECT_NET_ID, "10.10.1.0/24".parse().unwrap())],
+            near
+        );
+        assert_eq!(
+            d.routes[&(100, "10.10.9.0/24".parse().unwrap())].kind,
+            oxlay_common::RouteKind::Remote as u8
+        );
+        assert!(!d
+            .routes
+            .contains_key(&(DIRECT_NET_ID, "10.10.9.0/24".parse().unwrap())));
+        assert!(d
+            .routes
+            .contains_key(&(DIRECT_NET_ID, "10.10.0.1/32".parse().unwrap())));
         assert!(!d.networks.contains(&DIRECT_NET_ID));
-        let mut snapshot = snapshot;
         snapshot.networks[0].direct = false;
 
         // Without local endpoints: nothing accepted, nothing routed, peers still known.
