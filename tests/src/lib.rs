@@ -225,15 +225,6 @@ impl Underlay {
             underlay_port: port,
         })
     }
-
-    /// Turns TSO/GSO/GRO on or off on both ends of a host's underlay link.
-    pub fn set_offloads(&self, host: &Host, on: bool) -> Result<()> {
-        let v = if on { "on" } else { "off" };
-        for (ns, dev) in [(&self.ns, host.underlay_port.as_str()), (&host.ns, "eth0")] {
-            ns.exec(&["ethtool", "-K", dev, "tso", v, "gso", v, "gro", v])?;
-        }
-        Ok(())
-    }
 }
 
 /// A host: a namespace with `eth0` on the underlay.

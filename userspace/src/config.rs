@@ -232,7 +232,9 @@ impl Config {
     }
 }
 
-fn check_name(what: &str, name: &str) -> Result<()> {
+/// Checks a name (of a node, peer or network): what a key, a file name and a log line
+/// can all hold.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name

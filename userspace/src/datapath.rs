@@ -86,11 +86,6 @@ impl Datapath {
         })
     }
 
-    /// The loaded object, for tests that run programs through BPF_PROG_TEST_RUN.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
     /// Runs program `name` once per `repeat` on `packet` through BPF_PROG_TEST_RUN and
     /// returns its verdict, the packet it left, and the kernel's time per run.
     pub fn test_run(&self, name: &str, packet: &[u8], repeat: u32) -> Result<TestRunOutcome> {
@@ -143,11 +138,6 @@ impl Datapath {
         let mut map: Array<&mut MapData, DatapathConfig> = self.map_mut(map_names::CONFIG)?;
         map.set(0, config, 0)
             .context("cannot write the datapath config map")
-    }
-
-    pub fn config(&self) -> Result<DatapathConfig> {
-        let map: Array<&MapData, DatapathConfig> = self.map(map_names::CONFIG)?;
-        Ok(map.get(&0, 0)?)
     }
 
     pub fn add_network(&mut self, vni: u32) -> Result<()> {

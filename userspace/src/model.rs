@@ -130,18 +130,6 @@ pub async fn hosts(store: &dyn Store) -> Result<Vec<HostRecord>> {
 
 // ---- networks ----
 
-pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if !ok {
-        bail!("{what} name {name:?} is not valid: use 1 to 63 letters, digits, '-', '_' or '.'");
-    }
-    Ok(())
-}
-
 pub async fn networks(store: &dyn Store) -> Result<Vec<NetworkRecord>> {
     list(store, NETWORKS).await
 }
@@ -157,7 +145,7 @@ pub async fn network(store: &dyn Store, name: &str) -> Result<NetworkRecord> {
 /// Creates a network: claims its VNI (given, or the first free one from
 /// [`FIRST_AUTO_VNI`]) and checks its subnet against the others.
 pub async fn create_network(store: &dyn Store, spec: NetworkSpec) -> Result<NetworkRecord> {
-    check_name("network", &spec.name)?;
+    crate::config::check_name("network name", &spec.name)?;
     let existing = networks(store).await?;
     if existing.iter().any(|n| n.name == spec.name) {
         bail!("network {} already exists", spec.name);
