@@ -111,6 +111,21 @@ impl Netns {
         c
     }
 
+    /// Programs on TCX ingress of `interface` in this namespace: (name, program id).
+    /// (Debian's bpftool 7.1 cannot list TCX attachments.)
+    pub fn tcx_ingress(&self, interface: &'static str) -> Result<Vec<(String, u32)>> {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        self.spawn(move || {
+            let (_, programs) = SchedClassifier::query_tcx(interface, TcAttachType::Ingress)?;
+            Ok(programs
+                .iter()
+                .map(|p| (p.name_as_str().unwrap_or("?").to_owned(), p.id()))
+                .collect())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("query thread panicked"))?
+    }
+
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
             .map(|_| ())
@@ -367,6 +382,8 @@ pub fn oxlay_bin() -> PathBuf {
 pub struct Daemon {
     pub node: String,
     pub socket: PathBuf,
+    /// The pin path the config names, for cleaning up after a killed daemon.
+    pin_path: Option<PathBuf>,
     child: Option<Child>,
     _dir: TempDir,
 }
@@ -381,8 +398,15 @@ impl Daemon {
     /// Like `start`, with `launcher` (a command that runs the oxlay binary somewhere).
     pub fn start_with(mut launcher: Command, node: &str, config: &str) -> Result<Self> {
         let dir = TempDir::new(node)?;
-        let socket = dir.path.join("api.sock");
-        let mut config = format!("api_socket = \"{}\"\n{config}", socket.display());
+        let given = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("api_socket = "))
+            .map(|v| PathBuf::from(v.trim_matches('"')));
+        let socket = given.clone().unwrap_or_else(|| dir.path.join("api.sock"));
+        let mut config = match given {
+            Some(_) => config.to_owned(),
+            None => format!("api_socket = \"{}\"\n{config}", socket.display()),
+        };
         if !config.contains("[store]") {
             // A store of its own, so tests never share the machine's default one.
             config += &format!(
@@ -400,9 +424,14 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", oxlay_bin().display()))?;
+        let pin_path = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("pin_path = "))
+            .map(|v| PathBuf::from(v.trim_matches('"')));
         let mut d = Self {
             node: node.to_owned(),
             socket,
+            pin_path,
             child: Some(child),
             _dir: dir,
         };
@@ -485,9 +514,45 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// `oxlay uninstall`: the daemon removes everything it made and exits.
+    pub fn uninstall(&mut self) -> Result<()> {
+        if self.child.is_none() {
+            bail!("daemon {} is not running", self.node);
+        }
+        self.cli(&["uninstall"])?;
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!(
+                        "daemon {} exited with {status} on uninstall: {}",
+                        self.node,
+                        self.log()
+                    );
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("daemon {} did not exit after uninstall", self.node);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Daemon {
+    /// Uninstalls, so no test leaves programs or pins behind; after a crash (or a
+    /// refused uninstall) the pins are removed by hand, which detaches the programs.
     fn drop(&mut self) {
-        let _ = self.stop();
+        if self.uninstall().is_err() {
+            let _ = self.stop();
+            if let Some(pins) = &self.pin_path {
+                let _ = std::fs::remove_dir_all(pins);
+            }
+        }
     }
 }
 
@@ -835,6 +900,9 @@ pub struct Cluster {
     pub daemons: Vec<Daemon>,
     pub hosts: Vec<Host>,
     pub underlay: Underlay,
+    /// (node name, config) of every host, to start its daemon again.
+    configs: Vec<(String, String)>,
+    retired: Vec<Daemon>,
 }
 
 impl Cluster {
@@ -851,6 +919,7 @@ impl Cluster {
         }
         let names: Vec<String> = (0..hosts).map(|i| format!("h{i}-{tag}")).collect();
         let mut daemons = Vec::new();
+        let mut configs = Vec::new();
         for (i, host) in hs.iter().enumerate() {
             let subnet = format!("10.244.{}.0/24", i + 1);
             let peers = (0..hosts)
@@ -871,6 +940,7 @@ impl Cluster {
                 vni: 42,
                 peers,
             };
+            configs.push((names[i].clone(), cfg.toml()));
             daemons.push(Daemon::start(host, &names[i], &cfg.toml())?);
         }
         let mut containers = Vec::new();
@@ -888,7 +958,24 @@ impl Cluster {
             daemons,
             hosts: hs,
             underlay,
+            configs,
+            retired: Vec::new(),
         })
+    }
+
+    /// Starts host `i`'s daemon again (after `stop` or `kill`), with the same config
+    /// and the same API socket.
+    pub fn restart_daemon(&mut self, i: usize) -> Result<()> {
+        let (node, config) = &self.configs[i];
+        let socket = self.daemons[i].socket.clone();
+        let config = format!("api_socket = \"{}\"\n{config}", socket.display());
+        let fresh = Daemon::start(&self.hosts[i], node, &config)?;
+        let mut old = std::mem::replace(&mut self.daemons[i], fresh);
+        // The old handle must not clean up after the new daemon; its directory (with
+        // the socket's state file) stays until the cluster goes.
+        old.pin_path = None;
+        self.retired.push(old);
+        Ok(())
     }
 
     pub fn container_addr(host: usize, index: usize) -> Ipv4Addr {

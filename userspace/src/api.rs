@@ -35,6 +35,9 @@ pub enum Request {
     Stats(NoArgs),
     /// Hosts registered in the store.
     Hosts(NoArgs),
+    /// Remove everything this node made (endpoints, registration, programs, pins) and
+    /// stop the daemon. A plain SIGTERM keeps the datapath running for a restart.
+    Uninstall(NoArgs),
     NetworkCreate {
         name: String,
         #[serde(default)]

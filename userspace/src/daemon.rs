@@ -44,6 +44,10 @@ struct State {
     snapshot: Snapshot,
     /// The underlay subnet (direct routing reaches peers inside it).
     underlay_subnet: Ipv4Net,
+    /// Where the static network's endpoints are recorded for the next daemon.
+    state_path: std::path::PathBuf,
+    /// Signalled by the `uninstall` request.
+    uninstall: Arc<tokio::sync::Notify>,
 }
 
 impl State {
@@ -75,6 +79,28 @@ impl State {
     /// left them wired): re-attaches the program and fills the endpoint map. Endpoints
     /// whose interface is gone are released.
     async fn adopt_endpoints(&mut self) -> Result<()> {
+        // The static network's endpoints, from the state file.
+        let recorded: Vec<LocalEndpoint> = match std::fs::read(&self.state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!("the state file {} is corrupt", self.state_path.display())
+            })?,
+            Err(_) => Vec::new(),
+        };
+        for mut ep in recorded {
+            let Some(link) = netlink::link_by_name(&self.handle, &ep.host_ifname).await? else {
+                warn!("static endpoint {} {} is gone", ep.netns, ep.address);
+                continue;
+            };
+            ep.host_ifindex = link.index;
+            ep.host_mac = link.mac;
+            endpoint::adopt(&mut self.datapath, &ep)?;
+            info!(
+                "adopted static endpoint {} {} on {}",
+                ep.netns, ep.address, ep.host_ifname
+            );
+            self.endpoints.insert((ep.netns.clone(), None), ep);
+        }
+        self.save_static_endpoints()?;
         let store = self.store.clone();
         for ep in model::endpoints(&*store, None).await? {
             if ep.host != self.host.name {
@@ -119,6 +145,21 @@ impl State {
             self.endpoints.insert((ep.sandbox, Some(ep.network)), local);
         }
         Ok(())
+    }
+
+    /// Records the static network's endpoints (the store keeps the others) so that the
+    /// next daemon can adopt them; written atomically.
+    fn save_static_endpoints(&self) -> Result<()> {
+        let statics: Vec<&LocalEndpoint> = self
+            .endpoints
+            .values()
+            .filter(|e| e.network.is_none())
+            .collect();
+        let tmp = self.state_path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&statics)?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.state_path)
+            .with_context(|| format!("cannot write {}", self.state_path.display()))
     }
 
     /// Grants a lease, registers the host under it and re-claims the blocks of this
@@ -184,19 +225,19 @@ pub async fn run(config: Config) -> Result<()> {
     // it touches the first one's pinned maps.
     let socket_path = config.socket_path();
     let listener = bind_api(&socket_path)?;
+    // Pinned maps and links of a previous daemon are re-used: the traffic they carry
+    // keeps flowing while this one starts (programs are replaced atomically).
     let pin_path = config.pin_path();
-    if pin_path.exists() {
-        // Left by a daemon that did not stop cleanly; its endpoints are gone with it.
-        warn!("removing stale pinned maps in {}", pin_path.display());
-        std::fs::remove_dir_all(&pin_path).ok();
-    }
+    let fresh = !pin_path.exists();
     let datapath = match load_datapath(&config, &underlay, underlay_addr) {
         Ok(d) => d,
         Err(e) => {
-            // Leave nothing behind: no socket, no pins.
             std::fs::remove_file(&socket_path).ok();
-            std::fs::remove_dir_all(&pin_path).ok();
-            return Err(e);
+            if fresh {
+                // Leave nothing behind when nothing was there.
+                std::fs::remove_dir_all(&pin_path).ok();
+            }
+            return Err(e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh"));
         }
     };
     let host = HostRecord {
@@ -215,6 +256,8 @@ pub async fn run(config: Config) -> Result<()> {
         endpoints: BTreeMap::new(),
         snapshot: Snapshot::default(),
         underlay_subnet,
+        state_path: socket_path.with_extension("endpoints.json"),
+        uninstall: Arc::new(tokio::sync::Notify::new()),
     };
     let started = async {
         state.adopt_endpoints().await?;
@@ -249,6 +292,8 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let uninstall_request = state.lock().await.uninstall.clone();
+    let mut uninstall_requested = false;
     loop {
         tokio::select! {
             conn = listener.accept() => match conn {
@@ -264,15 +309,33 @@ pub async fn run(config: Config) -> Result<()> {
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = uninstall_request.notified() => {
+                uninstall_requested = true;
+                break;
+            }
         }
     }
     keepalive.abort();
     watcher.abort();
-    info!("stopping: removing endpoints, deregistering, detaching programs, removing pins and the socket");
     let mut s = state.lock().await;
+    if uninstall_requested {
+        info!("uninstalling: removing endpoints, deregistering, detaching programs, removing pins");
+        uninstall(&mut s).await?;
+    } else {
+        // A restart: programs stay attached and maps pinned, endpoints stay wired, and
+        // the lease runs out only if no daemon comes back within its TTL.
+        info!("stopping; the datapath keeps forwarding (`oxlay uninstall` removes it)");
+    }
+    std::fs::remove_file(&socket_path).ok();
+    Ok(())
+}
+
+/// Removes everything this node made: endpoints (their addresses go back to the
+/// store), its registration, the programs and pins, the state file.
+async fn uninstall(s: &mut State) -> Result<()> {
     let keys: Vec<EndpointKey> = s.endpoints.keys().cloned().collect();
     for key in keys {
-        if let Err(e) = remove_local_endpoint(&mut s, &key).await {
+        if let Err(e) = remove_local_endpoint(s, &key).await {
             warn!("removing endpoint {key:?}: {e:#}");
         }
     }
@@ -280,7 +343,7 @@ pub async fn run(config: Config) -> Result<()> {
         warn!("deregistering from the store: {e:#}");
     }
     s.datapath.unpin()?;
-    std::fs::remove_file(&socket_path).ok();
+    std::fs::remove_file(&s.state_path).ok();
     Ok(())
 }
 
@@ -440,6 +503,7 @@ async fn add_local_endpoint(
         record.host_ifname
     );
     s.endpoints.insert(key, record.clone());
+    s.save_static_endpoints()?;
     s.reconcile().await?;
     Ok(record)
 }
@@ -454,6 +518,7 @@ async fn remove_local_endpoint(s: &mut State, key: &EndpointKey) -> Result<Local
     })?;
     endpoint::detach(&s.handle, &mut s.datapath, &record).await?;
     s.endpoints.remove(key);
+    s.save_static_endpoints()?;
     if let Some(network) = &record.network {
         model::remove_endpoint(&*s.store, network, record.address).await?;
     }
@@ -549,6 +614,11 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
                 })
                 .collect();
             serde_json::to_value(counters)?
+        }
+        Request::Uninstall(_) => {
+            // The main loop does the work once this answer is sent.
+            s.uninstall.notify_one();
+            serde_json::json!({ "uninstalling": s.config.node_name })
         }
         Request::Hosts(_) => serde_json::to_value(model::hosts(&*store).await?)?,
         Request::NetworkCreate {

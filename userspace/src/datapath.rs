@@ -1,7 +1,6 @@
 //! The kernel side seen from userspace: loading the eBPF object, pinning its maps,
 //! attaching programs, and reading and writing the maps.
 use std::{
-    collections::HashMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -10,7 +9,9 @@ use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray},
     programs::{
-        tc::{self, SchedClassifierLinkId},
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
         Program, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     util::KernelVersion,
@@ -47,8 +48,8 @@ pub struct TestRunOutcome {
 /// The loaded programs and maps of one node.
 pub struct Datapath {
     ebpf: Ebpf,
+    /// Maps and program links are pinned here; they outlive the daemon.
     pin_dir: PathBuf,
-    endpoint_links: HashMap<String, SchedClassifierLinkId>,
 }
 
 impl Datapath {
@@ -82,7 +83,6 @@ impl Datapath {
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),
-            endpoint_links: HashMap::new(),
         })
     }
 
@@ -114,8 +114,8 @@ impl Datapath {
         })
     }
 
-    /// Removes the pinned maps (and their parent directory once empty); the next daemon
-    /// starts with empty ones.
+    /// Removes the pinned maps and links (and their parent directory once empty): the
+    /// programs detach, and the next daemon starts with empty maps.
     pub fn unpin(&self) -> Result<()> {
         match std::fs::remove_dir_all(&self.pin_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -239,51 +239,121 @@ impl Datapath {
             .collect()
     }
 
-    /// Attaches decapsulation to the underlay interface.
+    /// Attaches decapsulation to the underlay interface, replacing (atomically) what a
+    /// previous daemon attached there, and removing the other mode's programs.
     pub fn attach_decap(&mut self, interface: &str, mode: DecapMode) -> Result<()> {
-        match mode {
-            DecapMode::Tc => self
-                .attach_tc(program_names::DECAP_TC, interface)
-                .map(|_| ()),
-            DecapMode::Xdp => {
-                // XDP strips; the TC program on the same interface delivers.
-                self.attach_tc(program_names::XDP_DELIVER_TC, interface)?;
-                xdp(&mut self.ebpf, program_names::DECAP_XDP)?
-                    .attach(interface, XdpMode::Default)
-                    .with_context(|| {
-                        format!(
-                            "cannot attach XDP decapsulation to {interface}; try decap = \"tc\""
-                        )
-                    })?;
-                Ok(())
+        let (keep, drop): (&[&str], &[&str]) = match mode {
+            DecapMode::Tc => (
+                &[program_names::DECAP_TC],
+                &[program_names::XDP_DELIVER_TC, program_names::DECAP_XDP],
+            ),
+            // XDP strips; the TC program on the same interface delivers.
+            DecapMode::Xdp => (
+                &[program_names::XDP_DELIVER_TC, program_names::DECAP_XDP],
+                &[program_names::DECAP_TC],
+            ),
+        };
+        for program in keep {
+            if *program == program_names::DECAP_XDP {
+                self.attach_xdp(program, interface).with_context(|| {
+                    format!("cannot attach XDP decapsulation to {interface}; try decap = \"tc\"")
+                })?;
+            } else {
+                self.attach_tc(program, interface)?;
             }
         }
+        for program in drop {
+            self.unpin_link(program, interface);
+        }
+        Ok(())
     }
 
-    /// Attaches the container-egress program to a container's host-side veth.
+    /// Attaches the container-egress program to a container's host-side veth (or takes
+    /// over the link a previous daemon pinned there).
     pub fn attach_endpoint(&mut self, host_ifname: &str) -> Result<()> {
-        let link = self.attach_tc(program_names::FROM_CONTAINER, host_ifname)?;
-        self.endpoint_links.insert(host_ifname.to_owned(), link);
-        Ok(())
+        self.attach_tc(program_names::FROM_CONTAINER, host_ifname)
     }
 
     /// Detaches from a host-side veth (which may already be gone with its container).
     pub fn detach_endpoint(&mut self, host_ifname: &str) {
-        if let Some(link) = self.endpoint_links.remove(host_ifname) {
-            if let Ok(prog) = classifier(&mut self.ebpf, program_names::FROM_CONTAINER) {
-                let _ = prog.detach(link);
-            }
-        }
+        self.unpin_link(program_names::FROM_CONTAINER, host_ifname);
     }
 
-    fn attach_tc(&mut self, program: &str, interface: &str) -> Result<SchedClassifierLinkId> {
+    /// Where the link of `program` on `interface` is pinned.
+    fn link_pin(&self, program: &str, interface: &str) -> PathBuf {
+        self.pin_dir.join(format!("link_{interface}_{program}"))
+    }
+
+    /// Removing the pin drops the last reference to the link: the program detaches.
+    fn unpin_link(&mut self, program: &str, interface: &str) {
+        let _ = std::fs::remove_file(self.link_pin(program, interface));
+    }
+
+    /// Attaches a TC ingress program through a pinned link, so it stays attached when
+    /// the daemon exits; a link already pinned gets the new program atomically
+    /// (`bpf_link_update`): not one packet meets an empty hook during an upgrade.
+    fn attach_tc(&mut self, program: &str, interface: &str) -> Result<()> {
+        let pin = self.link_pin(program, interface);
+        let prog = classifier(&mut self.ebpf, program)?;
+        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+            let replaced = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .map_err(anyhow::Error::from)
+                .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
+            match replaced {
+                Ok(_) => return Ok(()),
+                // A link whose interface went away cannot be updated: start afresh.
+                Err(e) => {
+                    log::warn!(
+                        "pinned link {} is stale ({e:#}); attaching anew",
+                        pin.display()
+                    );
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
         // Before TCX (6.6) programs hang off a clsact qdisc, which may already exist.
-        if KernelVersion::current().map_or(true, |v| v < KernelVersion::new(6, 6, 0)) {
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx {
             let _ = tc::qdisc_add_clsact(interface);
         }
-        classifier(&mut self.ebpf, program)?
+        let id = prog
             .attach(interface, TcAttachType::Ingress)
-            .with_context(|| format!("cannot attach {program} to TC ingress of {interface}"))
+            .with_context(|| format!("cannot attach {program} to TC ingress of {interface}"))?;
+        if tcx {
+            let link = prog.take_link(id)?;
+            FdLink::try_from(link)?
+                .pin(&pin)
+                .with_context(|| format!("cannot pin the link of {program} on {interface}"))?;
+        }
+        Ok(())
+    }
+
+    /// Like `attach_tc`, for the XDP hook.
+    fn attach_xdp(&mut self, program: &str, interface: &str) -> Result<()> {
+        let pin = self.link_pin(program, interface);
+        let prog = xdp(&mut self.ebpf, program)?;
+        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+            let replaced = XdpLink::try_from(FdLink::from(pinned))
+                .map_err(anyhow::Error::from)
+                .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
+            match replaced {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    log::warn!(
+                        "pinned link {} is stale ({e:#}); attaching anew",
+                        pin.display()
+                    );
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let id = prog.attach(interface, XdpMode::Default)?;
+        let link = prog.take_link(id)?;
+        if let Ok(fd) = FdLink::try_from(link) {
+            fd.pin(&pin)
+                .with_context(|| format!("cannot pin the XDP link on {interface}"))?;
+        }
+        Ok(())
     }
 
     fn map<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(

@@ -18,7 +18,7 @@ use crate::{
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
 /// A local endpoint as the daemon remembers it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LocalEndpoint {
     /// The store network, or None for the config's static network.
     pub network: Option<String>,

@@ -59,6 +59,9 @@ enum Command {
     Stats(Listing),
     /// Show the hosts registered in the store.
     Hosts(Listing),
+    /// Remove everything the node's daemon made (endpoints, registration, programs,
+    /// pinned maps) and stop it. Stopping the daemon alone leaves the datapath running.
+    Uninstall(Target),
     /// Networks: separate overlays, each with its own VNI and address pool.
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -281,6 +284,19 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Network(cmd) => network_command(cmd).await,
+        Command::Uninstall(target) => {
+            let socket = target.socket()?;
+            api::call(&socket, &Request::Uninstall(NoArgs {})).await?;
+            // The daemon removes its socket last: wait for it, so "done" means done.
+            for _ in 0..300 {
+                if !socket.exists() {
+                    println!("uninstalled");
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            anyhow::bail!("the daemon did not finish uninstalling within 15 s; see its log")
+        }
         Command::Endpoint(cmd) => endpoint_command(cmd).await,
         Command::Hosts(l) => {
             let v = api::call(&l.target.socket()?, &Request::Hosts(NoArgs {})).await?;
