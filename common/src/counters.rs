@@ -31,6 +31,8 @@ pub enum Counter {
     DropOuterIpOptions,
     DropAdjustRoomFailed,
     DropHeaderWriteFailed,
+    DropSpoofedSource,
+    DropSpoofedPeerSource,
 }
 
 /// Name and meaning of one counter.
@@ -60,7 +62,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 17] = [
+pub const COUNTERS: [CounterInfo; 19] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -162,6 +164,18 @@ pub const COUNTERS: [CounterInfo; 17] = [
         "drop_header_write_failed",
         Drop,
         "writing the new headers into the packet failed",
+    ),
+    row(
+        Counter::DropSpoofedSource,
+        "drop_spoofed_source",
+        Drop,
+        "container packet whose source address or MAC is not the container's own",
+    ),
+    row(
+        Counter::DropSpoofedPeerSource,
+        "drop_spoofed_peer_source",
+        Drop,
+        "VXLAN packet whose inner source lies outside the sending peer's address blocks",
     ),
 ];
 

@@ -80,6 +80,10 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
     let Some(ep) = maps::endpoint(ifindex) else {
         return Ok(None);
     };
+    // A container speaks only with its own address and MAC, wherever it sends.
+    if ip.src_addr != ep.addr || eth.src_addr != ep.mac {
+        return Err(Counter::DropSpoofedSource);
+    }
     let Some(route) = maps::route(ep.net_id, ip.dst_addr) else {
         return Ok(None);
     };

@@ -110,6 +110,13 @@ pub fn classify_vxlan(data: usize, data_end: usize, cfg: &DatapathConfig) -> Dec
     let Some(inner_ip) = read::<Ipv4Hdr>(data, data_end, INNER_IP_OFF) else {
         return Decap::Drop(Counter::DropTruncatedInner);
     };
+    // A peer may only speak for the addresses it owns: its blocks in this network.
+    match maps::route(vni, inner_ip.src_addr) {
+        Some(r)
+            if (r.kind == RouteKind::Remote as u8 || r.kind == RouteKind::Direct as u8)
+                && r.underlay_addr == ip.src_addr => {}
+        _ => return Decap::Drop(Counter::DropSpoofedPeerSource),
+    }
     // Delivery is by inner IP; the inner destination MAC is whatever the peer chose.
     match maps::route(vni, inner_ip.dst_addr) {
         Some(r) if r.kind == RouteKind::Local as u8 => Decap::Deliver(*r),

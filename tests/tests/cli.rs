@@ -269,3 +269,38 @@ fn attach_rejects_bad_requests_and_lists_what_it_made() -> Result<()> {
     c.containers[0][0].ping("10.244.2.2", 1)?;
     Ok(())
 }
+
+/// The API creates interfaces on request: only root may reach it.
+#[test]
+fn api_socket_is_root_only() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let c = Cluster::new(1, 0, "tc")?;
+    let socket = &c.daemons[0].socket;
+    let meta = std::fs::metadata(socket)?;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "socket mode");
+    assert_eq!(meta.uid(), 0, "socket owner");
+    // Let a nobody user walk to it, so only the socket's own mode stops them.
+    std::fs::set_permissions(
+        socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(oxlay_bin())
+        .args(["stats", "--socket"])
+        .arg(socket)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an unprivileged user reached the API"
+    );
+    assert!(
+        stderr.contains("Permission denied") || stderr.contains("are you root"),
+        "{stderr}"
+    );
+    Ok(())
+}

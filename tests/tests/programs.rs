@@ -78,6 +78,12 @@ fn fixture() -> Result<Option<Fixture>> {
         Ipv4Net::new(LOCAL_CONTAINER.into(), 32)?,
         Route::local(LOCAL_IFINDEX, LOCAL_MAC, GATEWAY_MAC),
     )?;
+    // Another peer's block: the known peer must not speak for it.
+    dp.set_route(
+        VNI,
+        "10.244.3.0/24".parse()?,
+        Route::remote([192, 168, 50, 13], [0x02, 0xcc, 0, 0, 0, 0x0c]),
+    )?;
     // A direct network's peer block (same VNI here) and the receive-side direct table.
     dp.set_route(
         VNI,
@@ -280,6 +286,34 @@ fn encap_matches_independently_built_headers() -> Result<()> {
 }
 
 #[test]
+fn containers_cannot_spoof_their_source() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    let ip = ipv4(
+        [10, 244, 1, 77],
+        REMOTE_CONTAINER,
+        17,
+        0x4000,
+        &udp(40000, 7777, b"spoof"),
+    );
+    let wrong_ip = [eth(GATEWAY_MAC, SRC_MAC, 0x0800), ip].concat();
+    let mut wrong_mac = container_frame(REMOTE_CONTAINER);
+    wrong_mac[6..12].copy_from_slice(&[0x02, 0xee, 0xee, 0xee, 0xee, 0xee]);
+    let to_host = {
+        let ip = ipv4([10, 244, 1, 77], OUR_UNDERLAY, 17, 0x4000, &udp(1, 2, b"x"));
+        [eth(GATEWAY_MAC, SRC_MAC, 0x0800), ip].concat()
+    };
+    for frame in [wrong_ip, wrong_mac, to_host] {
+        f.run(
+            prog::FROM_CONTAINER,
+            &frame,
+            TC_ACT_SHOT,
+            "drop_spoofed_source",
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
 fn same_host_delivery_rewrites_macs_only() -> Result<()> {
     let Some(f) = fixture()? else { return Ok(()) };
     let frame = container_frame(LOCAL_CONTAINER);
@@ -414,7 +448,35 @@ fn hostile_cases() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             outer(PEER_UNDERLAY, OUR_UNDERLAY, 4789, 0x2000, &inner)
         }),
         ("outer IP options", "drop_outer_ip_options", options),
+        (
+            "inner source in no peer block",
+            "drop_spoofed_peer_source",
+            spoofed_inner([10, 99, 0, 1]),
+        ),
+        (
+            "inner source of this host",
+            "drop_spoofed_peer_source",
+            spoofed_inner(LOCAL_CONTAINER),
+        ),
+        (
+            "inner source of another peer's block",
+            "drop_spoofed_peer_source",
+            spoofed_inner([10, 244, 3, 3]),
+        ),
     ]
+}
+
+/// A VXLAN frame from the known peer whose inner source is `src`.
+fn spoofed_inner(src: [u8; 4]) -> Vec<u8> {
+    let inner_ip = ipv4(src, LOCAL_CONTAINER, 17, 0x4000, &udp(1, 2, b"spoof"));
+    let inner = [eth([2; 6], PEER_VTEP, 0x0800), inner_ip].concat();
+    outer(
+        PEER_UNDERLAY,
+        OUR_UNDERLAY,
+        4789,
+        0x4000,
+        &[vxlan(0x08, VNI), inner].concat(),
+    )
 }
 
 /// Packets that are not VXLAN for this host: the host's own traffic.
