@@ -1,0 +1,221 @@
+//! Route churn: while a paced UDP flow runs between two containers, 5,000 routes of a
+//! peer appear and vanish again (10,000 route changes on each daemon, written to etcd in
+//! batches); the flow loses nothing, and the maps end as they began.
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use oxlay::{
+    model::{self, BlockRecord, HostRecord},
+    net::{Ipv4Net, MacAddr},
+};
+use oxlay_testbed::{is_root, Netns, StoreCluster};
+
+const BLOCKS: u32 = 5000;
+const BATCH: usize = 100;
+
+fn route_count(c: &StoreCluster, h: usize) -> Result<usize> {
+    let v: serde_json::Value = serde_json::from_str(&c.daemons[h].cli(&["routes", "--json"])?)?;
+    Ok(v.as_array().map_or(0, |a| a.len()))
+}
+
+fn wait_for(c: &StoreCluster, h: usize, want: usize, limit: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let n = route_count(c, h)?;
+        if n == want {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            bail!("host {h} has {n} routes, expected {want}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes (or deletes) the churn peer's blocks in transactions of `BATCH`.
+async fn churn(endpoint: String, add: bool) -> Result<f64> {
+    let mut client = Client::connect([endpoint], None).await?;
+    let start = Instant::now();
+    let lease = if add {
+        client.lease_grant(300, None).await?.id()
+    } else {
+        0
+    };
+    if add {
+        let host = HostRecord {
+            name: "churn-peer".into(),
+            underlay_address: Ipv4Addr::new(192, 168, 50, 99),
+            vtep_mac: MacAddr::derived("churn-peer"),
+        };
+        client
+            .put(
+                format!("{}churn-peer", model::HOSTS),
+                serde_json::to_string(&host)?,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+    }
+    let keys: Vec<(String, String)> = (0..BLOCKS)
+        .map(|i| {
+            let block = Ipv4Net::new(Ipv4Addr::from(0x0a01_0000u32 + (i << 8)), 24).unwrap();
+            let record = BlockRecord {
+                network: "churn".into(),
+                block,
+                host: "churn-peer".into(),
+            };
+            let key = format!("{}churn/{}_24", model::BLOCKS, block.addr());
+            (key, serde_json::to_string(&record).unwrap())
+        })
+        .collect();
+    for batch in keys.chunks(BATCH) {
+        let ops: Vec<TxnOp> = batch
+            .iter()
+            .map(|(k, v)| {
+                if add {
+                    TxnOp::put(
+                        k.as_str(),
+                        v.as_str(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )
+                } else {
+                    TxnOp::delete(k.as_str(), None)
+                }
+            })
+            .collect();
+        client.txn(Txn::new().and_then(ops)).await?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn run_churn(ns: &Netns, endpoint: &str, add: bool) -> Result<f64> {
+    let endpoint = endpoint.to_owned();
+    ns.spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(churn(endpoint, add))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("churn writer panicked"))?
+}
+
+#[test]
+fn route_churn_loses_no_packet() -> Result<()> {
+    if !is_root()
+        || std::process::Command::new("etcd")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("skipped: needs root and etcd (`cargo xtask install`)");
+        return Ok(());
+    }
+    let c = StoreCluster::new(2, true, 10)?;
+    c.daemons[0].cli(&[
+        "network",
+        "create",
+        "churn",
+        "--subnet",
+        "10.0.0.0/8",
+        "--block-size",
+        "/24",
+    ])?;
+    let a = Netns::new("churn-a")?;
+    let b = Netns::new("churn-b")?;
+    c.daemons[0].cli(&[
+        "endpoint",
+        "create",
+        "--network",
+        "churn",
+        "--netns",
+        &a.name,
+        "--ip",
+        "10.0.0.5",
+    ])?;
+    c.daemons[1].cli(&[
+        "endpoint",
+        "create",
+        "--network",
+        "churn",
+        "--netns",
+        &b.name,
+        "--ip",
+        "10.0.1.5",
+    ])?;
+    let b_addr = Ipv4Addr::new(10, 0, 1, 5);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.ping("10.0.1.5", 1).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "no connectivity before the churn"
+        );
+    }
+    let base = [route_count(&c, 0)?, route_count(&c, 1)?];
+
+    let receiver = b.spawn(move || -> Result<BTreeSet<u32>> {
+        let sock = UdpSocket::bind(SocketAddr::from((b_addr, 9191)))?;
+        sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let (mut got, mut buf) = (BTreeSet::new(), [0u8; 8]);
+        while let Ok(n) = sock.recv(&mut buf) {
+            if n == 4 {
+                got.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+            }
+        }
+        Ok(got)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let sending = Arc::new(AtomicBool::new(true));
+    let flag = sending.clone();
+    let sender = a.spawn(move || -> Result<u32> {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        let (start, mut seq) = (Instant::now(), 0u32);
+        while flag.load(Ordering::SeqCst) {
+            sock.send_to(&seq.to_be_bytes(), SocketAddr::from((b_addr, 9191)))?;
+            seq += 1;
+            if let Some(wait) =
+                (start + Duration::from_millis(seq as u64)).checked_duration_since(Instant::now())
+            {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(seq)
+    });
+
+    let endpoint = c.etcd.as_ref().context("etcd")?.endpoint.clone();
+    let wrote = run_churn(&c.underlay.ns, &endpoint, true)?;
+    let settled_add = wait_for(&c, 0, base[0] + BLOCKS as usize, Duration::from_secs(60))?;
+    wait_for(&c, 1, base[1] + BLOCKS as usize, Duration::from_secs(60))?;
+    let deleted = run_churn(&c.underlay.ns, &endpoint, false)?;
+    let settled_del = wait_for(&c, 0, base[0], Duration::from_secs(60))?;
+    wait_for(&c, 1, base[1], Duration::from_secs(60))?;
+    eprintln!(
+        "{BLOCKS} routes added in {wrote:.2} s (+{:.2} s to settle), removed in {deleted:.2} s (+{:.2} s)",
+        settled_add.as_secs_f64(),
+        settled_del.as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    sending.store(false, Ordering::SeqCst);
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    let got = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let missing: Vec<u32> = (0..sent).filter(|s| !got.contains(s)).take(20).collect();
+    eprintln!("sent {sent}, received {}", got.len());
+    ensure!(
+        missing.is_empty(),
+        "{} of {sent} datagrams lost during the churn, first: {missing:?}",
+        sent as usize - got.len()
+    );
+    Ok(())
+}
