@@ -88,6 +88,11 @@ impl Netns {
         Path::new("/run/netns").join(&self.name)
     }
 
+    /// A handle on a namespace someone else owns (not deleted on drop).
+    pub fn existing(name: &str) -> std::mem::ManuallyDrop<Netns> {
+        std::mem::ManuallyDrop::new(Netns { name: name.to_owned() })
+    }
+
     /// `ip -n NS ARGS`.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         let mut full = vec!["ip", "-n", &self.name];
@@ -559,7 +564,11 @@ impl Drop for Daemon {
 /// A real etcd server on loopback with its own data directory; killed on drop.
 pub struct Etcd {
     pub endpoint: String,
-    child: Child,
+    child: Option<Child>,
+    /// Namespace to run in (None: this one), listen address, client and peer ports.
+    netns: Option<String>,
+    ip: String,
+    ports: (u16, u16),
     _dir: TempDir,
 }
 
@@ -581,43 +590,55 @@ impl Etcd {
     }
 
     fn launch(ns: Option<&Netns>, ip: &str, client: u16, peer: u16) -> Result<Self> {
-        let dir = TempDir::new("etcd")?;
-        let endpoint = format!("http://{ip}:{client}");
+        let mut etcd = Self {
+            endpoint: format!("http://{ip}:{client}"),
+            child: None,
+            netns: ns.map(|n| n.name.clone()),
+            ip: ip.to_owned(),
+            ports: (client, peer),
+            _dir: TempDir::new("etcd")?,
+        };
+        etcd.restart()?;
+        Ok(etcd)
+    }
+
+    /// Kills the server (its data stays): the store goes away.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server (again, on the same data) and waits until it listens.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        let (ip, (client, peer)) = (self.ip.clone(), self.ports);
         let peer_url = format!("http://{ip}:{peer}");
-        let log = std::fs::File::create(dir.path.join("etcd.log"))?;
-        let mut cmd = match ns {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.path.join("etcd.log"))?;
+        let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name, "etcd"]);
+                c.args(["netns", "exec", ns, "etcd"]);
                 c
             }
             None => Command::new("etcd"),
         };
-        let child = cmd
-            .args(["--name", "oxlay-test", "--data-dir"])
-            .arg(dir.path.join("data"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("oxlay-test={peer_url}")])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start etcd (cargo xtask install provides etcd-server)")?;
-        let etcd = Self {
-            endpoint,
-            child,
-            _dir: dir,
-        };
+        self.child = Some(
+            cmd.args(["--name", "oxlay-test", "--data-dir"])
+                .arg(self._dir.path.join("data"))
+                .args(["--listen-client-urls", &self.endpoint, "--advertise-client-urls", &self.endpoint])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("oxlay-test={peer_url}")])
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("cannot start etcd (cargo xtask install provides etcd-server)")?,
+        );
         let addr: SocketAddr = format!("{ip}:{client}").parse()?;
         let up = move || -> Result<()> {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -629,24 +650,17 @@ impl Etcd {
             }
             Ok(())
         };
-        let waited = match ns {
-            Some(ns) => ns
-                .spawn(up)
-                .join()
-                .map_err(|_| anyhow::anyhow!("wait thread panicked"))?,
+        let waited = match &self.netns {
+            Some(ns) => Netns::existing(ns).spawn(up).join().map_err(|_| anyhow::anyhow!("wait thread panicked"))?,
             None => up(),
         };
-        waited.with_context(|| {
-            std::fs::read_to_string(etcd._dir.path.join("etcd.log")).unwrap_or_default()
-        })?;
-        Ok(etcd)
+        waited.with_context(|| std::fs::read_to_string(self._dir.path.join("etcd.log")).unwrap_or_default())
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.stop();
     }
 }
 

@@ -35,6 +35,8 @@ pub enum Request {
     Stats(NoArgs),
     /// Hosts registered in the store.
     Hosts(NoArgs),
+    /// The daemon's health: whether the store answers, what the datapath carries.
+    Status(NoArgs),
     /// Remove everything this node made (endpoints, registration, programs, pins) and
     /// stop the daemon. A plain SIGTERM keeps the datapath running for a restart.
     Uninstall(NoArgs),

@@ -31,6 +31,33 @@ use crate::{
 /// Local endpoints by (namespace, store network; None for the static network).
 type EndpointKey = (String, Option<String>);
 
+/// Whether the store answers; kept apart from `State` so that `oxlay status` answers
+/// even while a store call holds the state.
+#[derive(Default)]
+struct StoreHealth {
+    down_since: Option<std::time::SystemTime>,
+    last_error: Option<String>,
+}
+
+type Health = Arc<std::sync::Mutex<StoreHealth>>;
+
+fn store_failed(health: &Health, what: &str, e: &anyhow::Error) {
+    let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+    if h.down_since.is_none() {
+        warn!("store unreachable ({what}: {e:#}); forwarding continues on the routes already in the maps");
+        h.down_since = Some(std::time::SystemTime::now());
+    }
+    h.last_error = Some(format!("{what}: {e:#}"));
+}
+
+fn store_ok(health: &Health) {
+    let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(since) = h.down_since.take() {
+        let secs = since.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        info!("store reachable again after {secs:.1} s; reconciling");
+    }
+}
+
 struct State {
     config: Config,
     handle: Handle,
@@ -287,8 +314,9 @@ pub async fn run(config: Config) -> Result<()> {
     let ttl = Duration::from_secs(state.config.store.lease_ttl_secs);
     let store = state.store.clone();
     let state = Arc::new(Mutex::new(state));
-    let keepalive = tokio::spawn(keep_alive(state.clone(), ttl));
-    let watcher = tokio::spawn(watch_store(state.clone(), store));
+    let health: Health = Arc::default();
+    let keepalive = tokio::spawn(keep_alive(state.clone(), ttl, health.clone()));
+    let watcher = tokio::spawn(watch_store(state.clone(), store, health.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -298,9 +326,9 @@ pub async fn run(config: Config) -> Result<()> {
         tokio::select! {
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
-                    let state = state.clone();
+                    let (state, health) = (state.clone(), health.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(stream, &state).await {
+                        if let Err(e) = serve_connection(stream, &state, &health).await {
                             warn!("api connection: {e:#}");
                         }
                     });
@@ -349,27 +377,37 @@ async fn uninstall(s: &mut State) -> Result<()> {
 
 /// Renews the host's lease; when it was lost (store outage longer than the TTL),
 /// registers again and re-claims this host's blocks.
-async fn keep_alive(state: Arc<Mutex<State>>, ttl: Duration) {
+async fn keep_alive(state: Arc<Mutex<State>>, ttl: Duration, health: Health) {
     loop {
         tokio::time::sleep(ttl / 3).await;
-        let mut s = state.lock().await;
-        let (store, lease) = (s.store.clone(), s.lease);
-        if let Err(e) = store.keep_alive(lease).await {
-            warn!("store keep-alive failed ({e:#}); registering again");
-            if let Err(e) = s.register().await {
-                warn!("registering again failed: {e:#}");
+        let (store, lease) = {
+            let s = state.lock().await;
+            (s.store.clone(), s.lease)
+        };
+        match store.keep_alive(lease).await {
+            Ok(()) => store_ok(&health),
+            Err(e) => {
+                store_failed(&health, "keep-alive", &e);
+                // The lease may have run out meanwhile: register again (this fails too
+                // while the store is away, and is retried next round).
+                if let Err(e) = state.lock().await.register().await {
+                    store_failed(&health, "registering", &e);
+                }
             }
         }
     }
 }
 
 /// Follows the store and reconciles the maps after every change (batched).
-async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>) {
+async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: Health) {
     loop {
         let start = match store.list(model::PREFIX).await {
-            Ok((_, revision)) => revision,
+            Ok((_, revision)) => {
+                store_ok(&health);
+                revision
+            }
             Err(e) => {
-                warn!("store listing failed: {e:#}");
+                store_failed(&health, "listing", &e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -380,7 +418,7 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>) {
         let mut events = match store.watch(model::PREFIX, start).await {
             Ok(rx) => rx,
             Err(e) => {
-                warn!("store watch failed: {e:#}");
+                store_failed(&health, "watch", &e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -402,7 +440,7 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>) {
                     }
                 }
                 Some(Err(e)) => {
-                    warn!("store watch: {e:#}; listing again");
+                    store_failed(&health, "watch", &e);
                     break;
                 }
                 None => break,
@@ -451,13 +489,14 @@ fn bind_api(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve_connection(stream: UnixStream, state: &Mutex<State>) -> Result<()> {
+async fn serve_connection(stream: UnixStream, state: &Mutex<State>, health: &Health) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(api::MAX_REQUEST_BYTES))
         .read_line(&mut line)
         .await?;
     let response = match api::parse_request(&line) {
+        Ok(Request::Status(_)) => Response::Ok(status(state, health).await),
         Ok(request) => match handle_request(request, state).await {
             Ok(v) => Response::Ok(v),
             Err(e) => Response::Error(format!("{e:#}")),
@@ -534,6 +573,33 @@ fn parse_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, Str
         }
     }
     Ok(labels)
+}
+
+/// `oxlay status`: the store's health first (it answers without waiting for the state
+/// while a store call is in flight), then what the datapath carries.
+async fn status(state: &Mutex<State>, health: &Health) -> serde_json::Value {
+    let (down_for, last_error) = {
+        let h = health.lock().unwrap_or_else(|p| p.into_inner());
+        let down = h.down_since.map(|t| t.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0));
+        (down, h.last_error.clone())
+    };
+    let mut v = serde_json::json!({
+        "store_reachable": down_for.is_none(),
+        "store_down_for_secs": down_for,
+        "last_store_error": last_error,
+    });
+    if let Ok(s) = tokio::time::timeout(Duration::from_secs(1), state.lock()).await {
+        v["node"] = s.config.node_name.clone().into();
+        v["store"] = if s.config.store.etcd_endpoints.is_empty() {
+            format!("embedded {}", s.config.store.path.display())
+        } else {
+            format!("etcd {}", s.config.store.etcd_endpoints.join(","))
+        }
+        .into();
+        v["endpoints"] = s.endpoints.len().into();
+        v["routes"] = s.datapath.routes().map(|r| r.len()).unwrap_or(0).into();
+    }
+    v
 }
 
 async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_json::Value> {
@@ -615,6 +681,7 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
                 .collect();
             serde_json::to_value(counters)?
         }
+        Request::Status(_) => unreachable!("answered in serve_connection"),
         Request::Uninstall(_) => {
             // The main loop does the work once this answer is sent.
             s.uninstall.notify_one();

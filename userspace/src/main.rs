@@ -59,6 +59,8 @@ enum Command {
     Stats(Listing),
     /// Show the hosts registered in the store.
     Hosts(Listing),
+    /// Show the daemon's health: whether the store answers, what the datapath carries.
+    Status(Listing),
     /// Remove everything the node's daemon made (endpoints, registration, programs,
     /// pinned maps) and stop it. Stopping the daemon alone leaves the datapath running.
     Uninstall(Target),
@@ -284,6 +286,23 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Network(cmd) => network_command(cmd).await,
+        Command::Status(l) => {
+            let v = api::call(&l.target.socket()?, &Request::Status(NoArgs {})).await?;
+            print_listing(l.json, &v, |v| {
+                println!("node       {}", v["node"].as_str().unwrap_or("?"));
+                println!("store      {}", v["store"].as_str().unwrap_or("?"));
+                match v["store_down_for_secs"].as_f64() {
+                    None => println!("reachable  yes"),
+                    Some(s) => println!(
+                        "reachable  NO, for {s:.0} s ({}); forwarding continues on known routes",
+                        v["last_store_error"].as_str().unwrap_or("")
+                    ),
+                }
+                println!("endpoints  {}", v["endpoints"]);
+                println!("routes     {}", v["routes"]);
+                Ok(())
+            })
+        }
         Command::Uninstall(target) => {
             let socket = target.socket()?;
             api::call(&socket, &Request::Uninstall(NoArgs {})).await?;

@@ -1,0 +1,157 @@
+//! Faults around the datapath: the store going away for a minute, and the underlay link
+//! going down and up. Forwarding on known routes goes on; nothing needs a restart.
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use oxlay_testbed::{is_root, Netns, StoreCluster};
+
+const OUTAGE: Duration = Duration::from_secs(60);
+
+fn skip() -> bool {
+    if !is_root() || std::process::Command::new("etcd").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and etcd (`cargo xtask install`)");
+        return true;
+    }
+    false
+}
+
+fn status(c: &StoreCluster, h: usize) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&c.daemons[h].cli(&["status", "--json"])?)?)
+}
+
+fn eventually(limit: Duration, mut f: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A paced UDP stream (1 datagram/ms) from `from` to `to:port`; `stop` ends it and
+/// returns (sent, received sequence numbers).
+struct Stream {
+    sending: Arc<AtomicBool>,
+    sender: std::thread::JoinHandle<Result<u32>>,
+    receiver: std::thread::JoinHandle<Result<BTreeSet<u32>>>,
+}
+
+impl Stream {
+    fn start(from: &Netns, to_ns: &Netns, to: Ipv4Addr, port: u16) -> Result<Self> {
+        let receiver = to_ns.spawn(move || -> Result<BTreeSet<u32>> {
+            let sock = UdpSocket::bind(SocketAddr::from((to, port)))?;
+            sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let (mut got, mut buf) = (BTreeSet::new(), [0u8; 8]);
+            while let Ok(n) = sock.recv(&mut buf) {
+                if n == 4 {
+                    got.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+                }
+            }
+            Ok(got)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let sending = Arc::new(AtomicBool::new(true));
+        let flag = sending.clone();
+        let sender = from.spawn(move || -> Result<u32> {
+            let sock = UdpSocket::bind("0.0.0.0:0")?;
+            let (start, mut seq) = (Instant::now(), 0u32);
+            while flag.load(Ordering::SeqCst) {
+                sock.send_to(&seq.to_be_bytes(), SocketAddr::from((to, port)))?;
+                seq += 1;
+                if let Some(wait) = (start + Duration::from_millis(seq as u64)).checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            Ok(seq)
+        });
+        Ok(Self { sending, sender, receiver })
+    }
+
+    fn stop(self) -> Result<(u32, BTreeSet<u32>)> {
+        self.sending.store(false, Ordering::SeqCst);
+        let sent = self.sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        let got = self.receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+        Ok((sent, got))
+    }
+}
+
+fn setup(c: &StoreCluster) -> Result<(Netns, Netns)> {
+    c.daemons[0].cli(&["network", "create", "f", "--subnet", "10.60.0.0/16"])?;
+    let a = Netns::new("fault-a")?;
+    let b = Netns::new("fault-b")?;
+    c.daemons[0].cli(&["endpoint", "create", "--network", "f", "--netns", &a.name, "--ip", "10.60.0.5"])?;
+    c.daemons[1].cli(&["endpoint", "create", "--network", "f", "--netns", &b.name, "--ip", "10.60.1.5"])?;
+    eventually(Duration::from_secs(5), || a.ping("10.60.1.5", 1))?;
+    Ok((a, b))
+}
+
+#[test]
+fn a_store_outage_of_a_minute_does_not_stop_forwarding() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let mut c = StoreCluster::new(2, true, 5)?;
+    let (a, b) = setup(&c)?;
+    let stream = Stream::start(&a, &b, Ipv4Addr::new(10, 60, 1, 5), 9292)?;
+
+    c.etcd.as_mut().context("etcd")?.stop()?;
+    let outage = Instant::now();
+    // The daemons notice and say so, and keep forwarding.
+    eventually(Duration::from_secs(10), || {
+        let s = status(&c, 0)?;
+        ensure!(s["store_reachable"] == false, "status still says reachable: {s}");
+        Ok(())
+    })?;
+    ensure!(c.daemons[0].log().contains("store unreachable"), "no outage in the log");
+    while outage.elapsed() < OUTAGE {
+        a.ping("10.60.1.5", 1).context("forwarding stopped during the store outage")?;
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    c.etcd.as_mut().context("etcd")?.restart()?;
+    eventually(Duration::from_secs(20), || {
+        let s = status(&c, 0)?;
+        ensure!(s["store_reachable"] == true, "status: {s}");
+        Ok(())
+    })?;
+    ensure!(c.daemons[0].log().contains("store reachable again"), "no recovery in the log");
+    // Reconciling resumed: a change made now reaches the other host.
+    let late = Netns::new("fault-late")?;
+    c.daemons[1].cli(&["endpoint", "create", "--network", "f", "--netns", &late.name, "--ip", "10.60.1.9"])?;
+    eventually(Duration::from_secs(10), || a.ping("10.60.1.9", 1))?;
+
+    let (sent, got) = stream.stop()?;
+    let lost = sent as usize - got.len();
+    eprintln!("store outage of {:?}: sent {sent}, received {}", OUTAGE, got.len());
+    ensure!(sent > OUTAGE.as_millis() as u32 / 2, "only {sent} datagrams sent");
+    ensure!(lost == 0, "{lost} of {sent} datagrams lost during the store outage");
+    Ok(())
+}
+
+#[test]
+fn traffic_resumes_after_the_underlay_link_flaps() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let c = StoreCluster::new(2, false, 5)?;
+    let (a, _b) = setup(&c)?;
+    let pids = (c.daemons[0].pid(), c.daemons[1].pid());
+    c.hosts[0].ns.ip(&["link", "set", "eth0", "down"])?;
+    ensure!(a.ping("10.60.1.5", 1).is_err(), "traffic flowed with the underlay down");
+    std::thread::sleep(Duration::from_secs(2));
+    c.hosts[0].ns.ip(&["link", "set", "eth0", "up"])?;
+    eventually(Duration::from_secs(10), || a.ping("10.60.1.5", 1)).context("traffic did not resume")?;
+    a.ping("10.60.1.5", 3)?;
+    ensure!((c.daemons[0].pid(), c.daemons[1].pid()) == pids, "a daemon restarted");
+    ensure!(c.daemons[0].counter("drop_adjust_room_failed")? == 0);
+    Ok(())
+}
