@@ -90,7 +90,9 @@ impl Netns {
 
     /// A handle on a namespace someone else owns (not deleted on drop).
     pub fn existing(name: &str) -> std::mem::ManuallyDrop<Netns> {
-        std::mem::ManuallyDrop::new(Netns { name: name.to_owned() })
+        std::mem::ManuallyDrop::new(Netns {
+            name: name.to_owned(),
+        })
     }
 
     /// `ip -n NS ARGS`.
@@ -631,8 +633,18 @@ impl Etcd {
         self.child = Some(
             cmd.args(["--name", "oxlay-test", "--data-dir"])
                 .arg(self._dir.path.join("data"))
-                .args(["--listen-client-urls", &self.endpoint, "--advertise-client-urls", &self.endpoint])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args([
+                    "--listen-client-urls",
+                    &self.endpoint,
+                    "--advertise-client-urls",
+                    &self.endpoint,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
                 .args(["--initial-cluster", &format!("oxlay-test={peer_url}")])
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -651,10 +663,15 @@ impl Etcd {
             Ok(())
         };
         let waited = match &self.netns {
-            Some(ns) => Netns::existing(ns).spawn(up).join().map_err(|_| anyhow::anyhow!("wait thread panicked"))?,
+            Some(ns) => Netns::existing(ns)
+                .spawn(up)
+                .join()
+                .map_err(|_| anyhow::anyhow!("wait thread panicked"))?,
             None => up(),
         };
-        waited.with_context(|| std::fs::read_to_string(self._dir.path.join("etcd.log")).unwrap_or_default())
+        waited.with_context(|| {
+            std::fs::read_to_string(self._dir.path.join("etcd.log")).unwrap_or_default()
+        })
     }
 }
 

@@ -16,7 +16,12 @@ use oxlay_testbed::{is_root, Netns, StoreCluster};
 const OUTAGE: Duration = Duration::from_secs(60);
 
 fn skip() -> bool {
-    if !is_root() || std::process::Command::new("etcd").arg("--version").output().is_err() {
+    if !is_root()
+        || std::process::Command::new("etcd")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
         eprintln!("skipped: needs root and etcd (`cargo xtask install`)");
         return true;
     }
@@ -24,7 +29,9 @@ fn skip() -> bool {
 }
 
 fn status(c: &StoreCluster, h: usize) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(&c.daemons[h].cli(&["status", "--json"])?)?)
+    Ok(serde_json::from_str(
+        &c.daemons[h].cli(&["status", "--json"])?,
+    )?)
 }
 
 fn eventually(limit: Duration, mut f: impl FnMut() -> Result<()>) -> Result<()> {
@@ -68,19 +75,31 @@ impl Stream {
             while flag.load(Ordering::SeqCst) {
                 sock.send_to(&seq.to_be_bytes(), SocketAddr::from((to, port)))?;
                 seq += 1;
-                if let Some(wait) = (start + Duration::from_millis(seq as u64)).checked_duration_since(Instant::now()) {
+                if let Some(wait) = (start + Duration::from_millis(seq as u64))
+                    .checked_duration_since(Instant::now())
+                {
                     std::thread::sleep(wait);
                 }
             }
             Ok(seq)
         });
-        Ok(Self { sending, sender, receiver })
+        Ok(Self {
+            sending,
+            sender,
+            receiver,
+        })
     }
 
     fn stop(self) -> Result<(u32, BTreeSet<u32>)> {
         self.sending.store(false, Ordering::SeqCst);
-        let sent = self.sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
-        let got = self.receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+        let sent = self
+            .sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        let got = self
+            .receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
         Ok((sent, got))
     }
 }
@@ -89,8 +108,26 @@ fn setup(c: &StoreCluster) -> Result<(Netns, Netns)> {
     c.daemons[0].cli(&["network", "create", "f", "--subnet", "10.60.0.0/16"])?;
     let a = Netns::new("fault-a")?;
     let b = Netns::new("fault-b")?;
-    c.daemons[0].cli(&["endpoint", "create", "--network", "f", "--netns", &a.name, "--ip", "10.60.0.5"])?;
-    c.daemons[1].cli(&["endpoint", "create", "--network", "f", "--netns", &b.name, "--ip", "10.60.1.5"])?;
+    c.daemons[0].cli(&[
+        "endpoint",
+        "create",
+        "--network",
+        "f",
+        "--netns",
+        &a.name,
+        "--ip",
+        "10.60.0.5",
+    ])?;
+    c.daemons[1].cli(&[
+        "endpoint",
+        "create",
+        "--network",
+        "f",
+        "--netns",
+        &b.name,
+        "--ip",
+        "10.60.1.5",
+    ])?;
     eventually(Duration::from_secs(5), || a.ping("10.60.1.5", 1))?;
     Ok((a, b))
 }
@@ -109,12 +146,19 @@ fn a_store_outage_of_a_minute_does_not_stop_forwarding() -> Result<()> {
     // The daemons notice and say so, and keep forwarding.
     eventually(Duration::from_secs(10), || {
         let s = status(&c, 0)?;
-        ensure!(s["store_reachable"] == false, "status still says reachable: {s}");
+        ensure!(
+            s["store_reachable"] == false,
+            "status still says reachable: {s}"
+        );
         Ok(())
     })?;
-    ensure!(c.daemons[0].log().contains("store unreachable"), "no outage in the log");
+    ensure!(
+        c.daemons[0].log().contains("store unreachable"),
+        "no outage in the log"
+    );
     while outage.elapsed() < OUTAGE {
-        a.ping("10.60.1.5", 1).context("forwarding stopped during the store outage")?;
+        a.ping("10.60.1.5", 1)
+            .context("forwarding stopped during the store outage")?;
         std::thread::sleep(Duration::from_secs(5));
     }
     c.etcd.as_mut().context("etcd")?.restart()?;
@@ -123,17 +167,39 @@ fn a_store_outage_of_a_minute_does_not_stop_forwarding() -> Result<()> {
         ensure!(s["store_reachable"] == true, "status: {s}");
         Ok(())
     })?;
-    ensure!(c.daemons[0].log().contains("store reachable again"), "no recovery in the log");
+    ensure!(
+        c.daemons[0].log().contains("store reachable again"),
+        "no recovery in the log"
+    );
     // Reconciling resumed: a change made now reaches the other host.
     let late = Netns::new("fault-late")?;
-    c.daemons[1].cli(&["endpoint", "create", "--network", "f", "--netns", &late.name, "--ip", "10.60.1.9"])?;
+    c.daemons[1].cli(&[
+        "endpoint",
+        "create",
+        "--network",
+        "f",
+        "--netns",
+        &late.name,
+        "--ip",
+        "10.60.1.9",
+    ])?;
     eventually(Duration::from_secs(10), || a.ping("10.60.1.9", 1))?;
 
     let (sent, got) = stream.stop()?;
     let lost = sent as usize - got.len();
-    eprintln!("store outage of {:?}: sent {sent}, received {}", OUTAGE, got.len());
-    ensure!(sent > OUTAGE.as_millis() as u32 / 2, "only {sent} datagrams sent");
-    ensure!(lost == 0, "{lost} of {sent} datagrams lost during the store outage");
+    eprintln!(
+        "store outage of {:?}: sent {sent}, received {}",
+        OUTAGE,
+        got.len()
+    );
+    ensure!(
+        sent > OUTAGE.as_millis() as u32 / 2,
+        "only {sent} datagrams sent"
+    );
+    ensure!(
+        lost == 0,
+        "{lost} of {sent} datagrams lost during the store outage"
+    );
     Ok(())
 }
 
@@ -146,12 +212,19 @@ fn traffic_resumes_after_the_underlay_link_flaps() -> Result<()> {
     let (a, _b) = setup(&c)?;
     let pids = (c.daemons[0].pid(), c.daemons[1].pid());
     c.hosts[0].ns.ip(&["link", "set", "eth0", "down"])?;
-    ensure!(a.ping("10.60.1.5", 1).is_err(), "traffic flowed with the underlay down");
+    ensure!(
+        a.ping("10.60.1.5", 1).is_err(),
+        "traffic flowed with the underlay down"
+    );
     std::thread::sleep(Duration::from_secs(2));
     c.hosts[0].ns.ip(&["link", "set", "eth0", "up"])?;
-    eventually(Duration::from_secs(10), || a.ping("10.60.1.5", 1)).context("traffic did not resume")?;
+    eventually(Duration::from_secs(10), || a.ping("10.60.1.5", 1))
+        .context("traffic did not resume")?;
     a.ping("10.60.1.5", 3)?;
-    ensure!((c.daemons[0].pid(), c.daemons[1].pid()) == pids, "a daemon restarted");
+    ensure!(
+        (c.daemons[0].pid(), c.daemons[1].pid()) == pids,
+        "a daemon restarted"
+    );
     ensure!(c.daemons[0].counter("drop_adjust_room_failed")? == 0);
     Ok(())
 }

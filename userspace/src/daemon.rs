@@ -580,7 +580,9 @@ fn parse_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, Str
 async fn status(state: &Mutex<State>, health: &Health) -> serde_json::Value {
     let (down_for, last_error) = {
         let h = health.lock().unwrap_or_else(|p| p.into_inner());
-        let down = h.down_since.map(|t| t.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0));
+        let down = h
+            .down_since
+            .map(|t| t.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0));
         (down, h.last_error.clone())
     };
     let mut v = serde_json::json!({

@@ -10,3 +10,6 @@ pub mod net;
 pub mod netlink;
 pub mod reconcile;
 pub mod store;
+
+#[cfg(test)]
+mod fuzz;
