@@ -33,6 +33,7 @@ pub enum Counter {
     DropHeaderWriteFailed,
     DropSpoofedSource,
     DropSpoofedPeerSource,
+    DropTooBig,
 }
 
 /// Name and meaning of one counter.
@@ -62,7 +63,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 19] = [
+pub const COUNTERS: [CounterInfo; 20] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -176,6 +177,12 @@ pub const COUNTERS: [CounterInfo; 19] = [
         "drop_spoofed_peer_source",
         Drop,
         "VXLAN packet whose inner source lies outside the sending peer's address blocks",
+    ),
+    row(
+        Counter::DropTooBig,
+        "drop_too_big",
+        Drop,
+        "container packet too big for the underlay once encapsulated; answered with ICMP fragmentation needed when DF is set",
     ),
 ];
 

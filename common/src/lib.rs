@@ -65,6 +65,9 @@ pub struct DatapathConfig {
     pub vtep_mac: [u8; 6],
     /// Non-zero once userspace has written the entry; programs pass everything before.
     pub ready: u32,
+    /// MTU of the underlay interface: encapsulated packets must fit in it.
+    pub underlay_mtu: u16,
+    pub _pad: u16,
 }
 
 /// The data part of a route-map key: a network id and an IPv4 address.
@@ -241,7 +244,7 @@ mod tests {
     /// The sum of field sizes equals the struct size: there is no implicit padding.
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 2 + 6 + 4);
+        assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 2 + 6 + 4 + 2 + 2);
         assert_eq!(align_of::<DatapathConfig>(), 4);
         assert_eq!(size_of::<RouteDest>(), 8);
         assert_eq!(size_of::<Route>(), 1 + 3 + 4 + 4 + 6 + 6);

@@ -16,11 +16,12 @@ use oxlay_common::{
 
 use crate::{
     counters::count,
-    maps,
+    maps, mtu,
     parse::{ipv4_header_checksum, read, ETH_P_IPV4, IPPROTO_UDP},
 };
 
 const AF_INET: u32 = 2;
+const IPPROTO_TCP: u8 = 6;
 
 /// Everything written in front of the container's IPv4 packet, in wire order.
 #[repr(C)]
@@ -95,7 +96,43 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
         return Ok(Some(route_direct(cfg.underlay_ifindex, &route)));
     }
     let cfg = *cfg;
-    encapsulate(ctx, &cfg, ep.net_id, &route).map(Some)
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size } as usize;
+    let ip_len = ctx.len() as usize - ETH_LEN;
+    let mut flags = ENCAP_FLAGS;
+    if cfg.underlay_mtu != 0 {
+        if gso_size == 0 {
+            if !mtu::fits(ip_len, cfg.underlay_mtu) {
+                return Ok(Some(mtu::too_big(ctx, &eth, &ip, cfg.underlay_mtu)));
+            }
+        } else if !mtu::fits(
+            gso_size + segment_headers(data, data_end, &ip),
+            cfg.underlay_mtu,
+        ) {
+            // Segments of this size would not fit once encapsulated (a container MTU
+            // above underlay - 50): let the kernel cut them 50 bytes shorter.
+            flags &= !(BPF_F_ADJ_ROOM_FIXED_GSO as u64);
+        }
+    }
+    encapsulate(ctx, &cfg, ep.net_id, &route, flags).map(Some)
+}
+
+/// IPv4 + L4 header bytes in front of each GSO segment's payload; a large value (so
+/// segments get cut) when the headers cannot be read.
+#[inline(always)]
+fn segment_headers(data: usize, data_end: usize, ip: &Ipv4Hdr) -> usize {
+    const UNKNOWN: usize = 120;
+    if ip.vihl != 0x45 {
+        return UNKNOWN;
+    }
+    match ip.proto {
+        IPPROTO_UDP => 20 + 8,
+        IPPROTO_TCP => match read::<u8>(data, data_end, ETH_LEN + 20 + 12) {
+            Some(doff) => 20 + ((doff >> 4) as usize) * 4,
+            None => UNKNOWN,
+        },
+        _ => UNKNOWN,
+    }
 }
 
 /// A direct network's peer on the same underlay subnet: send the packet as it is, with
@@ -137,11 +174,12 @@ fn encapsulate(
     cfg: &DatapathConfig,
     vni: u32,
     route: &Route,
+    flags: u64,
 ) -> Result<i32, Counter> {
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
     let flow_hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
     let inner_len = ctx.len() as usize - ETH_LEN;
-    ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+    ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
         .map_err(|_| Counter::DropAdjustRoomFailed)?;
 
     let ip_total = (ENCAP_OVERHEAD + inner_len) as u16;

@@ -23,6 +23,7 @@ mod counters;
 mod decap;
 mod encap;
 mod maps;
+mod mtu;
 mod parse;
 
 use aya_ebpf::{

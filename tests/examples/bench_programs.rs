@@ -29,6 +29,8 @@ fn measure(pins: &std::path::Path) -> Result<serde_json::Value> {
         vxlan_port: 4789,
         vtep_mac: [2, 0, 0, 0, 0, 0xa],
         ready: 1,
+        underlay_mtu: 1500,
+        _pad: 0,
     })?;
     dp.add_network(42)?;
     dp.add_peer(Ipv4Addr::new(192, 168, 50, 12))?;

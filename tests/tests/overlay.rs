@@ -256,3 +256,84 @@ fn sigterm_keeps_the_datapath_and_uninstall_removes_it() -> Result<()> {
     assert!(left.is_empty(), "programs still attached: {left:?}");
     Ok(())
 }
+
+/// Containers whose MTU was left at 1500: too-big packets are answered with ICMP
+/// "fragmentation needed" (mtu 1450), so ping -M do learns the path MTU and TCP with
+/// large writes works, per packet (offloads off) and with GSO (segments cut to fit).
+#[test]
+fn path_mtu_discovery_works_for_containers_left_at_1500() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let c = Cluster::new(2, 2, "tc")?;
+    for h in 0..2 {
+        let eps: serde_json::Value =
+            serde_json::from_str(&c.daemons[h].cli(&["endpoints", "--json"])?)?;
+        for (i, ct) in c.containers[h].iter().enumerate() {
+            let host_if = eps[i]["host_interface"]
+                .as_str()
+                .context("host interface")?
+                .to_owned();
+            ct.ip(&["link", "set", "eth0", "mtu", "1500"])?;
+            c.hosts[h]
+                .ns
+                .ip(&["link", "set", &host_if, "mtu", "1500"])?;
+        }
+    }
+    let addr = Cluster::container_addr;
+    // TCP, per packet: b0 sends 1500-byte segments until ICMP tells it better. (Each
+    // pair below is fresh: a stack that learned the path MTU advertises a smaller MSS.)
+    let (a0, b0) = (&c.containers[0][0], &c.containers[1][0]);
+    b0.exec(&["ethtool", "-K", "eth0", "tso", "off", "gso", "off"])?;
+    tcp_transfer(b0, a0, addr(0, 0), 16 * MB).context("per-packet TCP at MTU 1500")?;
+    assert!(
+        c.daemons[1].counter("drop_too_big")? >= 1,
+        "b0's host never answered a too-big segment"
+    );
+
+    // TCP with GSO: the super-packets' segments are cut to fit on encapsulation, so
+    // no ICMP is needed at all.
+    let (a1, b1) = (&c.containers[0][1], &c.containers[1][1]);
+    let before = c.daemons[0].counter("drop_too_big")?;
+    tcp_transfer(a1, b1, addr(1, 1), 16 * MB).context("GSO TCP at MTU 1500")?;
+    assert_eq!(
+        c.daemons[0].counter("drop_too_big")?,
+        before,
+        "GSO segments were not cut to fit"
+    );
+
+    // ping -M do at the boundary: 1422 + 28 = 1450 bytes fit; 1423 do not.
+    a0.exec(&[
+        "ping",
+        "-M",
+        "do",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-s",
+        "1422",
+        &addr(1, 0).to_string(),
+    ])?;
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &a0.name, "ping", "-M", "do", "-c", "2", "-i", "0.3", "-W", "1", "-s",
+            "1423",
+        ])
+        .arg(addr(1, 0).to_string())
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "a 1451-byte DF packet crossed a 1500-byte underlay: {text}"
+    );
+    assert!(
+        text.contains("1450"),
+        "no fragmentation-needed with mtu 1450 reached ping: {text}"
+    );
+    Ok(())
+}

@@ -65,6 +65,8 @@ fn fixture() -> Result<Option<Fixture>> {
         vxlan_port: 4789,
         vtep_mac: OUR_VTEP,
         ready: 1,
+        underlay_mtu: 1500,
+        _pad: 0,
     })?;
     dp.add_network(VNI)?;
     dp.add_peer(Ipv4Addr::from(PEER_UNDERLAY))?;
@@ -614,5 +616,70 @@ fn direct_packets_from_direct_peers_are_delivered() -> Result<()> {
         f.run(prog::DECAP_XDP, &frame, XDP_PASS, "passed_to_stack")?,
         frame
     );
+    Ok(())
+}
+
+// ---- MTU ----
+
+/// A container packet of `ip_len` bytes to the remote container, DF as given.
+fn sized_frame(ip_len: usize, df: bool) -> Vec<u8> {
+    let payload = vec![0x5a; ip_len - 20 - 8];
+    let ip = ipv4(
+        SRC_CONTAINER,
+        REMOTE_CONTAINER,
+        17,
+        if df { 0x4000 } else { 0 },
+        &udp(40000, 7777, &payload),
+    );
+    [eth(GATEWAY_MAC, SRC_MAC, 0x0800), ip].concat()
+}
+
+#[test]
+fn too_big_packets_get_fragmentation_needed() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    // 1450 bytes fit a 1500-byte underlay once encapsulated.
+    f.run(
+        prog::FROM_CONTAINER,
+        &sized_frame(1450, true),
+        TC_ACT_REDIRECT,
+        "encapsulated",
+    )?;
+    // 1451 do not: the sender gets ICMP type 3 code 4 with next-hop MTU 1450.
+    let frame = sized_frame(1451, true);
+    let out = f.run(
+        prog::FROM_CONTAINER,
+        &frame,
+        TC_ACT_REDIRECT,
+        "drop_too_big",
+    )?;
+    assert_eq!(out.len(), 14 + 20 + 8 + 28, "reply length");
+    assert_eq!(&out[0..6], &SRC_MAC, "reply goes back to the container");
+    assert_eq!(&out[6..12], &GATEWAY_MAC);
+    let ip = &out[14..34];
+    assert_eq!(checksum(ip), 0, "IPv4 checksum");
+    assert_eq!(ip[9], 1, "ICMP");
+    assert_eq!(&ip[12..16], &[169, 254, 1, 1], "from the gateway");
+    assert_eq!(&ip[16..20], &SRC_CONTAINER, "to the sender");
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 56, "IPv4 total length");
+    let icmp = &out[34..];
+    assert_eq!(
+        (icmp[0], icmp[1]),
+        (3, 4),
+        "destination unreachable, fragmentation needed"
+    );
+    assert_eq!(checksum(icmp), 0, "ICMP checksum");
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450, "next-hop MTU");
+    assert_eq!(
+        &icmp[8..],
+        &frame[14..14 + 28],
+        "quotes the IPv4 header and 8 bytes"
+    );
+    // Without DF there is no one to tell: dropped, counted.
+    f.run(
+        prog::FROM_CONTAINER,
+        &sized_frame(1451, false),
+        TC_ACT_SHOT,
+        "drop_too_big",
+    )?;
     Ok(())
 }

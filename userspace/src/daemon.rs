@@ -464,6 +464,8 @@ fn load_datapath(
         vxlan_port: config.vxlan_port,
         vtep_mac: config.vtep_mac().0,
         ready: 1,
+        underlay_mtu: underlay.mtu.min(u16::MAX as u32) as u16,
+        _pad: 0,
     })?;
     datapath.attach_decap(&underlay.name, config.decap)?;
     Ok(datapath)
