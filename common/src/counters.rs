@@ -34,6 +34,7 @@ pub enum Counter {
     DropSpoofedSource,
     DropSpoofedPeerSource,
     DropTooBig,
+    DropBadLength,
 }
 
 /// Name and meaning of one counter.
@@ -63,7 +64,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 20] = [
+pub const COUNTERS: [CounterInfo; 21] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -183,6 +184,12 @@ pub const COUNTERS: [CounterInfo; 20] = [
         "drop_too_big",
         Drop,
         "container packet too big for the underlay once encapsulated; answered with ICMP fragmentation needed when DF is set",
+    ),
+    row(
+        Counter::DropBadLength,
+        "drop_bad_length",
+        Drop,
+        "VXLAN packet whose outer IPv4 or UDP length disagrees with the frame",
     ),
 ];
 

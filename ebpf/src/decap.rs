@@ -48,7 +48,7 @@ pub fn tc(ctx: &TcContext) -> i32 {
         // packet is short, which classification handles.
         let _ = ctx.pull_data(VXLAN_CLASSIFY_LEN as u32);
     }
-    match classify_vxlan(ctx.data(), ctx.data_end(), cfg) {
+    match classify_vxlan(ctx.data(), ctx.data_end(), ctx.len() as usize, cfg) {
         Decap::Pass => {
             count(Counter::PassedToStack);
             TC_ACT_OK as i32
@@ -116,7 +116,7 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
     let Some(cfg) = maps::config() else {
         return xdp_action::XDP_PASS;
     };
-    match classify_vxlan(ctx.data(), ctx.data_end(), cfg) {
+    match classify_vxlan(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data(), cfg) {
         Decap::Pass => {
             count(Counter::PassedToStack);
             xdp_action::XDP_PASS

@@ -51,7 +51,13 @@ pub enum Decap {
 
 /// Decides what to do with a frame that arrived on the underlay.
 #[inline(always)]
-pub fn classify_vxlan(data: usize, data_end: usize, cfg: &DatapathConfig) -> Decap {
+/// `frame_len` is the whole frame's length (the linear part may be shorter).
+pub fn classify_vxlan(
+    data: usize,
+    data_end: usize,
+    frame_len: usize,
+    cfg: &DatapathConfig,
+) -> Decap {
     let Some(eth) = read::<EthHdr>(data, data_end, 0) else {
         return Decap::Pass;
     };
@@ -110,6 +116,12 @@ pub fn classify_vxlan(data: usize, data_end: usize, cfg: &DatapathConfig) -> Dec
     let Some(inner_ip) = read::<Ipv4Hdr>(data, data_end, INNER_IP_OFF) else {
         return Decap::Drop(Counter::DropTruncatedInner);
     };
+    // The lengths must agree (a truncated frame was reported as such above): IPv4
+    // within the frame (Ethernet may pad), UDP = IPv4 - 20.
+    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip_len + ETH_LEN > frame_len || u16::from_be_bytes(udp.len) as usize + IPV4_LEN != ip_len {
+        return Decap::Drop(Counter::DropBadLength);
+    }
     // A peer may only speak for the addresses it owns: its blocks in this network.
     match maps::route(vni, inner_ip.src_addr) {
         Some(r)
