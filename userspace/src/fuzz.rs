@@ -1,11 +1,13 @@
 //! Property tests over every parser that takes outside input: config files, API
-//! requests, store records, CIDRs and MACs. Arbitrary and near-valid input must give a
+//! requests, store records, CIDRs and MACs, and the command line. Arbitrary and near-valid input must give a
 //! value or an error with a message, never a panic. `PROPTEST_CASES` sets the effort:
 //! the suite runs the default (256 per property); a longer run is documented in the
 //! README.
 use proptest::prelude::*;
 
-use crate::{api, config::Config, model, net};
+use clap::Parser;
+
+use crate::{api, cli::Cli, config::Config, model, net};
 
 /// Strings that look like the real thing, mutated: more useful than pure noise.
 fn near_config() -> impl Strategy<Value = String> {
@@ -57,7 +59,67 @@ fn near_config() -> impl Strategy<Value = String> {
     })
 }
 
+/// Argument lists built from the CLI's own words, flags and values, mixed at random.
+fn near_valid_args() -> impl Strategy<Value = Vec<String>> {
+    let words = prop::sample::select(vec![
+        "daemon",
+        "attach",
+        "detach",
+        "routes",
+        "endpoints",
+        "stats",
+        "hosts",
+        "status",
+        "uninstall",
+        "network",
+        "endpoint",
+        "create",
+        "ls",
+        "inspect",
+        "rm",
+        "--node",
+        "--socket",
+        "--netns",
+        "--address",
+        "--ifname",
+        "--json",
+        "--config",
+        "--subnet",
+        "--vni",
+        "--block-size",
+        "--label",
+        "--allow-overlap",
+        "--direct",
+        "--network",
+        "--ip",
+        "a=b",
+        "=x",
+        "/24",
+        "/99",
+        "10.0.0.0/8",
+        "10.0.0.1",
+        "999999999999",
+        "-1",
+        "",
+        "x",
+        "--",
+        "-h",
+        "\u{0}",
+    ]);
+    prop::collection::vec(words.prop_map(String::from), 0..8)
+}
+
 proptest! {
+    #[test]
+    fn cli_arguments_never_panic(args in near_valid_args()) {
+        let _ = Cli::try_parse_from(std::iter::once("oxlay".to_owned()).chain(args));
+    }
+
+    #[test]
+    fn arbitrary_cli_arguments_never_panic(args in prop::collection::vec("\\PC*", 0..6)) {
+        let _ = Cli::try_parse_from(std::iter::once("oxlay".to_owned()).chain(args));
+    }
+
     #[test]
     fn config_parsing_never_panics(text in "\\PC*") {
         if let Err(e) = text.parse::<Config>() {

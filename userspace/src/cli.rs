@@ -1,0 +1,213 @@
+//! The `oxlay` command line: its grammar (clap), kept in the library so the property
+//! tests can throw arbitrary argument lists at it.
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{config, net::Ipv4Net};
+
+#[derive(Parser)]
+#[command(
+    name = "oxlay",
+    version,
+    about = "Container overlay network with an eBPF VXLAN datapath"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the node daemon (root): load the datapath, serve the local API.
+    Daemon {
+        /// TOML config file (see README: "Config reference").
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Connect an existing network namespace to the overlay.
+    Attach {
+        #[command(flatten)]
+        target: Target,
+        /// Namespace name (under /run/netns) or path.
+        #[arg(long)]
+        netns: String,
+        /// The container's address, inside the node's pod subnet.
+        #[arg(long)]
+        address: Ipv4Addr,
+        /// Interface name inside the namespace.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+    },
+    /// Disconnect a namespace and remove its interface.
+    Detach {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        netns: String,
+    },
+    /// Show the route map.
+    Routes(Listing),
+    /// Show local endpoints.
+    Endpoints(Listing),
+    /// Show datapath counters and drop reasons.
+    Stats(Listing),
+    /// Show the hosts registered in the store.
+    Hosts(Listing),
+    /// Show the daemon's health: whether the store answers, what the datapath carries.
+    Status(Listing),
+    /// Remove everything the node's daemon made (endpoints, registration, programs,
+    /// pinned maps) and stop it. Stopping the daemon alone leaves the datapath running.
+    Uninstall(Target),
+    /// Networks: separate overlays, each with its own VNI and address pool.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Endpoints: a container's interface on a network.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+}
+
+#[derive(Subcommand)]
+pub enum NetworkCmd {
+    /// Create a network (VNI and subnet are allocated when not given).
+    Create {
+        name: String,
+        #[arg(long)]
+        subnet: Option<Ipv4Net>,
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Size of the address blocks hosts lease, e.g. /24.
+        #[arg(long, value_parser = parse_block_size)]
+        block_size: Option<u8>,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Allow the subnet to overlap another network's (they stay isolated).
+        #[arg(long)]
+        allow_overlap: bool,
+        /// Route to hosts on the same underlay subnet without encapsulation (plain
+        /// host routing); VXLAN for the others.
+        #[arg(long)]
+        direct: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List networks.
+    Ls(Listing),
+    /// Show a network with its blocks and endpoints (JSON).
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a network (refused while it has endpoints).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EndpointCmd {
+    /// Give a namespace on this node an interface on a network.
+    Create {
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        netns: String,
+        /// A specific address instead of the next free one.
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Interface name in the namespace (default eth0, then eth1, ...).
+        #[arg(long)]
+        ifname: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List endpoints of all hosts.
+    Ls {
+        #[arg(long)]
+        network: Option<String>,
+        #[command(flatten)]
+        listing: Listing,
+    },
+    /// Remove a namespace's endpoint on a network.
+    Rm {
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        netns: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not a label: write KEY=VALUE"))
+}
+
+fn parse_block_size(s: &str) -> Result<u8, String> {
+    s.trim_start_matches('/')
+        .parse::<u8>()
+        .ok()
+        .filter(|n| *n <= 32)
+        .ok_or_else(|| format!("{s:?} is not a block size: write a prefix length such as /24"))
+}
+
+#[derive(Args)]
+pub struct Target {
+    /// Node whose daemon to talk to (selects its default socket).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// API socket path (overrides --node).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct Listing {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Target {
+    pub fn socket(&self) -> Result<PathBuf> {
+        match (&self.socket, &self.node) {
+            (Some(s), _) => Ok(s.clone()),
+            (None, Some(n)) => Ok(config::default_socket_path(n)),
+            (None, None) => {
+                anyhow::bail!("say which daemon to talk to: --node NAME or --socket PATH")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn labels_and_block_sizes_parse_or_say_why() {
+        assert_eq!(parse_label("tier=web"), Ok(("tier".into(), "web".into())));
+        assert!(parse_label("=x").unwrap_err().contains("KEY=VALUE"));
+        assert_eq!(parse_block_size("/24"), Ok(24));
+        assert!(parse_block_size("/33").is_err());
+    }
+}
