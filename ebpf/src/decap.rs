@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, TC_ACT_OK,
         TC_ACT_SHOT,
     },
-    helpers::{bpf_redirect_peer, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    helpers::{bpf_redirect_peer, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_get_buff_len},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
@@ -116,7 +116,10 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
     let Some(cfg) = maps::config() else {
         return xdp_action::XDP_PASS;
     };
-    match classify_vxlan(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data(), cfg) {
+    // SAFETY: plain helper call on this program's own context; with frags, the first
+    // buffer (data..data_end) may be only part of the frame.
+    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
+    match classify_vxlan(ctx.data(), ctx.data_end(), frame_len, cfg) {
         Decap::Pass => {
             count(Counter::PassedToStack);
             xdp_action::XDP_PASS

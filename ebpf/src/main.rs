@@ -42,7 +42,8 @@ pub fn oxlay_decap_tc(ctx: TcContext) -> i32 {
     decap::tc(&ctx)
 }
 
-#[xdp]
+/// `frags`: multi-buffer frames (an MTU above a page, e.g. 9000) are accepted too.
+#[xdp(frags)]
 pub fn oxlay_decap_xdp(ctx: XdpContext) -> u32 {
     decap::xdp(&ctx)
 }

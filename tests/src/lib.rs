@@ -183,6 +183,8 @@ impl Drop for Netns {
 pub struct Underlay {
     pub ns: Netns,
     ports: u32,
+    /// MTU of the segment (every port and host interface); 1500 unless set.
+    pub mtu: u32,
 }
 
 pub const UNDERLAY_PREFIX: &str = "192.168.50";
@@ -203,7 +205,11 @@ impl Underlay {
             "dev",
             "br0",
         ])?;
-        Ok(Self { ns, ports: 0 })
+        Ok(Self {
+            ns,
+            ports: 0,
+            mtu: 1500,
+        })
     }
 
     /// Adds a host namespace whose `eth0` is on the bridge with address
@@ -234,9 +240,18 @@ impl Underlay {
             "netns",
             &self.ns.name,
         ])?;
-        self.ns.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        self.ns.ip(&[
+            "link",
+            "set",
+            &port,
+            "mtu",
+            &self.mtu.to_string(),
+            "master",
+            "br0",
+            "up",
+        ])?;
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["link", "set", "eth0", "mtu", &self.mtu.to_string(), "up"])?;
         for other in ["192.168.50.0/24", "192.168.60.0/24"] {
             // The connected route already covers the host's own subnet.
             let _ = ns.ip(&["route", "add", other, "dev", "eth0"]);
@@ -938,7 +953,21 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(hosts: usize, containers_per_host: usize, decap: &str) -> Result<Self> {
+        Self::with_mtu(hosts, containers_per_host, decap, 1500)
+    }
+
+    /// Like `new`, on an underlay with the given MTU (e.g. 9000 for jumbo frames).
+    pub fn with_mtu(
+        hosts: usize,
+        containers_per_host: usize,
+        decap: &str,
+        mtu: u32,
+    ) -> Result<Self> {
         let mut underlay = Underlay::new()?;
+        underlay.mtu = mtu;
+        underlay
+            .ns
+            .ip(&["link", "set", "br0", "mtu", &mtu.to_string()])?;
         let tag = format!(
             "{}-{}",
             std::process::id(),

@@ -339,3 +339,47 @@ fn path_mtu_discovery_works_for_containers_left_at_1500() -> Result<()> {
     );
     Ok(())
 }
+
+/// Jumbo frames: on a 9000-byte underlay, containers get MTU 8950; packets up to that
+/// cross, one byte more gets "fragmentation needed" with mtu 8950, and TCP carries
+/// jumbo segments in both decap modes.
+#[test]
+fn jumbo_frames_on_a_9000_byte_underlay() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    for decap in ["tc", "xdp"] {
+        let c = Cluster::with_mtu(2, 1, decap, 9000)?;
+        let (a, b) = (&c.containers[0][0], &c.containers[1][0]);
+        let b_addr = Cluster::container_addr(1, 0);
+        let eps: serde_json::Value =
+            serde_json::from_str(&c.daemons[0].cli(&["endpoints", "--json"])?)?;
+        assert_eq!(eps[0]["mtu"], 8950, "{decap}: container MTU");
+        // 8922 + 28 = 8950 bytes: the largest that fits.
+        a.exec(&[
+            "ping",
+            "-M",
+            "do",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-s",
+            "8922",
+            &b_addr.to_string(),
+        ])
+        .with_context(|| format!("{decap}: 8950-byte ping"))?;
+        b.exec(&["ethtool", "-K", "eth0", "tso", "off", "gso", "off"])?;
+        tcp_transfer(b, a, Cluster::container_addr(0, 0), 32 * MB)
+            .with_context(|| format!("{decap}: jumbo TCP"))?;
+        let decapsulated = c.daemons[0].counter("decapsulated")?;
+        assert!(
+            decapsulated > 3000,
+            "{decap}: only {decapsulated} packets decapsulated"
+        );
+        assert_eq!(c.daemons[0].counter("drop_too_big")?, 0, "{decap}");
+    }
+    Ok(())
+}
