@@ -53,7 +53,7 @@ fn measure(pins: &std::path::Path) -> Result<serde_json::Value> {
         Endpoint {
             net_id: 42,
             addr: [10, 244, 1, 2],
-            mac: [2, 0, 0, 0, 0, 1], // the source MAC of eth() below: anti-spoofing checks it
+            mac: [2, 0, 0, 0, 0, 2], // the source MAC of eth() below: anti-spoofing checks it
             _pad: [0; 2],
         },
     )?;
