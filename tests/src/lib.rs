@@ -830,6 +830,71 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: Ipv4Addr, bytes: u64) -> 
     Ok(elapsed)
 }
 
+/// A paced UDP stream, one sequence-numbered datagram per millisecond from a container
+/// to a listener in another, counted at the receiver: the way the restart, churn and
+/// fault tests prove that nothing was lost.
+pub struct PacedUdp {
+    sending: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::thread::JoinHandle<Result<u32>>,
+    receiver: std::thread::JoinHandle<Result<std::collections::BTreeSet<u32>>>,
+}
+
+impl PacedUdp {
+    pub fn start(from: &Netns, to_ns: &Netns, to: Ipv4Addr, port: u16) -> Result<Self> {
+        use std::sync::{atomic::AtomicBool, Arc};
+        let receiver = to_ns.spawn(move || {
+            let sock = std::net::UdpSocket::bind(SocketAddr::from((to, port)))?;
+            sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let (mut got, mut buf) = (std::collections::BTreeSet::new(), [0u8; 8]);
+            while let Ok(n) = sock.recv(&mut buf) {
+                if n == 4 {
+                    got.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+                }
+            }
+            Ok(got)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let sending = Arc::new(AtomicBool::new(true));
+        let flag = sending.clone();
+        let sender = from.spawn(move || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            let (start, mut seq) = (Instant::now(), 0u32);
+            while flag.load(Ordering::SeqCst) {
+                sock.send_to(&seq.to_be_bytes(), SocketAddr::from((to, port)))?;
+                seq += 1;
+                // Pace against the clock, not the loop: 1 datagram per ms on average.
+                let due = start + Duration::from_millis(seq as u64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            Ok(seq)
+        });
+        Ok(Self {
+            sending,
+            sender,
+            receiver,
+        })
+    }
+
+    /// Stops sending, waits for the receiver, and returns (sent, the first lost
+    /// sequence numbers, how many were lost).
+    pub fn stop(self) -> Result<(u32, Vec<u32>, usize)> {
+        self.sending.store(false, Ordering::SeqCst);
+        let sent = self
+            .sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        let got = self
+            .receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+        let lost: Vec<u32> = (0..sent).filter(|s| !got.contains(s)).collect();
+        let count = lost.len();
+        Ok((sent, lost.into_iter().take(20).collect(), count))
+    }
+}
+
 /// The TOML of one oxlay node.
 pub struct NodeConfig<'a> {
     pub node: &'a str,

@@ -2,12 +2,7 @@
 //! peer appear and vanish again (10,000 route changes on each daemon, written to etcd in
 //! batches); the flow loses nothing, and the maps end as they began.
 use std::{
-    collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
@@ -17,7 +12,7 @@ use oxlay::{
     model::{self, BlockRecord, HostRecord},
     net::{Ipv4Net, MacAddr},
 };
-use oxlay_testbed::{is_root, Netns, StoreCluster};
+use oxlay_testbed::{is_root, Netns, PacedUdp, StoreCluster};
 
 const BLOCKS: u32 = 5000;
 const BATCH: usize = 100;
@@ -161,34 +156,7 @@ fn route_churn_loses_no_packet() -> Result<()> {
     }
     let base = [route_count(&c, 0)?, route_count(&c, 1)?];
 
-    let receiver = b.spawn(move || -> Result<BTreeSet<u32>> {
-        let sock = UdpSocket::bind(SocketAddr::from((b_addr, 9191)))?;
-        sock.set_read_timeout(Some(Duration::from_secs(3)))?;
-        let (mut got, mut buf) = (BTreeSet::new(), [0u8; 8]);
-        while let Ok(n) = sock.recv(&mut buf) {
-            if n == 4 {
-                got.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
-            }
-        }
-        Ok(got)
-    });
-    std::thread::sleep(Duration::from_millis(100));
-    let sending = Arc::new(AtomicBool::new(true));
-    let flag = sending.clone();
-    let sender = a.spawn(move || -> Result<u32> {
-        let sock = UdpSocket::bind("0.0.0.0:0")?;
-        let (start, mut seq) = (Instant::now(), 0u32);
-        while flag.load(Ordering::SeqCst) {
-            sock.send_to(&seq.to_be_bytes(), SocketAddr::from((b_addr, 9191)))?;
-            seq += 1;
-            if let Some(wait) =
-                (start + Duration::from_millis(seq as u64)).checked_duration_since(Instant::now())
-            {
-                std::thread::sleep(wait);
-            }
-        }
-        Ok(seq)
-    });
+    let stream = PacedUdp::start(&a, &b, b_addr, 9191)?;
 
     let endpoint = c.etcd.as_ref().context("etcd")?.endpoint.clone();
     let wrote = run_churn(&c.underlay.ns, &endpoint, true)?;
@@ -203,19 +171,11 @@ fn route_churn_loses_no_packet() -> Result<()> {
         settled_del.as_secs_f64()
     );
     std::thread::sleep(Duration::from_millis(200));
-    sending.store(false, Ordering::SeqCst);
-    let sent = sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    let got = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-    let missing: Vec<u32> = (0..sent).filter(|s| !got.contains(s)).take(20).collect();
-    eprintln!("sent {sent}, received {}", got.len());
+    let (sent, missing, lost) = stream.stop()?;
+    eprintln!("sent {sent}, lost {lost}");
     ensure!(
-        missing.is_empty(),
-        "{} of {sent} datagrams lost during the churn, first: {missing:?}",
-        sent as usize - got.len()
+        lost == 0,
+        "{lost} of {sent} datagrams lost during the churn, first: {missing:?}"
     );
     Ok(())
 }

@@ -1,17 +1,12 @@
 //! Faults around the datapath: the store going away for a minute, and the underlay link
 //! going down and up. Forwarding on known routes goes on; nothing needs a restart.
 use std::{
-    collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context, Result};
-use oxlay_testbed::{is_root, Netns, StoreCluster};
+use oxlay_testbed::{is_root, Netns, PacedUdp, StoreCluster};
 
 const OUTAGE: Duration = Duration::from_secs(60);
 
@@ -42,65 +37,6 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> Result<()>) -> Result<()> 
             Err(e) if Instant::now() > deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
-    }
-}
-
-/// A paced UDP stream (1 datagram/ms) from `from` to `to:port`; `stop` ends it and
-/// returns (sent, received sequence numbers).
-struct Stream {
-    sending: Arc<AtomicBool>,
-    sender: std::thread::JoinHandle<Result<u32>>,
-    receiver: std::thread::JoinHandle<Result<BTreeSet<u32>>>,
-}
-
-impl Stream {
-    fn start(from: &Netns, to_ns: &Netns, to: Ipv4Addr, port: u16) -> Result<Self> {
-        let receiver = to_ns.spawn(move || -> Result<BTreeSet<u32>> {
-            let sock = UdpSocket::bind(SocketAddr::from((to, port)))?;
-            sock.set_read_timeout(Some(Duration::from_secs(3)))?;
-            let (mut got, mut buf) = (BTreeSet::new(), [0u8; 8]);
-            while let Ok(n) = sock.recv(&mut buf) {
-                if n == 4 {
-                    got.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
-                }
-            }
-            Ok(got)
-        });
-        std::thread::sleep(Duration::from_millis(100));
-        let sending = Arc::new(AtomicBool::new(true));
-        let flag = sending.clone();
-        let sender = from.spawn(move || -> Result<u32> {
-            let sock = UdpSocket::bind("0.0.0.0:0")?;
-            let (start, mut seq) = (Instant::now(), 0u32);
-            while flag.load(Ordering::SeqCst) {
-                sock.send_to(&seq.to_be_bytes(), SocketAddr::from((to, port)))?;
-                seq += 1;
-                if let Some(wait) = (start + Duration::from_millis(seq as u64))
-                    .checked_duration_since(Instant::now())
-                {
-                    std::thread::sleep(wait);
-                }
-            }
-            Ok(seq)
-        });
-        Ok(Self {
-            sending,
-            sender,
-            receiver,
-        })
-    }
-
-    fn stop(self) -> Result<(u32, BTreeSet<u32>)> {
-        self.sending.store(false, Ordering::SeqCst);
-        let sent = self
-            .sender
-            .join()
-            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-        let got = self
-            .receiver
-            .join()
-            .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-        Ok((sent, got))
     }
 }
 
@@ -139,7 +75,7 @@ fn a_store_outage_of_a_minute_does_not_stop_forwarding() -> Result<()> {
     }
     let mut c = StoreCluster::new(2, true, 5)?;
     let (a, b) = setup(&c)?;
-    let stream = Stream::start(&a, &b, Ipv4Addr::new(10, 60, 1, 5), 9292)?;
+    let stream = PacedUdp::start(&a, &b, Ipv4Addr::new(10, 60, 1, 5), 9292)?;
 
     c.etcd.as_mut().context("etcd")?.stop()?;
     let outage = Instant::now();
@@ -185,13 +121,8 @@ fn a_store_outage_of_a_minute_does_not_stop_forwarding() -> Result<()> {
     ])?;
     eventually(Duration::from_secs(10), || a.ping("10.60.1.9", 1))?;
 
-    let (sent, got) = stream.stop()?;
-    let lost = sent as usize - got.len();
-    eprintln!(
-        "store outage of {:?}: sent {sent}, received {}",
-        OUTAGE,
-        got.len()
-    );
+    let (sent, _, lost) = stream.stop()?;
+    eprintln!("store outage of {OUTAGE:?}: sent {sent}, lost {lost}");
     ensure!(
         sent > OUTAGE.as_millis() as u32 / 2,
         "only {sent} datagrams sent"

@@ -3,18 +3,13 @@
 //! (SIGTERM), killed and started (SIGKILL), and each start replaces the programs with
 //! freshly loaded ones (the upgrade path); a TCP connection lives through all of it.
 use std::{
-    collections::BTreeSet,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
 };
 
 use anyhow::{ensure, Context, Result};
-use oxlay_testbed::{is_root, Cluster};
+use oxlay_testbed::{is_root, Cluster, PacedUdp};
 
 #[test]
 fn restarts_lose_no_packet_and_break_no_connection() -> Result<()> {
@@ -69,36 +64,7 @@ fn restarts_lose_no_packet_and_break_no_connection() -> Result<()> {
     round_trip("before the restarts")?;
 
     // Paced UDP: one datagram per millisecond, sequence-numbered.
-    let receiver = c.containers[1][0].spawn(move || -> Result<BTreeSet<u32>> {
-        let sock = UdpSocket::bind(SocketAddr::from((b_addr, 9090)))?;
-        sock.set_read_timeout(Some(Duration::from_secs(3)))?;
-        let mut got = BTreeSet::new();
-        let mut buf = [0u8; 8];
-        while let Ok(n) = sock.recv(&mut buf) {
-            if n == 4 {
-                got.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
-            }
-        }
-        Ok(got)
-    });
-    std::thread::sleep(Duration::from_millis(100));
-    let sending = Arc::new(AtomicBool::new(true));
-    let flag = sending.clone();
-    let sender = c.containers[0][0].spawn(move || -> Result<u32> {
-        let sock = UdpSocket::bind("0.0.0.0:0")?;
-        let start = Instant::now();
-        let mut seq = 0u32;
-        while flag.load(Ordering::SeqCst) {
-            sock.send_to(&seq.to_be_bytes(), SocketAddr::from((b_addr, 9090)))?;
-            seq += 1;
-            // Pace against the clock, not the loop: 1 packet per ms on average.
-            let due = start + Duration::from_millis(seq as u64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        Ok(seq)
-    });
+    let stream = PacedUdp::start(&c.containers[0][0], &c.containers[1][0], b_addr, 9090)?;
 
     let before = c.hosts[0].ns.tcx_ingress("eth0")?;
     std::thread::sleep(Duration::from_millis(300));
@@ -127,20 +93,12 @@ fn restarts_lose_no_packet_and_break_no_connection() -> Result<()> {
     );
     std::thread::sleep(Duration::from_millis(300));
 
-    sending.store(false, Ordering::SeqCst);
-    let sent = sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    let got = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-    let missing: Vec<u32> = (0..sent).filter(|s| !got.contains(s)).take(20).collect();
-    eprintln!("sent {sent}, received {}", got.len());
+    let (sent, missing, lost) = stream.stop()?;
+    eprintln!("sent {sent}, lost {lost}");
     ensure!(sent > 1000, "only {sent} datagrams sent");
     ensure!(
-        missing.is_empty(),
-        "{} of {sent} datagrams lost, first: {missing:?}",
-        sent as usize - got.len()
+        lost == 0,
+        "{lost} of {sent} datagrams lost, first: {missing:?}"
     );
     drop(tx);
     tcp.join()
