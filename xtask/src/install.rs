@@ -32,6 +32,12 @@ const PACKAGES: &[(&str, &str)] = &[
         "protoc, for the etcd client's generated gRPC code",
     ),
     ("etcd-server", "a real etcd for the store tests"),
+    (
+        "qemu-system-x86",
+        "booting the 6.1 and 6.12 kernels of the VM tests",
+    ),
+    ("busybox-static", "the VM tests' initramfs"),
+    ("cpio", "packing the VM tests' initramfs"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

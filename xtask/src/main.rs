@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod install;
+mod vm;
 
 #[path = "../../userspace/build_ebpf.rs"]
 mod build_ebpf;
@@ -34,6 +35,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Run the kernel-program tests inside Debian's 6.1 and 6.12 kernels under qemu.
+    VmTest,
     /// Install, build, and run the three-host demo.
     Demo {
         /// Where hosts share networks and endpoints: "embedded" or "etcd".
@@ -83,7 +86,16 @@ fn run(command: Cmd) -> Result<()> {
             test_args.push("--");
             test_args.push("--test-threads=1");
             test_args.extend(filters.iter().map(|s| s.as_str()));
-            cargo(&test_args)
+            cargo(&test_args)?;
+            if args.is_empty() {
+                step("the kernel matrix: the same programs in Linux 6.1 and 6.12 VMs");
+                vm::run()?;
+            }
+            Ok(())
+        }
+        Cmd::VmTest => {
+            install::run()?;
+            vm::run()
         }
         Cmd::Demo { store } => {
             install::run()?;
