@@ -295,21 +295,11 @@ impl Datapath {
     fn attach_tc(&mut self, program: &str, interface: &str) -> Result<()> {
         let pin = self.link_pin(program, interface);
         let prog = classifier(&mut self.ebpf, program)?;
-        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
-            let replaced = SchedClassifierLink::try_from(FdLink::from(pinned))
-                .map_err(anyhow::Error::from)
-                .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
-            match replaced {
-                Ok(_) => return Ok(()),
-                // A link whose interface went away cannot be updated: start afresh.
-                Err(e) => {
-                    log::warn!(
-                        "pinned link {} is stale ({e:#}); attaching anew",
-                        pin.display()
-                    );
-                    let _ = std::fs::remove_file(&pin);
-                }
-            }
+        if replace_pinned(&pin, |fd| {
+            prog.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
+            Ok(())
+        }) {
+            return Ok(());
         }
         // Before TCX (6.6) programs hang off a clsact qdisc, which may already exist.
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
@@ -332,20 +322,11 @@ impl Datapath {
     fn attach_xdp(&mut self, program: &str, interface: &str) -> Result<()> {
         let pin = self.link_pin(program, interface);
         let prog = xdp(&mut self.ebpf, program)?;
-        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
-            let replaced = XdpLink::try_from(FdLink::from(pinned))
-                .map_err(anyhow::Error::from)
-                .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
-            match replaced {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    log::warn!(
-                        "pinned link {} is stale ({e:#}); attaching anew",
-                        pin.display()
-                    );
-                    let _ = std::fs::remove_file(&pin);
-                }
-            }
+        if replace_pinned(&pin, |fd| {
+            prog.attach_to_link(XdpLink::try_from(fd)?)?;
+            Ok(())
+        }) {
+            return Ok(());
         }
         let id = prog.attach(interface, XdpMode::Default)?;
         let link = prog.take_link(id)?;
@@ -376,6 +357,26 @@ impl Datapath {
             .map_mut(name)
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
         T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+}
+
+/// Hands the link pinned at `pin`, if any, to `replace` (which swaps in the new
+/// program). True when that worked; a link that cannot be updated (its interface went
+/// away) is unpinned, and the caller attaches afresh.
+fn replace_pinned(pin: &Path, replace: impl FnOnce(FdLink) -> Result<()>) -> bool {
+    let Ok(pinned) = PinnedLink::from_pin(pin) else {
+        return false;
+    };
+    match replace(FdLink::from(pinned)) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!(
+                "pinned link {} is stale ({e:#}); attaching anew",
+                pin.display()
+            );
+            let _ = std::fs::remove_file(pin);
+            false
+        }
     }
 }
 
