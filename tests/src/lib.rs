@@ -48,6 +48,40 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Tests that need root skip (with the reason printed) when not run as root.
+pub fn skip_without_root() -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root to create namespaces and load eBPF programs");
+        return true;
+    }
+    false
+}
+
+/// Like `skip_without_root`, for tests that also need an etcd binary.
+pub fn skip_without_root_or_etcd() -> bool {
+    if skip_without_root() {
+        return true;
+    }
+    if Command::new("etcd").arg("--version").output().is_err() {
+        eprintln!("skipped: no etcd binary; `cargo xtask install` installs it");
+        return true;
+    }
+    false
+}
+
+/// Retries `f` until it succeeds or `limit` passes (for convergence through the store
+/// or after a fault), returning its last error if it never does.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 /// Removes namespaces left by runs whose process is gone.
 pub fn remove_stale() {
     let Ok(list) = sh(&["ip", "netns", "list"]) else {

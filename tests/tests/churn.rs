@@ -12,7 +12,7 @@ use oxlay::{
     model::{self, BlockRecord, HostRecord},
     net::{Ipv4Net, MacAddr},
 };
-use oxlay_testbed::{is_root, Netns, PacedUdp, StoreCluster};
+use oxlay_testbed::{skip_without_root_or_etcd, Netns, PacedUdp, StoreCluster};
 
 const BLOCKS: u32 = 5000;
 const BATCH: usize = 100;
@@ -105,13 +105,7 @@ fn run_churn(ns: &Netns, endpoint: &str, add: bool) -> Result<f64> {
 
 #[test]
 fn route_churn_loses_no_packet() -> Result<()> {
-    if !is_root()
-        || std::process::Command::new("etcd")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        eprintln!("skipped: needs root and etcd (`cargo xtask install`)");
+    if skip_without_root_or_etcd() {
         return Ok(());
     }
     let c = StoreCluster::new(2, true, 10)?;

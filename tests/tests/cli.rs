@@ -3,15 +3,7 @@
 use std::process::Command;
 
 use anyhow::Result;
-use oxlay_testbed::{is_root, oxlay_bin, Cluster, Daemon, NodeConfig, TempDir, Underlay};
-
-fn skip() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root to create namespaces and load eBPF programs");
-        return true;
-    }
-    false
-}
+use oxlay_testbed::{oxlay_bin, skip_without_root, Cluster, Daemon, NodeConfig, TempDir, Underlay};
 
 fn config(node: &str) -> String {
     NodeConfig {
@@ -89,7 +81,7 @@ fn cli_needs_a_daemon_to_talk_to() -> Result<()> {
 
 #[test]
 fn daemon_refuses_a_missing_interface() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     let mut ul = Underlay::new()?;
@@ -111,7 +103,7 @@ fn daemon_refuses_a_missing_interface() -> Result<()> {
 
 #[test]
 fn daemon_refuses_to_run_without_root() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     let dir = TempDir::new("noroot")?;
@@ -139,7 +131,7 @@ fn daemon_refuses_to_run_without_root() -> Result<()> {
 /// `ip netns exec` remounts /sys, so bpffs is gone there: the daemon mounts it.
 #[test]
 fn daemon_mounts_bpffs_when_missing() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     let mut ul = Underlay::new()?;
@@ -156,7 +148,7 @@ fn daemon_mounts_bpffs_when_missing() -> Result<()> {
 
 #[test]
 fn one_node_name_one_daemon() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     let c = Cluster::new(1, 0, "tc")?;
@@ -190,7 +182,7 @@ fn one_node_name_one_daemon() -> Result<()> {
 
 #[test]
 fn attach_rejects_bad_requests_and_lists_what_it_made() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     let c = Cluster::new(2, 1, "tc")?;
@@ -273,7 +265,7 @@ fn attach_rejects_bad_requests_and_lists_what_it_made() -> Result<()> {
 /// The API creates interfaces on request: only root may reach it.
 #[test]
 fn api_socket_is_root_only() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};

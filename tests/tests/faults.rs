@@ -6,38 +6,14 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use oxlay_testbed::{is_root, Netns, PacedUdp, StoreCluster};
+use oxlay_testbed::{eventually, skip_without_root_or_etcd, Netns, PacedUdp, StoreCluster};
 
 const OUTAGE: Duration = Duration::from_secs(60);
-
-fn skip() -> bool {
-    if !is_root()
-        || std::process::Command::new("etcd")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        eprintln!("skipped: needs root and etcd (`cargo xtask install`)");
-        return true;
-    }
-    false
-}
 
 fn status(c: &StoreCluster, h: usize) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(
         &c.daemons[h].cli(&["status", "--json"])?,
     )?)
-}
-
-fn eventually(limit: Duration, mut f: impl FnMut() -> Result<()>) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match f() {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 fn setup(c: &StoreCluster) -> Result<(Netns, Netns)> {
@@ -70,7 +46,7 @@ fn setup(c: &StoreCluster) -> Result<(Netns, Netns)> {
 
 #[test]
 fn a_store_outage_of_a_minute_does_not_stop_forwarding() -> Result<()> {
-    if skip() {
+    if skip_without_root_or_etcd() {
         return Ok(());
     }
     let mut c = StoreCluster::new(2, true, 5)?;
@@ -136,7 +112,7 @@ fn a_store_outage_of_a_minute_does_not_stop_forwarding() -> Result<()> {
 
 #[test]
 fn traffic_resumes_after_the_underlay_link_flaps() -> Result<()> {
-    if skip() {
+    if skip_without_root_or_etcd() {
         return Ok(());
     }
     let c = StoreCluster::new(2, false, 5)?;

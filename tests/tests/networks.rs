@@ -7,35 +7,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use oxlay_testbed::{is_root, Netns, StoreCluster};
-
-fn skip() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root to create namespaces and load eBPF programs");
-        return true;
-    }
-    if std::process::Command::new("etcd")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: no etcd binary; `cargo xtask install` installs it");
-        return true;
-    }
-    false
-}
-
-/// Retries `f` until it succeeds or `limit` passes (for convergence through the store).
-fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
+use oxlay_testbed::{eventually, skip_without_root_or_etcd, Netns, StoreCluster};
 
 /// Whether a TCP connection from `from` to `addr:port` is accepted by a listener that
 /// `listen_in` holds (true), or refused/lost (false).
@@ -80,7 +52,7 @@ fn endpoint(c: &StoreCluster, host: usize, network: &str, ns: &Netns, ip: &str) 
 
 #[test]
 fn networks_over_etcd() -> Result<()> {
-    if skip() {
+    if skip_without_root_or_etcd() {
         return Ok(());
     }
     networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go(true)
@@ -88,7 +60,7 @@ fn networks_over_etcd() -> Result<()> {
 
 #[test]
 fn networks_over_the_embedded_store() -> Result<()> {
-    if skip() {
+    if skip_without_root_or_etcd() {
         return Ok(());
     }
     networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go(false)
@@ -280,7 +252,7 @@ fn networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go(etcd: bool)
 /// packets; a host on another subnet is still reached through VXLAN.
 #[test]
 fn direct_networks_route_without_encapsulation_on_one_subnet() -> Result<()> {
-    if skip() {
+    if skip_without_root_or_etcd() {
         return Ok(());
     }
     let addrs = ["192.168.50.11", "192.168.50.12", "192.168.60.13"].map(String::from);

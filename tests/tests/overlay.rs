@@ -5,17 +5,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use oxlay_testbed::{is_root, sh, tcp_transfer, Cluster, Daemon, NodeConfig, TempDir, Underlay};
+use oxlay_testbed::{
+    sh, skip_without_root, tcp_transfer, Cluster, Daemon, NodeConfig, TempDir, Underlay,
+};
 
 const MB: u64 = 1024 * 1024;
-
-fn skip() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root to create namespaces and load eBPF programs");
-        return true;
-    }
-    false
-}
 
 /// Three hosts, two containers each: cross-host and same-host ping, container to its
 /// own host, 64 MiB over TCP in both directions with every byte checked.
@@ -69,7 +63,7 @@ fn three_hosts(decap: &str) -> Result<()> {
 
 #[test]
 fn three_hosts_tc_decap() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     three_hosts("tc")
@@ -77,7 +71,7 @@ fn three_hosts_tc_decap() -> Result<()> {
 
 #[test]
 fn three_hosts_xdp_decap() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     three_hosts("xdp")
@@ -88,7 +82,7 @@ fn three_hosts_xdp_decap() -> Result<()> {
 /// ways, and a capture on the underlay shows valid VXLAN both ways.
 #[test]
 fn interoperates_with_the_linux_vxlan_device() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     let mut ul = Underlay::new()?;
@@ -213,7 +207,7 @@ fn interoperates_with_the_linux_vxlan_device() -> Result<()> {
 /// and a new daemon adopts what is there. `oxlay uninstall` removes everything.
 #[test]
 fn sigterm_keeps_the_datapath_and_uninstall_removes_it() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     let mut c = Cluster::new(2, 1, "tc")?;
@@ -262,7 +256,7 @@ fn sigterm_keeps_the_datapath_and_uninstall_removes_it() -> Result<()> {
 /// large writes works, per packet (offloads off) and with GSO (segments cut to fit).
 #[test]
 fn path_mtu_discovery_works_for_containers_left_at_1500() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     let c = Cluster::new(2, 2, "tc")?;
@@ -345,7 +339,7 @@ fn path_mtu_discovery_works_for_containers_left_at_1500() -> Result<()> {
 /// jumbo segments in both decap modes.
 #[test]
 fn jumbo_frames_on_a_9000_byte_underlay() -> Result<()> {
-    if skip() {
+    if skip_without_root() {
         return Ok(());
     }
     for decap in ["tc", "xdp"] {

@@ -9,12 +9,11 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use oxlay_testbed::{is_root, Cluster, PacedUdp};
+use oxlay_testbed::{skip_without_root, Cluster, PacedUdp};
 
 #[test]
 fn restarts_lose_no_packet_and_break_no_connection() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipped: needs root to create namespaces and load eBPF programs");
+    if skip_without_root() {
         return Ok(());
     }
     let mut c = Cluster::new(2, 1, "tc")?;
