@@ -192,7 +192,7 @@ pub fn run(oxlay: &Path, etcd: bool) -> Result<()> {
             }
         }
     }
-    step("cleaning up: daemons stop (SIGTERM) and release their endpoints, namespaces go");
+    step("cleaning up: `oxlay uninstall` on every host (endpoints, programs, pins), namespaces go");
     drop((blue, red, blue_b));
     drop(c);
     step("demo done");
