@@ -152,10 +152,29 @@ impl Netns {
         c
     }
 
-    /// Programs on TCX ingress of `interface` in this namespace: (name, program id).
-    /// (Debian's bpftool 7.1 cannot list TCX attachments.)
-    pub fn tcx_ingress(&self, interface: &'static str) -> Result<Vec<(String, u32)>> {
-        use aya::programs::{SchedClassifier, TcAttachType};
+    /// Programs on TC ingress of `interface` in this namespace: (name, program id).
+    /// TCX attachments from 6.6 on (Debian's bpftool 7.1 cannot list them), cls_bpf
+    /// filters (`tc filter show`) before.
+    pub fn tc_ingress(&self, interface: &'static str) -> Result<Vec<(String, u32)>> {
+        use aya::{
+            programs::{SchedClassifier, TcAttachType},
+            util::KernelVersion,
+        };
+        if KernelVersion::current()? < KernelVersion::new(6, 6, 0) {
+            let out = self.exec(&["tc", "filter", "show", "dev", interface, "ingress"])?;
+            return Ok(out
+                .lines()
+                .filter_map(|line| {
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    let after = |key: &str| {
+                        let i = words.iter().position(|w| *w == key)?;
+                        words.get(i + 1).copied()
+                    };
+                    let id = after("id")?.parse().ok()?;
+                    Some((after("name").unwrap_or("?").to_owned(), id))
+                })
+                .collect());
+        }
         self.spawn(move || {
             let (_, programs) = SchedClassifier::query_tcx(interface, TcAttachType::Ingress)?;
             Ok(programs

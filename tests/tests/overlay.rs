@@ -216,12 +216,12 @@ fn sigterm_keeps_the_datapath_and_uninstall_removes_it() -> Result<()> {
     let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/oxlay-test/{}", c.daemons[0].node));
     assert!(pins.exists(), "maps are not pinned at {}", pins.display());
 
-    let before = c.hosts[0].ns.tcx_ingress("eth0")?;
+    let before = c.hosts[0].ns.tc_ingress("eth0")?;
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0].0, "oxlay_decap_tc");
     c.daemons[0].stop()?;
     assert!(pins.exists(), "SIGTERM removed the pins");
-    let during = c.hosts[0].ns.tcx_ingress("eth0")?;
+    let during = c.hosts[0].ns.tc_ingress("eth0")?;
     assert_eq!(during, before, "decapsulation changed while no daemon ran");
     c.containers[0][0]
         .ping(&far, 3)
@@ -234,7 +234,7 @@ fn sigterm_keeps_the_datapath_and_uninstall_removes_it() -> Result<()> {
         "endpoint not adopted: {eps}"
     );
     c.containers[0][0].ping(&far, 1)?;
-    let after = c.hosts[0].ns.tcx_ingress("eth0")?;
+    let after = c.hosts[0].ns.tc_ingress("eth0")?;
     assert_eq!(after.len(), 1, "decapsulation attached twice: {after:?}");
     assert_ne!(
         after[0].1, before[0].1,
@@ -246,7 +246,7 @@ fn sigterm_keeps_the_datapath_and_uninstall_removes_it() -> Result<()> {
     assert!(!c.daemons[0].socket.exists(), "API socket left behind");
     let links = c.hosts[0].ns.ip(&["-o", "link"])?;
     assert!(!links.contains("oxl"), "endpoint veth left behind: {links}");
-    let left = c.hosts[0].ns.tcx_ingress("eth0")?;
+    let left = c.hosts[0].ns.tc_ingress("eth0")?;
     assert!(left.is_empty(), "programs still attached: {left:?}");
     Ok(())
 }

@@ -65,7 +65,7 @@ fn restarts_lose_no_packet_and_break_no_connection() -> Result<()> {
     // Paced UDP: one datagram per millisecond, sequence-numbered.
     let stream = PacedUdp::start(&c.containers[0][0], &c.containers[1][0], b_addr, 9090)?;
 
-    let before = c.hosts[0].ns.tcx_ingress("eth0")?;
+    let before = c.hosts[0].ns.tc_ingress("eth0")?;
     std::thread::sleep(Duration::from_millis(300));
     // SIGTERM + start, on both hosts.
     for h in [0, 1] {
@@ -81,7 +81,7 @@ fn restarts_lose_no_packet_and_break_no_connection() -> Result<()> {
         c.restart_daemon(h)?;
     }
     round_trip("after SIGKILL and start")?;
-    let after = c.hosts[0].ns.tcx_ingress("eth0")?;
+    let after = c.hosts[0].ns.tc_ingress("eth0")?;
     ensure!(
         after.len() == 1 && before.len() == 1,
         "decap programs: {before:?} -> {after:?}"

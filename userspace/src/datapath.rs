@@ -9,8 +9,8 @@ use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray},
     programs::{
-        links::{FdLink, PinnedLink},
-        tc::{self, SchedClassifierLink},
+        links::{FdLink, Link, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
         Program, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
@@ -50,6 +50,8 @@ pub struct Datapath {
     ebpf: Ebpf,
     /// Maps and program links are pinned here; they outlive the daemon.
     pin_dir: PathBuf,
+    /// The underlay interface decapsulation was attached to.
+    decap_interface: Option<String>,
 }
 
 impl Datapath {
@@ -80,9 +82,15 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("the kernel rejected program {name}"))?;
         }
+        if !has_tcx() {
+            log::info!(
+                "this kernel has no TCX (Linux 6.6+): TC programs attach as cls_bpf filters on clsact (priority {NETLINK_PRIORITY}), replaced in place on upgrade"
+            );
+        }
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),
+            decap_interface: None,
         })
     }
 
@@ -117,6 +125,12 @@ impl Datapath {
     /// Removes the pinned maps and links (and their parent directory once empty): the
     /// programs detach, and the next daemon starts with empty maps.
     pub fn unpin(&self) -> Result<()> {
+        if let Some(interface) = &self.decap_interface {
+            // Filters before TCX are not pinned; they must be deleted.
+            for program in [program_names::DECAP_TC, program_names::XDP_DELIVER_TC] {
+                self.unpin_link(program, interface);
+            }
+        }
         match std::fs::remove_dir_all(&self.pin_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e)
@@ -265,6 +279,7 @@ impl Datapath {
         for program in drop {
             self.unpin_link(program, interface);
         }
+        self.decap_interface = Some(interface.to_owned());
         Ok(())
     }
 
@@ -285,36 +300,80 @@ impl Datapath {
     }
 
     /// Removing the pin drops the last reference to the link: the program detaches.
-    fn unpin_link(&mut self, program: &str, interface: &str) {
+    /// Before TCX the filter is deleted instead (it may be gone with its interface).
+    fn unpin_link(&self, program: &str, interface: &str) {
         let _ = std::fs::remove_file(self.link_pin(program, interface));
+        if !has_tcx() && program != program_names::DECAP_XDP {
+            if let Ok(link) = SchedClassifierLink::attached(
+                interface,
+                TcAttachType::Ingress,
+                NETLINK_PRIORITY,
+                netlink_handle(program),
+                None,
+            ) {
+                let _ = link.detach();
+            }
+        }
     }
 
-    /// Attaches a TC ingress program through a pinned link, so it stays attached when
-    /// the daemon exits; a link already pinned gets the new program atomically
-    /// (`bpf_link_update`): not one packet meets an empty hook during an upgrade.
+    /// Attaches a TC ingress program so that it stays attached when the daemon exits,
+    /// and so that the next daemon swaps its own program in atomically: not one packet
+    /// meets an empty hook during an upgrade.
+    ///
+    /// With TCX (6.6+) that is a pinned link and `bpf_link_update`. Before, it is a
+    /// cls_bpf filter on clsact with a fixed priority and handle per program: a filter
+    /// found there is changed in place (cls_bpf swaps the program under RCU).
     fn attach_tc(&mut self, program: &str, interface: &str) -> Result<()> {
         let pin = self.link_pin(program, interface);
         let prog = classifier(&mut self.ebpf, program)?;
+        if !has_tcx() {
+            let handle = netlink_handle(program);
+            let existing = SchedClassifierLink::attached(
+                interface,
+                TcAttachType::Ingress,
+                NETLINK_PRIORITY,
+                handle,
+                None,
+            )
+            .with_context(|| format!("no interface {interface}"))?;
+            let id = match prog.attach_to_link(existing) {
+                Ok(id) => id,
+                Err(_) => {
+                    // No filter yet (first start): clsact may exist already.
+                    let _ = tc::qdisc_add_clsact(interface);
+                    let options = NlOptions {
+                        priority: NETLINK_PRIORITY,
+                        handle,
+                        classid: None,
+                    };
+                    prog.attach_with_options(
+                        interface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::Netlink(options),
+                    )
+                    .with_context(|| {
+                        format!("cannot attach {program} to TC ingress of {interface}")
+                    })?
+                }
+            };
+            // The filter belongs to the interface, not to this process: dropping the
+            // link would delete it. It holds no file descriptor, so forgetting leaks
+            // nothing.
+            std::mem::forget(prog.take_link(id)?);
+            return Ok(());
+        }
         if replace_pinned(&pin, |fd| {
             prog.attach_to_link(SchedClassifierLink::try_from(fd)?)?;
             Ok(())
         }) {
             return Ok(());
         }
-        // Before TCX (6.6) programs hang off a clsact qdisc, which may already exist.
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        if !tcx {
-            let _ = tc::qdisc_add_clsact(interface);
-        }
         let id = prog
             .attach(interface, TcAttachType::Ingress)
             .with_context(|| format!("cannot attach {program} to TC ingress of {interface}"))?;
-        if tcx {
-            let link = prog.take_link(id)?;
-            FdLink::try_from(link)?
-                .pin(&pin)
-                .with_context(|| format!("cannot pin the link of {program} on {interface}"))?;
-        }
+        FdLink::try_from(prog.take_link(id)?)?
+            .pin(&pin)
+            .with_context(|| format!("cannot pin the link of {program} on {interface}"))?;
         Ok(())
     }
 
@@ -358,6 +417,25 @@ impl Datapath {
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
         T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
     }
+}
+
+/// TCX (6.6+): TC programs attach through bpf links, which can be pinned.
+fn has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Before TCX: the cls_bpf priority of all oxlay filters, ahead of the usual 49152
+/// that tc and other loaders pick.
+const NETLINK_PRIORITY: u16 = 1;
+
+/// Before TCX: each program's filter handle, fixed so a new daemon finds its filter.
+fn netlink_handle(program: &str) -> TcHandle {
+    let minor = match program {
+        program_names::DECAP_TC => 1,
+        program_names::XDP_DELIVER_TC => 2,
+        _ => 3, // the container-egress program, on veths
+    };
+    TcHandle::new(0, minor)
 }
 
 /// Hands the link pinned at `pin`, if any, to `replace` (which swaps in the new

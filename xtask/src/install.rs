@@ -38,6 +38,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("busybox-static", "the VM tests' initramfs"),
     ("cpio", "packing the VM tests' initramfs"),
+    (
+        "binutils",
+        "stripping the binaries that go into the VM tests' initramfs",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

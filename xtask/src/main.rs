@@ -35,8 +35,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run the kernel-program tests inside Debian's 6.1 and 6.12 kernels under qemu.
-    VmTest,
+    /// Run the kernel-program and end-to-end tests inside Debian's 6.1 and 6.12
+    /// kernels under qemu.
+    VmTest {
+        /// Only these kernel series (e.g. 6.1); all when none is given.
+        series: Vec<String>,
+    },
     /// Install, build, and run the three-host demo.
     Demo {
         /// Where hosts share networks and endpoints: "embedded" or "etcd".
@@ -88,14 +92,14 @@ fn run(command: Cmd) -> Result<()> {
             test_args.extend(filters.iter().map(|s| s.as_str()));
             cargo(&test_args)?;
             if args.is_empty() {
-                step("the kernel matrix: the same programs in Linux 6.1 and 6.12 VMs");
-                vm::run()?;
+                step("the kernel matrix: oxlay in Linux 6.1 and 6.12 VMs");
+                vm::run(&[])?;
             }
             Ok(())
         }
-        Cmd::VmTest => {
+        Cmd::VmTest { series } => {
             install::run()?;
-            vm::run()
+            vm::run(&series)
         }
         Cmd::Demo { store } => {
             install::run()?;

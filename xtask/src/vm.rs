@@ -1,10 +1,18 @@
-//! `cargo xtask vm-test`: the kernel-program suite (BPF_PROG_TEST_RUN) inside real
-//! Debian kernels, 6.1 LTS and 6.12 LTS, booted with qemu (software emulation) from a
-//! busybox initramfs built here. The machine's own kernel runs the full suite already.
+//! `cargo xtask vm-test`: oxlay inside real Debian kernels, 6.1 LTS and 6.12 LTS,
+//! booted with qemu (software emulation) from a busybox initramfs built here. The
+//! machine's own kernel runs the full suite already.
 //!
-//! The initramfs holds busybox, the test binary and the C libraries it links; `/init`
-//! mounts what the tests need, runs them, prints one `VMTEST PASS|FAIL` line and
-//! powers off. A kernel that is not installable is reported, not skipped silently.
+//! Each VM runs the kernel-program suite (BPF_PROG_TEST_RUN) and the end-to-end tests
+//! with real daemons: hosts and containers in namespaces on a bridge, cross-host
+//! traffic in both decap modes, SIGTERM/SIGKILL restarts and upgrades without loss,
+//! and uninstall. Before 6.6 these exercise the netlink (cls_bpf) attachment instead
+//! of TCX links.
+//!
+//! The initramfs holds busybox, iproute2's `ip` and `tc`, the `oxlay` binary, the test
+//! binaries, the C libraries they link and the kernel's modules for veth, bridge and
+//! clsact/cls_bpf. `/init` loads the modules, runs each suite, prints one
+//! `VMTEST <suite> PASS|FAIL` line per suite and powers off. A kernel that is not
+//! installable is reported, not skipped silently.
 use std::{
     io::Write,
     path::{Path, PathBuf},
@@ -22,17 +30,44 @@ const KERNELS: &[(&str, &str)] = &[
     ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$"),
 ];
 
-const INIT: &str = r#"#!/bin/sh
+/// The suites each VM runs: (name, test binary, libtest arguments).
+const SUITES: &[(&str, &str, &str)] = &[
+    ("programs", "programs", ""),
+    (
+        "overlay",
+        "overlay",
+        "three_hosts sigterm_keeps_the_datapath_and_uninstall_removes_it",
+    ),
+    ("restart", "restart", ""),
+];
+
+/// Modules the end-to-end tests need (Debian builds them as modules), dependencies
+/// first; one built into a kernel is skipped.
+const MODULES: &[&str] = &[
+    "net/llc/llc",
+    "net/802/stp",
+    "net/bridge/bridge",
+    "drivers/net/veth",
+    "net/sched/sch_ingress",
+    "net/sched/cls_bpf",
+];
+
+const INIT_HEAD: &str = r#"#!/bin/sh
+export PATH=/bin OXLAY_BIN=/bin/oxlay
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
 mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
+for m in /modules/*.ko; do insmod "$m" || echo "VMTEST cannot load $m"; done
 echo "VMTEST kernel $(uname -r)"
 cd /tmp
-if /programs --test-threads=1 > /tmp/out 2>&1; then echo "VMTEST PASS"; else echo "VMTEST FAIL"; fi
-cat /tmp/out
-poweroff -f
+suite() {
+    name=$1; shift
+    if "$@" --test-threads=1 > /tmp/out 2>&1; then echo "VMTEST $name PASS"; else echo "VMTEST $name FAIL"; fi
+    cat /tmp/out
+}
 "#;
 
 fn sh(cmd: &mut Command) -> Result<String> {
@@ -91,48 +126,68 @@ fn kernel(dir: &Path, series: &str, pattern: &str) -> Result<PathBuf> {
         .context("the kernel package has no vmlinuz")
 }
 
-/// Builds the test binary and returns its path.
-fn test_binary() -> Result<PathBuf> {
+/// Builds the test binaries and the `oxlay` binary; returns (test name, path) pairs
+/// and the path of `oxlay`.
+fn binaries() -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
+    let mut args = vec![
+        "test",
+        "-p",
+        "oxlay-testbed",
+        "--no-run",
+        "--message-format=json",
+    ];
+    for (_, test, _) in SUITES {
+        args.extend(["--test", test]);
+    }
+    let out = Command::new(&cargo)
         .current_dir(root())
-        .args([
-            "test",
-            "-p",
-            "oxlay-testbed",
-            "--test",
-            "programs",
-            "--no-run",
-            "--message-format=json",
-        ])
+        .args(&args)
         .stderr(Stdio::inherit())
         .output()?;
     if !out.status.success() {
-        bail!("building the test binary failed");
+        bail!("building the test binaries failed");
     }
-    String::from_utf8_lossy(&out.stdout)
+    let tests: Vec<(String, PathBuf)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"]["name"] == "programs")
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .context("cargo reported no test executable")
+        .filter(|v| v["target"]["kind"][0] == "test")
+        .filter_map(|v| {
+            let name = v["target"]["name"].as_str()?.to_owned();
+            Some((name, PathBuf::from(v["executable"].as_str()?)))
+        })
+        .collect();
+    for (_, test, _) in SUITES {
+        if !tests.iter().any(|(name, _)| name == test) {
+            bail!("cargo built no test binary {test}");
+        }
+    }
+    let status = Command::new(&cargo)
+        .current_dir(root())
+        .args(["build", "-p", "oxlay", "--bin", "oxlay"])
+        .status()?;
+    if !status.success() {
+        bail!("building oxlay failed");
+    }
+    Ok((tests, root().join("target/debug/oxlay")))
 }
 
-/// The initramfs: busybox, the test binary, the libraries it needs, /init.
-fn initramfs(dir: &Path, binary: &Path) -> Result<PathBuf> {
-    let tree = dir.join("initramfs");
-    let _ = std::fs::remove_dir_all(&tree);
-    for d in ["bin", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir_all(tree.join(d))?;
+/// Copies an executable into the tree without its debug information (the initramfs
+/// lives in the VM's memory), and the libraries it links at the paths it expects.
+fn add_executable(tree: &Path, from: &Path, to: &str) -> Result<()> {
+    let target = tree.join(to);
+    std::fs::create_dir_all(target.parent().unwrap())?;
+    let stripped = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(from)
+        .arg("-o")
+        .arg(&target)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(from, &target).with_context(|| format!("cannot copy {}", from.display()))?;
     }
-    std::fs::copy("/usr/bin/busybox", tree.join("bin/busybox"))
-        .context("busybox-static is missing")?;
-    for applet in ["sh", "mount", "mkdir", "cat", "uname", "poweroff", "echo"] {
-        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
-    }
-    std::fs::copy(binary, tree.join("programs"))?;
-    // The dynamic loader and libraries, at the paths the binary expects.
-    for line in sh(Command::new("ldd").arg(binary))?.lines() {
+    for line in sh(Command::new("ldd").arg(from))?.lines() {
         let path = line
             .split("=>")
             .last()
@@ -141,52 +196,144 @@ fn initramfs(dir: &Path, binary: &Path) -> Result<PathBuf> {
             .next()
             .unwrap_or("");
         if path.starts_with('/') {
-            let target = tree.join(path.trim_start_matches('/'));
-            std::fs::create_dir_all(target.parent().unwrap())?;
-            std::fs::copy(path, &target)?;
+            let lib = tree.join(path.trim_start_matches('/'));
+            if !lib.exists() {
+                std::fs::create_dir_all(lib.parent().unwrap())?;
+                std::fs::copy(path, &lib)?;
+            }
         }
     }
-    let init = tree.join("init");
-    std::fs::write(&init, INIT)?;
-    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let files = sh(Command::new("find").arg(".").current_dir(&tree))?;
-    let image = dir.join("initramfs.cpio");
+    Ok(())
+}
+
+/// Copies the kernel's modules the tests need into `/modules`, numbered in load order
+/// and uncompressed (busybox insmod reads plain .ko files).
+fn add_modules(tree: &Path, kernel_root: &Path) -> Result<()> {
+    let modules = tree.join("modules");
+    let _ = std::fs::remove_dir_all(&modules);
+    std::fs::create_dir_all(&modules)?;
+    let base = std::fs::read_dir(kernel_root.join("lib/modules"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .next()
+        .context("the kernel package has no lib/modules")?;
+    let builtin = std::fs::read_to_string(base.join("modules.builtin")).unwrap_or_default();
+    for (i, module) in MODULES.iter().enumerate() {
+        let name = module.rsplit('/').next().unwrap();
+        let target = modules.join(format!("{i}-{name}.ko"));
+        let plain = base.join(format!("kernel/{module}.ko"));
+        let xz = base.join(format!("kernel/{module}.ko.xz"));
+        if plain.exists() {
+            std::fs::copy(&plain, &target)?;
+        } else if xz.exists() {
+            let raw = Command::new("busybox").arg("xzcat").arg(&xz).output()?;
+            if !raw.status.success() {
+                bail!("cannot decompress {}", xz.display());
+            }
+            std::fs::write(&target, raw.stdout)?;
+        } else if builtin.contains(&format!("kernel/{module}.ko")) {
+            continue;
+        } else {
+            bail!("the kernel has no module {module}");
+        }
+    }
+    Ok(())
+}
+
+/// The parts of the initramfs every kernel shares: busybox, ip, tc, oxlay, the test
+/// binaries with their libraries, /init.
+fn initramfs_tree(dir: &Path, tests: &[(String, PathBuf)], oxlay: &Path) -> Result<PathBuf> {
+    let tree = dir.join("initramfs");
+    let _ = std::fs::remove_dir_all(&tree);
+    for d in ["bin", "proc", "sys", "dev", "tmp", "run", "var"] {
+        std::fs::create_dir_all(tree.join(d))?;
+    }
+    // iproute2 keeps namespaces in /var/run/netns, the tests look in /run/netns.
+    std::os::unix::fs::symlink("../run", tree.join("var/run"))?;
+    std::fs::copy("/usr/bin/busybox", tree.join("bin/busybox"))
+        .context("busybox-static is missing")?;
+    for applet in [
+        "sh", "mount", "mkdir", "cat", "uname", "poweroff", "echo", "insmod", "nsenter", "ping",
+        "sysctl", "sleep", "kill",
+    ] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
+    }
+    for tool in ["ip", "tc"] {
+        add_executable(
+            &tree,
+            &Path::new("/usr/sbin").join(tool),
+            &format!("bin/{tool}"),
+        )?;
+    }
+    add_executable(&tree, oxlay, "bin/oxlay")?;
+    let mut init = INIT_HEAD.to_owned();
+    for (suite, test, args) in SUITES {
+        let (_, path) = tests.iter().find(|(name, _)| name == test).unwrap();
+        add_executable(&tree, path, test)?;
+        init += &format!("suite {suite} /{test} {args}\n");
+    }
+    init += "poweroff -f\n";
+    let init_path = tree.join("init");
+    std::fs::write(&init_path, init)?;
+    std::fs::set_permissions(
+        &init_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    Ok(tree)
+}
+
+/// Packs the tree, with the modules of one kernel, into a cpio archive.
+fn pack(tree: &Path, kernel_root: &Path, image: &Path) -> Result<()> {
+    add_modules(tree, kernel_root)?;
+    let files = sh(Command::new("find").arg(".").current_dir(tree))?;
     let mut cpio = Command::new("cpio")
         .args(["-o", "-H", "newc", "--quiet"])
-        .current_dir(&tree)
+        .current_dir(tree)
         .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&image)?)
+        .stdout(std::fs::File::create(image)?)
         .spawn()
         .context("cpio is missing")?;
     cpio.stdin.take().unwrap().write_all(files.as_bytes())?;
     if !cpio.wait()?.success() {
         bail!("cpio failed");
     }
-    Ok(image)
+    Ok(())
 }
 
-pub fn run() -> Result<()> {
+/// Runs the suites in the kernels of `only` (all when empty).
+pub fn run(only: &[String]) -> Result<()> {
+    let kernels: Vec<_> = KERNELS
+        .iter()
+        .filter(|(series, _)| only.is_empty() || only.iter().any(|o| o == series))
+        .collect();
+    if kernels.is_empty() {
+        let known: Vec<&str> = KERNELS.iter().map(|(s, _)| *s).collect();
+        bail!("no kernel series {only:?}; known: {}", known.join(", "));
+    }
     let dir = root().join("target/vm");
     std::fs::create_dir_all(&dir)?;
-    step("building the kernel-program tests for the VMs");
-    let binary = test_binary()?;
-    let image = initramfs(&dir, &binary)?;
+    step("building oxlay and its tests for the VMs");
+    let (tests, oxlay) = binaries()?;
+    let tree = initramfs_tree(&dir, &tests, &oxlay)?;
+    let image = dir.join("initramfs.cpio");
     let mut failed = Vec::new();
-    for (series, pattern) in KERNELS {
+    for (series, pattern) in &kernels {
         let vmlinuz = kernel(&dir, series, pattern)?;
+        let kernel_root = vmlinuz.parent().and_then(Path::parent).unwrap();
+        pack(&tree, kernel_root, &image)?;
         step(&format!(
-            "booting Linux {series} ({}) under qemu",
-            vmlinuz.display()
+            "booting Linux {series} ({}) under qemu: {} suites",
+            vmlinuz.display(),
+            SUITES.len()
         ));
         let start = Instant::now();
         let out = Command::new("timeout")
-            .arg("600")
+            .arg("900")
             .args([
                 "qemu-system-x86_64",
                 "-accel",
                 "tcg",
                 "-m",
-                "1024",
+                "2048",
                 "-smp",
                 "2",
                 "-nographic",
@@ -204,29 +351,32 @@ pub fn run() -> Result<()> {
             .lines()
             .find_map(|l| l.find("VMTEST kernel").map(|i| &l[i..]))
             .unwrap_or("(no kernel line)");
-        let passed = console.lines().any(|l| l.trim_end() == "VMTEST PASS");
         println!(
             "    {} in {:.0?}",
             kernel_line.trim(),
-            start.elapsed().min(Duration::from_secs(600))
+            start.elapsed().min(Duration::from_secs(900))
         );
-        for line in console
-            .lines()
-            .filter(|l| l.starts_with("test ") || l.contains("panicked"))
-        {
+        for line in console.lines().filter(|l| {
+            l.starts_with("test ") || l.contains("panicked") || l.starts_with("VMTEST cannot")
+        }) {
             println!("    {line}");
         }
-        if !passed {
+        let mut ok = true;
+        for (suite, _, _) in SUITES {
+            let passed = console
+                .lines()
+                .any(|l| l.trim_end() == format!("VMTEST {suite} PASS"));
+            println!("    {suite}: {}", if passed { "passed" } else { "FAILED" });
+            ok &= passed;
+        }
+        if !ok {
             println!("{console}");
             failed.push(series.to_string());
         }
     }
     if !failed.is_empty() {
-        bail!(
-            "the kernel-program tests failed on Linux {}",
-            failed.join(", ")
-        );
+        bail!("the VM tests failed on Linux {}", failed.join(", "));
     }
-    println!("vm-test: {} passed, 0 failed", KERNELS.len());
+    println!("vm-test: {} passed, 0 failed", kernels.len());
     Ok(())
 }
