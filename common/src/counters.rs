@@ -35,6 +35,7 @@ pub enum Counter {
     DropSpoofedPeerSource,
     DropTooBig,
     DropBadLength,
+    ArpReplied,
 }
 
 /// Name and meaning of one counter.
@@ -64,7 +65,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 21] = [
+pub const COUNTERS: [CounterInfo; 22] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -190,6 +191,12 @@ pub const COUNTERS: [CounterInfo; 21] = [
         "drop_bad_length",
         Drop,
         "VXLAN packet whose outer IPv4 or UDP length disagrees with the frame",
+    ),
+    row(
+        Counter::ArpReplied,
+        "arp_replied",
+        Forward,
+        "ARP requests from containers answered with their host-side veth's MAC",
     ),
 ];
 

@@ -15,6 +15,7 @@ use oxlay_common::{
 };
 
 use crate::{
+    arp,
     counters::count,
     maps, mtu,
     parse::{ipv4_header_checksum, read, ETH_P_IPV4, IPPROTO_UDP},
@@ -70,15 +71,19 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
     let Some(eth) = read::<EthHdr>(data, data_end, 0) else {
         return Ok(None);
     };
-    if u16::from_be(eth.ether_type) != ETH_P_IPV4 {
+    let ether_type = u16::from_be(eth.ether_type);
+    if ether_type != ETH_P_IPV4 && ether_type != arp::ETH_P_ARP {
         return Ok(None);
     }
-    let Some(ip) = read::<Ipv4Hdr>(data, data_end, ETH_LEN) else {
-        return Ok(None);
-    };
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(ep) = maps::endpoint(ifindex) else {
+        return Ok(None);
+    };
+    if ether_type == arp::ETH_P_ARP {
+        return arp::respond(ctx, &eth, ep);
+    }
+    let Some(ip) = read::<Ipv4Hdr>(data, data_end, ETH_LEN) else {
         return Ok(None);
     };
     // A container speaks only with its own address and MAC, wherever it sends.

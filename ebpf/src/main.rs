@@ -19,6 +19,7 @@
 #![no_std]
 #![no_main]
 
+mod arp;
 mod counters;
 mod decap;
 mod encap;

@@ -102,6 +102,12 @@ fn fixture() -> Result<Option<Fixture>> {
         Ipv4Net::new(LOCAL_CONTAINER.into(), 32)?,
         Route::local(LOCAL_IFINDEX, LOCAL_MAC, GATEWAY_MAC),
     )?;
+    // The test-run container's own route: it names the gateway MAC ARP answers with.
+    dp.set_route(
+        VNI,
+        Ipv4Net::new(SRC_CONTAINER.into(), 32)?,
+        Route::local(TEST_RUN_IFINDEX, SRC_MAC, GATEWAY_MAC),
+    )?;
     dp.set_endpoint(
         TEST_RUN_IFINDEX,
         Endpoint {
@@ -305,6 +311,63 @@ fn containers_cannot_spoof_their_source() -> Result<()> {
         [eth(GATEWAY_MAC, SRC_MAC, 0x0800), ip].concat()
     };
     for frame in [wrong_ip, wrong_mac, to_host] {
+        f.run(
+            prog::FROM_CONTAINER,
+            &frame,
+            TC_ACT_SHOT,
+            "drop_spoofed_source",
+        )?;
+    }
+    Ok(())
+}
+
+/// An ARP packet (IPv4 over Ethernet) in a frame.
+fn arp(oper: u16, src_mac: [u8; 6], sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut frame = eth([0xff; 6], src_mac, 0x0806);
+    frame.extend([0, 1, 0x08, 0x00, 6, 4]);
+    frame.extend(oper.to_be_bytes());
+    frame.extend(sha);
+    frame.extend(spa);
+    frame.extend([0; 6]);
+    frame.extend(tpa);
+    frame
+}
+
+#[test]
+fn containers_arp_is_answered_with_the_gateway_mac() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    for target in [[169, 254, 1, 1], REMOTE_CONTAINER, LOCAL_CONTAINER] {
+        let request = arp(1, SRC_MAC, SRC_MAC, SRC_CONTAINER, target);
+        let out = f.run(
+            prog::FROM_CONTAINER,
+            &request,
+            TC_ACT_REDIRECT,
+            "arp_replied",
+        )?;
+        let mut expected = eth(SRC_MAC, GATEWAY_MAC, 0x0806);
+        expected.extend([0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+        expected.extend(GATEWAY_MAC);
+        expected.extend(target);
+        expected.extend(SRC_MAC);
+        expected.extend(SRC_CONTAINER);
+        assert_eq!(out, expected, "reply for {target:?}");
+    }
+    // Probes, announcements and replies are the stack's.
+    for frame in [
+        arp(1, SRC_MAC, SRC_MAC, [0; 4], SRC_CONTAINER),
+        arp(1, SRC_MAC, SRC_MAC, SRC_CONTAINER, SRC_CONTAINER),
+        arp(2, SRC_MAC, SRC_MAC, SRC_CONTAINER, [169, 254, 1, 1]),
+    ] {
+        let out = f.run(prog::FROM_CONTAINER, &frame, TC_ACT_OK, "passed_to_stack")?;
+        assert_eq!(out, frame);
+    }
+    // ARP that claims another address or MAC is spoofing.
+    let other_mac = [0x02, 0xee, 0, 0, 0, 0xee];
+    for frame in [
+        arp(1, SRC_MAC, SRC_MAC, LOCAL_CONTAINER, [169, 254, 1, 1]),
+        arp(1, SRC_MAC, other_mac, SRC_CONTAINER, [169, 254, 1, 1]),
+        arp(2, other_mac, other_mac, SRC_CONTAINER, [169, 254, 1, 1]),
+    ] {
         f.run(
             prog::FROM_CONTAINER,
             &frame,
