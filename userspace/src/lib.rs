@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod docker;
 pub mod endpoint;
 pub mod model;
 pub mod net;
