@@ -18,6 +18,8 @@ use anyhow::{bail, Context, Result};
 
 /// Prefix of every namespace this crate makes.
 pub const PREFIX: &str = "oxt";
+pub mod docker;
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, failing with its stderr when it fails.
@@ -984,6 +986,8 @@ pub struct StoreCluster {
     pub etcd: Option<Etcd>,
     pub underlay: Underlay,
     store_toml: String,
+    /// More TOML for each host's config (e.g. a [docker] section).
+    extra_toml: Vec<String>,
     names: Vec<String>,
     _store_dir: TempDir,
 }
@@ -1000,6 +1004,16 @@ impl StoreCluster {
 
     /// Like `new`, with the hosts' underlay addresses given.
     pub fn with_hosts(addrs: &[String], etcd: bool, lease_ttl_secs: u64) -> Result<Self> {
+        Self::with_config(addrs, etcd, lease_ttl_secs, Vec::new())
+    }
+
+    /// Like `with_hosts`, with `extra_toml[i]` added to host `i`'s config.
+    pub fn with_config(
+        addrs: &[String],
+        etcd: bool,
+        lease_ttl_secs: u64,
+        extra_toml: Vec<String>,
+    ) -> Result<Self> {
         let hosts = addrs.len();
         let mut underlay = Underlay::new()?;
         let dir = TempDir::new("store")?;
@@ -1033,6 +1047,7 @@ impl StoreCluster {
             etcd: etcd_server,
             underlay,
             store_toml,
+            extra_toml,
             names: (0..hosts).map(|i| format!("s{i}-{tag}")).collect(),
             _store_dir: dir,
         };
@@ -1046,10 +1061,22 @@ impl StoreCluster {
     /// Starts host `i`'s daemon (again).
     pub fn start_daemon(&self, i: usize) -> Result<Daemon> {
         let config = format!(
-            "node_name = \"{0}\"\nunderlay_interface = \"eth0\"\npin_path = \"/sys/fs/bpf/oxlay-test/{0}\"\n{1}",
-            self.names[i], self.store_toml
+            "node_name = \"{0}\"\nunderlay_interface = \"eth0\"\npin_path = \"/sys/fs/bpf/oxlay-test/{0}\"\n{1}\n{2}",
+            self.names[i],
+            self.store_toml,
+            self.extra_toml.get(i).map(String::as_str).unwrap_or("")
         );
         Daemon::start(&self.hosts[i], &self.names[i], &config)
+    }
+
+    /// Stops host `i`'s daemon (SIGTERM: the datapath stays) and starts a new one.
+    pub fn restart_daemon(&mut self, i: usize) -> Result<()> {
+        self.daemons[i].stop()?;
+        let fresh = self.start_daemon(i)?;
+        let mut old = std::mem::replace(&mut self.daemons[i], fresh);
+        // The old handle must not clean up after the new daemon.
+        old.pin_path = None;
+        Ok(())
     }
 
     pub fn name(&self, i: usize) -> &str {

@@ -62,6 +62,33 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub docker: DockerConfig,
+}
+
+/// Docker's network and IPAM driver plugin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Serve the plugin (`docker network create -d oxlay --ipam-driver oxlay`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Where dockerd looks for it; the file name is the plugin's name.
+    #[serde(default = "default_docker_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            socket: default_docker_socket(),
+        }
+    }
+}
+
+fn default_docker_socket() -> PathBuf {
+    PathBuf::from("/run/docker/plugins/oxlay.sock")
 }
 
 /// Where hosts, networks and endpoints are shared.

@@ -28,6 +28,8 @@ use crate::{
     store::{embedded::EmbeddedStore, etcd::EtcdStore, LeaseId, Store},
 };
 
+mod docker_driver;
+
 /// Local endpoints by (namespace, store network; None for the static network).
 type EndpointKey = (String, Option<String>);
 
@@ -75,6 +77,8 @@ struct State {
     state_path: std::path::PathBuf,
     /// Signalled by the `uninstall` request.
     uninstall: Arc<tokio::sync::Notify>,
+    /// Which oxlay network each Docker network is.
+    docker: docker_driver::DockerState,
 }
 
 impl State {
@@ -285,8 +289,10 @@ pub async fn run(config: Config) -> Result<()> {
         underlay_subnet,
         state_path: socket_path.with_extension("endpoints.json"),
         uninstall: Arc::new(tokio::sync::Notify::new()),
+        docker: docker_driver::DockerState::default(),
     };
     let started = async {
+        state.docker = docker_driver::DockerState::load(&*state.store, &state.host.name).await?;
         state.adopt_endpoints().await?;
         state.register().await?;
         state.reconcile().await
@@ -316,6 +322,20 @@ pub async fn run(config: Config) -> Result<()> {
     let state = Arc::new(Mutex::new(state));
     let health: Health = Arc::default();
     let keepalive = tokio::spawn(keep_alive(state.clone(), ttl, health.clone()));
+    let docker = state.lock().await.config.docker.clone();
+    let docker_plugin = docker.enabled.then(|| {
+        let driver = Arc::new(docker_driver::DaemonDriver(state.clone()));
+        let socket = docker.socket.clone();
+        info!(
+            "serving the Docker network and IPAM driver \"oxlay\" on {}",
+            socket.display()
+        );
+        tokio::spawn(async move {
+            if let Err(e) = crate::docker::serve(&socket, driver).await {
+                warn!("docker plugin: {e:#}");
+            }
+        })
+    });
     let watcher = tokio::spawn(watch_store(state.clone(), store, health.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
@@ -345,6 +365,11 @@ pub async fn run(config: Config) -> Result<()> {
     }
     keepalive.abort();
     watcher.abort();
+    if let Some(plugin) = docker_plugin {
+        plugin.abort();
+        // Docker finds the plugin again when a daemon serves the socket anew.
+        std::fs::remove_file(&docker.socket).ok();
+    }
     let mut s = state.lock().await;
     if uninstall_requested {
         info!("uninstalling: removing endpoints, deregistering, detaching programs, removing pins");
@@ -372,6 +397,12 @@ async fn uninstall(s: &mut State) -> Result<()> {
     }
     s.datapath.unpin()?;
     std::fs::remove_file(&s.state_path).ok();
+    let bindings: Vec<String> = s.docker.networks.keys().cloned().collect();
+    for id in bindings {
+        model::unbind_docker_network(&*s.store, &s.host.name, &id)
+            .await
+            .ok();
+    }
     Ok(())
 }
 

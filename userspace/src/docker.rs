@@ -189,18 +189,14 @@ const GENERIC_OPTIONS: &str = "com.docker.network.generic";
 /// Serves the plugin on `socket` until the task is dropped.
 pub async fn serve(socket: &Path, driver: Arc<dyn Driver>) -> Result<()> {
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     // Docker runs as root; nobody else may drive the network.
     std::os::unix::fs::chown(socket, Some(0), Some(0))?;
-    std::fs::set_permissions(
-        socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     axum::serve(listener, router(driver))
         .await
         .context("the Docker plugin server stopped")
@@ -238,7 +234,12 @@ async fn call(
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
-    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn parse<'a, T: Deserialize<'a>>(method: &str, body: &'a [u8]) -> Result<T> {
@@ -280,7 +281,9 @@ pub async fn dispatch(driver: &dyn Driver, method: &str, body: &[u8]) -> Result<
                 anyhow::bail!("oxlay networks are IPv4 only: create the network without --ipv6");
             }
             if !b.sub_pool.is_empty() {
-                anyhow::bail!("--ip-range is not supported: oxlay hands out addresses by host blocks");
+                anyhow::bail!(
+                    "--ip-range is not supported: oxlay hands out addresses by host blocks"
+                );
             }
             let subnet = if b.pool.is_empty() {
                 None
@@ -312,7 +315,9 @@ pub async fn dispatch(driver: &dyn Driver, method: &str, body: &[u8]) -> Result<
             {
                 // Containers route through their host-side veth, which answers ARP
                 // for this link-local address: the gateway takes nothing from the pool.
-                return Ok(Some(json!({ "Address": format!("{GATEWAY}/32"), "Data": {} })));
+                return Ok(Some(
+                    json!({ "Address": format!("{GATEWAY}/32"), "Data": {} }),
+                ));
             }
             let wanted = if b.address.is_empty() {
                 None
@@ -395,7 +400,9 @@ pub async fn dispatch(driver: &dyn Driver, method: &str, body: &[u8]) -> Result<
         }
         "NetworkDriver.DeleteEndpoint" => {
             let b: EndpointBody = parse(method, body)?;
-            driver.delete_endpoint(&b.network_id, &b.endpoint_id).await?;
+            driver
+                .delete_endpoint(&b.network_id, &b.endpoint_id)
+                .await?;
             json!({})
         }
         "NetworkDriver.EndpointOperInfo" => {
@@ -490,11 +497,17 @@ mod tests {
             a: Ipv4Addr,
             m: Option<MacAddr>,
         ) -> Result<(MacAddr, String)> {
-            self.0.lock().unwrap().push(format!("endpoint {n} {e} {a} {m:?}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("endpoint {n} {e} {a} {m:?}"));
             Ok((MacAddr([2, 0, 0, 0, 0, 7]), "oxl1p".into()))
         }
         async fn delete_endpoint(&self, n: &str, e: &str) -> Result<()> {
-            self.0.lock().unwrap().push(format!("delete_endpoint {n} {e}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("delete_endpoint {n} {e}"));
             Ok(())
         }
         async fn join(&self, n: &str, e: &str, s: &str) -> Result<String> {
@@ -537,14 +550,31 @@ mod tests {
         )
         .await;
         assert_eq!(v["Address"], "169.254.1.1/32");
-        let v = call(&d, "IpamDriver.RequestAddress", r#"{"PoolID":"blue","Address":"10.50.3.4"}"#)
-            .await;
+        let v = call(
+            &d,
+            "IpamDriver.RequestAddress",
+            r#"{"PoolID":"blue","Address":"10.50.3.4"}"#,
+        )
+        .await;
         assert_eq!(v["Address"], "10.50.3.4/16");
-        call(&d, "IpamDriver.ReleaseAddress", r#"{"PoolID":"blue","Address":"10.50.3.4/16"}"#).await;
-        call(&d, "IpamDriver.ReleaseAddress", r#"{"PoolID":"blue","Address":"169.254.1.1/32"}"#).await;
+        call(
+            &d,
+            "IpamDriver.ReleaseAddress",
+            r#"{"PoolID":"blue","Address":"10.50.3.4/16"}"#,
+        )
+        .await;
+        call(
+            &d,
+            "IpamDriver.ReleaseAddress",
+            r#"{"PoolID":"blue","Address":"169.254.1.1/32"}"#,
+        )
+        .await;
         let calls = d.0.lock().unwrap().clone();
         assert_eq!(calls.len(), 3, "{calls:?}");
-        assert!(calls[0].contains("subnet: Some(Ipv4Net(10.50.0.0/16))") && calls[0].contains("\"network\": \"blue\""));
+        assert!(
+            calls[0].contains("subnet: Some(Ipv4Net(10.50.0.0/16))")
+                && calls[0].contains("\"network\": \"blue\"")
+        );
         assert_eq!(calls[1], "address blue Some(10.50.3.4)");
         assert_eq!(calls[2], "release blue 10.50.3.4");
     }
@@ -580,7 +610,10 @@ mod tests {
         assert_eq!(v["StaticRoutes"][0]["Destination"], "169.254.1.1/32");
         assert_eq!(v["StaticRoutes"][0]["RouteType"], 1);
         let calls = d.0.lock().unwrap().clone();
-        assert!(calls[0].contains("pool: Some(Ipv4Net(10.50.0.0/16))"), "{calls:?}");
+        assert!(
+            calls[0].contains("pool: Some(Ipv4Net(10.50.0.0/16))"),
+            "{calls:?}"
+        );
         assert!(calls[0].contains("\"team\": \"a\"") && calls[0].contains("\"mtu\": \"1400\""));
         assert!(!calls[0].contains("enable_ipv6"));
         assert_eq!(calls[1], "endpoint n1 e1 10.50.0.2 None");
@@ -591,18 +624,41 @@ mod tests {
     async fn bad_input_gets_an_error_that_says_what_to_do() {
         let d = Recorder::default();
         for (method, body, says) in [
-            ("IpamDriver.RequestPool", r#"{"Pool":"10.50.0.0/33"}"#, "--subnet"),
+            (
+                "IpamDriver.RequestPool",
+                r#"{"Pool":"10.50.0.0/33"}"#,
+                "--subnet",
+            ),
             ("IpamDriver.RequestPool", r#"{"V6":true}"#, "without --ipv6"),
-            ("IpamDriver.RequestPool", r#"{"Pool":"10.50.0.0/16","SubPool":"10.50.1.0/24"}"#, "--ip-range"),
-            ("IpamDriver.RequestAddress", r#"{"PoolID":"blue","Address":"banana"}"#, "--ip"),
-            ("NetworkDriver.CreateEndpoint", r#"{"NetworkID":"n","EndpointID":"e"}"#, "--ipam-driver oxlay"),
-            ("NetworkDriver.CreateEndpoint", r#"{"NetworkID":"n","EndpointID":"e","Interface":{"Address":"10.1.1.1/16","MacAddress":"zz"}}"#, "--mac-address"),
+            (
+                "IpamDriver.RequestPool",
+                r#"{"Pool":"10.50.0.0/16","SubPool":"10.50.1.0/24"}"#,
+                "--ip-range",
+            ),
+            (
+                "IpamDriver.RequestAddress",
+                r#"{"PoolID":"blue","Address":"banana"}"#,
+                "--ip",
+            ),
+            (
+                "NetworkDriver.CreateEndpoint",
+                r#"{"NetworkID":"n","EndpointID":"e"}"#,
+                "--ipam-driver oxlay",
+            ),
+            (
+                "NetworkDriver.CreateEndpoint",
+                r#"{"NetworkID":"n","EndpointID":"e","Interface":{"Address":"10.1.1.1/16","MacAddress":"zz"}}"#,
+                "--mac-address",
+            ),
             ("NetworkDriver.Join", "{not json", "not valid"),
         ] {
             let e = dispatch(&d, method, body.as_bytes()).await.unwrap_err();
             assert!(format!("{e:#}").contains(says), "{method}: {e:#}");
         }
-        assert!(dispatch(&d, "NetworkDriver.Frobnicate", b"{}").await.unwrap().is_none());
+        assert!(dispatch(&d, "NetworkDriver.Frobnicate", b"{}")
+            .await
+            .unwrap()
+            .is_none());
         assert!(d.0.lock().unwrap().is_empty());
     }
 }

@@ -118,24 +118,82 @@ pub async fn attach(
         container_mac: links.container_mac,
         mtu: spec.mtu,
     };
+    finish_attach(handle, datapath, record).await
+}
+
+/// An endpoint whose container end a runtime places (see `attach_unplaced`).
+pub struct UnplacedSpec {
+    pub network: String,
+    pub vni: u32,
+    /// Names the endpoint (and derives its host-side interface name).
+    pub sandbox: String,
+    pub address: Ipv4Addr,
+    /// The runtime's MAC for the container's end; the kernel's otherwise.
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+}
+
+/// Like `attach`, for a runtime that moves the container's end of the veth into its
+/// sandbox and configures it itself (Docker). `sandbox` names the endpoint.
+pub async fn attach_unplaced(
+    handle: &Handle,
+    datapath: &mut Datapath,
+    spec: UnplacedSpec,
+) -> Result<LocalEndpoint> {
+    let UnplacedSpec {
+        network,
+        vni,
+        sandbox,
+        address,
+        mac,
+        mtu,
+    } = spec;
+    let host_ifname = host_ifname(&sandbox, Some(&network));
+    // The container's end keeps this name until the runtime moves it.
+    let container_end = format!("{host_ifname}c");
+    let links =
+        netlink::create_unplaced_veth(handle, &host_ifname, &container_end, mtu, mac, address)
+            .await?;
+    let record = LocalEndpoint {
+        network: Some(network),
+        vni,
+        netns: sandbox,
+        address,
+        host_ifname: links.host.name.clone(),
+        host_ifindex: links.host.index,
+        host_mac: links.host.mac,
+        container_ifname: links.container_ifname.clone(),
+        container_mac: links.container_mac,
+        mtu,
+    };
+    finish_attach(handle, datapath, record).await
+}
+
+/// Attaches the program to the host-side veth and fills the maps; on failure, removes
+/// what was made.
+async fn finish_attach(
+    handle: &Handle,
+    datapath: &mut Datapath,
+    record: LocalEndpoint,
+) -> Result<LocalEndpoint> {
     let wired = async {
         datapath.attach_endpoint(&record.host_ifname)?;
         datapath.set_endpoint(
             record.host_ifindex,
             Endpoint {
-                net_id: vni,
+                net_id: record.vni,
                 addr: record.address.octets(),
                 mac: record.container_mac.0,
                 _pad: [0; 2],
             },
         )?;
         datapath.set_route(
-            vni,
+            record.vni,
             Ipv4Net::new(record.address, 32)?,
             Route::local(
                 record.host_ifindex,
                 record.container_mac.0,
-                links.host.mac.0,
+                record.host_mac.0,
             ),
         )
     };

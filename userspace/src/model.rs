@@ -29,6 +29,8 @@ pub const NETWORKS: &str = "/oxlay/networks/";
 pub const VNIS: &str = "/oxlay/vnis/";
 pub const BLOCKS: &str = "/oxlay/blocks/";
 pub const ENDPOINTS: &str = "/oxlay/endpoints/";
+/// Which oxlay network each host's Docker networks are: DOCKER/<host>/<docker id>.
+pub const DOCKER: &str = "/oxlay/docker/";
 
 /// VNIs handed out when none is asked for start here (low ones are left for users).
 pub const FIRST_AUTO_VNI: u32 = 4096;
@@ -249,6 +251,70 @@ async fn claim_vni(store: &dyn Store, network: &str, wanted: Option<u32>) -> Res
         }
     }
     bail!("no free VNI left")
+}
+
+/// Adds labels a network does not have yet (ones it has keep their value), e.g. from
+/// a runtime that names the network on each host.
+pub async fn add_network_labels(
+    store: &dyn Store,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<NetworkRecord> {
+    let key = format!("{NETWORKS}{name}");
+    loop {
+        let kv = store
+            .get(&key)
+            .await?
+            .with_context(|| format!("no network {name}"))?;
+        let mut record: NetworkRecord = decode(&kv.key, &kv.value)?;
+        let before = record.labels.len();
+        for (k, v) in labels {
+            record.labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if record.labels.len() == before {
+            return Ok(record);
+        }
+        let value = serde_json::to_string(&record)?;
+        if store
+            .compare_and_put(&key, kv.mod_revision, &value, None)
+            .await?
+            .is_some()
+        {
+            return Ok(record);
+        }
+    }
+}
+
+// ---- Docker networks ----
+
+/// Records that `host`'s Docker network `docker_id` is oxlay network `network`.
+pub async fn bind_docker_network(
+    store: &dyn Store,
+    host: &str,
+    docker_id: &str,
+    network: &str,
+) -> Result<()> {
+    store
+        .put(&format!("{DOCKER}{host}/{docker_id}"), network, None)
+        .await
+        .map(|_| ())
+}
+
+pub async fn unbind_docker_network(store: &dyn Store, host: &str, docker_id: &str) -> Result<()> {
+    store
+        .delete(&format!("{DOCKER}{host}/{docker_id}"))
+        .await
+        .map(|_| ())
+}
+
+/// `host`'s Docker networks: Docker ID → oxlay network.
+pub async fn docker_networks(store: &dyn Store, host: &str) -> Result<BTreeMap<String, String>> {
+    let prefix = format!("{DOCKER}{host}/");
+    let (kvs, _) = store.list(&prefix).await?;
+    Ok(kvs
+        .into_iter()
+        .filter_map(|kv| Some((kv.key.strip_prefix(&prefix)?.to_owned(), kv.value)))
+        .collect())
 }
 
 /// Removes a network; refused while it has endpoints.

@@ -266,12 +266,28 @@ async fn wire_endpoint(
     })
     .await?;
 
+    wire_host_side(handle, host.index, spec.address, container_mac).await?;
+    Ok(EndpointLinks {
+        host,
+        container_ifname: spec.container_ifname.clone(),
+        container_mac,
+    })
+}
+
+/// The host's side of an endpoint: a /32 route to the container through its veth and a
+/// permanent neighbour entry, so the host reaches it without ARP.
+async fn wire_host_side(
+    handle: &Handle,
+    host_index: u32,
+    address: Ipv4Addr,
+    container_mac: MacAddr,
+) -> Result<()> {
     handle
         .route()
         .add(
             RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(spec.address, 32)
-                .output_interface(host.index)
+                .destination_prefix(address, 32)
+                .output_interface(host_index)
                 .scope(netlink_packet_route::route::RouteScope::Link)
                 .build(),
         )
@@ -283,21 +299,78 @@ async fn wire_endpoint(
             rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST => Ok(()),
             e => Err(e),
         })
-        .with_context(|| format!("cannot add the host route to {}", spec.address))?;
+        .with_context(|| format!("cannot add the host route to {address}"))?;
     handle
         .neighbours()
-        .add(host.index, IpAddr::V4(spec.address))
+        .add(host_index, IpAddr::V4(address))
         .link_layer_address(&container_mac.0)
         .state(NeighbourState::Permanent)
         .replace()
         .execute()
         .await
         .context("cannot add the neighbour entry for the container")?;
-    Ok(EndpointLinks {
-        host,
-        container_ifname: spec.container_ifname.clone(),
-        container_mac,
-    })
+    Ok(())
+}
+
+/// A veth for a runtime that moves and configures the container's end itself (Docker):
+/// both ends stay in the host namespace, the container's end down, with `mac` if given.
+/// The host side is wired as for any endpoint.
+pub async fn create_unplaced_veth(
+    handle: &Handle,
+    host_ifname: &str,
+    container_end: &str,
+    mtu: u32,
+    mac: Option<MacAddr>,
+    address: Ipv4Addr,
+) -> Result<EndpointLinks> {
+    for name in [host_ifname, container_end] {
+        if link_by_name(handle, name).await?.is_some() {
+            bail!("interface {name} already exists: is the endpoint already created?");
+        }
+    }
+    handle
+        .link()
+        .add(LinkVeth::new(host_ifname, container_end).mtu(mtu).build())
+        .execute()
+        .await
+        .with_context(|| format!("cannot create veth {host_ifname}"))?;
+    let wired = async {
+        let peer = link_by_name(handle, container_end)
+            .await?
+            .ok_or_else(|| anyhow!("veth peer {container_end} vanished"))?;
+        // The runtime keeps the MTU it finds (Docker does): the overlay's, not 1500.
+        let mut container_side = LinkUnspec::new_with_index(peer.index).mtu(mtu);
+        if let Some(mac) = mac {
+            container_side = container_side.address(mac.0.to_vec());
+        }
+        handle
+            .link()
+            .set(container_side.build())
+            .execute()
+            .await
+            .with_context(|| format!("cannot set the MTU and MAC of {container_end}"))?;
+        let host = link_by_name(handle, host_ifname)
+            .await?
+            .ok_or_else(|| anyhow!("veth {host_ifname} vanished"))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(host.index).up().build())
+            .execute()
+            .await
+            .context("cannot bring up the host-side veth")?;
+        let container_mac = mac.unwrap_or(peer.mac);
+        wire_host_side(handle, host.index, address, container_mac).await?;
+        Ok(EndpointLinks {
+            host,
+            container_ifname: container_end.to_owned(),
+            container_mac,
+        })
+    };
+    let result = wired.await;
+    if result.is_err() {
+        let _ = delete_link(handle, host_ifname).await;
+    }
+    result
 }
 
 /// The container's end of a veth and how to configure it.

@@ -42,6 +42,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "binutils",
         "stripping the binaries that go into the VM tests' initramfs",
     ),
+    (
+        "docker.io",
+        "the real Docker engine for the network driver tests",
+    ),
+    (
+        "containernetworking-plugins",
+        "reference CNI plugins chained with oxlay's in the CNI tests",
+    ),
+    (
+        "containerd",
+        "a real runtime (ctr run --cni) for the CNI tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

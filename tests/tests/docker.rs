@@ -1,0 +1,268 @@
+//! The Docker network and IPAM driver with the real engine: two hosts, each a network
+//! namespace with its own dockerd and oxlay daemon, sharing etcd.
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use oxlay_testbed::{
+    docker::{docker_missing, Dockerd, IMAGE, IMAGE_GREETING},
+    eventually, skip_without_root_or_etcd, StoreCluster, TempDir, UNDERLAY_PREFIX,
+};
+
+/// The address Docker gave `container` on `network`.
+fn address(d: &Dockerd, container: &str, network: &str) -> Result<String> {
+    d.docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        container,
+    ])
+}
+
+/// oxlay's veths in a host namespace.
+fn oxlay_links(c: &StoreCluster, host: usize) -> Result<Vec<String>> {
+    Ok(c.hosts[host]
+        .ns
+        .ip(&["-o", "link"])?
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+        .filter(|n| n.starts_with("oxl"))
+        .collect())
+}
+
+/// Client container `client` on `d` fetches the page of the server at `addr` (TCP).
+fn fetch(d: &Dockerd, client: &str, addr: &str) -> Result<String> {
+    d.docker(&[
+        "exec",
+        client,
+        // (this busybox's wget crashes on -T)
+        "timeout",
+        "10",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &format!("http://{addr}:8080/index.html"),
+    ])
+}
+
+/// What each host holds, for a failure message.
+fn diagnose(c: &StoreCluster, dockers: &[Dockerd]) -> String {
+    let mut out = String::new();
+    for (i, d) in dockers.iter().enumerate() {
+        out += &format!("--- host {i}\n");
+        for args in [&["routes"][..], &["endpoints"], &["stats"]] {
+            out += &format!("{:?}\n", c.daemons[i].cli(args));
+        }
+        out += &format!("{:?}\n", c.hosts[i].ns.ip(&["-o", "addr"]));
+        out += &format!("{:?}\n", c.hosts[i].ns.ip(&["route"]));
+        if let Ok(ids) = d.docker(&["ps", "-q"]) {
+            for id in ids.split_whitespace() {
+                out += &format!("{:?}\n", d.docker(&["exec", id, "ip", "addr"]));
+                out += &format!("{:?}\n", d.docker(&["exec", id, "ip", "route"]));
+                out += &format!("{:?}\n", d.docker(&["exec", id, "ip", "neigh"]));
+            }
+        }
+        out += &d.log();
+    }
+    for d in &c.daemons {
+        out += &d.log();
+    }
+    out
+}
+
+#[test]
+fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
+    if skip_without_root_or_etcd() {
+        return Ok(());
+    }
+    if let Some(why) = docker_missing() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let plugin_dirs = [Dockerd::plugin_dir("a")?, Dockerd::plugin_dir("b")?];
+    let extra: Vec<String> = plugin_dirs
+        .iter()
+        .map(|d: &TempDir| {
+            format!(
+                "[docker]\nenabled = true\nsocket = \"{}\"\n",
+                d.path.join("oxlay.sock").display()
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = (0..2)
+        .map(|i| format!("{UNDERLAY_PREFIX}.{}", 11 + i))
+        .collect();
+    let mut c = StoreCluster::with_config(&addrs, true, 10, extra)?;
+    let socket = plugin_dirs[0].path.join("oxlay.sock");
+    let mode = std::fs::metadata(&socket)
+        .with_context(|| format!("no plugin socket at {}", socket.display()))?;
+    ensure!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o077 == 0,
+        "the plugin socket is open to others"
+    );
+
+    let mut dockers = Vec::new();
+    for (i, dir) in plugin_dirs.iter().enumerate() {
+        let d = Dockerd::start(&c.hosts[i], &dir.path)?;
+        d.import_image()?;
+        dockers.push(d);
+    }
+
+    // The same command on both hosts: one oxlay network ("docker", as none is named).
+    // IPAM options (--ipam-opt) and driver options (-o) become its labels.
+    for d in &dockers {
+        d.docker(&[
+            "network",
+            "create",
+            "-d",
+            "oxlay",
+            "--ipam-driver",
+            "oxlay",
+            "--ipam-opt",
+            "team=red",
+            "-o",
+            "color=green",
+            "web",
+        ])?;
+    }
+    let networks = c.daemons[0].cli(&["network", "ls"])?;
+    ensure!(
+        networks.contains("team=red") && networks.contains("color=green"),
+        "IPAM and driver options did not reach the oxlay network: {networks}"
+    );
+
+    // A web server on host B, a client on host A.
+    dockers[1].docker(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--network",
+        "web",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ])?;
+    let srv = address(&dockers[1], "srv", "web")?;
+    ensure!(!srv.is_empty(), "the server has no address on web");
+    dockers[0].docker(&[
+        "run",
+        "-d",
+        "--name",
+        "cli",
+        "--network",
+        "web",
+        IMAGE,
+        "sleep",
+        "600",
+    ])?;
+    let link = dockers[0].docker(&["exec", "cli", "ip", "link", "show", "eth0"])?;
+    ensure!(
+        link.contains("mtu 1450"),
+        "container MTU is not the overlay's: {link}"
+    );
+    let ping = dockers[0].docker(&["exec", "cli", "ping", "-c", "2", "-W", "2", &srv]);
+    ensure!(ping.is_ok(), "ping: {ping:?}\n{}", diagnose(&c, &dockers));
+    let page = fetch(&dockers[0], "cli", &srv).with_context(|| diagnose(&c, &dockers))?;
+    ensure!(page == IMAGE_GREETING, "fetched {page:?}");
+    let decapsulated = c.daemons[1].counter("decapsulated")?;
+    ensure!(decapsulated > 0, "host B decapsulated nothing");
+
+    // oxlay restarts under a running container: the server stays reachable.
+    c.restart_daemon(1)?;
+    let page = fetch(&dockers[0], "cli", &srv).context("after restarting oxlay on B")?;
+    ensure!(page == IMAGE_GREETING, "fetched {page:?}");
+
+    // Stopping the container leaves nothing behind on its host.
+    dockers[1].docker(&["rm", "-f", "srv"])?;
+    eventually(Duration::from_secs(10), || {
+        let links = oxlay_links(&c, 1)?;
+        ensure!(links.is_empty(), "veths left on B: {links:?}");
+        let eps = c.daemons[1].cli(&["endpoints"])?;
+        ensure!(!eps.contains("docker-"), "endpoints left on B: {eps}");
+        Ok(())
+    })?;
+
+    // dockerd restarts: its containers stop and release everything; the network works
+    // again afterwards.
+    dockers[0].docker(&[
+        "run",
+        "-d",
+        "--name",
+        "idle",
+        "--network",
+        "web",
+        IMAGE,
+        "sleep",
+        "600",
+    ])?;
+    ensure!(
+        oxlay_links(&c, 0)?.len() == 2,
+        "no veth for the idle container"
+    );
+    let host_a = &c.hosts[0];
+    dockers[0].restart(host_a)?;
+    eventually(Duration::from_secs(10), || {
+        let links = oxlay_links(&c, 0)?;
+        ensure!(
+            links.is_empty(),
+            "veths left on A after dockerd restarted: {links:?}"
+        );
+        Ok(())
+    })?;
+    dockers[1].docker(&[
+        "run",
+        "-d",
+        "--name",
+        "srv2",
+        "--network",
+        "web",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ])?;
+    let srv2 = address(&dockers[1], "srv2", "web")?;
+    // (the stopped containers stay, without their networks, until removed)
+    dockers[0].docker(&[
+        "run",
+        "-d",
+        "--name",
+        "cli2",
+        "--network",
+        "web",
+        IMAGE,
+        "sleep",
+        "600",
+    ])?;
+    let page = fetch(&dockers[0], "cli2", &srv2).with_context(|| diagnose(&c, &dockers))?;
+    ensure!(
+        page == IMAGE_GREETING,
+        "after the dockerd restart: {page:?}"
+    );
+
+    // docker network rm leaves nothing behind either.
+    for d in &dockers {
+        let ids = d.docker(&["ps", "-aq"])?;
+        for id in ids.split_whitespace() {
+            d.docker(&["rm", "-f", id])?;
+        }
+        d.docker(&["network", "rm", "web"])?;
+    }
+    for h in 0..2 {
+        let links = oxlay_links(&c, h)?;
+        ensure!(links.is_empty(), "veths left on host {h}: {links:?}");
+    }
+    let left = c.daemons[0].cli(&["endpoint", "ls"])?;
+    ensure!(!left.contains("docker"), "endpoint records left: {left}");
+    drop(dockers);
+    Ok(())
+}

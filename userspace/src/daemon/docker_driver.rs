@@ -1,0 +1,347 @@
+//! What Docker's calls do to this node: pools are oxlay networks in the store,
+//! addresses are endpoint records (the store's address claims), endpoints are veths
+//! whose container end Docker moves into its sandbox.
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+
+use anyhow::{anyhow, bail, Context, Result};
+use log::info;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use super::{remove_local_endpoint, EndpointKey, State};
+use crate::{
+    docker::{Driver, NetworkRequest, PoolRequest},
+    endpoint::{self, UnplacedSpec},
+    model::{self, NetworkSpec},
+    net::{Ipv4Net, MacAddr},
+};
+
+/// The IPAM option that names the oxlay network (Docker tells drivers no names).
+pub const NETWORK_OPTION: &str = "network";
+/// The oxlay network of Docker networks that name none and give no subnet.
+const DEFAULT_NETWORK: &str = "docker";
+/// Marks an address handed out but not yet an endpoint.
+const PENDING_SANDBOX: &str = "docker-pending";
+
+/// Which oxlay network each Docker network is (kept in the store, as dockerd remembers
+/// its networks across restarts of either daemon), and pools not yet claimed.
+#[derive(Debug, Default)]
+pub struct DockerState {
+    /// Docker network ID → oxlay network name.
+    pub networks: BTreeMap<String, String>,
+    /// Pools handed out, not yet claimed by a Docker network: (network, subnet).
+    pending: Vec<(String, Ipv4Net)>,
+}
+
+impl DockerState {
+    pub async fn load(store: &dyn crate::store::Store, host: &str) -> Result<Self> {
+        Ok(Self {
+            networks: model::docker_networks(store, host).await?,
+            pending: Vec::new(),
+        })
+    }
+}
+
+/// The endpoint key of a Docker endpoint: its sandbox name is derived from its ID.
+fn endpoint_key(endpoint_id: &str, network: &str) -> EndpointKey {
+    let short: String = endpoint_id.chars().take(12).collect();
+    (format!("docker-{short}"), Some(network.to_owned()))
+}
+
+/// The daemon's state, seen as a Docker plugin.
+pub struct DaemonDriver(pub Arc<Mutex<State>>);
+
+impl DaemonDriver {
+    fn network_of<'a>(s: &'a State, network_id: &str) -> Result<&'a String> {
+        s.docker.networks.get(network_id).ok_or_else(|| {
+            anyhow!("Docker network {network_id} is not an oxlay network on this host (was it created with --ipam-driver oxlay?)")
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for DaemonDriver {
+    async fn request_pool(&self, request: PoolRequest) -> Result<(String, Ipv4Net)> {
+        let mut options = request.options;
+        let name = options
+            .remove(NETWORK_OPTION)
+            .or_else(|| {
+                request
+                    .subnet
+                    .map(|s| format!("docker-{}-{}", s.addr(), s.prefix_len()).replace('.', "-"))
+            })
+            .unwrap_or_else(|| DEFAULT_NETWORK.to_owned());
+        let mut s = self.0.lock().await;
+        let store = s.store.clone();
+        let net = match model::network(&*store, &name).await {
+            Ok(net) => net,
+            Err(_) => {
+                let spec = network_spec(&name, request.subnet, &options)?;
+                match model::create_network(&*store, spec).await {
+                    Ok(net) => {
+                        info!("docker: created network {name} ({})", net.subnet);
+                        net
+                    }
+                    // Another host created it at the same moment.
+                    Err(e) => model::network(&*store, &name).await.map_err(|_| e)?,
+                }
+            }
+        };
+        if let Some(subnet) = request.subnet {
+            if subnet != net.subnet {
+                bail!(
+                    "network {name} exists with subnet {}, not {subnet}: leave out --subnet or give the same one",
+                    net.subnet
+                );
+            }
+        }
+        s.docker.pending.push((name.clone(), net.subnet));
+        Ok((name, net.subnet))
+    }
+
+    async fn release_pool(&self, pool_id: &str) -> Result<()> {
+        // The network belongs to every host: it stays until `oxlay network rm`.
+        info!("docker: released pool of network {pool_id}");
+        Ok(())
+    }
+
+    async fn request_address(
+        &self,
+        pool_id: &str,
+        wanted: Option<Ipv4Addr>,
+    ) -> Result<(Ipv4Addr, u8)> {
+        let s = self.0.lock().await;
+        let store = s.store.clone();
+        let net = model::network(&*store, pool_id).await?;
+        let labels = BTreeMap::from([("runtime".to_owned(), "docker".to_owned())]);
+        let record = model::create_endpoint(
+            &*store,
+            &s.host.name,
+            s.lease,
+            pool_id,
+            PENDING_SANDBOX,
+            wanted,
+            labels,
+        )
+        .await?;
+        Ok((record.address, net.subnet.prefix_len()))
+    }
+
+    async fn release_address(&self, pool_id: &str, address: Ipv4Addr) -> Result<()> {
+        let s = self.0.lock().await;
+        let store = s.store.clone();
+        let mine = model::endpoints(&*store, Some(pool_id))
+            .await?
+            .into_iter()
+            .any(|e| e.address == address && e.host == s.host.name);
+        if mine {
+            model::remove_endpoint(&*store, pool_id, address).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_network(&self, request: NetworkRequest) -> Result<()> {
+        let mut s = self.0.lock().await;
+        let store = s.store.clone();
+        let pending = request
+            .pool
+            .and_then(|pool| s.docker.pending.iter().position(|(_, p)| *p == pool));
+        let name = match pending {
+            Some(i) => s.docker.pending.remove(i).0,
+            None => bail!(
+                "Docker network {} has no oxlay pool: create it with --ipam-driver oxlay",
+                request.network_id
+            ),
+        };
+        if !request.options.is_empty() {
+            model::add_network_labels(&*store, &name, &request.options).await?;
+        }
+        model::bind_docker_network(&*store, &s.host.name, &request.network_id, &name).await?;
+        info!(
+            "docker: network {} is oxlay network {name}",
+            request.network_id
+        );
+        s.docker.networks.insert(request.network_id, name);
+        Ok(())
+    }
+
+    async fn delete_network(&self, network_id: &str) -> Result<()> {
+        let mut s = self.0.lock().await;
+        let store = s.store.clone();
+        model::unbind_docker_network(&*store, &s.host.name, network_id).await?;
+        if let Some(name) = s.docker.networks.remove(network_id) {
+            info!("docker: network {network_id} ({name}) removed");
+        }
+        Ok(())
+    }
+
+    async fn create_endpoint(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        address: Ipv4Addr,
+        mac: Option<MacAddr>,
+    ) -> Result<(MacAddr, String)> {
+        let mut guard = self.0.lock().await;
+        let s = &mut *guard;
+        let store = s.store.clone();
+        let name = Self::network_of(s, network_id)?.clone();
+        let net = model::network(&*store, &name).await?;
+        let claim = model::endpoints(&*store, Some(&name))
+            .await?
+            .into_iter()
+            .find(|e| e.address == address && e.host == s.host.name)
+            .with_context(|| {
+                format!("address {address} was not handed out here by oxlay's IPAM: use --ipam-driver oxlay")
+            })?;
+        let key = endpoint_key(endpoint_id, &name);
+        if s.endpoints.contains_key(&key) {
+            bail!("endpoint {endpoint_id} exists already");
+        }
+        let spec = UnplacedSpec {
+            network: name.clone(),
+            vni: net.vni,
+            sandbox: key.0.clone(),
+            address,
+            mac,
+            mtu: s.container_mtu,
+        };
+        let local = endpoint::attach_unplaced(&s.handle, &mut s.datapath, spec).await?;
+        let wired = model::EndpointRecord {
+            sandbox: key.0.clone(),
+            interface: Some(local.container_ifname.clone()),
+            mac: Some(local.container_mac),
+            ..claim
+        };
+        model::update_endpoint(&*store, &wired).await?;
+        info!(
+            "docker: endpoint {} {address} (vni {}) on {}",
+            key.0, net.vni, local.host_ifname
+        );
+        let answer = (local.container_mac, local.container_ifname.clone());
+        s.endpoints.insert(key, local);
+        s.reconcile().await?;
+        Ok(answer)
+    }
+
+    async fn delete_endpoint(&self, network_id: &str, endpoint_id: &str) -> Result<()> {
+        let mut s = self.0.lock().await;
+        // By the endpoint's sandbox name alone: removal must work whatever else is lost.
+        let sandbox = endpoint_key(endpoint_id, "").0;
+        let key = s.endpoints.keys().find(|(n, _)| *n == sandbox).cloned();
+        match key {
+            Some(key) => {
+                remove_local_endpoint(&mut s, &key).await?;
+            }
+            None => info!("docker: endpoint {endpoint_id} of {network_id} is gone already"),
+        }
+        Ok(())
+    }
+
+    async fn join(&self, network_id: &str, endpoint_id: &str, sandbox: &str) -> Result<String> {
+        let s = self.0.lock().await;
+        let name = Self::network_of(&s, network_id)?;
+        let ep = s
+            .endpoints
+            .get(&endpoint_key(endpoint_id, name))
+            .with_context(|| format!("no endpoint {endpoint_id} on this host"))?;
+        info!("docker: {} joins sandbox {sandbox}", ep.netns);
+        Ok(ep.container_ifname.clone())
+    }
+
+    async fn leave(&self, _network_id: &str, _endpoint_id: &str) -> Result<()> {
+        // Docker takes the interface out of the sandbox; DeleteEndpoint removes it.
+        Ok(())
+    }
+
+    async fn endpoint_info(&self, network_id: &str, endpoint_id: &str) -> Result<Value> {
+        let s = self.0.lock().await;
+        let name = Self::network_of(&s, network_id)?;
+        Ok(match s.endpoints.get(&endpoint_key(endpoint_id, name)) {
+            Some(ep) => json!({
+                "oxlay.network": name,
+                "oxlay.vni": ep.vni,
+                "oxlay.host_interface": ep.host_ifname,
+            }),
+            None => json!({}),
+        })
+    }
+}
+
+/// A network created on Docker's behalf: IPAM options `vni`, `block-prefix` and
+/// `direct` are oxlay's; the others become labels.
+fn network_spec(
+    name: &str,
+    subnet: Option<Ipv4Net>,
+    options: &BTreeMap<String, String>,
+) -> Result<NetworkSpec> {
+    let mut spec = NetworkSpec {
+        name: name.to_owned(),
+        subnet,
+        ..NetworkSpec::default()
+    };
+    for (k, v) in options {
+        match k.as_str() {
+            "vni" => {
+                spec.vni = Some(
+                    v.parse()
+                        .map_err(|_| anyhow!("--ipam-opt vni={v}: not a number"))?,
+                )
+            }
+            "block-prefix" => {
+                spec.block_prefix = Some(
+                    v.parse()
+                        .map_err(|_| anyhow!("--ipam-opt block-prefix={v}: not a number"))?,
+                )
+            }
+            "direct" => {
+                spec.direct = v
+                    .parse()
+                    .map_err(|_| anyhow!("--ipam-opt direct={v}: use true or false"))?
+            }
+            _ => {
+                spec.labels.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    spec.labels
+        .insert("created-by".to_owned(), "docker".to_owned());
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipam_options_become_network_settings_and_labels() {
+        let options = BTreeMap::from([
+            ("vni".to_owned(), "77".to_owned()),
+            ("block-prefix".to_owned(), "26".to_owned()),
+            ("direct".to_owned(), "true".to_owned()),
+            ("team".to_owned(), "a".to_owned()),
+        ]);
+        let spec = network_spec("blue", None, &options).unwrap();
+        assert_eq!(spec.vni, Some(77));
+        assert_eq!(spec.block_prefix, Some(26));
+        assert!(spec.direct);
+        assert_eq!(spec.labels["team"], "a");
+        assert_eq!(spec.labels["created-by"], "docker");
+        for (k, v, says) in [
+            ("vni", "x", "vni=x"),
+            ("block-prefix", "-1", "block-prefix"),
+            ("direct", "yes", "true or false"),
+        ] {
+            let bad = BTreeMap::from([(k.to_owned(), v.to_owned())]);
+            let e = network_spec("blue", None, &bad).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn endpoint_keys_are_short_and_stable() {
+        let (sandbox, network) = endpoint_key("0123456789abcdef0123", "blue");
+        assert_eq!(sandbox, "docker-0123456789ab");
+        assert_eq!(network.as_deref(), Some("blue"));
+    }
+}
