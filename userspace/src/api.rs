@@ -66,7 +66,12 @@ pub enum Request {
     /// Creates an endpoint on a store network in a namespace on this host.
     EndpointCreate {
         network: String,
+        /// A name under /run/netns, or a path (e.g. /proc/PID/ns/net).
         netns: String,
+        /// What names the endpoint (`endpoint rm --netns` takes it); default `netns`.
+        /// A runtime whose namespace paths change or vanish (CNI) gives its own.
+        #[serde(default)]
+        sandbox: Option<String>,
         #[serde(default)]
         ip: Option<Ipv4Addr>,
         #[serde(default)]
@@ -81,7 +86,11 @@ pub enum Request {
     },
     EndpointRm {
         network: String,
+        /// The endpoint's sandbox name (its namespace, unless it was named otherwise).
         netns: String,
+        /// Succeed when there is no such endpoint (CNI's DEL must be idempotent).
+        #[serde(default)]
+        missing_ok: bool,
     },
 }
 

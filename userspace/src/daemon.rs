@@ -542,16 +542,36 @@ async fn serve_connection(stream: UnixStream, state: &Mutex<State>, health: &Hea
     Ok(())
 }
 
+/// A namespace to wire an endpoint into, and the name the endpoint goes by.
+struct Sandbox {
+    name: String,
+    /// A name under /run/netns or a path.
+    netns: String,
+}
+
+impl Sandbox {
+    fn named_by_netns(netns: String) -> Self {
+        Self {
+            name: netns.clone(),
+            netns,
+        }
+    }
+}
+
 /// Wires an endpoint into a namespace and records it; the maps follow by reconciling.
 async fn add_local_endpoint(
     s: &mut State,
     network: Option<String>,
     vni: u32,
-    netns: String,
+    sandbox: Sandbox,
     address: std::net::Ipv4Addr,
     ifname: Option<String>,
     route: ContainerRoute,
 ) -> Result<LocalEndpoint> {
+    let Sandbox {
+        name: netns,
+        netns: netns_path,
+    } = sandbox;
     let key = (netns.clone(), network.clone());
     if s.endpoints.contains_key(&key) {
         bail!("namespace {netns} is already on this network here; remove that endpoint first");
@@ -563,7 +583,8 @@ async fn add_local_endpoint(
     let spec = EndpointSpec {
         route,
         host_ifname: endpoint::host_ifname(&netns, network.as_deref()),
-        netns: netns.clone(),
+        netns: netns_path,
+        sandbox: netns.clone(),
         container_ifname: ifname,
         address,
         mtu: s.container_mtu,
@@ -658,7 +679,8 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
             } else {
                 ContainerRoute::Subnet(subnet)
             };
-            let record = add_local_endpoint(s, None, vni, netns, address, ifname, route).await?;
+            let sandbox = Sandbox::named_by_netns(netns);
+            let record = add_local_endpoint(s, None, vni, sandbox, address, ifname, route).await?;
             serde_json::to_value(record.view())?
         }
         Request::Detach { netns } => {
@@ -759,10 +781,12 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
         Request::EndpointCreate {
             network,
             netns,
+            sandbox,
             ip,
             labels,
             ifname,
         } => {
+            let sandbox = sandbox.unwrap_or_else(|| netns.clone());
             let net = model::network(&*store, &network).await?;
             let (host, lease) = (s.host.name.clone(), s.lease);
             let record = model::create_endpoint(
@@ -770,12 +794,12 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
                 &host,
                 lease,
                 &network,
-                &netns,
+                &sandbox,
                 ip,
                 parse_labels(labels)?,
             )
             .await?;
-            let first = !s.endpoints.keys().any(|(n, _)| *n == netns);
+            let first = !s.endpoints.keys().any(|(n, _)| *n == sandbox);
             let route = if first {
                 ContainerRoute::Default
             } else {
@@ -785,7 +809,10 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
                 s,
                 Some(network.clone()),
                 net.vni,
-                netns,
+                Sandbox {
+                    name: sandbox,
+                    netns,
+                },
                 record.address,
                 ifname,
                 route,
@@ -811,8 +838,16 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
         Request::EndpointLs { network } => {
             serde_json::to_value(model::endpoints(&*store, network.as_deref()).await?)?
         }
-        Request::EndpointRm { network, netns } => {
-            let record = remove_local_endpoint(s, &(netns, Some(network))).await?;
+        Request::EndpointRm {
+            network,
+            netns,
+            missing_ok,
+        } => {
+            let key = (netns, Some(network));
+            if missing_ok && !s.endpoints.contains_key(&key) {
+                return Ok(serde_json::json!(null));
+            }
+            let record = remove_local_endpoint(s, &key).await?;
             serde_json::to_value(record.view())?
         }
     })

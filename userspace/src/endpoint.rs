@@ -109,7 +109,7 @@ pub async fn attach(
     let record = LocalEndpoint {
         network,
         vni,
-        netns: spec.netns.clone(),
+        netns: spec.sandbox.clone(),
         address: spec.address,
         host_ifname: links.host.name.clone(),
         host_ifindex: links.host.index,

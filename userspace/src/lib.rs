@@ -2,6 +2,7 @@
 //! API and the daemon. The `oxlay` binary (main.rs) is a thin CLI over this library.
 pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

@@ -12,6 +12,10 @@ use oxlay::{
 };
 
 fn main() -> ExitCode {
+    // Runtimes run the same binary as a CNI plugin ("type": "oxlay").
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return oxlay::cni::main();
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -251,6 +255,7 @@ async fn endpoint_command(cmd: EndpointCmd) -> Result<()> {
             let request = Request::EndpointCreate {
                 network,
                 netns,
+                sandbox: None,
                 ip,
                 labels: labels.into_iter().collect(),
                 ifname,
@@ -303,6 +308,7 @@ async fn endpoint_command(cmd: EndpointCmd) -> Result<()> {
                 &Request::EndpointRm {
                     network: network.clone(),
                     netns: netns.clone(),
+                    missing_ok: false,
                 },
             )
             .await?;

@@ -182,7 +182,10 @@ pub enum ContainerRoute {
 /// Everything needed to wire a container's interface.
 pub struct EndpointSpec {
     pub route: ContainerRoute,
+    /// Where to wire it: a name under /run/netns or a path.
     pub netns: String,
+    /// What the endpoint is called (its netns, unless the caller names it).
+    pub sandbox: String,
     pub host_ifname: String,
     pub container_ifname: String,
     pub address: Ipv4Addr,

@@ -1,0 +1,138 @@
+//! The CNI plugin, called the way runtimes call it: the `oxlay` binary with `CNI_*`
+//! environment variables and the network configuration on standard input.
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
+
+use anyhow::{ensure, Context, Result};
+use oxlay_testbed::{oxlay_bin, skip_without_root, tcp_transfer, StoreCluster};
+use serde_json::{json, Value};
+
+/// One plugin invocation: (exit status success, stdout parsed as JSON or null).
+fn cni(
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    config: &Value,
+) -> Result<(bool, Value)> {
+    let mut child = Command::new(oxlay_bin())
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout).with_context(|| format!("plugin printed {stdout:?}"))?
+    };
+    Ok((out.status.success(), value))
+}
+
+fn conf(socket: &std::path::Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "blue",
+        "type": "oxlay",
+        "socket": socket,
+    })
+}
+
+#[test]
+fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    let c = StoreCluster::new(2, false, 10)?;
+    c.daemons[0].cli(&["network", "create", "blue", "--subnet", "10.77.0.0/16"])?;
+    let (ok, v) = cni("VERSION", "", "", &Value::Null)?;
+    ensure!(ok && v["supportedVersions"].to_string().contains("1.0.0"), "{v}");
+
+    // ADD on both hosts; the results are spec results and true.
+    let containers = [c.hosts[0].container("ca")?, c.hosts[1].container("cb")?];
+    let mut results = Vec::new();
+    for (i, ns) in containers.iter().enumerate() {
+        let path = ns.path().display().to_string();
+        let (ok, r) = cni("ADD", &format!("ctr-{i}"), &path, &conf(&c.daemons[i].socket))?;
+        ensure!(ok, "ADD failed: {r}");
+        ensure!(r["cniVersion"] == "1.0.0", "{r}");
+        ensure!(r["interfaces"][0]["name"] == "eth0", "{r}");
+        ensure!(r["interfaces"][0]["sandbox"] == path.as_str(), "{r}");
+        ensure!(r["ips"][0]["gateway"] == "169.254.1.1", "{r}");
+        let addr = r["ips"][0]["address"].as_str().unwrap_or("").to_owned();
+        ensure!(addr.starts_with("10.77.") && addr.ends_with("/32"), "{r}");
+        let shown = ns.ip(&["-o", "addr", "show", "eth0"])?;
+        ensure!(shown.contains(&addr), "{addr} not on eth0: {shown}");
+        results.push(r);
+    }
+    let addr_of = |r: &Value| -> Result<std::net::Ipv4Addr> {
+        Ok(r["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .context("no address")?
+            .parse()?)
+    };
+    let b = addr_of(&results[1])?;
+    containers[0].ping(&b.to_string(), 2)?;
+    tcp_transfer(&containers[0], &containers[1], b, 4 << 20)?;
+
+    // CHECK agrees with the runtime's record, and catches a wrong one.
+    let path_a = containers[0].path().display().to_string();
+    let mut with_prev = conf(&c.daemons[0].socket);
+    with_prev["prevResult"] = results[0].clone();
+    let (ok, r) = cni("CHECK", "ctr-0", &path_a, &with_prev)?;
+    ensure!(ok, "CHECK failed: {r}");
+    with_prev["prevResult"]["ips"][0]["address"] = "10.77.99.99/32".into();
+    let (ok, r) = cni("CHECK", "ctr-0", &path_a, &with_prev)?;
+    ensure!(!ok && r["code"] == 101, "CHECK passed a wrong address: {r}");
+
+    // Bad input: spec error codes on stdout, non-zero exit, nothing created.
+    let (ok, r) = cni("ADD", "ctr-9", "", &conf(&c.daemons[0].socket))?;
+    ensure!(!ok && r["code"] == 4, "{r}");
+    let mut old = conf(&c.daemons[0].socket);
+    old["cniVersion"] = "9.9.9".into();
+    let (ok, r) = cni("ADD", "ctr-9", &path_a, &old)?;
+    ensure!(!ok && r["code"] == 1, "{r}");
+    let mut unknown = conf(&c.daemons[0].socket);
+    unknown["network"] = "nosuch".into();
+    let (ok, r) = cni("ADD", "ctr-9", &path_a, &unknown)?;
+    ensure!(
+        !ok && r["code"] == 100 && r["details"].to_string().contains("nosuch"),
+        "{r}"
+    );
+
+    let (ok, r) = cni("STATUS", "", "", &conf(&c.daemons[0].socket))?;
+    ensure!(ok, "STATUS: {r}");
+
+    // DEL is idempotent, and works once the namespace is gone.
+    for _ in 0..2 {
+        let (ok, r) = cni("DEL", "ctr-0", &path_a, &conf(&c.daemons[0].socket))?;
+        ensure!(ok, "DEL failed: {r}");
+    }
+    let (ok, _) = cni("CHECK", "ctr-0", &path_a, &conf(&c.daemons[0].socket))?;
+    ensure!(!ok, "CHECK passed after DEL");
+    let [_, cb] = containers;
+    drop(cb);
+    let (ok, r) = cni("DEL", "ctr-1", "", &conf(&c.daemons[1].socket))?;
+    ensure!(ok, "DEL without a namespace failed: {r}");
+    for h in 0..2 {
+        let links = c.hosts[h].ns.ip(&["-o", "link"])?;
+        ensure!(!links.contains("oxl"), "veth left on host {h}: {links}");
+    }
+    let left = c.daemons[0].cli(&["endpoint", "ls"])?;
+    ensure!(!left.contains("10.77."), "endpoint records left: {left}");
+    Ok(())
+}
