@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 
 /// Prefix of every namespace this crate makes.
 pub const PREFIX: &str = "oxt";
+pub mod containerd;
 pub mod docker;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

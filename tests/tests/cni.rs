@@ -6,16 +6,14 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use oxlay_testbed::{oxlay_bin, skip_without_root, tcp_transfer, StoreCluster};
+use oxlay_testbed::{
+    containerd::{self, Containerd},
+    oxlay_bin, skip_without_root, tcp_transfer, StoreCluster, TempDir,
+};
 use serde_json::{json, Value};
 
 /// One plugin invocation: (exit status success, stdout parsed as JSON or null).
-fn cni(
-    command: &str,
-    container_id: &str,
-    netns: &str,
-    config: &Value,
-) -> Result<(bool, Value)> {
+fn cni(command: &str, container_id: &str, netns: &str, config: &Value) -> Result<(bool, Value)> {
     let mut child = Command::new(oxlay_bin())
         .env_clear()
         .env("CNI_COMMAND", command)
@@ -59,14 +57,22 @@ fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
     let c = StoreCluster::new(2, false, 10)?;
     c.daemons[0].cli(&["network", "create", "blue", "--subnet", "10.77.0.0/16"])?;
     let (ok, v) = cni("VERSION", "", "", &Value::Null)?;
-    ensure!(ok && v["supportedVersions"].to_string().contains("1.0.0"), "{v}");
+    ensure!(
+        ok && v["supportedVersions"].to_string().contains("1.0.0"),
+        "{v}"
+    );
 
     // ADD on both hosts; the results are spec results and true.
     let containers = [c.hosts[0].container("ca")?, c.hosts[1].container("cb")?];
     let mut results = Vec::new();
     for (i, ns) in containers.iter().enumerate() {
         let path = ns.path().display().to_string();
-        let (ok, r) = cni("ADD", &format!("ctr-{i}"), &path, &conf(&c.daemons[i].socket))?;
+        let (ok, r) = cni(
+            "ADD",
+            &format!("ctr-{i}"),
+            &path,
+            &conf(&c.daemons[i].socket),
+        )?;
         ensure!(ok, "ADD failed: {r}");
         ensure!(r["cniVersion"] == "1.0.0", "{r}");
         ensure!(r["interfaces"][0]["name"] == "eth0", "{r}");
@@ -134,5 +140,96 @@ fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
     }
     let left = c.daemons[0].cli(&["endpoint", "ls"])?;
     ensure!(!left.contains("10.77."), "endpoint records left: {left}");
+    Ok(())
+}
+
+/// A real runtime: containerd's `ctr run --cni` starts a container on host A whose
+/// network comes from a conflist chaining oxlay with the reference portmap plugin; it
+/// fetches a page over TCP from a container on host B; DEL on exit removes everything.
+#[test]
+fn containerd_runs_containers_on_oxlay() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    if let Some(why) = containerd::containerd_missing() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let c = StoreCluster::new(2, false, 10)?;
+    c.daemons[0].cli(&["network", "create", "blue", "--subnet", "10.78.0.0/16"])?;
+
+    // The server on host B, attached through the plugin directly.
+    let server = c.hosts[1].container("srv")?;
+    let (ok, r) = cni(
+        "ADD",
+        "srv",
+        &server.path().display().to_string(),
+        &conf(&c.daemons[1].socket),
+    )?;
+    ensure!(ok, "ADD on B: {r}");
+    let srv_addr = r["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .context("no address")?
+        .to_owned();
+    let www = TempDir::new("www")?;
+    std::fs::write(www.path.join("index.html"), "served over oxlay")?;
+    let mut httpd = server
+        .command("busybox")
+        .args(["httpd", "-f", "-p", "8080", "-h"])
+        .arg(&www.path)
+        .spawn()?;
+
+    // Host A: containerd, and ctr's CNI folders.
+    let containerd = Containerd::start(&c.hosts[0])?;
+    containerd.import_image("unused")?;
+    let conf_dir = TempDir::new("net.d")?;
+    let bin_dir = TempDir::new("cni-bin")?;
+    std::os::unix::fs::symlink(oxlay_bin().canonicalize()?, bin_dir.path.join("oxlay"))?;
+    for reference in ["portmap", "loopback"] {
+        std::os::unix::fs::symlink(
+            format!("/usr/lib/cni/{reference}"),
+            bin_dir.path.join(reference),
+        )?;
+    }
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": "blue",
+        "plugins": [
+            { "type": "oxlay", "socket": c.daemons[0].socket },
+            { "type": "portmap", "capabilities": { "portMappings": true } },
+        ],
+    });
+    std::fs::write(
+        conf_dir.path.join("10-oxlay.conflist"),
+        serde_json::to_string_pretty(&conflist)?,
+    )?;
+    let url = format!("http://{srv_addr}:8080/index.html");
+    let page = containerd
+        .run_cni(
+            &conf_dir.path,
+            &bin_dir.path,
+            "web-client",
+            &["timeout", "10", "wget", "-q", "-O", "-", &url],
+        )
+        .with_context(|| c.daemons[0].log())?;
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+    ensure!(
+        page == "served over oxlay",
+        "the container fetched {page:?}"
+    );
+    let encapsulated = c.daemons[0].counter("encapsulated")?;
+    ensure!(
+        encapsulated > 0,
+        "host A encapsulated nothing: the page did not come over oxlay"
+    );
+    let eps = c.daemons[0].cli(&["endpoints"])?;
+    ensure!(
+        !eps.contains("10.78."),
+        "endpoint left on A after ctr exited: {eps}"
+    );
+    let links = c.hosts[0].ns.ip(&["-o", "link"])?;
+    ensure!(!links.contains("oxl"), "veth left on A: {links}");
     Ok(())
 }
