@@ -14,8 +14,26 @@ use serde_json::{json, Value};
 
 /// One plugin invocation: (exit status success, stdout parsed as JSON or null).
 fn cni(command: &str, container_id: &str, netns: &str, config: &Value) -> Result<(bool, Value)> {
-    let mut child = Command::new(oxlay_bin())
+    cni_with(
+        Command::new(oxlay_bin()),
+        command,
+        container_id,
+        netns,
+        config,
+    )
+}
+
+/// Like `cni`, for plugin `launcher` (e.g. a reference plugin run in a host namespace).
+fn cni_with(
+    mut launcher: Command,
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    config: &Value,
+) -> Result<(bool, Value)> {
+    let mut child = launcher
         .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container_id)
         .env("CNI_NETNS", netns)
@@ -231,5 +249,75 @@ fn containerd_runs_containers_on_oxlay() -> Result<()> {
     );
     let links = c.hosts[0].ns.ip(&["-o", "link"])?;
     ensure!(!links.contains("oxl"), "veth left on A: {links}");
+    Ok(())
+}
+
+/// Chained the way libcni chains: the reference portmap plugin gets oxlay's result as
+/// prevResult and the runtime's port mappings, in the host's namespace; a host port then
+/// reaches the container, and DELs in reverse order take it away.
+#[test]
+fn portmap_chained_after_oxlay_maps_a_host_port() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    if !std::path::Path::new("/usr/lib/cni/portmap").exists() {
+        eprintln!("skipped: /usr/lib/cni/portmap is missing (apt-get install containernetworking-plugins)");
+        return Ok(());
+    }
+    let c = StoreCluster::new(2, false, 10)?;
+    c.daemons[0].cli(&["network", "create", "blue", "--subnet", "10.79.0.0/16"])?;
+    // A container host forwards (published ports are DNAT, then forwarded).
+    c.hosts[0].ns.sysctl("net.ipv4.ip_forward", "1")?;
+    let web = c.hosts[0].container("web")?;
+    let path = web.path().display().to_string();
+    let (ok, added) = cni("ADD", "web", &path, &conf(&c.daemons[0].socket))?;
+    ensure!(ok, "ADD: {added}");
+    let portmap = |command: &str| -> Result<(bool, Value)> {
+        let config = json!({
+            "cniVersion": "1.0.0",
+            "name": "blue",
+            "type": "portmap",
+            "capabilities": { "portMappings": true },
+            "runtimeConfig": { "portMappings": [
+                { "hostPort": 18080, "containerPort": 8080, "protocol": "tcp" },
+            ]},
+            "prevResult": added,
+        });
+        cni_with(
+            c.hosts[0].ns.command("/usr/lib/cni/portmap"),
+            command,
+            "web",
+            &path,
+            &config,
+        )
+    };
+    let (ok, r) = portmap("ADD")?;
+    ensure!(ok, "portmap ADD: {r}");
+    ensure!(r["ips"] == added["ips"], "portmap changed the result: {r}");
+
+    let www = TempDir::new("www")?;
+    std::fs::write(www.path.join("index.html"), "published")?;
+    let mut httpd = web
+        .command("busybox")
+        .args(["httpd", "-f", "-p", "8080", "-h"])
+        .arg(&www.path)
+        .spawn()?;
+    let url = format!("http://{}:18080/index.html", c.hosts[0].addr);
+    // From another host: the underlay address and the published port.
+    let fetch = || {
+        c.hosts[1]
+            .ns
+            .exec(&["busybox", "wget", "-q", "-O", "-", &url])
+    };
+    let page = oxlay_testbed::eventually(std::time::Duration::from_secs(5), fetch);
+    let (ok, r) = portmap("DEL")?;
+    ensure!(ok, "portmap DEL: {r}");
+    let after = fetch();
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+    ensure!(page? == "published", "wrong page through the host port");
+    ensure!(after.is_err(), "the host port still answers after DEL");
+    let (ok, r) = cni("DEL", "web", &path, &conf(&c.daemons[0].socket))?;
+    ensure!(ok, "DEL: {r}");
     Ok(())
 }
