@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{run, sh, Host, TempDir};
+use crate::{private_mounts_command, run, sh, Host, TempDir};
 
 /// The image `import_image` makes.
 pub const IMAGE: &str = "docker.io/library/oxlay-test:latest";
@@ -184,18 +184,7 @@ impl Containerd {
         for a in args {
             script += &format!(" '{a}'");
         }
-        let out = run(Command::new("nsenter")
-            .arg(format!("--net={}", self.host_ns.display()))
-            .args([
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-            ])
-            .stdin(Stdio::null()))?;
+        let out = run(private_mounts_command(&self.host_ns, &script).stdin(Stdio::null()))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 }

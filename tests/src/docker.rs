@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{run, Host, TempDir};
+use crate::{private_mounts_command, run, Host, TempDir};
 
 /// Debian's docker.io client (the engine's own version; another `docker` on PATH may
 /// be a different one).
@@ -163,17 +163,7 @@ impl Dockerd {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(d.join("dockerd.log"))?;
-        Command::new("nsenter")
-            .arg(format!("--net={}", host.ns.path().display()))
-            .args([
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-            ])
+        private_mounts_command(&host.ns.path(), &script)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

@@ -448,6 +448,23 @@ impl Host {
     }
 }
 
+/// `sh -c script` in namespace `netns` (a path) and in a mount namespace of its own,
+/// where the script may bind-mount over system folders (e.g. /run/docker/plugins)
+/// without touching the machine's.
+pub fn private_mounts_command(netns: &Path, script: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", netns.display())).args([
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+    ]);
+    c
+}
+
 /// Path of the `oxlay` binary: `$OXLAY_BIN`, or the workspace's debug build.
 pub fn oxlay_bin() -> PathBuf {
     if let Ok(p) = std::env::var("OXLAY_BIN") {

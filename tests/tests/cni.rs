@@ -43,11 +43,17 @@ fn cni_with(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    child
+    let written = child
         .stdin
         .take()
         .unwrap()
-        .write_all(config.to_string().as_bytes())?;
+        .write_all(config.to_string().as_bytes());
+    // A plugin may answer without reading (VERSION does); runtimes ignore that too.
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
     let out = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let value = if stdout.trim().is_empty() {

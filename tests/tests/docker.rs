@@ -46,6 +46,42 @@ fn fetch(d: &Dockerd, client: &str, addr: &str) -> Result<String> {
     ])
 }
 
+/// Starts a web server container `name` on network web; its address.
+fn start_server(d: &Dockerd, name: &str) -> Result<String> {
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "web",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ])?;
+    address(d, name, "web")
+}
+
+/// Starts a container `name` on network web that only waits (a client to exec in).
+fn start_idle(d: &Dockerd, name: &str) -> Result<()> {
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "web",
+        IMAGE,
+        "sleep",
+        "600",
+    ])
+    .map(|_| ())
+}
+
 /// What each host holds, for a failure message.
 fn diagnose(c: &StoreCluster, dockers: &[Dockerd]) -> String {
     let mut out = String::new();
@@ -133,34 +169,9 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     );
 
     // A web server on host B, a client on host A.
-    dockers[1].docker(&[
-        "run",
-        "-d",
-        "--name",
-        "srv",
-        "--network",
-        "web",
-        IMAGE,
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ])?;
-    let srv = address(&dockers[1], "srv", "web")?;
+    let srv = start_server(&dockers[1], "srv")?;
     ensure!(!srv.is_empty(), "the server has no address on web");
-    dockers[0].docker(&[
-        "run",
-        "-d",
-        "--name",
-        "cli",
-        "--network",
-        "web",
-        IMAGE,
-        "sleep",
-        "600",
-    ])?;
+    start_idle(&dockers[0], "cli")?;
     let link = dockers[0].docker(&["exec", "cli", "ip", "link", "show", "eth0"])?;
     ensure!(
         link.contains("mtu 1450"),
@@ -190,17 +201,7 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
 
     // dockerd restarts: its containers stop and release everything; the network works
     // again afterwards.
-    dockers[0].docker(&[
-        "run",
-        "-d",
-        "--name",
-        "idle",
-        "--network",
-        "web",
-        IMAGE,
-        "sleep",
-        "600",
-    ])?;
+    start_idle(&dockers[0], "idle")?;
     ensure!(
         oxlay_links(&c, 0)?.len() == 2,
         "no veth for the idle container"
@@ -215,34 +216,9 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
         );
         Ok(())
     })?;
-    dockers[1].docker(&[
-        "run",
-        "-d",
-        "--name",
-        "srv2",
-        "--network",
-        "web",
-        IMAGE,
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ])?;
-    let srv2 = address(&dockers[1], "srv2", "web")?;
+    let srv2 = start_server(&dockers[1], "srv2")?;
     // (the stopped containers stay, without their networks, until removed)
-    dockers[0].docker(&[
-        "run",
-        "-d",
-        "--name",
-        "cli2",
-        "--network",
-        "web",
-        IMAGE,
-        "sleep",
-        "600",
-    ])?;
+    start_idle(&dockers[0], "cli2")?;
     let page = fetch(&dockers[0], "cli2", &srv2).with_context(|| diagnose(&c, &dockers))?;
     ensure!(
         page == IMAGE_GREETING,

@@ -183,6 +183,14 @@ fn require(what: &str, value: &str) -> Result<(), CniError> {
     Ok(())
 }
 
+fn undecodable(e: serde_json::Error) -> CniError {
+    CniError::new(
+        code::DECODE_FAILURE,
+        "unexpected answer from the daemon",
+        e.to_string(),
+    )
+}
+
 async fn call(socket: &Path, request: &Request) -> Result<Value, CniError> {
     api::call(socket, request).await.map_err(|e| {
         let text = format!("{e:#}");
@@ -253,13 +261,7 @@ async fn add(inv: &Invocation) -> Result<Value, CniError> {
         )
         .await?,
     )
-    .map_err(|e| {
-        CniError::new(
-            code::DECODE_FAILURE,
-            "unexpected answer from the daemon",
-            e.to_string(),
-        )
-    })?;
+    .map_err(undecodable)?;
     Ok(result(&conf, inv, &view))
 }
 
@@ -316,13 +318,7 @@ async fn check(inv: &Invocation) -> Result<(), CniError> {
     let sandbox = sandbox_name(&inv.container_id, &inv.ifname);
     let endpoints: Vec<EndpointView> =
         serde_json::from_value(call(&socket, &Request::Endpoints(NoArgs::default())).await?)
-            .map_err(|e| {
-                CniError::new(
-                    code::DECODE_FAILURE,
-                    "unexpected answer from the daemon",
-                    e.to_string(),
-                )
-            })?;
+            .map_err(undecodable)?;
     let network = conf.network.clone().unwrap_or_else(|| conf.name.clone());
     let Some(ep) = endpoints
         .iter()

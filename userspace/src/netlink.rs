@@ -470,6 +470,11 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
             .del(link.index)
             .execute()
             .await
+            .or_else(|e| match e {
+                // Gone meanwhile: a namespace being torn down takes its veths along.
+                rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV => Ok(()),
+                e => Err(e),
+            })
             .with_context(|| format!("cannot delete interface {name}"))?;
     }
     Ok(())

@@ -95,7 +95,11 @@ impl Driver for DaemonDriver {
                 );
             }
         }
-        s.docker.pending.push((name.clone(), net.subnet));
+        // dockerd asks again for its networks' pools when it starts: keep one of each.
+        let entry = (name.clone(), net.subnet);
+        if !s.docker.pending.contains(&entry) {
+            s.docker.pending.push(entry);
+        }
         Ok((name, net.subnet))
     }
 
