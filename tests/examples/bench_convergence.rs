@@ -42,9 +42,8 @@ fn rss_kib(pid: u32) -> Result<u64> {
 
 /// Time for a new host's endpoint to be routed and pingable from `others` hosts.
 fn new_host(others: usize) -> Result<(f64, f64)> {
-    let c = StoreCluster::new(others + 1, true, 10)?;
+    let mut c = StoreCluster::new(others + 1, true, 10)?;
     // The newest host (index `others`) runs already; stop it, set up the rest, restart.
-    let mut c = c;
     c.daemons[others].stop()?;
     c.daemons[0].cli(&["network", "create", "conv", "--subnet", "10.30.0.0/16"])?;
     let mut sandboxes = Vec::new();
@@ -62,8 +61,7 @@ fn new_host(others: usize) -> Result<(f64, f64)> {
     }
     let joiner = Netns::new("joiner")?;
     let start = Instant::now();
-    let d = c.start_daemon(others)?;
-    c.daemons[others] = d;
+    c.restart_daemon(others)?;
     let out = c.daemons[others].cli(&[
         "endpoint",
         "create",

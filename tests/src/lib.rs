@@ -1087,7 +1087,9 @@ impl StoreCluster {
         Daemon::start(&self.hosts[i], &self.names[i], &config)
     }
 
-    /// Stops host `i`'s daemon (SIGTERM: the datapath stays) and starts a new one.
+    /// Stops host `i`'s daemon (SIGTERM: the datapath stays; nothing to do if it was
+    /// stopped or killed already) and starts a new one. Use this, not assignment: a
+    /// dropped handle of a stopped daemon removes the node's pins.
     pub fn restart_daemon(&mut self, i: usize) -> Result<()> {
         self.daemons[i].stop()?;
         let fresh = self.start_daemon(i)?;

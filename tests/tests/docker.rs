@@ -189,15 +189,26 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     let page = fetch(&dockers[0], "cli", &srv).context("after restarting oxlay on B")?;
     ensure!(page == IMAGE_GREETING, "fetched {page:?}");
 
-    // Stopping the container leaves nothing behind on its host.
+    // Stopping the container leaves nothing behind on its host; started again, it is
+    // reachable again; removing it leaves nothing either.
+    let nothing_left_on_b = || {
+        eventually(Duration::from_secs(10), || {
+            let links = oxlay_links(&c, 1)?;
+            ensure!(links.is_empty(), "veths left on B: {links:?}");
+            let eps = c.daemons[1].cli(&["endpoints"])?;
+            ensure!(!eps.contains("docker-"), "endpoints left on B: {eps}");
+            Ok(())
+        })
+    };
+    dockers[1].docker(&["stop", "-t", "1", "srv"])?;
+    nothing_left_on_b().context("after docker stop")?;
+    dockers[1].docker(&["start", "srv"])?;
+    let again = address(&dockers[1], "srv", "web")?;
+    let page = eventually(Duration::from_secs(10), || fetch(&dockers[0], "cli", &again))
+        .context("after docker start")?;
+    ensure!(page == IMAGE_GREETING, "fetched {page:?}");
     dockers[1].docker(&["rm", "-f", "srv"])?;
-    eventually(Duration::from_secs(10), || {
-        let links = oxlay_links(&c, 1)?;
-        ensure!(links.is_empty(), "veths left on B: {links:?}");
-        let eps = c.daemons[1].cli(&["endpoints"])?;
-        ensure!(!eps.contains("docker-"), "endpoints left on B: {eps}");
-        Ok(())
-    })?;
+    nothing_left_on_b().context("after docker rm")?;
 
     // dockerd restarts: its containers stop and release everything; the network works
     // again afterwards.

@@ -206,8 +206,7 @@ fn networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go(etcd: bool)
         "host 2 still registered"
     );
     // It comes back: it re-registers, adopts its endpoints, and traffic resumes.
-    let back = c.start_daemon(2)?;
-    c.daemons[2] = back;
+    c.restart_daemon(2)?;
     eventually(Duration::from_secs(5), || red[0].ping("10.10.3.5", 1))
         .with_context(|| format!("after host 2 returned; its log:\n{}", c.daemons[2].log()))?;
     eventually(Duration::from_secs(5), || blue[1].ping("10.10.3.5", 1))?;
