@@ -66,15 +66,15 @@ fn start_server(d: &Dockerd, name: &str) -> Result<String> {
     address(d, name, "web")
 }
 
-/// Starts a container `name` on network web that only waits (a client to exec in).
-fn start_idle(d: &Dockerd, name: &str) -> Result<()> {
+/// Starts a container `name` on `network` that only waits (a client to exec in).
+fn start_idle(d: &Dockerd, name: &str, network: &str) -> Result<()> {
     d.docker(&[
         "run",
         "-d",
         "--name",
         name,
         "--network",
-        "web",
+        network,
         IMAGE,
         "sleep",
         "600",
@@ -168,10 +168,52 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
         "IPAM and driver options did not reach the oxlay network: {networks}"
     );
 
+    // A network named in the IPAM options, with a subnet; a host asking for another
+    // subnet under the same name is told why not.
+    dockers[0].docker(&[
+        "network",
+        "create",
+        "-d",
+        "oxlay",
+        "--ipam-driver",
+        "oxlay",
+        "--ipam-opt",
+        "network=blue",
+        "--subnet",
+        "10.60.0.0/16",
+        "blue",
+    ])?;
+    let clash = dockers[1].docker(&[
+        "network",
+        "create",
+        "-d",
+        "oxlay",
+        "--ipam-driver",
+        "oxlay",
+        "--ipam-opt",
+        "network=blue",
+        "--subnet",
+        "10.61.0.0/16",
+        "blue",
+    ]);
+    let why = format!(
+        "{:#}",
+        clash.err().context("a clashing subnet was accepted")?
+    );
+    ensure!(why.contains("exists with subnet 10.60.0.0/16"), "{why}");
+    start_idle(&dockers[0], "on-blue", "blue")?;
+    let blue_addr = address(&dockers[0], "on-blue", "blue")?;
+    ensure!(
+        blue_addr.starts_with("10.60."),
+        "address on blue: {blue_addr:?}"
+    );
+    dockers[0].docker(&["rm", "-f", "on-blue"])?;
+    dockers[0].docker(&["network", "rm", "blue"])?;
+
     // A web server on host B, a client on host A.
     let srv = start_server(&dockers[1], "srv")?;
     ensure!(!srv.is_empty(), "the server has no address on web");
-    start_idle(&dockers[0], "cli")?;
+    start_idle(&dockers[0], "cli", "web")?;
     let link = dockers[0].docker(&["exec", "cli", "ip", "link", "show", "eth0"])?;
     ensure!(
         link.contains("mtu 1450"),
@@ -204,15 +246,17 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     nothing_left_on_b().context("after docker stop")?;
     dockers[1].docker(&["start", "srv"])?;
     let again = address(&dockers[1], "srv", "web")?;
-    let page = eventually(Duration::from_secs(10), || fetch(&dockers[0], "cli", &again))
-        .context("after docker start")?;
+    let page = eventually(Duration::from_secs(10), || {
+        fetch(&dockers[0], "cli", &again)
+    })
+    .context("after docker start")?;
     ensure!(page == IMAGE_GREETING, "fetched {page:?}");
     dockers[1].docker(&["rm", "-f", "srv"])?;
     nothing_left_on_b().context("after docker rm")?;
 
     // dockerd restarts: its containers stop and release everything; the network works
     // again afterwards.
-    start_idle(&dockers[0], "idle")?;
+    start_idle(&dockers[0], "idle", "web")?;
     ensure!(
         oxlay_links(&c, 0)?.len() == 2,
         "no veth for the idle container"
@@ -229,7 +273,7 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     })?;
     let srv2 = start_server(&dockers[1], "srv2")?;
     // (the stopped containers stay, without their networks, until removed)
-    start_idle(&dockers[0], "cli2")?;
+    start_idle(&dockers[0], "cli2", "web")?;
     let page = fetch(&dockers[0], "cli2", &srv2).with_context(|| diagnose(&c, &dockers))?;
     ensure!(
         page == IMAGE_GREETING,

@@ -217,20 +217,25 @@ async fn call(
     if body.len() > MAX_BODY {
         return reply(
             StatusCode::PAYLOAD_TOO_LARGE,
-            json!({ "Err": format!("request larger than {MAX_BODY} bytes") }),
+            failure(format!("request larger than {MAX_BODY} bytes")),
         );
     }
     match dispatch(&*driver, &method, &body).await {
         Ok(Some(v)) => reply(StatusCode::OK, v),
         Ok(None) => reply(
             StatusCode::NOT_FOUND,
-            json!({ "Err": format!("oxlay does not implement {method}") }),
+            failure(format!("oxlay does not implement {method}")),
         ),
         Err(e) => {
             log::warn!("docker {method}: {e:#}");
-            reply(StatusCode::OK, json!({ "Err": format!("oxlay: {e:#}") }))
+            reply(StatusCode::OK, failure(format!("oxlay: {e:#}")))
         }
     }
+}
+
+/// An error answer. The network driver API reads `Err`, the IPAM API `Error`.
+fn failure(message: String) -> Value {
+    json!({ "Err": message, "Error": message })
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
