@@ -32,29 +32,64 @@ pub fn docker_missing() -> Option<String> {
 pub struct Dockerd {
     /// The host's plugin folder, /run/docker/plugins inside dockerd's mount namespace.
     pub plugins: PathBuf,
+    /// dockerd's data, exec root, socket and log.
     socket: PathBuf,
     child: Option<Child>,
+    dir: PathBuf,
+}
+
+/// One host's Docker folders, made before oxlay starts (its config names both sockets).
+pub struct DockerDirs {
     dir: TempDir,
 }
 
-impl Dockerd {
-    /// A plugin folder for a host, to give oxlay before dockerd starts.
-    pub fn plugin_dir(tag: &str) -> Result<TempDir> {
-        TempDir::new(&format!("plugins-{tag}"))
+impl DockerDirs {
+    pub fn new(tag: &str) -> Result<Self> {
+        let dir = TempDir::new(&format!("docker-{tag}"))?;
+        std::fs::create_dir_all(dir.path.join("plugins"))?;
+        std::fs::create_dir_all(dir.path.join("engine"))?;
+        Ok(Self { dir })
     }
 
-    /// Starts dockerd in `host`'s namespace and waits until it answers.
-    pub fn start(host: &Host, plugins: &Path) -> Result<Self> {
-        let dir = TempDir::new("dockerd")?;
-        let d = &dir.path;
-        let socket = d.join("docker.sock");
+    pub fn plugins(&self) -> PathBuf {
+        self.dir.path.join("plugins")
+    }
+
+    /// Where oxlay serves its plugin for this host's dockerd.
+    pub fn plugin_socket(&self) -> PathBuf {
+        self.plugins().join("oxlay.sock")
+    }
+
+    fn engine(&self) -> PathBuf {
+        self.dir.path.join("engine")
+    }
+
+    /// dockerd's API socket.
+    pub fn engine_socket(&self) -> PathBuf {
+        self.engine().join("docker.sock")
+    }
+
+    /// The `[docker]` section of this host's oxlay config.
+    pub fn oxlay_toml(&self) -> String {
+        format!(
+            "[docker]\nenabled = true\nsocket = \"{}\"\nengine_socket = \"{}\"\n",
+            self.plugin_socket().display(),
+            self.engine_socket().display()
+        )
+    }
+}
+
+impl Dockerd {
+    /// Starts dockerd in `host`'s namespace on `dirs` and waits until it answers.
+    pub fn start(host: &Host, dirs: &DockerDirs) -> Result<Self> {
+        let d = dirs.engine();
         std::fs::File::create(d.join("dockerd.log"))?;
-        let child = Self::start_in(host, plugins, d)?;
+        let child = Self::start_in(host, &dirs.plugins(), &d)?;
         let mut me = Self {
-            plugins: plugins.to_owned(),
-            socket,
+            plugins: dirs.plugins(),
+            socket: dirs.engine_socket(),
             child: Some(child),
-            dir,
+            dir: d,
         };
         me.wait_ready()?;
         Ok(me)
@@ -80,7 +115,7 @@ impl Dockerd {
     }
 
     pub fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path.join("dockerd.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
@@ -96,7 +131,7 @@ impl Dockerd {
 
     /// Imports the test image from busybox-static, no registry involved.
     pub fn import_image(&self) -> Result<()> {
-        let root = self.dir.path.join("rootfs");
+        let root = self.dir.join("rootfs");
         std::fs::create_dir_all(root.join("bin"))?;
         std::fs::create_dir_all(root.join("www"))?;
         std::fs::copy("/usr/bin/busybox", root.join("bin/busybox"))
@@ -127,7 +162,7 @@ impl Dockerd {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        let pid = std::fs::read_to_string(self.dir.path.join("docker.pid"))
+        let pid = std::fs::read_to_string(self.dir.join("docker.pid"))
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok())
             .unwrap_or(child.id() as i32);
@@ -147,7 +182,7 @@ impl Dockerd {
     /// Stops dockerd and starts it again on the same data.
     pub fn restart(&mut self, host: &Host) -> Result<()> {
         self.stop()?;
-        let again = Self::start_in(host, &self.plugins, &self.dir.path)?;
+        let again = Self::start_in(host, &self.plugins, &self.dir)?;
         self.child = Some(again);
         self.wait_ready()
     }

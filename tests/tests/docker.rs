@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use oxlay_testbed::{
-    docker::{docker_missing, Dockerd, IMAGE, IMAGE_GREETING},
-    eventually, skip_without_root_or_etcd, StoreCluster, TempDir, UNDERLAY_PREFIX,
+    docker::{docker_missing, DockerDirs, Dockerd, IMAGE, IMAGE_GREETING},
+    eventually, skip_without_root_or_etcd, StoreCluster, UNDERLAY_PREFIX,
 };
 
 /// The address Docker gave `container` on `network`.
@@ -116,21 +116,13 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
         eprintln!("skipped: {why}");
         return Ok(());
     }
-    let plugin_dirs = [Dockerd::plugin_dir("a")?, Dockerd::plugin_dir("b")?];
-    let extra: Vec<String> = plugin_dirs
-        .iter()
-        .map(|d: &TempDir| {
-            format!(
-                "[docker]\nenabled = true\nsocket = \"{}\"\n",
-                d.path.join("oxlay.sock").display()
-            )
-        })
-        .collect();
+    let dirs = [DockerDirs::new("a")?, DockerDirs::new("b")?];
+    let extra: Vec<String> = dirs.iter().map(DockerDirs::oxlay_toml).collect();
     let addrs: Vec<String> = (0..2)
         .map(|i| format!("{UNDERLAY_PREFIX}.{}", 11 + i))
         .collect();
     let mut c = StoreCluster::with_config(&addrs, true, 10, extra)?;
-    let socket = plugin_dirs[0].path.join("oxlay.sock");
+    let socket = dirs[0].plugin_socket();
     let mode = std::fs::metadata(&socket)
         .with_context(|| format!("no plugin socket at {}", socket.display()))?;
     ensure!(
@@ -139,14 +131,15 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     );
 
     let mut dockers = Vec::new();
-    for (i, dir) in plugin_dirs.iter().enumerate() {
-        let d = Dockerd::start(&c.hosts[i], &dir.path)?;
+    for (i, dir) in dirs.iter().enumerate() {
+        let d = Dockerd::start(&c.hosts[i], dir)?;
         d.import_image()?;
         dockers.push(d);
     }
 
     // The same command on both hosts: one oxlay network ("docker", as none is named).
-    // IPAM options (--ipam-opt) and driver options (-o) become its labels.
+    // IPAM options (--ipam-opt), driver options (-o) and labels (--label, read from
+    // dockerd) become its labels.
     for d in &dockers {
         d.docker(&[
             "network",
@@ -159,14 +152,21 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
             "team=red",
             "-o",
             "color=green",
+            "--label",
+            "owner=ops",
             "web",
         ])?;
     }
-    let networks = c.daemons[0].cli(&["network", "ls"])?;
-    ensure!(
-        networks.contains("team=red") && networks.contains("color=green"),
-        "IPAM and driver options did not reach the oxlay network: {networks}"
-    );
+    eventually(Duration::from_secs(10), || {
+        let networks = c.daemons[0].cli(&["network", "ls"])?;
+        ensure!(
+            ["team=red", "color=green", "owner=ops"]
+                .iter()
+                .all(|l| networks.contains(l)),
+            "options and labels did not reach the oxlay network: {networks}"
+        );
+        Ok(())
+    })?;
 
     // A network named in the IPAM options, with a subnet; a host asking for another
     // subnet under the same name is told why not.

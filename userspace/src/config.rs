@@ -76,6 +76,10 @@ pub struct DockerConfig {
     /// Where dockerd looks for it; the file name is the plugin's name.
     #[serde(default = "default_docker_socket")]
     pub socket: PathBuf,
+    /// dockerd's API socket, to read what the plugin protocol does not carry (a
+    /// network's `--label`s).
+    #[serde(default = "default_engine_socket")]
+    pub engine_socket: PathBuf,
 }
 
 impl Default for DockerConfig {
@@ -83,8 +87,13 @@ impl Default for DockerConfig {
         Self {
             enabled: false,
             socket: default_docker_socket(),
+            engine_socket: default_engine_socket(),
         }
     }
+}
+
+fn default_engine_socket() -> PathBuf {
+    PathBuf::from("/run/docker.sock")
 }
 
 fn default_docker_socket() -> PathBuf {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod docker;
+pub mod docker_engine;
 pub mod endpoint;
 pub mod model;
 pub mod net;

@@ -4,13 +4,14 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use anyhow::{anyhow, bail, Context, Result};
-use log::info;
+use log::{info, warn};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use super::{remove_local_endpoint, EndpointKey, State};
 use crate::{
     docker::{Driver, NetworkRequest, PoolRequest},
+    docker_engine,
     endpoint::{self, UnplacedSpec},
     model::{self, NetworkSpec},
     net::{Ipv4Net, MacAddr},
@@ -20,6 +21,8 @@ use crate::{
 pub const NETWORK_OPTION: &str = "network";
 /// The oxlay network of Docker networks that name none and give no subnet.
 const DEFAULT_NETWORK: &str = "docker";
+/// How long to wait for dockerd to store a new network before reading its labels.
+const LABEL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Marks an address handed out but not yet an endpoint.
 const PENDING_SANDBOX: &str = "docker-pending";
 
@@ -165,6 +168,22 @@ impl Driver for DaemonDriver {
             "docker: network {} is oxlay network {name}",
             request.network_id
         );
+        // Docker passes no `--label`s to plugins; ask dockerd once it has the network.
+        let engine = s.config.docker.engine_socket.clone();
+        let (id, network) = (request.network_id.clone(), name.clone());
+        tokio::spawn(async move {
+            let copied = async {
+                let labels = docker_engine::network_labels(&engine, &id, LABEL_WAIT).await?;
+                if !labels.is_empty() {
+                    model::add_network_labels(&*store, &network, &labels).await?;
+                }
+                anyhow::Ok(labels.len())
+            };
+            match copied.await {
+                Ok(n) => info!("docker: {n} labels of network {id} copied to {network}"),
+                Err(e) => warn!("docker: labels of network {id} not copied: {e:#}"),
+            }
+        });
         s.docker.networks.insert(request.network_id, name);
         Ok(())
     }
