@@ -99,7 +99,7 @@ impl Invocation {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct NetConf {
+pub(crate) struct NetConf {
     cni_version: String,
     name: String,
     #[serde(rename = "type")]
@@ -116,7 +116,7 @@ struct NetConf {
     dns: Option<Value>,
 }
 
-fn parse_config(bytes: &[u8]) -> Result<NetConf, CniError> {
+pub(crate) fn parse_config(bytes: &[u8]) -> Result<NetConf, CniError> {
     let conf: NetConf = serde_json::from_slice(bytes).map_err(|e| {
         CniError::new(
             code::DECODE_FAILURE,

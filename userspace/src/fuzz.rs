@@ -1,5 +1,6 @@
 //! Property tests over every parser that takes outside input: config files, API
-//! requests, store records, CIDRs and MACs, and the command line. Arbitrary and near-valid input must give a
+//! requests, Docker plugin requests, CNI configurations, store records, CIDRs and MACs,
+//! and the command line. Arbitrary and near-valid input must give a
 //! value or an error with a message, never a panic. `PROPTEST_CASES` sets the effort:
 //! the suite runs the default (256 per property); a longer run is documented in the
 //! README.
@@ -7,7 +8,113 @@ use proptest::prelude::*;
 
 use clap::Parser;
 
-use crate::{api, cli::Cli, config::Config, model, net};
+use crate::{api, cli::Cli, cni, config::Config, docker, model, net};
+
+/// A Docker driver that does nothing: the property tests are about decoding.
+struct NullDriver;
+
+#[async_trait::async_trait]
+impl docker::Driver for NullDriver {
+    async fn request_pool(&self, _: docker::PoolRequest) -> anyhow::Result<(String, net::Ipv4Net)> {
+        Ok(("n".into(), "10.0.0.0/16".parse()?))
+    }
+    async fn release_pool(&self, _: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn request_address(
+        &self,
+        _: &str,
+        _: Option<std::net::Ipv4Addr>,
+    ) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+        Ok((std::net::Ipv4Addr::new(10, 0, 0, 2), 16))
+    }
+    async fn release_address(&self, _: &str, _: std::net::Ipv4Addr) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn create_network(&self, _: docker::NetworkRequest) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn delete_network(&self, _: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn create_endpoint(
+        &self,
+        _: &str,
+        _: &str,
+        _: std::net::Ipv4Addr,
+        _: Option<net::MacAddr>,
+    ) -> anyhow::Result<(net::MacAddr, String)> {
+        Ok((net::MacAddr([2, 0, 0, 0, 0, 1]), "oxl1c".into()))
+    }
+    async fn delete_endpoint(&self, _: &str, _: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn join(&self, _: &str, _: &str, _: &str) -> anyhow::Result<String> {
+        Ok("oxl1c".into())
+    }
+    async fn leave(&self, _: &str, _: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn endpoint_info(&self, _: &str, _: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::json!({}))
+    }
+}
+
+/// The plugin protocol's methods, and one it does not know.
+fn docker_method() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "Plugin.Activate",
+        "IpamDriver.RequestPool",
+        "IpamDriver.RequestAddress",
+        "IpamDriver.ReleaseAddress",
+        "IpamDriver.ReleasePool",
+        "NetworkDriver.CreateNetwork",
+        "NetworkDriver.CreateEndpoint",
+        "NetworkDriver.Join",
+        "NetworkDriver.Leave",
+        "NetworkDriver.DeleteEndpoint",
+        "NetworkDriver.EndpointOperInfo",
+        "NetworkDriver.Nope",
+    ])
+}
+
+/// JSON objects with the protocol's field names and awkward values.
+fn near_docker_body() -> impl Strategy<Value = String> {
+    let keys = prop::sample::select(vec![
+        "Pool",
+        "SubPool",
+        "Options",
+        "V6",
+        "PoolID",
+        "Address",
+        "NetworkID",
+        "EndpointID",
+        "Interface",
+        "SandboxKey",
+        "IPv4Data",
+        "IPv6Data",
+        "MacAddress",
+    ]);
+    let values = prop::sample::select(vec![
+        "\"10.0.0.0/16\"",
+        "\"10.0.0.1/33\"",
+        "\"10.0.0.1\"",
+        "\"\"",
+        "\"zz\"",
+        "true",
+        "null",
+        "{}",
+        "[]",
+        "[{\"Pool\":\"x\"}]",
+        "{\"Address\":\"10.1.1.1/16\",\"MacAddress\":\"02:00:00:00:00:01\"}",
+        "{\"RequestAddressType\":\"com.docker.network.gateway\"}",
+        "{\"com.docker.network.generic\":{\"a\":1}}",
+    ]);
+    prop::collection::vec((keys, values), 0..6).prop_map(|kv| {
+        let fields: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", fields.join(","))
+    })
+}
 
 /// Strings that look like the real thing, mutated: more useful than pure noise.
 fn near_config() -> impl Strategy<Value = String> {
@@ -152,6 +259,33 @@ proptest! {
         value in prop::sample::select(vec!["\"c1\"", "\"10.0.0.1\"", "\"10.0.0.0/8\"", "99999999999", "-1", "{}", "[]", "null", "\"\u{ffff}\""]),
     ) {
         let _ = api::parse_request(&format!("{{\"op\":\"{op}\",\"{field}\":{value}}}"));
+    }
+
+    #[test]
+    fn docker_plugin_requests_never_panic(method in docker_method(), body in near_docker_body()) {
+        let _ = futures::executor::block_on(docker::dispatch(&NullDriver, method, body.as_bytes()));
+    }
+
+    #[test]
+    fn arbitrary_docker_plugin_bodies_never_panic(method in docker_method(), body in "\\PC*") {
+        let _ = futures::executor::block_on(docker::dispatch(&NullDriver, method, body.as_bytes()));
+    }
+
+    #[test]
+    fn cni_configurations_never_panic(text in "\\PC*") {
+        if let Err(e) = cni::parse_config(text.as_bytes()) {
+            prop_assert!(!e.msg.is_empty() && e.code > 0);
+        }
+    }
+
+    #[test]
+    fn near_valid_cni_configurations_never_panic(
+        version in prop::sample::select(vec!["\"1.0.0\"", "\"0.4.0\"", "\"9\"", "1", "null"]),
+        kind in prop::sample::select(vec!["\"oxlay\"", "\"bridge\"", "[]"]),
+        extra in prop::sample::select(vec!["", ",\"network\":7", ",\"socket\":\"/x\"", ",\"prevResult\":{\"ips\":[]}", ",\"dns\":null"]),
+    ) {
+        let text = format!("{{\"cniVersion\":{version},\"name\":\"n\",\"type\":{kind}{extra}}}");
+        let _ = cni::parse_config(text.as_bytes());
     }
 
     #[test]
