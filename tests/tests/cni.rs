@@ -168,7 +168,8 @@ fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
 }
 
 /// A real runtime: containerd's `ctr run --cni` starts a container on host A whose
-/// network comes from a conflist chaining oxlay with the reference portmap plugin; it
+/// network comes from a conflist chaining the reference loopback plugin, oxlay and the
+/// reference portmap plugin; it
 /// fetches a page over TCP from a container on host B; DEL on exit removes everything.
 #[test]
 fn containerd_runs_containers_on_oxlay() -> Result<()> {
@@ -220,6 +221,7 @@ fn containerd_runs_containers_on_oxlay() -> Result<()> {
         "cniVersion": "1.0.0",
         "name": "blue",
         "plugins": [
+            { "type": "loopback" },
             { "type": "oxlay", "socket": c.daemons[0].socket },
             { "type": "portmap", "capabilities": { "portMappings": true } },
         ],
@@ -234,7 +236,11 @@ fn containerd_runs_containers_on_oxlay() -> Result<()> {
             &conf_dir.path,
             &bin_dir.path,
             "web-client",
-            &["timeout", "10", "wget", "-q", "-O", "-", &url],
+            &[
+                "sh",
+                "-c",
+                &format!("ip addr show lo | grep -q 127.0.0.1 && timeout 10 wget -q -O - {url}"),
+            ],
         )
         .with_context(|| c.daemons[0].log())?;
     let _ = httpd.kill();

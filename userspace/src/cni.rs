@@ -265,28 +265,46 @@ async fn add(inv: &Invocation) -> Result<Value, CniError> {
     Ok(result(&conf, inv, &view))
 }
 
-/// The spec result for an endpoint, in the configuration's CNI version.
+/// The spec result for an endpoint, in the configuration's CNI version. Plugins earlier
+/// in a chain keep what they reported (prevResult): ours is appended.
 fn result(conf: &NetConf, inv: &Invocation, view: &EndpointView) -> Value {
+    let earlier = |key: &str| -> Vec<Value> {
+        conf.prev_result
+            .as_ref()
+            .and_then(|r| r[key].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let mut interfaces = earlier("interfaces");
+    let mut ips = earlier("ips");
+    let mut routes = earlier("routes");
     let mut ip = json!({
         "address": format!("{}/32", view.address),
         "gateway": GATEWAY.to_string(),
-        "interface": 0,
+        "interface": interfaces.len(),
     });
     if conf.cni_version != "1.0.0" {
         ip["version"] = "4".into();
     }
+    interfaces.push(json!({
+        "name": view.container_interface,
+        "mac": view.mac,
+        "sandbox": inv.netns,
+    }));
+    ips.push(ip);
+    routes.push(json!({ "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() }));
     let mut out = json!({
         "cniVersion": conf.cni_version,
-        "interfaces": [{
-            "name": view.container_interface,
-            "mac": view.mac,
-            "sandbox": inv.netns,
-        }],
-        "ips": [ip],
-        "routes": [{ "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() }],
+        "interfaces": interfaces,
+        "ips": ips,
+        "routes": routes,
     });
-    if let Some(dns) = &conf.dns {
-        out["dns"] = dns.clone();
+    if let Some(dns) = conf
+        .dns
+        .clone()
+        .or_else(|| conf.prev_result.as_ref().map(|r| r["dns"].clone()))
+        .filter(|d| !d.is_null())
+    {
+        out["dns"] = dns;
     }
     out
 }
@@ -483,5 +501,32 @@ mod tests {
             assert_eq!(r["interfaces"][0]["sandbox"], "/proc/1/ns/net");
             assert_eq!(r["dns"]["nameservers"][0], "10.0.0.10");
         }
+    }
+
+    #[test]
+    fn results_keep_what_earlier_plugins_reported() {
+        let view = EndpointView {
+            network: "blue".into(),
+            vni: 7,
+            netns: "cni-c1-eth0".into(),
+            address: "10.1.0.2".parse().unwrap(),
+            mac: "02:00:00:00:00:01".into(),
+            host_interface: "oxl1".into(),
+            container_interface: "eth0".into(),
+            mtu: 1450,
+        };
+        let conf = parse_config(
+            br#"{"cniVersion":"1.0.0","name":"blue","type":"oxlay","prevResult":{
+                "cniVersion":"1.0.0","interfaces":[{"name":"lo","sandbox":"/proc/1/ns/net"}],
+                "ips":[{"address":"127.0.0.1/8","interface":0}],"dns":{"nameservers":["1.1.1.1"]}}}"#,
+        )
+        .unwrap();
+        let r = result(&conf, &inv("ADD", ""), &view);
+        assert_eq!(r["interfaces"][0]["name"], "lo");
+        assert_eq!(r["interfaces"][1]["name"], "eth0");
+        assert_eq!(r["ips"][0]["address"], "127.0.0.1/8");
+        assert_eq!(r["ips"][1]["address"], "10.1.0.2/32");
+        assert_eq!(r["ips"][1]["interface"], 1);
+        assert_eq!(r["dns"]["nameservers"][0], "1.1.1.1");
     }
 }
