@@ -216,6 +216,14 @@ fn sigterm_keeps_the_datapath_and_uninstall_removes_it() -> Result<()> {
     let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/oxlay-test/{}", c.daemons[0].node));
     assert!(pins.exists(), "maps are not pinned at {}", pins.display());
 
+    // Without TCX (before 6.6) the daemon says how it attaches instead.
+    let tcx = aya::util::KernelVersion::current()? >= aya::util::KernelVersion::new(6, 6, 0);
+    let log = c.daemons[0].log();
+    assert_eq!(
+        log.contains("has no TCX"),
+        !tcx,
+        "the TC attach fallback is not reported as it should be: {log}"
+    );
     let before = c.hosts[0].ns.tc_ingress("eth0")?;
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0].0, "oxlay_decap_tc");
