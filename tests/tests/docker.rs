@@ -46,6 +46,13 @@ fn fetch(d: &Dockerd, client: &str, addr: &str) -> Result<String> {
     ])
 }
 
+/// `docker network create -d oxlay --ipam-driver oxlay ARGS...` on `d`.
+fn create_network(d: &Dockerd, args: &[&str]) -> Result<String> {
+    let mut all = vec!["network", "create", "-d", "oxlay", "--ipam-driver", "oxlay"];
+    all.extend_from_slice(args);
+    d.docker(&all)
+}
+
 /// Starts a web server container `name` on network web; its address.
 fn start_server(d: &Dockerd, name: &str) -> Result<String> {
     d.docker(&[
@@ -141,21 +148,18 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     // IPAM options (--ipam-opt), driver options (-o) and labels (--label, read from
     // dockerd) become its labels.
     for d in &dockers {
-        d.docker(&[
-            "network",
-            "create",
-            "-d",
-            "oxlay",
-            "--ipam-driver",
-            "oxlay",
-            "--ipam-opt",
-            "team=red",
-            "-o",
-            "color=green",
-            "--label",
-            "owner=ops",
-            "web",
-        ])?;
+        create_network(
+            d,
+            &[
+                "--ipam-opt",
+                "team=red",
+                "-o",
+                "color=green",
+                "--label",
+                "owner=ops",
+                "web",
+            ],
+        )?;
     }
     eventually(Duration::from_secs(10), || {
         let networks = c.daemons[0].cli(&["network", "ls"])?;
@@ -170,32 +174,26 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
 
     // A network named in the IPAM options, with a subnet; a host asking for another
     // subnet under the same name is told why not.
-    dockers[0].docker(&[
-        "network",
-        "create",
-        "-d",
-        "oxlay",
-        "--ipam-driver",
-        "oxlay",
-        "--ipam-opt",
-        "network=blue",
-        "--subnet",
-        "10.60.0.0/16",
-        "blue",
-    ])?;
-    let clash = dockers[1].docker(&[
-        "network",
-        "create",
-        "-d",
-        "oxlay",
-        "--ipam-driver",
-        "oxlay",
-        "--ipam-opt",
-        "network=blue",
-        "--subnet",
-        "10.61.0.0/16",
-        "blue",
-    ]);
+    create_network(
+        &dockers[0],
+        &[
+            "--ipam-opt",
+            "network=blue",
+            "--subnet",
+            "10.60.0.0/16",
+            "blue",
+        ],
+    )?;
+    let clash = create_network(
+        &dockers[1],
+        &[
+            "--ipam-opt",
+            "network=blue",
+            "--subnet",
+            "10.61.0.0/16",
+            "blue",
+        ],
+    );
     let why = format!(
         "{:#}",
         clash.err().context("a clashing subnet was accepted")?

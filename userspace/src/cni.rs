@@ -429,6 +429,19 @@ mod tests {
         }
     }
 
+    fn view() -> EndpointView {
+        EndpointView {
+            network: "blue".into(),
+            vni: 7,
+            netns: "cni-c1-eth0".into(),
+            address: "10.1.0.2".parse().unwrap(),
+            mac: "02:00:00:00:00:01".into(),
+            host_interface: "oxl1".into(),
+            container_interface: "eth0".into(),
+            mtu: 1450,
+        }
+    }
+
     async fn code_of(i: Invocation) -> u32 {
         run(&i).await.unwrap_err().code
     }
@@ -477,16 +490,7 @@ mod tests {
 
     #[test]
     fn results_follow_the_configured_version() {
-        let view = EndpointView {
-            network: "blue".into(),
-            vni: 7,
-            netns: "cni-c1-eth0".into(),
-            address: "10.1.0.2".parse().unwrap(),
-            mac: "02:00:00:00:00:01".into(),
-            host_interface: "oxl1".into(),
-            container_interface: "eth0".into(),
-            mtu: 1450,
-        };
+        let view = view();
         for (version, ip_version) in [("1.0.0", None), ("0.4.0", Some("4"))] {
             let conf = parse_config(
                 format!(r#"{{"cniVersion":"{version}","name":"blue","type":"oxlay","dns":{{"nameservers":["10.0.0.10"]}}}}"#)
@@ -505,16 +509,7 @@ mod tests {
 
     #[test]
     fn results_keep_what_earlier_plugins_reported() {
-        let view = EndpointView {
-            network: "blue".into(),
-            vni: 7,
-            netns: "cni-c1-eth0".into(),
-            address: "10.1.0.2".parse().unwrap(),
-            mac: "02:00:00:00:00:01".into(),
-            host_interface: "oxl1".into(),
-            container_interface: "eth0".into(),
-            mtu: 1450,
-        };
+        let view = view();
         let conf = parse_config(
             br#"{"cniVersion":"1.0.0","name":"blue","type":"oxlay","prevResult":{
                 "cniVersion":"1.0.0","interfaces":[{"name":"lo","sandbox":"/proc/1/ns/net"}],

@@ -303,16 +303,17 @@ impl Datapath {
     /// Before TCX the filter is deleted instead (it may be gone with its interface).
     fn unpin_link(&self, program: &str, interface: &str) {
         let _ = std::fs::remove_file(self.link_pin(program, interface));
-        if !has_tcx() && program != program_names::DECAP_XDP {
-            if let Ok(link) = SchedClassifierLink::attached(
-                interface,
-                TcAttachType::Ingress,
-                NETLINK_PRIORITY,
-                netlink_handle(program),
-                None,
-            ) {
-                let _ = link.detach();
-            }
+        let Some(handle) = netlink_handle(program).filter(|_| !has_tcx()) else {
+            return;
+        };
+        if let Ok(link) = SchedClassifierLink::attached(
+            interface,
+            TcAttachType::Ingress,
+            NETLINK_PRIORITY,
+            handle,
+            None,
+        ) {
+            let _ = link.detach();
         }
     }
 
@@ -327,7 +328,8 @@ impl Datapath {
         let pin = self.link_pin(program, interface);
         let prog = classifier(&mut self.ebpf, program)?;
         if !has_tcx() {
-            let handle = netlink_handle(program);
+            let handle = netlink_handle(program)
+                .with_context(|| format!("{program} is not a TC program"))?;
             let existing = SchedClassifierLink::attached(
                 interface,
                 TcAttachType::Ingress,
@@ -428,14 +430,16 @@ fn has_tcx() -> bool {
 /// that tc and other loaders pick.
 const NETLINK_PRIORITY: u16 = 1;
 
-/// Before TCX: each program's filter handle, fixed so a new daemon finds its filter.
-fn netlink_handle(program: &str) -> TcHandle {
+/// Before TCX: each TC program's filter handle, fixed so a new daemon finds its filter;
+/// None for programs that are not TC programs.
+fn netlink_handle(program: &str) -> Option<TcHandle> {
     let minor = match program {
         program_names::DECAP_TC => 1,
         program_names::XDP_DELIVER_TC => 2,
-        _ => 3, // the container-egress program, on veths
+        program_names::FROM_CONTAINER => 3,
+        _ => return None,
     };
-    TcHandle::new(0, minor)
+    Some(TcHandle::new(0, minor))
 }
 
 /// Hands the link pinned at `pin`, if any, to `replace` (which swaps in the new

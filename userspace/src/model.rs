@@ -393,6 +393,18 @@ pub async fn reclaim_block(
         .with_context(|| format!("block {block} changed while re-claiming it"))
 }
 
+/// The endpoint (address claim) of `address` on `network`, if any.
+pub async fn endpoint(
+    store: &dyn Store,
+    network: &str,
+    address: Ipv4Addr,
+) -> Result<Option<EndpointRecord>> {
+    match store.get(&endpoint_key(network, address)).await? {
+        Some(kv) => Ok(Some(decode(&kv.key, &kv.value)?)),
+        None => Ok(None),
+    }
+}
+
 pub async fn endpoints(store: &dyn Store, network: Option<&str>) -> Result<Vec<EndpointRecord>> {
     let prefix = match network {
         Some(n) => format!("{ENDPOINTS}{n}/"),

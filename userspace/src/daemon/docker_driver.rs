@@ -137,11 +137,8 @@ impl Driver for DaemonDriver {
     async fn release_address(&self, pool_id: &str, address: Ipv4Addr) -> Result<()> {
         let s = self.0.lock().await;
         let store = s.store.clone();
-        let mine = model::endpoints(&*store, Some(pool_id))
-            .await?
-            .into_iter()
-            .any(|e| e.address == address && e.host == s.host.name);
-        if mine {
+        let claim = model::endpoint(&*store, pool_id, address).await?;
+        if claim.is_some_and(|e| e.host == s.host.name) {
             model::remove_endpoint(&*store, pool_id, address).await?;
         }
         Ok(())
@@ -210,10 +207,9 @@ impl Driver for DaemonDriver {
         let store = s.store.clone();
         let name = Self::network_of(s, network_id)?.clone();
         let net = model::network(&*store, &name).await?;
-        let claim = model::endpoints(&*store, Some(&name))
+        let claim = model::endpoint(&*store, &name, address)
             .await?
-            .into_iter()
-            .find(|e| e.address == address && e.host == s.host.name)
+            .filter(|e| e.host == s.host.name)
             .with_context(|| {
                 format!("address {address} was not handed out here by oxlay's IPAM: use --ipam-driver oxlay")
             })?;
