@@ -177,7 +177,7 @@ fn containerd_runs_containers_on_oxlay() -> Result<()> {
         return Ok(());
     }
     if let Some(why) = containerd::containerd_missing() {
-        eprintln!("skipped: {why}");
+        oxlay_testbed::skip(&why);
         return Ok(());
     }
     let c = StoreCluster::new(2, false, 10)?;
@@ -272,8 +272,9 @@ fn portmap_chained_after_oxlay_maps_a_host_port() -> Result<()> {
     if skip_without_root() {
         return Ok(());
     }
-    if !std::path::Path::new("/usr/lib/cni/portmap").exists() {
-        eprintln!("skipped: /usr/lib/cni/portmap is missing (apt-get install containernetworking-plugins)");
+    if !std::path::Path::new("/usr/lib/cni/portmap").exists()
+        && oxlay_testbed::skip("/usr/lib/cni/portmap (package containernetworking-plugins)")
+    {
         return Ok(());
     }
     let c = StoreCluster::new(2, false, 10)?;

@@ -120,7 +120,7 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
         return Ok(());
     }
     if let Some(why) = docker_missing() {
-        eprintln!("skipped: {why}");
+        oxlay_testbed::skip(&why);
         return Ok(());
     }
     let dirs = [DockerDirs::new("a")?, DockerDirs::new("b")?];

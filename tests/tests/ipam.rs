@@ -262,12 +262,7 @@ async fn ipam_on_the_embedded_store() -> Result<()> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn ipam_on_etcd() -> Result<()> {
-    if std::process::Command::new("etcd")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: no etcd binary; `cargo xtask install` installs it");
+    if oxlay_testbed::skip_without_etcd() {
         return Ok(());
     }
     let etcd = Etcd::start()?;

@@ -51,8 +51,7 @@ impl Drop for PinDir {
 }
 
 fn fixture() -> Result<Option<Fixture>> {
-    if !is_root() {
-        eprintln!("skipped: BPF_PROG_TEST_RUN needs root");
+    if !is_root() && oxlay_testbed::skip("root, for BPF_PROG_TEST_RUN") {
         return Ok(None);
     }
     let tag = TempDir::new("pins")?;

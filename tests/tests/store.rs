@@ -239,19 +239,10 @@ async fn embedded_store_is_shared_between_handles() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_store() -> Result<()> {
-    let etcd = match Etcd::start() {
-        Ok(e) => e,
-        Err(e)
-            if std::process::Command::new("etcd")
-                .arg("--version")
-                .output()
-                .is_err() =>
-        {
-            eprintln!("skipped: no etcd binary ({e:#}); `cargo xtask install` installs it");
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
+    if oxlay_testbed::skip_without_etcd() {
+        return Ok(());
+    }
+    let etcd = Etcd::start()?;
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
     suite(Arc::new(store)).await
 }

@@ -25,10 +25,11 @@ use crate::{
     net::{Ipv4Net, MacAddr},
     netlink::{self, ContainerRoute, EndpointSpec},
     reconcile::{self, Snapshot},
-    store::{embedded::EmbeddedStore, etcd::EtcdStore, LeaseId, Store},
+    store::{embedded::EmbeddedStore, etcd::EtcdStore, Store},
 };
 
 mod docker_driver;
+mod lease;
 
 /// Local endpoints by (namespace, store network; None for the static network).
 type EndpointKey = (String, Option<String>);
@@ -44,6 +45,10 @@ struct StoreHealth {
 type Health = Arc<std::sync::Mutex<StoreHealth>>;
 
 fn store_failed(health: &Health, what: &str, e: &anyhow::Error) {
+    store_failed_inner(health, what, e)
+}
+
+fn store_failed_inner(health: &std::sync::Mutex<StoreHealth>, what: &str, e: &anyhow::Error) {
     let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
     if h.down_since.is_none() {
         warn!("store unreachable ({what}: {e:#}); forwarding continues on the routes already in the maps");
@@ -53,6 +58,10 @@ fn store_failed(health: &Health, what: &str, e: &anyhow::Error) {
 }
 
 fn store_ok(health: &Health) {
+    store_ok_inner(health)
+}
+
+fn store_ok_inner(health: &std::sync::Mutex<StoreHealth>) {
     let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(since) = h.down_since.take() {
         let secs = since.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
@@ -67,7 +76,8 @@ struct State {
     container_mtu: u32,
     store: Arc<dyn Store>,
     host: HostRecord,
-    lease: LeaseId,
+    /// The lease the host's registration and blocks hang on (renewed on its own task).
+    lease: Arc<lease::HostLease>,
     endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
     /// The store's routing view, as last read.
     snapshot: Snapshot,
@@ -79,6 +89,10 @@ struct State {
     uninstall: Arc<tokio::sync::Notify>,
     /// Which oxlay network each Docker network is.
     docker: docker_driver::DockerState,
+    /// Map writes that failed since start (e.g. a full route map), and the last
+    /// reconcile error, for `oxlay status`.
+    map_failures: u64,
+    last_reconcile_error: Option<String>,
 }
 
 impl State {
@@ -97,13 +111,32 @@ impl State {
         };
         let want = reconcile::desired(&me, &self.config, &self.snapshot, &local)?;
         let changes = reconcile::apply(&mut self.datapath, &want)?;
-        if changes != reconcile::Changes::default() {
+        if changes.added + changes.removed > 0 {
             info!(
                 "maps updated: {} added or changed, {} removed",
                 changes.added, changes.removed
             );
         }
+        if let Some(first) = changes.failed.first() {
+            self.map_failures += changes.failed.len() as u64;
+            let e = anyhow!(
+                "{} map entries could not be written (the others were; retried with backoff): {first}",
+                changes.failed.len()
+            );
+            self.last_reconcile_error = Some(format!("{e:#}"));
+            return Err(e);
+        }
+        self.last_reconcile_error = None;
         Ok(())
+    }
+
+    /// Reconciles; a failure is logged and left to the periodic resync (the change
+    /// that asked for it is complete either way: the maps follow the store).
+    async fn reconcile_or_retry_later(&mut self) {
+        if let Err(e) = self.reconcile().await {
+            warn!("reconcile failed, retried by the periodic resync: {e:#}");
+            self.last_reconcile_error = Some(format!("{e:#}"));
+        }
     }
 
     /// Takes back the endpoints the store says are on this host (a daemon that died
@@ -111,12 +144,7 @@ impl State {
     /// whose interface is gone are released.
     async fn adopt_endpoints(&mut self) -> Result<()> {
         // The static network's endpoints, from the state file.
-        let recorded: Vec<LocalEndpoint> = match std::fs::read(&self.state_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!("the state file {} is corrupt", self.state_path.display())
-            })?,
-            Err(_) => Vec::new(),
-        };
+        let recorded = read_state_file(&self.state_path)?;
         for mut ep in recorded {
             let Some(link) = netlink::link_by_name(&self.handle, &ep.host_ifname).await? else {
                 warn!("static endpoint {} {} is gone", ep.netns, ep.address);
@@ -139,8 +167,10 @@ impl State {
             }
             let host_ifname = endpoint::host_ifname(&ep.sandbox, Some(&ep.network));
             let link = netlink::link_by_name(&self.handle, &host_ifname).await?;
-            let net = model::network(&*store, &ep.network).await;
-            let (Some(link), Some(interface), Some(mac), Ok(net)) =
+            // A store error stops the start (nothing is released); only a network the
+            // store says is gone releases the address.
+            let net = model::find_network(&*store, &ep.network).await?;
+            let (Some(link), Some(interface), Some(mac), Some(net)) =
                 (&link, ep.interface.clone(), ep.mac, &net)
             else {
                 warn!(
@@ -149,7 +179,7 @@ impl State {
                     ep.sandbox,
                     if link.is_some() { "present" } else { "missing" },
                     ep.mac.is_some(),
-                    if net.is_ok() { "present" } else { "missing" },
+                    if net.is_some() { "present" } else { "missing" },
                     ep.address
                 );
                 model::remove_endpoint(&*store, &ep.network, ep.address).await?;
@@ -193,25 +223,37 @@ impl State {
             .with_context(|| format!("cannot write {}", self.state_path.display()))
     }
 
-    /// Grants a lease, registers the host under it and re-claims the blocks of this
-    /// host's endpoints (they went with an expired lease).
-    async fn register(&mut self) -> Result<()> {
-        let ttl = Duration::from_secs(self.config.store.lease_ttl_secs);
-        self.lease = self.store.grant_lease(ttl).await?;
-        model::register_host(&*self.store, &self.host, self.lease).await?;
-        for ep in self.endpoints.values() {
-            if let Some(network) = &ep.network {
-                model::reclaim_block(
-                    &*self.store,
-                    &self.host.name,
-                    self.lease,
-                    network,
-                    ep.address,
-                )
-                .await?;
-            }
-        }
-        Ok(())
+    /// The blocks this host must hold: one address in each, from its endpoints.
+    fn held_blocks(&self) -> Vec<lease::HeldBlock> {
+        self.endpoints
+            .values()
+            .filter_map(|ep| Some((ep.network.clone()?, ep.address)))
+            .collect()
+    }
+}
+
+impl lease::LeaseEvents for std::sync::Mutex<StoreHealth> {
+    fn renewed(&self) {
+        store_ok_inner(self);
+    }
+    fn failed(&self, what: &str, e: &anyhow::Error) {
+        store_failed_inner(self, what, e);
+    }
+}
+
+/// The static network's endpoints a previous daemon recorded. No file means none; a
+/// file that cannot be read or parsed stops the start rather than being taken as empty
+/// (and then overwritten), which would orphan wired containers.
+fn read_state_file(path: &Path) -> Result<Vec<LocalEndpoint>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "the state file {} is corrupt: fix or remove it (removing it forgets the static endpoints it lists)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read the state file {}", path.display())),
     }
 }
 
@@ -276,26 +318,33 @@ pub async fn run(config: Config) -> Result<()> {
         underlay_address: underlay_addr,
         vtep_mac: config.vtep_mac(),
     };
+    let host_lease = Arc::new(lease::HostLease::new(
+        store.clone(),
+        host.clone(),
+        Duration::from_secs(config.store.lease_ttl_secs),
+    ));
     let mut state = State {
         config,
         handle,
         datapath,
         container_mtu,
         store,
+        lease: host_lease,
         host,
-        lease: 0,
         endpoints: BTreeMap::new(),
         snapshot: Snapshot::default(),
         underlay_subnet,
         state_path: socket_path.with_extension("endpoints.json"),
         uninstall: Arc::new(tokio::sync::Notify::new()),
         docker: docker_driver::DockerState::default(),
+        map_failures: 0,
+        last_reconcile_error: None,
     };
     let started = async {
         state.docker = docker_driver::DockerState::load(&*state.store, &state.host.name).await?;
         state.adopt_endpoints().await?;
-        state.register().await?;
-        state.reconcile().await
+        state.lease.register(&state.held_blocks()).await?;
+        state.reconcile().await.map(|_| ())
     };
     if let Err(e) = started.await {
         std::fs::remove_file(&socket_path).ok();
@@ -317,11 +366,19 @@ pub async fn run(config: Config) -> Result<()> {
         state.config.decap,
         socket_path.display()
     );
-    let ttl = Duration::from_secs(state.config.store.lease_ttl_secs);
     let store = state.store.clone();
+    let host_lease = state.lease.clone();
     let state = Arc::new(Mutex::new(state));
     let health: Health = Arc::default();
-    let keepalive = tokio::spawn(keep_alive(state.clone(), ttl, health.clone()));
+    let held_state = state.clone();
+    let keepalive = tokio::spawn(lease::keep_alive(
+        host_lease,
+        move || {
+            let state = held_state.clone();
+            async move { state.lock().await.held_blocks() }
+        },
+        health.clone(),
+    ));
     let docker = state.lock().await.config.docker.clone();
     let docker_plugin = docker.enabled.then(|| {
         let driver = Arc::new(docker_driver::DaemonDriver(state.clone()));
@@ -392,7 +449,7 @@ async fn uninstall(s: &mut State) -> Result<()> {
             warn!("removing endpoint {key:?}: {e:#}");
         }
     }
-    if let Err(e) = s.store.revoke_lease(s.lease).await {
+    if let Err(e) = s.store.revoke_lease(s.lease.current()).await {
         warn!("deregistering from the store: {e:#}");
     }
     s.datapath.unpin()?;
@@ -406,31 +463,52 @@ async fn uninstall(s: &mut State) -> Result<()> {
     Ok(())
 }
 
-/// Renews the host's lease; when it was lost (store outage longer than the TTL),
-/// registers again and re-claims this host's blocks.
-async fn keep_alive(state: Arc<Mutex<State>>, ttl: Duration, health: Health) {
-    loop {
-        tokio::time::sleep(ttl / 3).await;
-        let (store, lease) = {
-            let s = state.lock().await;
-            (s.store.clone(), s.lease)
+/// How long to wait before the next resync: every [`RESYNC_EVERY`] while reconciles
+/// succeed; after a failure from 1 s, doubling up to that.
+#[derive(Debug)]
+struct Resync {
+    delay: Duration,
+    failing: bool,
+}
+
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+impl Resync {
+    fn new() -> Self {
+        Self {
+            delay: RESYNC_EVERY,
+            failing: false,
+        }
+    }
+    /// The delay until the next resync, given whether the last reconcile succeeded.
+    fn after(&mut self, ok: bool) -> Duration {
+        self.delay = match (ok, self.failing) {
+            (true, _) => RESYNC_EVERY,
+            (false, false) => Duration::from_secs(1),
+            (false, true) => (self.delay * 2).min(RESYNC_EVERY),
         };
-        match store.keep_alive(lease).await {
-            Ok(()) => store_ok(&health),
-            Err(e) => {
-                store_failed(&health, "keep-alive", &e);
-                // The lease may have run out meanwhile: register again (this fails too
-                // while the store is away, and is retried next round).
-                if let Err(e) = state.lock().await.register().await {
-                    store_failed(&health, "registering", &e);
-                }
-            }
+        self.failing = !ok;
+        self.delay
+    }
+}
+
+async fn reconcile_logged(state: &Mutex<State>) -> bool {
+    let mut s = state.lock().await;
+    match s.reconcile().await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!("reconcile failed: {e:#}");
+            s.last_reconcile_error = Some(format!("{e:#}"));
+            false
         }
     }
 }
 
-/// Follows the store and reconciles the maps after every change (batched).
+/// Follows the store and reconciles the maps after every change (batched), and resyncs
+/// periodically: at once with backoff after a failed reconcile (a full map, a store
+/// error), else every [`RESYNC_EVERY`] in case anything else changed the maps.
 async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: Health) {
+    let mut resync = Resync::new();
     loop {
         let start = match store.list(model::PREFIX).await {
             Ok((_, revision)) => {
@@ -443,9 +521,7 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
                 continue;
             }
         };
-        if let Err(e) = state.lock().await.reconcile().await {
-            warn!("reconcile failed: {e:#}");
-        }
+        let mut next = resync.after(reconcile_logged(&state).await);
         let mut events = match store.watch(model::PREFIX, start).await {
             Ok(rx) => rx,
             Err(e) => {
@@ -455,7 +531,14 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
             }
         };
         loop {
-            match events.recv().await {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = tokio::time::sleep(next) => {
+                    next = resync.after(reconcile_logged(&state).await);
+                    continue;
+                }
+            };
+            match event {
                 Some(Ok(_)) => {
                     // Take whatever else arrived with it, then reconcile once.
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -463,9 +546,7 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
                     while let Ok(item) = events.try_recv() {
                         broken |= item.is_err();
                     }
-                    if let Err(e) = state.lock().await.reconcile().await {
-                        warn!("reconcile failed: {e:#}");
-                    }
+                    next = resync.after(reconcile_logged(&state).await);
                     if broken {
                         break;
                     }
@@ -591,14 +672,36 @@ async fn add_local_endpoint(
         gateway: GATEWAY,
     };
     let record = endpoint::attach(&s.handle, &mut s.datapath, network, vni, spec).await?;
+    s.endpoints.insert(key.clone(), record.clone());
+    if let Err(e) = s.save_static_endpoints() {
+        undo_local_endpoint(s, &key).await;
+        return Err(e);
+    }
     info!(
         "endpoint {netns} {address} (vni {vni}) on {}",
         record.host_ifname
     );
-    s.endpoints.insert(key, record.clone());
-    s.save_static_endpoints()?;
-    s.reconcile().await?;
+    // The endpoint is complete: its own route and entry are in the maps (attach wrote
+    // them); peers and networks follow, now or at the next resync.
+    s.reconcile_or_retry_later().await;
     Ok(record)
+}
+
+/// Takes back a local endpoint whose creation failed after it was wired: unwires it
+/// and forgets it. Errors are logged (the caller reports the original failure).
+async fn undo_local_endpoint(s: &mut State, key: &EndpointKey) {
+    let Some(record) = s.endpoints.remove(key) else {
+        return;
+    };
+    if let Err(e) = endpoint::detach(&s.handle, &mut s.datapath, &record).await {
+        warn!(
+            "undoing endpoint {} {}: {e:#}",
+            record.netns, record.address
+        );
+    }
+    if let Err(e) = s.save_static_endpoints() {
+        warn!("undoing endpoint {} {}: {e:#}", record.netns, record.address);
+    }
 }
 
 async fn remove_local_endpoint(s: &mut State, key: &EndpointKey) -> Result<LocalEndpoint> {
@@ -615,9 +718,18 @@ async fn remove_local_endpoint(s: &mut State, key: &EndpointKey) -> Result<Local
     if let Some(network) = &record.network {
         model::remove_endpoint(&*s.store, network, record.address).await?;
     }
-    s.reconcile().await?;
+    s.reconcile_or_retry_later().await;
     info!("removed endpoint {} {}", record.netns, record.address);
     Ok(record)
+}
+
+/// Releases an address whose endpoint never came to be; a failure is logged (the
+/// address then shows in `oxlay endpoint ls` without an interface, and removing that
+/// endpoint releases it).
+async fn give_back_address(store: &dyn Store, network: &str, address: std::net::Ipv4Addr) {
+    if let Err(e) = model::remove_endpoint(store, network, address).await {
+        warn!("giving back {address} of {network}: {e:#}");
+    }
 }
 
 fn parse_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
@@ -653,6 +765,8 @@ async fn status(state: &Mutex<State>, health: &Health) -> serde_json::Value {
         }
         .into();
         v["endpoints"] = s.endpoints.len().into();
+        v["map_update_failures"] = s.map_failures.into();
+        v["last_reconcile_error"] = s.last_reconcile_error.clone().into();
         v["routes"] = s.datapath.routes().map(|r| r.len()).unwrap_or(0).into();
     }
     v
@@ -788,7 +902,7 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
         } => {
             let sandbox = sandbox.unwrap_or_else(|| netns.clone());
             let net = model::network(&*store, &network).await?;
-            let (host, lease) = (s.host.name.clone(), s.lease);
+            let (host, lease) = (s.host.name.clone(), s.lease.current());
             let record = model::create_endpoint(
                 &*store,
                 &host,
@@ -823,14 +937,21 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
                     let wired = model::EndpointRecord {
                         interface: Some(local.container_ifname.clone()),
                         mac: Some(local.container_mac),
-                        ..record
+                        ..record.clone()
                     };
-                    model::update_endpoint(&*store, &wired).await?;
+                    if let Err(e) = model::update_endpoint(&*store, &wired).await {
+                        // Unwire first, then give the address back: no container keeps
+                        // an address the pool hands out again.
+                        undo_local_endpoint(s, &(local.netns.clone(), Some(network.clone())))
+                            .await;
+                        give_back_address(&*store, &network, record.address).await;
+                        return Err(e);
+                    }
                     serde_json::to_value(local.view())?
                 }
                 Err(e) => {
                     // Give the address back: the endpoint never came to be.
-                    let _ = model::remove_endpoint(&*store, &network, record.address).await;
+                    give_back_address(&*store, &network, record.address).await;
                     return Err(e);
                 }
             }
@@ -851,4 +972,24 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
             serde_json::to_value(record.view())?
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resync_backs_off_after_failures_and_relaxes_after_success() {
+        let mut r = Resync::new();
+        let secs = |d: Duration| d.as_secs();
+        assert_eq!(secs(r.after(false)), 1);
+        assert_eq!(secs(r.after(false)), 2);
+        assert_eq!(secs(r.after(false)), 4);
+        for _ in 0..10 {
+            r.after(false);
+        }
+        assert_eq!(r.after(false), RESYNC_EVERY, "capped");
+        assert_eq!(r.after(true), RESYNC_EVERY);
+        assert_eq!(secs(r.after(false)), 1, "a new failure retries soon");
+    }
 }

@@ -31,6 +31,9 @@ pub const BLOCKS: &str = "/oxlay/blocks/";
 pub const ENDPOINTS: &str = "/oxlay/endpoints/";
 /// Which oxlay network each host's Docker networks are: DOCKER/<host>/<docker id>.
 pub const DOCKER: &str = "/oxlay/docker/";
+/// Every network's subnet in one record, so that overlap checks and claims are one
+/// compare-and-put.
+pub const SUBNETS: &str = "/oxlay/subnets";
 
 /// VNIs handed out when none is asked for start here (low ones are left for users).
 pub const FIRST_AUTO_VNI: u32 = 4096;
@@ -56,7 +59,35 @@ pub struct NetworkRecord {
     /// Route to peers on the same underlay subnet without encapsulation.
     #[serde(default)]
     pub direct: bool,
+    /// Set by `network rm` before it checks for endpoints: an endpoint create that sees
+    /// it gives its address back, so a removal and a create never both succeed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removing: bool,
 }
+
+impl NetworkRecord {
+    /// Checks what the code that reads a record relies on (a store may hold a record
+    /// written by hand or by another version).
+    pub fn validate(&self) -> Result<()> {
+        let max = oxlay_common::wire::VNI_MAX;
+        if self.vni == 0 || self.vni > max {
+            bail!("network {}: VNI {} is out of range 1..={max}", self.name, self.vni);
+        }
+        if self.block_prefix < self.subnet.prefix_len() || self.block_prefix > MAX_BLOCK_PREFIX {
+            bail!(
+                "network {}: block size /{} does not fit subnet {} (/{}..=/{MAX_BLOCK_PREFIX})",
+                self.name,
+                self.block_prefix,
+                self.subnet,
+                self.subnet.prefix_len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The smallest block a host leases: a /30 has two usable addresses.
+pub const MAX_BLOCK_PREFIX: u8 = 30;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRecord {
@@ -107,6 +138,15 @@ fn decode<T: DeserializeOwned>(key: &str, value: &str) -> Result<T> {
     serde_json::from_str(value).with_context(|| format!("store record {key} is not valid"))
 }
 
+/// A network record, checked (see [`NetworkRecord::validate`]).
+pub fn decode_network(key: &str, value: &str) -> Result<NetworkRecord> {
+    let record: NetworkRecord = decode(key, value)?;
+    record
+        .validate()
+        .with_context(|| format!("store record {key} is not valid"))?;
+    Ok(record)
+}
+
 async fn list<T: DeserializeOwned>(store: &dyn Store, prefix: &str) -> Result<Vec<T>> {
     let (kvs, _) = store.list(prefix).await?;
     kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
@@ -133,54 +173,57 @@ pub async fn hosts(store: &dyn Store) -> Result<Vec<HostRecord>> {
 // ---- networks ----
 
 pub async fn networks(store: &dyn Store) -> Result<Vec<NetworkRecord>> {
-    list(store, NETWORKS).await
+    let (kvs, _) = store.list(NETWORKS).await?;
+    kvs.iter().map(|kv| decode_network(&kv.key, &kv.value)).collect()
 }
 
+/// A network; an error when it does not exist (or is being removed).
 pub async fn network(store: &dyn Store, name: &str) -> Result<NetworkRecord> {
-    let kv = store
-        .get(&format!("{NETWORKS}{name}"))
+    find_network(store, name)
         .await?
-        .with_context(|| format!("network {name} does not exist (see `oxlay network ls`)"))?;
-    decode(&kv.key, &kv.value)
+        .with_context(|| format!("network {name} does not exist (see `oxlay network ls`)"))
 }
 
-/// Creates a network: claims its VNI (given, or the first free one from
-/// [`FIRST_AUTO_VNI`]) and checks its subnet against the others.
+/// A network, `None` when it does not exist or is being removed. A store error is an
+/// error, never "missing": callers release addresses on `None`.
+pub async fn find_network(store: &dyn Store, name: &str) -> Result<Option<NetworkRecord>> {
+    match store.get(&format!("{NETWORKS}{name}")).await? {
+        Some(kv) => {
+            let record = decode_network(&kv.key, &kv.value)?;
+            Ok((!record.removing).then_some(record))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Creates a network: reserves its subnet in the subnet registry (one compare-and-put,
+/// so two concurrent creates cannot both pass the overlap check), claims its VNI
+/// (given, or the first free one from [`FIRST_AUTO_VNI`]), then writes the record. A
+/// failed step undoes the ones before it.
 pub async fn create_network(store: &dyn Store, spec: NetworkSpec) -> Result<NetworkRecord> {
     crate::config::check_name("network name", &spec.name)?;
-    let existing = networks(store).await?;
-    if existing.iter().any(|n| n.name == spec.name) {
+    if store.get(&format!("{NETWORKS}{}", spec.name)).await?.is_some() {
         bail!("network {} already exists", spec.name);
     }
-    let subnet = match spec.subnet {
-        Some(s) => {
-            // Direct networks share one table on the receiving side: never overlapping.
-            if spec.direct {
-                if let Some(other) = existing.iter().find(|n| n.direct && n.subnet.overlaps(&s)) {
-                    bail!(
-                        "subnet {s} overlaps direct network {} ({}): direct networks cannot overlap each other",
-                        other.name,
-                        other.subnet
-                    );
-                }
-            }
-            if !spec.allow_overlap {
-                if let Some(other) = existing.iter().find(|n| n.subnet.overlaps(&s)) {
-                    bail!(
-                        "subnet {s} overlaps network {} ({}); pick another or pass --allow-overlap (networks stay isolated by VNI)",
-                        other.name,
-                        other.subnet
-                    );
-                }
-            }
-            s
+    let subnet = reserve_subnet(store, &spec).await?;
+    let created = create_reserved(store, &spec, subnet).await;
+    if created.is_err() {
+        if let Err(e) = release_subnet(store, &spec.name).await {
+            log::warn!("network {}: giving back subnet {subnet}: {e:#}", spec.name);
         }
-        None => free_subnet(&existing)?,
-    };
+    }
+    created
+}
+
+async fn create_reserved(
+    store: &dyn Store,
+    spec: &NetworkSpec,
+    subnet: Ipv4Net,
+) -> Result<NetworkRecord> {
     let block_prefix = spec.block_prefix.unwrap_or(24.max(subnet.prefix_len()));
-    if block_prefix < subnet.prefix_len() || block_prefix > 30 {
+    if block_prefix < subnet.prefix_len() || block_prefix > MAX_BLOCK_PREFIX {
         bail!(
-            "block size /{block_prefix} does not fit subnet {subnet}: use /{} to /30",
+            "block size /{block_prefix} does not fit subnet {subnet}: use /{} to /{MAX_BLOCK_PREFIX}",
             subnet.prefix_len()
         );
     }
@@ -190,8 +233,9 @@ pub async fn create_network(store: &dyn Store, spec: NetworkSpec) -> Result<Netw
         vni,
         subnet,
         block_prefix,
-        labels: spec.labels,
+        labels: spec.labels.clone(),
         direct: spec.direct,
+        removing: false,
     };
     let created = store
         .compare_and_put(
@@ -200,21 +244,127 @@ pub async fn create_network(store: &dyn Store, spec: NetworkSpec) -> Result<Netw
             &serde_json::to_string(&record)?,
             None,
         )
-        .await?;
-    if created.is_none() {
+        .await;
+    if !matches!(created, Ok(Some(_))) {
         store.delete(&format!("{VNIS}{vni}")).await?;
+        created?;
         bail!("network {} already exists", spec.name);
     }
     Ok(record)
 }
 
-fn free_subnet(existing: &[NetworkRecord]) -> Result<Ipv4Net> {
+/// One network's entry in the subnet registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SubnetEntry {
+    subnet: Ipv4Net,
+    #[serde(default)]
+    direct: bool,
+}
+
+type SubnetRegistry = BTreeMap<String, SubnetEntry>;
+
+/// The subnet registry and its revision (0 when absent). A store from before the
+/// registry existed gets one built from its network records.
+async fn subnet_registry(store: &dyn Store) -> Result<(SubnetRegistry, i64)> {
+    match store.get(SUBNETS).await? {
+        Some(kv) => Ok((decode(&kv.key, &kv.value)?, kv.mod_revision)),
+        None => {
+            let built = networks(store)
+                .await?
+                .into_iter()
+                .map(|n| {
+                    let entry = SubnetEntry {
+                        subnet: n.subnet,
+                        direct: n.direct,
+                    };
+                    (n.name, entry)
+                })
+                .collect();
+            Ok((built, 0))
+        }
+    }
+}
+
+/// Checks `spec` against the other networks' subnets and records its subnet, all in
+/// one compare-and-put on the registry (retried when another create got there first).
+async fn reserve_subnet(store: &dyn Store, spec: &NetworkSpec) -> Result<Ipv4Net> {
+    loop {
+        let (mut registry, revision) = subnet_registry(store).await?;
+        if registry.contains_key(&spec.name) {
+            bail!("network {} already exists (or is being created)", spec.name);
+        }
+        let subnet = match spec.subnet {
+            Some(s) => {
+                check_overlap(&registry, s, spec)?;
+                s
+            }
+            None => free_subnet(registry.values().map(|e| e.subnet))?,
+        };
+        let entry = SubnetEntry {
+            subnet,
+            direct: spec.direct,
+        };
+        registry.insert(spec.name.clone(), entry);
+        let value = serde_json::to_string(&registry)?;
+        if store
+            .compare_and_put(SUBNETS, revision, &value, None)
+            .await?
+            .is_some()
+        {
+            return Ok(subnet);
+        }
+    }
+}
+
+fn check_overlap(registry: &SubnetRegistry, s: Ipv4Net, spec: &NetworkSpec) -> Result<()> {
+    // Direct networks share one table on the receiving side: never overlapping.
+    if spec.direct {
+        if let Some((name, other)) = registry
+            .iter()
+            .find(|(_, e)| e.direct && e.subnet.overlaps(&s))
+        {
+            bail!(
+                "subnet {s} overlaps direct network {name} ({}): direct networks cannot overlap each other",
+                other.subnet
+            );
+        }
+    }
+    if !spec.allow_overlap {
+        if let Some((name, other)) = registry.iter().find(|(_, e)| e.subnet.overlaps(&s)) {
+            bail!(
+                "subnet {s} overlaps network {name} ({}); pick another or pass --allow-overlap (networks stay isolated by VNI)",
+                other.subnet
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Takes a network's subnet out of the registry.
+async fn release_subnet(store: &dyn Store, name: &str) -> Result<()> {
+    loop {
+        let (mut registry, revision) = subnet_registry(store).await?;
+        if registry.remove(name).is_none() && revision != 0 {
+            return Ok(());
+        }
+        let value = serde_json::to_string(&registry)?;
+        if store
+            .compare_and_put(SUBNETS, revision, &value, None)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+    }
+}
+
+fn free_subnet(existing: impl Iterator<Item = Ipv4Net> + Clone) -> Result<Ipv4Net> {
     let pool: Ipv4Net = DEFAULT_POOL.parse()?;
     let start = u32::from(pool.addr());
     let count = 1u32 << (16 - pool.prefix_len());
     for i in 0..count {
         let candidate = Ipv4Net::new(Ipv4Addr::from(start + (i << 16)), 16)?;
-        if !existing.iter().any(|n| n.subnet.overlaps(&candidate)) {
+        if !existing.clone().any(|n| n.overlaps(&candidate)) {
             return Ok(candidate);
         }
     }
@@ -266,7 +416,7 @@ pub async fn add_network_labels(
             .get(&key)
             .await?
             .with_context(|| format!("no network {name}"))?;
-        let mut record: NetworkRecord = decode(&kv.key, &kv.value)?;
+        let mut record = decode_network(&kv.key, &kv.value)?;
         let before = record.labels.len();
         for (k, v) in labels {
             record.labels.entry(k.clone()).or_insert_with(|| v.clone());
@@ -317,11 +467,36 @@ pub async fn docker_networks(store: &dyn Store, host: &str) -> Result<BTreeMap<S
         .collect())
 }
 
-/// Removes a network; refused while it has endpoints.
+/// Removes a network; refused while it has endpoints. The record is first marked
+/// `removing` (compare-and-put): a concurrent endpoint create either is seen here and
+/// the removal is refused, or sees the mark and gives its address back.
 pub async fn remove_network(store: &dyn Store, name: &str) -> Result<()> {
-    let net = network(store, name).await?;
-    let eps: Vec<EndpointRecord> = list(store, &format!("{ENDPOINTS}{name}/")).await?;
+    let key = format!("{NETWORKS}{name}");
+    let net = loop {
+        let kv = store
+            .get(&key)
+            .await?
+            .with_context(|| format!("network {name} does not exist (see `oxlay network ls`)"))?;
+        let mut net = decode_network(&kv.key, &kv.value)?;
+        net.removing = true;
+        let value = serde_json::to_string(&net)?;
+        if store
+            .compare_and_put(&key, kv.mod_revision, &value, None)
+            .await?
+            .is_some()
+        {
+            break net;
+        }
+    };
+    let eps: Vec<EndpointRecord> = match list(store, &format!("{ENDPOINTS}{name}/")).await {
+        Ok(eps) => eps,
+        Err(e) => {
+            unmark_removing(store, name).await;
+            return Err(e);
+        }
+    };
     if !eps.is_empty() {
+        unmark_removing(store, name).await;
         bail!(
             "network {name} still has {} endpoint(s) (e.g. {} on {}): remove them first",
             eps.len(),
@@ -333,9 +508,33 @@ pub async fn remove_network(store: &dyn Store, name: &str) -> Result<()> {
     for b in blocks {
         store.delete(&b.key).await?;
     }
-    store.delete(&format!("{NETWORKS}{name}")).await?;
+    store.delete(&key).await?;
     store.delete(&format!("{VNIS}{}", net.vni)).await?;
-    Ok(())
+    release_subnet(store, name).await
+}
+
+/// Clears the `removing` mark of a removal that was refused.
+async fn unmark_removing(store: &dyn Store, name: &str) {
+    let key = format!("{NETWORKS}{name}");
+    for _ in 0..10 {
+        let Ok(Some(kv)) = store.get(&key).await else {
+            continue;
+        };
+        let Ok(mut net) = decode_network(&kv.key, &kv.value) else {
+            return;
+        };
+        net.removing = false;
+        let Ok(value) = serde_json::to_string(&net) else {
+            return;
+        };
+        if let Ok(Some(_)) = store
+            .compare_and_put(&key, kv.mod_revision, &value, None)
+            .await
+        {
+            return;
+        }
+    }
+    log::warn!("network {name}: could not clear its removal mark; `oxlay network rm {name}` again finishes the removal");
 }
 
 // ---- IPAM: blocks and addresses ----
@@ -421,10 +620,15 @@ fn block_hosts(block: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
 }
 
 /// Every block of `net`'s subnet, in address order.
+/// Empty for a record whose block size does not fit its subnet (records are validated
+/// when read; this never underflows either way).
 fn tiles(net: &NetworkRecord) -> impl Iterator<Item = Ipv4Net> + '_ {
     let start = u32::from(net.subnet.addr());
-    let count = 1u64 << (net.block_prefix - net.subnet.prefix_len());
-    let step = 1u64 << (32 - net.block_prefix);
+    let count = match net.block_prefix.checked_sub(net.subnet.prefix_len()) {
+        Some(bits) if net.block_prefix <= 32 => 1u64 << bits,
+        _ => 0,
+    };
+    let step = 1u64 << (32 - net.block_prefix.min(32));
     (0..count).filter_map(move |i| {
         Ipv4Net::new(Ipv4Addr::from(start + (i * step) as u32), net.block_prefix).ok()
     })
@@ -471,7 +675,7 @@ pub async fn create_endpoint(
         if !claim_address(store, &record).await? {
             bail!("address {addr} is already in use on network {}", net.name);
         }
-        return Ok(record);
+        return confirm_claim(store, record).await;
     }
     loop {
         let all_blocks_now = blocks(store, &net.name).await?;
@@ -484,7 +688,7 @@ pub async fn create_endpoint(
             for addr in block_hosts(b.block).filter(|a| !used.contains(a)) {
                 record.address = addr;
                 if claim_address(store, &record).await? {
-                    return Ok(record);
+                    return confirm_claim(store, record).await;
                 }
             }
         }
@@ -509,6 +713,21 @@ pub async fn create_endpoint(
                 net.name,
                 net.subnet
             );
+        }
+    }
+}
+
+/// After an address claim: if the network was removed (or is being removed) meanwhile,
+/// gives the address back and fails (see [`remove_network`]).
+async fn confirm_claim(store: &dyn Store, record: EndpointRecord) -> Result<EndpointRecord> {
+    match find_network(store, &record.network).await {
+        Ok(Some(_)) => Ok(record),
+        other => {
+            if let Err(e) = remove_endpoint(store, &record.network, record.address).await {
+                log::warn!("giving back {} of {}: {e:#}", record.address, record.network);
+            }
+            other?;
+            bail!("network {} was removed meanwhile", record.network)
         }
     }
 }
@@ -574,16 +793,37 @@ async fn ensure_block(
     }
 }
 
-/// Records how an endpoint was wired (its interface and MAC).
+/// Records how an endpoint was wired (its interface and MAC). Only the claim this host
+/// made is updated: an endpoint removed meanwhile is not brought back (compare-and-put
+/// on the revision read).
 pub async fn update_endpoint(store: &dyn Store, record: &EndpointRecord) -> Result<()> {
-    store
-        .put(
-            &endpoint_key(&record.network, record.address),
-            &serde_json::to_string(record)?,
-            None,
-        )
-        .await
-        .map(|_| ())
+    let key = endpoint_key(&record.network, record.address);
+    loop {
+        let kv = store.get(&key).await?.with_context(|| {
+            format!(
+                "endpoint {} of network {} was removed meanwhile",
+                record.address, record.network
+            )
+        })?;
+        let current: EndpointRecord = decode(&kv.key, &kv.value)?;
+        if current.host != record.host {
+            bail!(
+                "address {} of network {} now belongs to {} on {}",
+                record.address,
+                record.network,
+                current.sandbox,
+                current.host
+            );
+        }
+        let value = serde_json::to_string(record)?;
+        if store
+            .compare_and_put(&key, kv.mod_revision, &value, None)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+    }
 }
 
 /// Deletes an endpoint, releasing its address, and then every block of its host in that
@@ -597,12 +837,17 @@ pub async fn remove_endpoint(
     address: Ipv4Addr,
 ) -> Result<EndpointRecord> {
     let key = endpoint_key(network_name, address);
-    let kv = store
-        .get(&key)
-        .await?
-        .with_context(|| format!("no endpoint {address} on network {network_name}"))?;
-    let record: EndpointRecord = decode(&kv.key, &kv.value)?;
-    store.compare_and_delete(&key, kv.mod_revision).await?;
+    let record = loop {
+        let kv = store
+            .get(&key)
+            .await?
+            .with_context(|| format!("no endpoint {address} on network {network_name}"))?;
+        let record: EndpointRecord = decode(&kv.key, &kv.value)?;
+        // A write in between (the wiring recorded) changes the revision: read again.
+        if store.compare_and_delete(&key, kv.mod_revision).await? {
+            break record;
+        }
+    };
     release_empty_blocks(store, network_name, &record.host).await?;
     Ok(record)
 }
@@ -617,6 +862,8 @@ async fn release_empty_blocks(store: &dyn Store, network_name: &str, host: &str)
     for kv in block_kvs {
         let block: BlockRecord = decode(&kv.key, &kv.value)?;
         if block.host == host && !used.iter().any(|a| block.block.contains(*a)) {
+            // False when the block changed meanwhile (re-claimed under a new lease):
+            // then it is in use again and stays.
             store.compare_and_delete(&kv.key, kv.mod_revision).await?;
         }
     }
@@ -635,6 +882,7 @@ mod tests {
             block_prefix: block,
             labels: BTreeMap::new(),
             direct: false,
+            removing: false,
         }
     }
 
@@ -655,7 +903,8 @@ mod tests {
     #[test]
     fn free_subnets_avoid_existing_ones() {
         let existing = [net("10.240.0.0/16", 24), net("10.241.0.0/20", 24)];
-        assert_eq!(free_subnet(&existing).unwrap().to_string(), "10.242.0.0/16");
+        let subnets = existing.iter().map(|n| n.subnet);
+        assert_eq!(free_subnet(subnets).unwrap().to_string(), "10.242.0.0/16");
     }
 
     #[test]

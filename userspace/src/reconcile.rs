@@ -11,7 +11,7 @@ use oxlay_common::{Route, DIRECT_NET_ID};
 
 use crate::{
     config::Config,
-    datapath::Datapath,
+    datapath::{Datapath, RouteEntry},
     endpoint::LocalEndpoint,
     model::{BlockRecord, HostRecord, NetworkRecord},
     net::{Ipv4Net, MacAddr},
@@ -140,49 +140,103 @@ pub fn desired(
     Ok(d)
 }
 
-/// Counts of what `apply` changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The maps reconcile writes, behind a trait so that the order of changes and the
+/// handling of failures are tested without a kernel.
+pub trait RoutingMaps {
+    fn networks(&self) -> Result<Vec<u32>>;
+    fn add_network(&mut self, vni: u32) -> Result<()>;
+    fn remove_network(&mut self, vni: u32) -> Result<()>;
+    fn peers(&self) -> Result<Vec<Ipv4Addr>>;
+    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()>;
+    fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()>;
+    fn routes(&self) -> Result<Vec<RouteEntry>>;
+    fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()>;
+    fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()>;
+}
+
+impl RoutingMaps for Datapath {
+    fn networks(&self) -> Result<Vec<u32>> {
+        Datapath::networks(self)
+    }
+    fn add_network(&mut self, vni: u32) -> Result<()> {
+        Datapath::add_network(self, vni)
+    }
+    fn remove_network(&mut self, vni: u32) -> Result<()> {
+        Datapath::remove_network(self, vni)
+    }
+    fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+        Datapath::peers(self)
+    }
+    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        Datapath::add_peer(self, underlay)
+    }
+    fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        Datapath::remove_peer(self, underlay)
+    }
+    fn routes(&self) -> Result<Vec<RouteEntry>> {
+        Datapath::routes(self)
+    }
+    fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()> {
+        Datapath::set_route(self, net_id, dest, route)
+    }
+    fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
+        Datapath::remove_route(self, net_id, dest)
+    }
+}
+
+/// What `apply` changed, and the entries it could not change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub added: usize,
     pub removed: usize,
+    /// One message per entry that failed (e.g. a full map); the others were applied.
+    pub failed: Vec<String>,
 }
 
-/// Brings the maps to `want`, touching only entries that differ.
-pub fn apply(datapath: &mut Datapath, want: &Desired) -> Result<Changes> {
+impl Changes {
+    fn record(&mut self, result: Result<()>, removal: bool) {
+        match result {
+            Ok(()) if removal => self.removed += 1,
+            Ok(()) => self.added += 1,
+            Err(e) => self.failed.push(format!("{e:#}")),
+        }
+    }
+}
+
+/// Brings the maps to `want`, touching only entries that differ. Stale entries go
+/// first, so a full map has room for the new ones; a failed entry is recorded and the
+/// rest carry on (the caller retries the failed ones later). A route that changes
+/// value is overwritten in place, never removed and re-added. Fails only when the maps
+/// cannot be read.
+pub fn apply(maps: &mut impl RoutingMaps, want: &Desired) -> Result<Changes> {
     let mut c = Changes::default();
-    // Add before remove: a route that moves between entries is never missing.
-    let have_networks: BTreeSet<u32> = datapath.networks()?.into_iter().collect();
-    for vni in want.networks.difference(&have_networks) {
-        datapath.add_network(*vni)?;
-        c.added += 1;
-    }
-    let have_peers: BTreeSet<Ipv4Addr> = datapath.peers()?.into_iter().collect();
-    for peer in want.peers.difference(&have_peers) {
-        datapath.add_peer(*peer)?;
-        c.added += 1;
-    }
-    let have_routes: BTreeMap<(u32, Ipv4Net), Route> = datapath
+    let have_networks: BTreeSet<u32> = maps.networks()?.into_iter().collect();
+    let have_peers: BTreeSet<Ipv4Addr> = maps.peers()?.into_iter().collect();
+    let have_routes: BTreeMap<(u32, Ipv4Net), Route> = maps
         .routes()?
         .into_iter()
         .map(|r| ((r.net_id, r.dest), r.route))
         .collect();
-    for (key, route) in &want.routes {
-        if have_routes.get(key) != Some(route) {
-            datapath.set_route(key.0, key.1, *route)?;
-            c.added += 1;
-        }
-    }
     for key in have_routes.keys().filter(|k| !want.routes.contains_key(k)) {
-        datapath.remove_route(key.0, key.1)?;
-        c.removed += 1;
+        c.record(maps.remove_route(key.0, key.1), true);
     }
     for peer in have_peers.difference(&want.peers) {
-        datapath.remove_peer(*peer)?;
-        c.removed += 1;
+        c.record(maps.remove_peer(*peer), true);
     }
     for vni in have_networks.difference(&want.networks) {
-        datapath.remove_network(*vni)?;
-        c.removed += 1;
+        c.record(maps.remove_network(*vni), true);
+    }
+    // Networks and peers before the routes that lead to them.
+    for vni in want.networks.difference(&have_networks) {
+        c.record(maps.add_network(*vni), false);
+    }
+    for peer in want.peers.difference(&have_peers) {
+        c.record(maps.add_peer(*peer), false);
+    }
+    for (key, route) in &want.routes {
+        if have_routes.get(key) != Some(route) {
+            c.record(maps.set_route(key.0, key.1, *route), false);
+        }
     }
     Ok(c)
 }
@@ -220,6 +274,7 @@ mod tests {
             block_prefix: 24,
             labels: Default::default(),
             direct: false,
+            removing: false,
         }
     }
 
@@ -304,5 +359,145 @@ mod tests {
         // Without local endpoints: nothing accepted, nothing routed, peers still known.
         let d = desired(&me(), &config(), &snapshot, &[]).unwrap();
         assert!(d.networks.is_empty() && d.routes.is_empty());
+    }
+
+    /// Maps in memory with a route capacity, like a BPF map's max_entries, and keys
+    /// that refuse to be written; every call is logged in order.
+    #[derive(Default)]
+    struct FakeMaps {
+        networks: BTreeSet<u32>,
+        peers: BTreeSet<Ipv4Addr>,
+        routes: BTreeMap<(u32, Ipv4Net), Route>,
+        route_capacity: usize,
+        refuse: BTreeSet<(u32, Ipv4Net)>,
+        log: Vec<String>,
+    }
+
+    impl RoutingMaps for FakeMaps {
+        fn networks(&self) -> Result<Vec<u32>> {
+            Ok(self.networks.iter().copied().collect())
+        }
+        fn add_network(&mut self, vni: u32) -> Result<()> {
+            self.log.push(format!("+net {vni}"));
+            self.networks.insert(vni);
+            Ok(())
+        }
+        fn remove_network(&mut self, vni: u32) -> Result<()> {
+            self.log.push(format!("-net {vni}"));
+            self.networks.remove(&vni);
+            Ok(())
+        }
+        fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+            Ok(self.peers.iter().copied().collect())
+        }
+        fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+            self.log.push(format!("+peer {underlay}"));
+            self.peers.insert(underlay);
+            Ok(())
+        }
+        fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+            self.log.push(format!("-peer {underlay}"));
+            self.peers.remove(&underlay);
+            Ok(())
+        }
+        fn routes(&self) -> Result<Vec<RouteEntry>> {
+            Ok(self
+                .routes
+                .iter()
+                .map(|(&(net_id, dest), &route)| RouteEntry {
+                    net_id,
+                    dest,
+                    route,
+                })
+                .collect())
+        }
+        fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()> {
+            self.log.push(format!("+route {net_id} {dest}"));
+            let key = (net_id, dest);
+            if self.refuse.contains(&key) {
+                anyhow::bail!("route {net_id} {dest} refused");
+            }
+            if !self.routes.contains_key(&key) && self.routes.len() >= self.route_capacity {
+                anyhow::bail!("route map full at {dest}");
+            }
+            self.routes.insert(key, route);
+            Ok(())
+        }
+        fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
+            self.log.push(format!("-route {net_id} {dest}"));
+            self.routes.remove(&(net_id, dest));
+            Ok(())
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn apply_removes_before_adding_so_a_full_map_takes_the_new_routes() {
+        let peer = Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]);
+        let mut maps = FakeMaps {
+            route_capacity: 2,
+            ..Default::default()
+        };
+        maps.routes.insert((100, net("10.10.1.0/24")), peer);
+        maps.routes.insert((100, net("10.10.2.0/24")), peer);
+        // The host of 10.10.2.0/24 left and 10.10.3.0/24 arrived: the map is full.
+        let want = Desired {
+            networks: BTreeSet::from([100]),
+            peers: BTreeSet::from([Ipv4Addr::new(192, 168, 50, 12)]),
+            routes: BTreeMap::from([
+                ((100, net("10.10.1.0/24")), peer),
+                ((100, net("10.10.3.0/24")), peer),
+            ]),
+        };
+        let c = apply(&mut maps, &want).unwrap();
+        assert_eq!(c.failed, Vec::<String>::new());
+        assert_eq!((c.added, c.removed), (3, 1));
+        assert_eq!(maps.routes.keys().collect::<Vec<_>>(), want.routes.keys().collect::<Vec<_>>());
+        assert_eq!(
+            maps.log,
+            [
+                "-route 100 10.10.2.0/24",
+                "+net 100",
+                "+peer 192.168.50.12",
+                "+route 100 10.10.3.0/24"
+            ]
+        );
+        // Nothing differs: nothing is touched.
+        maps.log.clear();
+        let c = apply(&mut maps, &want).unwrap();
+        assert_eq!((c.added, c.removed, c.failed.len()), (0, 0, 0));
+        assert!(maps.log.is_empty(), "{:?}", maps.log);
+    }
+
+    #[test]
+    fn apply_carries_on_past_a_failed_entry_and_reports_it() {
+        let peer = Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]);
+        let mut maps = FakeMaps {
+            route_capacity: 10,
+            refuse: BTreeSet::from([(100, net("10.10.1.0/24"))]),
+            ..Default::default()
+        };
+        let want = Desired {
+            networks: BTreeSet::from([100]),
+            peers: BTreeSet::new(),
+            routes: BTreeMap::from([
+                ((100, net("10.10.1.0/24")), peer),
+                ((100, net("10.10.2.0/24")), peer),
+                ((100, net("10.10.3.0/24")), peer),
+            ]),
+        };
+        let c = apply(&mut maps, &want).unwrap();
+        assert_eq!(c.failed.len(), 1, "{:?}", c.failed);
+        assert!(c.failed[0].contains("10.10.1.0/24"), "{:?}", c.failed);
+        assert_eq!(maps.routes.len(), 2, "the routes after the failed one are in");
+        // Once the map takes it, a retry adds only the missing entry.
+        maps.refuse.clear();
+        maps.log.clear();
+        let c = apply(&mut maps, &want).unwrap();
+        assert_eq!((c.added, c.failed.len()), (1, 0));
+        assert_eq!(maps.log, ["+route 100 10.10.1.0/24"]);
     }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod install;
+mod testcount;
 mod vm;
 
 #[path = "../../userspace/build_ebpf.rs"]
@@ -82,24 +83,34 @@ fn run(command: Cmd) -> Result<()> {
             install::run()?;
             step("building oxlay (userspace and kernel programs)");
             cargo(&["build", "--workspace"])?;
-            step("running the test suite (serially: tests share the kernel)");
+            step("running the test suite (serially: tests share the kernel; a missing prerequisite fails its test)");
             let mut test_args: Vec<&str> = vec!["test", "--workspace", "--exclude", "xtask"];
             let (filters, rest): (Vec<&String>, Vec<&String>) =
                 args.iter().partition(|a| !a.starts_with('-'));
             test_args.extend(rest.iter().map(|s| s.as_str()));
+            // Run every test binary even when one fails, so the counts are whole.
+            test_args.push("--no-fail-fast");
             test_args.push("--");
             test_args.push("--test-threads=1");
             test_args.extend(filters.iter().map(|s| s.as_str()));
-            cargo(&test_args)?;
-            if args.is_empty() {
+            let skip_log = root().join("target/test-skips.log");
+            let _ = std::fs::remove_file(&skip_log);
+            let mut total = testcount::cargo_test(&test_args, &skip_log)?;
+            if total.failed == 0 && args.is_empty() {
                 step("the kernel matrix: oxlay in Linux 6.1 and 6.12 VMs");
-                vm::run(&[])?;
+                total.add(vm::run(&[])?);
+            }
+            total.print_summary();
+            if total.failed > 0 {
+                bail!("{} tests failed", total.failed);
             }
             Ok(())
         }
         Cmd::VmTest { series } => {
             install::run()?;
-            vm::run(&series)
+            let counts = vm::run(&series)?;
+            counts.print_summary();
+            Ok(())
         }
         Cmd::Demo { store } => {
             install::run()?;

@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{root, step};
+use crate::{root, step, testcount::Counts};
 
 /// Kernel series and the Debian package name pattern of each.
 const KERNELS: &[(&str, &str)] = &[
@@ -53,7 +53,7 @@ const MODULES: &[&str] = &[
 ];
 
 const INIT_HEAD: &str = r#"#!/bin/sh
-export PATH=/bin OXLAY_BIN=/bin/oxlay
+export PATH=/bin OXLAY_BIN=/bin/oxlay OXLAY_TEST_REQUIRE_ALL=1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -300,7 +300,7 @@ fn pack(tree: &Path, kernel_root: &Path, image: &Path) -> Result<()> {
 }
 
 /// Runs the suites in the kernels of `only` (all when empty).
-pub fn run(only: &[String]) -> Result<()> {
+pub fn run(only: &[String]) -> Result<Counts> {
     let kernels: Vec<_> = KERNELS
         .iter()
         .filter(|(series, _)| only.is_empty() || only.iter().any(|o| o == series))
@@ -316,6 +316,7 @@ pub fn run(only: &[String]) -> Result<()> {
     let tree = initramfs_tree(&dir, &tests, &oxlay)?;
     let image = dir.join("initramfs.cpio");
     let mut failed = Vec::new();
+    let mut counts = Counts::default();
     for (series, pattern) in &kernels {
         let vmlinuz = kernel(&dir, series, pattern)?;
         let kernel_root = vmlinuz.parent().and_then(Path::parent).unwrap();
@@ -363,11 +364,15 @@ pub fn run(only: &[String]) -> Result<()> {
         }
         let mut ok = true;
         for (suite, _, _) in SUITES {
-            let passed = console
-                .lines()
-                .any(|l| l.trim_end() == format!("VMTEST {suite} PASS"));
-            println!("    {suite}: {}", if passed { "passed" } else { "FAILED" });
-            ok &= passed;
+            let (passed, suite_counts) = suite_result(&console, suite);
+            let verdict = match (passed, suite_counts.passed) {
+                (false, _) => "FAILED".to_owned(),
+                (true, 0) => "FAILED: ran no test".to_owned(),
+                (true, n) => format!("passed ({n} tests)"),
+            };
+            println!("    {suite}: {verdict}");
+            ok &= passed && suite_counts.passed > 0;
+            counts.add(suite_counts);
         }
         if !ok {
             println!("{console}");
@@ -377,6 +382,28 @@ pub fn run(only: &[String]) -> Result<()> {
     if !failed.is_empty() {
         bail!("the VM tests failed on Linux {}", failed.join(", "));
     }
-    println!("vm-test: {} passed, 0 failed", kernels.len());
-    Ok(())
+    println!("vm-test: {} kernels passed", kernels.len());
+    Ok(counts)
+}
+
+/// Whether a suite's `/init` line says PASS, and libtest's counts from its output (the
+/// lines between its `VMTEST <suite>` line and the next `VMTEST` line).
+fn suite_result(console: &str, suite: &str) -> (bool, Counts) {
+    let mut counts = Counts::default();
+    let mut verdict = None;
+    let mut inside = false;
+    for line in console.lines() {
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("VMTEST ") {
+            inside = rest.starts_with(&format!("{suite} "));
+            if inside {
+                verdict = Some(rest.ends_with(" PASS"));
+            }
+            continue;
+        }
+        if inside {
+            counts.add_line(line);
+        }
+    }
+    (verdict == Some(true), counts)
 }

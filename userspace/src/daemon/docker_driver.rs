@@ -8,7 +8,7 @@ use log::{info, warn};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use super::{remove_local_endpoint, EndpointKey, State};
+use super::{remove_local_endpoint, undo_local_endpoint, EndpointKey, State};
 use crate::{
     docker::{Driver, NetworkRequest, PoolRequest},
     docker_engine,
@@ -76,9 +76,9 @@ impl Driver for DaemonDriver {
             .unwrap_or_else(|| DEFAULT_NETWORK.to_owned());
         let mut s = self.0.lock().await;
         let store = s.store.clone();
-        let net = match model::network(&*store, &name).await {
-            Ok(net) => net,
-            Err(_) => {
+        let net = match model::find_network(&*store, &name).await? {
+            Some(net) => net,
+            None => {
                 let spec = network_spec(&name, request.subnet, &options)?;
                 match model::create_network(&*store, spec).await {
                     Ok(net) => {
@@ -124,7 +124,7 @@ impl Driver for DaemonDriver {
         let record = model::create_endpoint(
             &*store,
             &s.host.name,
-            s.lease,
+            s.lease.current(),
             pool_id,
             PENDING_SANDBOX,
             wanted,
@@ -232,14 +232,19 @@ impl Driver for DaemonDriver {
             mac: Some(local.container_mac),
             ..claim
         };
-        model::update_endpoint(&*store, &wired).await?;
+        s.endpoints.insert(key.clone(), local.clone());
+        if let Err(e) = model::update_endpoint(&*store, &wired).await {
+            // Unwire (veth and map entries): Docker will release the address itself
+            // (RequestAddress and CreateEndpoint are separate calls for it).
+            undo_local_endpoint(s, &key).await;
+            return Err(e);
+        }
         info!(
             "docker: endpoint {} {address} (vni {}) on {}",
             key.0, net.vni, local.host_ifname
         );
         let answer = (local.container_mac, local.container_ifname.clone());
-        s.endpoints.insert(key, local);
-        s.reconcile().await?;
+        s.reconcile_or_retry_later().await;
         Ok(answer)
     }
 

@@ -11,7 +11,7 @@ use std::{
     io::Write,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -41,6 +41,9 @@ struct State {
     kvs: BTreeMap<String, Entry>,
     leases: BTreeMap<LeaseId, Lease>,
     events: VecDeque<Event>,
+    /// The boot whose clock `expires_ms` counts in.
+    #[serde(default)]
+    boot_id: String,
     #[serde(skip)]
     dirty: bool,
 }
@@ -67,11 +70,26 @@ struct Event {
     lease: LeaseId,
 }
 
+/// Milliseconds since boot (CLOCK_BOOTTIME): the same for every process on the
+/// machine, and it never steps, so setting the wall clock cannot expire every lease at
+/// once. It restarts at boot; the state records the boot it belongs to (see `boot_id`).
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid, owned pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// This boot's id: lease deadlines of another boot mean nothing in this one.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 impl State {
@@ -195,6 +213,17 @@ fn locked<T>(path: &Path, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
+    let boot = boot_id();
+    if state.boot_id != boot {
+        // Written in another boot (or by a version that used the wall clock): its
+        // deadlines are meaningless here, so every lease gets a full TTL from now.
+        let now = now_ms();
+        for lease in state.leases.values_mut() {
+            lease.expires_ms = now + lease.ttl_ms;
+        }
+        state.boot_id = boot;
+        state.dirty = true;
+    }
     state.expire(now_ms());
     let result = f(&mut state);
     if state.dirty {
@@ -307,7 +336,7 @@ impl Store for EmbeddedStore {
             let l = s
                 .leases
                 .get_mut(&lease)
-                .ok_or_else(|| anyhow!("lease {lease} has expired; its keys are gone"))?;
+                .ok_or(super::LeaseExpired(lease))?;
             l.expires_ms = now_ms() + l.ttl_ms;
             s.dirty = true;
             Ok(())

@@ -11,6 +11,9 @@ use tokio::sync::mpsc;
 
 use super::{KeyValue, LeaseId, Revision, Store, WatchEvent, WatchItem};
 
+/// How long one keep-alive may take before it counts as the store not answering.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
@@ -107,12 +110,20 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        let (mut keeper, mut stream) = self.client.clone().lease_keep_alive(lease).await?;
-        keeper.keep_alive().await?;
-        match stream.message().await? {
-            Some(r) if r.ttl() > 0 => Ok(()),
-            _ => bail!("lease {lease} has expired; its keys are gone"),
-        }
+        let renew = async {
+            let (mut keeper, mut stream) = self.client.clone().lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            match stream.message().await? {
+                Some(r) if r.ttl() > 0 => Ok(()),
+                // etcd answers TTL 0 for a lease it does not know (expired or revoked).
+                Some(_) => Err(anyhow::Error::new(super::LeaseExpired(lease))),
+                None => bail!("etcd closed the keep-alive stream of lease {lease}"),
+            }
+        };
+        // The stream has no deadline of its own: a stalled etcd must not stall renewal.
+        tokio::time::timeout(KEEP_ALIVE_TIMEOUT, renew)
+            .await
+            .map_err(|_| anyhow::anyhow!("etcd did not answer the keep-alive of lease {lease} within {KEEP_ALIVE_TIMEOUT:?}"))?
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {

@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 
 pub mod embedded;
 pub mod etcd;
+#[cfg(test)]
+pub mod faulty;
 
 /// A store-wide, monotonically increasing version; every write gets a new one.
 pub type Revision = i64;
@@ -54,6 +56,24 @@ impl WatchEvent {
     }
 }
 
+/// The store's word that a lease is gone (expired or revoked), as opposed to a store
+/// that could not be asked: only this makes a host register again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseExpired(pub LeaseId);
+
+impl std::fmt::Display for LeaseExpired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lease {} has expired; its keys are gone", self.0)
+    }
+}
+
+impl std::error::Error for LeaseExpired {}
+
+/// Whether `e` is the store saying the lease is gone.
+pub fn is_lease_expired(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<LeaseExpired>().is_some()
+}
+
 /// What a watch delivers: events in revision order, or an error after which the
 /// watcher must list again (e.g. it fell behind a compaction).
 pub type WatchItem = Result<WatchEvent>;
@@ -87,7 +107,8 @@ pub trait Store: Send + Sync {
     /// A new lease that expires `ttl` after its last keep-alive.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;
 
-    /// Renews a lease; an error when it has expired (its keys are gone).
+    /// Renews a lease. [`LeaseExpired`] when the store says it is gone (its keys with
+    /// it); any other error means the store could not be asked.
     async fn keep_alive(&self, lease: LeaseId) -> Result<()>;
 
     /// Ends a lease now, deleting its keys.
