@@ -183,9 +183,22 @@ async fn concurrent_endpoints(s: Arc<dyn Store>) -> Result<()> {
     }
     ensure!(addrs.len() == 170, "{} addresses", addrs.len());
     let blocks = model::blocks(&*s, "ipam").await?;
-    let mut seen = HashSet::new();
-    for b in &blocks {
-        ensure!(seen.insert(b.block), "block {} owned twice", b.block);
+    // No block was handed to two hosts: the addresses each host got, grouped by the
+    // block they lie in, never mix hosts (block keys are unique, so listing the blocks
+    // could not show this).
+    let mut block_host: BTreeMap<u32, &str> = BTreeMap::new();
+    let mut made_by: Vec<(Ipv4Addr, String)> = Vec::new();
+    for ep in model::endpoints(&*s, Some("ipam")).await? {
+        made_by.push((ep.address, ep.host.clone()));
+    }
+    for (address, host) in &made_by {
+        let block = u32::from(*address) & !63; // /26 blocks
+        let first = block_host.entry(block).or_insert(host);
+        ensure!(
+            *first == host.as_str(),
+            "block {} handed to {first} and {host}",
+            Ipv4Addr::from(block)
+        );
     }
     for ep in model::endpoints(&*s, Some("ipam")).await? {
         let owner = blocks
@@ -247,20 +260,148 @@ async fn concurrent_endpoints(s: Arc<dyn Store>) -> Result<()> {
     Ok(())
 }
 
+/// Two creates of overlapping subnets at the same moment: exactly one wins (the
+/// overlap check and the claim are one compare-and-put on the subnet registry).
+async fn overlapping_creates_race(s: Arc<dyn Store>) -> Result<()> {
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            let s = s.clone();
+            let direct = i % 2 == 0;
+            tasks.push(tokio::spawn(async move {
+                model::create_network(
+                    &*s,
+                    NetworkSpec {
+                        direct,
+                        ..spec(
+                            &format!("race{round}x{i}"),
+                            Some(&format!("10.{}.0.0/16", 200 + round)),
+                        )
+                    },
+                )
+                .await
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            match t.await? {
+                Ok(_) => won += 1,
+                Err(e) => ensure!(format!("{e:#}").contains("overlaps"), "{e:#}"),
+            }
+        }
+        ensure!(
+            won == 1,
+            "round {round}: {won} overlapping networks were created"
+        );
+    }
+    Ok(())
+}
+
+/// `network rm` racing `endpoint create`: either the endpoint exists on a network
+/// that exists, or the network is gone with nothing of it left behind.
+async fn remove_races_create(s: Arc<dyn Store>) -> Result<()> {
+    let lease = s.grant_lease(Duration::from_secs(60)).await?;
+    for round in 0..8 {
+        let name = format!("rm{round}");
+        model::create_network(
+            &*s,
+            spec(&name, Some(&format!("10.{}.0.0/16", 150 + round))),
+        )
+        .await?;
+        let (s1, s2, n1, n2) = (s.clone(), s.clone(), name.clone(), name.clone());
+        let create = tokio::spawn(async move {
+            model::create_endpoint(&*s1, "h1", lease, &n1, "sb", None, BTreeMap::new()).await
+        });
+        let remove = tokio::spawn(async move { model::remove_network(&*s2, &n2).await });
+        let (created, removed) = (create.await?, remove.await?);
+        let network = model::find_network(&*s, &name).await?;
+        let endpoints = model::endpoints(&*s, Some(&name)).await?;
+        let blocks = model::blocks(&*s, &name).await?;
+        match (created.is_ok(), removed.is_ok()) {
+            (true, true) => {
+                anyhow::bail!("round {round}: both the create and the removal succeeded")
+            }
+            (true, false) => ensure!(
+                network.is_some() && endpoints.len() == 1,
+                "round {round}: endpoint created but network {network:?}, endpoints {endpoints:?}"
+            ),
+            (false, true) => ensure!(
+                network.is_none() && endpoints.is_empty() && blocks.is_empty(),
+                "round {round}: removed, but left endpoints {endpoints:?} and blocks {blocks:?}"
+            ),
+            (false, false) => anyhow::bail!(
+                "round {round}: both failed: {:?} / {:?}",
+                created.err(),
+                removed.err()
+            ),
+        }
+        if let Ok(ep) = created {
+            model::remove_endpoint(&*s, &name, ep.address).await?;
+            model::remove_network(&*s, &name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Records that do not hold what the code relies on are errors, never panics or
+/// endless loops; an update never brings back a removed endpoint.
+async fn bad_records_and_stale_updates(s: Arc<dyn Store>) -> Result<()> {
+    let bad = r#"{"name":"bad","vni":77,"subnet":"10.99.0.0/24","block_prefix":8}"#;
+    s.put("/oxlay/networks/bad", bad, None).await?;
+    let lease = s.grant_lease(Duration::from_secs(60)).await?;
+    let err = model::create_endpoint(&*s, "h1", lease, "bad", "sb", None, BTreeMap::new())
+        .await
+        .unwrap_err();
+    ensure!(
+        format!("{err:#}").contains("block size /8 does not fit"),
+        "{err:#}"
+    );
+    ensure!(
+        model::networks(&*s).await.is_err(),
+        "a bad record listed as valid"
+    );
+    s.delete("/oxlay/networks/bad").await?;
+
+    model::create_network(&*s, spec("upd", Some("10.98.0.0/16"))).await?;
+    let ep = model::create_endpoint(&*s, "h1", lease, "upd", "sb", None, BTreeMap::new()).await?;
+    model::remove_endpoint(&*s, "upd", ep.address).await?;
+    let wired = model::EndpointRecord {
+        interface: Some("eth0".into()),
+        ..ep.clone()
+    };
+    let err = model::update_endpoint(&*s, &wired).await.unwrap_err();
+    ensure!(format!("{err:#}").contains("removed meanwhile"), "{err:#}");
+    ensure!(
+        model::endpoint(&*s, "upd", ep.address).await?.is_none(),
+        "a removed endpoint came back"
+    );
+    model::remove_network(&*s, "upd").await?;
+    Ok(())
+}
+
 async fn suite(s: Arc<dyn Store>) -> Result<()> {
     networks(s.clone()).await.context("networks")?;
+    overlapping_creates_race(s.clone())
+        .await
+        .context("overlapping creates")?;
+    remove_races_create(s.clone())
+        .await
+        .context("network rm racing endpoint create")?;
+    bad_records_and_stale_updates(s.clone())
+        .await
+        .context("bad records and stale updates")?;
     concurrent_endpoints(s)
         .await
         .context("concurrent endpoints")
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ipam_on_the_embedded_store() -> Result<()> {
     let dir = TempDir::new("ipam")?;
     suite(Arc::new(EmbeddedStore::new(dir.path.join("store.json"))?)).await
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ipam_on_etcd() -> Result<()> {
     if oxlay_testbed::skip_without_etcd() {
         return Ok(());

@@ -700,7 +700,10 @@ async fn undo_local_endpoint(s: &mut State, key: &EndpointKey) {
         );
     }
     if let Err(e) = s.save_static_endpoints() {
-        warn!("undoing endpoint {} {}: {e:#}", record.netns, record.address);
+        warn!(
+            "undoing endpoint {} {}: {e:#}",
+            record.netns, record.address
+        );
     }
 }
 
@@ -942,8 +945,7 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
                     if let Err(e) = model::update_endpoint(&*store, &wired).await {
                         // Unwire first, then give the address back: no container keeps
                         // an address the pool hands out again.
-                        undo_local_endpoint(s, &(local.netns.clone(), Some(network.clone())))
-                            .await;
+                        undo_local_endpoint(s, &(local.netns.clone(), Some(network.clone()))).await;
                         give_back_address(&*store, &network, record.address).await;
                         return Err(e);
                     }

@@ -71,7 +71,11 @@ impl NetworkRecord {
     pub fn validate(&self) -> Result<()> {
         let max = oxlay_common::wire::VNI_MAX;
         if self.vni == 0 || self.vni > max {
-            bail!("network {}: VNI {} is out of range 1..={max}", self.name, self.vni);
+            bail!(
+                "network {}: VNI {} is out of range 1..={max}",
+                self.name,
+                self.vni
+            );
         }
         if self.block_prefix < self.subnet.prefix_len() || self.block_prefix > MAX_BLOCK_PREFIX {
             bail!(
@@ -174,7 +178,9 @@ pub async fn hosts(store: &dyn Store) -> Result<Vec<HostRecord>> {
 
 pub async fn networks(store: &dyn Store) -> Result<Vec<NetworkRecord>> {
     let (kvs, _) = store.list(NETWORKS).await?;
-    kvs.iter().map(|kv| decode_network(&kv.key, &kv.value)).collect()
+    kvs.iter()
+        .map(|kv| decode_network(&kv.key, &kv.value))
+        .collect()
 }
 
 /// A network; an error when it does not exist (or is being removed).
@@ -202,7 +208,11 @@ pub async fn find_network(store: &dyn Store, name: &str) -> Result<Option<Networ
 /// failed step undoes the ones before it.
 pub async fn create_network(store: &dyn Store, spec: NetworkSpec) -> Result<NetworkRecord> {
     crate::config::check_name("network name", &spec.name)?;
-    if store.get(&format!("{NETWORKS}{}", spec.name)).await?.is_some() {
+    if store
+        .get(&format!("{NETWORKS}{}", spec.name))
+        .await?
+        .is_some()
+    {
         bail!("network {} already exists", spec.name);
     }
     let subnet = reserve_subnet(store, &spec).await?;
@@ -724,7 +734,11 @@ async fn confirm_claim(store: &dyn Store, record: EndpointRecord) -> Result<Endp
         Ok(Some(_)) => Ok(record),
         other => {
             if let Err(e) = remove_endpoint(store, &record.network, record.address).await {
-                log::warn!("giving back {} of {}: {e:#}", record.address, record.network);
+                log::warn!(
+                    "giving back {} of {}: {e:#}",
+                    record.address,
+                    record.network
+                );
             }
             other?;
             bail!("network {} was removed meanwhile", record.network)

@@ -455,7 +455,10 @@ mod tests {
         let c = apply(&mut maps, &want).unwrap();
         assert_eq!(c.failed, Vec::<String>::new());
         assert_eq!((c.added, c.removed), (3, 1));
-        assert_eq!(maps.routes.keys().collect::<Vec<_>>(), want.routes.keys().collect::<Vec<_>>());
+        assert_eq!(
+            maps.routes.keys().collect::<Vec<_>>(),
+            want.routes.keys().collect::<Vec<_>>()
+        );
         assert_eq!(
             maps.log,
             [
@@ -492,7 +495,11 @@ mod tests {
         let c = apply(&mut maps, &want).unwrap();
         assert_eq!(c.failed.len(), 1, "{:?}", c.failed);
         assert!(c.failed[0].contains("10.10.1.0/24"), "{:?}", c.failed);
-        assert_eq!(maps.routes.len(), 2, "the routes after the failed one are in");
+        assert_eq!(
+            maps.routes.len(),
+            2,
+            "the routes after the failed one are in"
+        );
         // Once the map takes it, a retry adds only the missing entry.
         maps.refuse.clear();
         maps.log.clear();

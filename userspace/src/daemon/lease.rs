@@ -184,9 +184,17 @@ mod tests {
         model::create_network(&*dyn_store, spec).await.unwrap();
         let lease = HostLease::new(dyn_store.clone(), host(), Duration::from_secs(30));
         let first = lease.register(&[]).await.unwrap();
-        let ep = model::create_endpoint(&*dyn_store, "a", first, "blue", "c1", None, Default::default())
-            .await
-            .unwrap();
+        let ep = model::create_endpoint(
+            &*dyn_store,
+            "a",
+            first,
+            "blue",
+            "c1",
+            None,
+            Default::default(),
+        )
+        .await
+        .unwrap();
         let held = [("blue".to_owned(), ep.address)];
         // The lease runs out (a long store outage): the host and its block are gone.
         dyn_store.revoke_lease(first).await.unwrap();
@@ -199,15 +207,28 @@ mod tests {
         });
         let err = lease.register(&held).await.unwrap_err();
         assert!(format!("{err:#}").contains("injected fault"), "{err:#}");
-        assert_eq!(lease.current(), first, "a half-done registration is not current");
-        assert!(!lease.renew().await.unwrap(), "renewal reports the lease gone, not healthy");
+        assert_eq!(
+            lease.current(),
+            first,
+            "a half-done registration is not current"
+        );
+        assert!(
+            !lease.renew().await.unwrap(),
+            "renewal reports the lease gone, not healthy"
+        );
         let host_key = format!("{}a", model::HOSTS);
-        assert!(dyn_store.get(&host_key).await.unwrap().is_none(), "the half-used lease was given back");
+        assert!(
+            dyn_store.get(&host_key).await.unwrap().is_none(),
+            "the half-used lease was given back"
+        );
         // The retry succeeds: host and block hang on the new lease.
         let second = lease.register(&held).await.unwrap();
         assert_ne!(second, first);
         assert!(lease.renew().await.unwrap());
-        assert_eq!(dyn_store.get(&host_key).await.unwrap().unwrap().lease, second);
+        assert_eq!(
+            dyn_store.get(&host_key).await.unwrap().unwrap().lease,
+            second
+        );
         let (kvs, _) = dyn_store.list(model::BLOCKS).await.unwrap();
         assert_eq!(kvs.len(), 1);
         assert_eq!(kvs[0].lease, second);
@@ -229,7 +250,11 @@ mod tests {
     async fn renewal_does_not_wait_for_a_busy_daemon() {
         let (_dir, inner) = temp_store();
         let store: Arc<dyn Store> = Arc::new(inner);
-        let lease = Arc::new(HostLease::new(store.clone(), host(), Duration::from_millis(900)));
+        let lease = Arc::new(HostLease::new(
+            store.clone(),
+            host(),
+            Duration::from_millis(900),
+        ));
         lease.register(&[]).await.unwrap();
         let state = Arc::new(tokio::sync::Mutex::new(()));
         let busy = state.clone().lock_owned().await;
@@ -250,8 +275,14 @@ mod tests {
         let host_kv = store.get(&format!("{}a", model::HOSTS)).await.unwrap();
         task.abort();
         drop(busy);
-        assert!(host_kv.is_some(), "the host's registration expired while the daemon was busy");
+        assert!(
+            host_kv.is_some(),
+            "the host's registration expired while the daemon was busy"
+        );
         let (renewed, failed) = *events.0.lock().unwrap();
-        assert!(renewed >= 3 && failed == 0, "renewed {renewed}, failed {failed}");
+        assert!(
+            renewed >= 3 && failed == 0,
+            "renewed {renewed}, failed {failed}"
+        );
     }
 }

@@ -333,10 +333,7 @@ impl Store for EmbeddedStore {
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
         self.with_state(move |s| {
-            let l = s
-                .leases
-                .get_mut(&lease)
-                .ok_or(super::LeaseExpired(lease))?;
+            let l = s.leases.get_mut(&lease).ok_or(super::LeaseExpired(lease))?;
             l.expires_ms = now_ms() + l.ttl_ms;
             s.dirty = true;
             Ok(())

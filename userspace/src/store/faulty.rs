@@ -36,7 +36,11 @@ impl<S: Store> FaultyStore<S> {
 
     fn check(&self, key: &str, write: bool) -> Result<()> {
         let mut f = self.fault.lock().unwrap();
-        let prefix = if write { &f.writes_under } else { &f.reads_under };
+        let prefix = if write {
+            &f.writes_under
+        } else {
+            &f.reads_under
+        };
         if f.times > 0 && prefix.as_deref().is_some_and(|p| key.starts_with(p)) {
             f.times -= 1;
             bail!("injected fault on {key}");
@@ -67,7 +71,9 @@ impl<S: Store> Store for FaultyStore<S> {
         lease: Option<LeaseId>,
     ) -> Result<Option<Revision>> {
         self.check(key, true)?;
-        self.inner.compare_and_put(key, expected, value, lease).await
+        self.inner
+            .compare_and_put(key, expected, value, lease)
+            .await
     }
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {
         self.check(key, true)?;
