@@ -36,6 +36,9 @@ pub enum Counter {
     DropTooBig,
     DropBadLength,
     ArpReplied,
+    // Append new counters here: a counter's index is its identity across upgrades.
+    DropContainerNotIpv4,
+    DropDirectOtherNetwork,
 }
 
 /// Name and meaning of one counter.
@@ -65,7 +68,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 22] = [
+pub const COUNTERS: [CounterInfo; 24] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -197,6 +200,18 @@ pub const COUNTERS: [CounterInfo; 22] = [
         "arp_replied",
         Forward,
         "ARP requests from containers answered with their host-side veth's MAC",
+    ),
+    row(
+        Counter::DropContainerNotIpv4,
+        "drop_container_not_ipv4",
+        Drop,
+        "container frame that is neither IPv4 nor ARP (IPv6, VLAN-tagged, other ethertypes): oxlay networks carry IPv4 only",
+    ),
+    row(
+        Counter::DropDirectOtherNetwork,
+        "drop_direct_other_network",
+        Drop,
+        "plain packet from a container of one direct network to a local container of another",
     ),
 ];
 

@@ -14,6 +14,12 @@ pub mod wire;
 pub use counters::{Counter, CounterInfo, CounterKind, COUNTERS, COUNTER_COUNT};
 
 /// Name of every map, as the eBPF object declares it and as it is pinned under bpffs.
+/// Version of what the maps' keys and values mean. Bump it when a shared type changes
+/// meaning at the same size (fields reordered or reused): a starting daemon then does
+/// not copy entries from the previous daemon's maps into its own, and fills them anew.
+/// Changes of size, type or capacity are seen without it (see the pin names).
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
 pub mod map_names {
     pub const CONFIG: &str = "OXLAY_CONFIG";
     pub const ROUTES: &str = "OXLAY_ROUTES";
@@ -121,7 +127,11 @@ pub const DIRECT_NET_ID: u32 = 0;
 pub struct Route {
     /// A [`RouteKind`] as u8.
     pub kind: u8,
-    pub _pad: [u8; 3],
+    /// The network (24-bit VNI, big-endian) of an entry in the direct table
+    /// ([`DIRECT_NET_ID`]), where one table serves every direct network: a plain packet
+    /// is delivered only when its source and destination entries name the same network.
+    /// Zero elsewhere.
+    pub vni: [u8; 3],
     /// Local: the host-side veth of the destination container.
     pub ifindex: u32,
     /// Remote: the peer host's underlay IPv4 address.
@@ -136,7 +146,7 @@ impl Route {
     pub const fn local(ifindex: u32, container_mac: [u8; 6], gateway_mac: [u8; 6]) -> Self {
         Self {
             kind: RouteKind::Local as u8,
-            _pad: [0; 3],
+            vni: [0; 3],
             ifindex,
             underlay_addr: [0; 4],
             dst_mac: container_mac,
@@ -147,7 +157,7 @@ impl Route {
     pub const fn direct(underlay_addr: [u8; 4]) -> Self {
         Self {
             kind: RouteKind::Direct as u8,
-            _pad: [0; 3],
+            vni: [0; 3],
             ifindex: 0,
             underlay_addr,
             dst_mac: [0; 6],
@@ -155,10 +165,17 @@ impl Route {
         }
     }
 
+    /// This route, marked as belonging to network `vni` (for the direct table).
+    pub const fn in_network(mut self, vni: u32) -> Self {
+        let b = vni.to_be_bytes();
+        self.vni = [b[1], b[2], b[3]];
+        self
+    }
+
     pub const fn remote(underlay_addr: [u8; 4], peer_vtep_mac: [u8; 6]) -> Self {
         Self {
             kind: RouteKind::Remote as u8,
-            _pad: [0; 3],
+            vni: [0; 3],
             ifindex: 0,
             underlay_addr,
             dst_mac: peer_vtep_mac,

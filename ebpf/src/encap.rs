@@ -72,9 +72,6 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
         return Ok(None);
     };
     let ether_type = u16::from_be(eth.ether_type);
-    if ether_type != ETH_P_IPV4 && ether_type != arp::ETH_P_ARP {
-        return Ok(None);
-    }
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(ep) = maps::endpoint(ifindex) else {
@@ -82,6 +79,11 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
     };
     if ether_type == arp::ETH_P_ARP {
         return arp::respond(ctx, &eth, ep);
+    }
+    // Only IPv4 is checked against the container's address: anything else (IPv6,
+    // VLAN-tagged, other ethertypes) would reach the host stack unchecked.
+    if ether_type != ETH_P_IPV4 {
+        return Err(Counter::DropContainerNotIpv4);
     }
     let Some(ip) = read::<Ipv4Hdr>(data, data_end, ETH_LEN) else {
         return Ok(None);

@@ -137,13 +137,21 @@ pub fn classify_vxlan(
 }
 
 /// A packet not addressed to this host: deliver it when it is for a local endpoint of a
-/// direct network and comes from a direct peer's block; else it is not ours.
+/// direct network and comes from a direct peer's block of the same network; drop it
+/// when it comes from another direct network's block (networks are isolated); else it
+/// is not ours.
 #[inline(always)]
 fn classify_direct(ip: &Ipv4Hdr) -> Decap {
     match maps::route(DIRECT_NET_ID, ip.dst_addr) {
         Some(dst) if dst.kind == RouteKind::Local as u8 => {
             match maps::route(DIRECT_NET_ID, ip.src_addr) {
-                Some(src) if src.kind == RouteKind::Direct as u8 => Decap::DeliverDirect(*dst),
+                Some(src) if src.kind == RouteKind::Direct as u8 => {
+                    if src.vni == dst.vni {
+                        Decap::DeliverDirect(*dst)
+                    } else {
+                        Decap::Drop(Counter::DropDirectOtherNetwork)
+                    }
+                }
                 _ => Decap::Pass,
             }
         }

@@ -29,6 +29,8 @@ const REMOTE_CONTAINER: [u8; 4] = [10, 244, 2, 2];
 const LOCAL_IFINDEX: u32 = 7;
 const DIRECT_PEER_BLOCK: &str = "10.244.5.0/24";
 const DIRECT_PEER_CONTAINER: [u8; 4] = [10, 244, 5, 7];
+const OTHER_DIRECT_BLOCK: &str = "10.244.6.0/24";
+const OTHER_DIRECT_CONTAINER: [u8; 4] = [10, 244, 6, 7];
 
 /// test_run gives the program a packet on `lo` (ifindex 1): the endpoint is registered
 /// there, as if lo were a container's host-side veth.
@@ -94,12 +96,18 @@ fn fixture() -> Result<Option<Fixture>> {
     dp.set_route(
         DIRECT_NET_ID,
         DIRECT_PEER_BLOCK.parse()?,
-        Route::direct(PEER_UNDERLAY),
+        Route::direct(PEER_UNDERLAY).in_network(VNI),
     )?;
     dp.set_route(
         DIRECT_NET_ID,
         Ipv4Net::new(LOCAL_CONTAINER.into(), 32)?,
-        Route::local(LOCAL_IFINDEX, LOCAL_MAC, GATEWAY_MAC),
+        Route::local(LOCAL_IFINDEX, LOCAL_MAC, GATEWAY_MAC).in_network(VNI),
+    )?;
+    // A block of another direct network, on the same peer.
+    dp.set_route(
+        DIRECT_NET_ID,
+        OTHER_DIRECT_BLOCK.parse()?,
+        Route::direct(PEER_UNDERLAY).in_network(VNI + 1),
     )?;
     // The test-run container's own route: it names the gateway MAC ARP answers with.
     dp.set_route(
@@ -317,6 +325,152 @@ fn containers_cannot_spoof_their_source() -> Result<()> {
             "drop_spoofed_source",
         )?;
     }
+    Ok(())
+}
+
+/// Frames that are neither IPv4 nor ARP would bypass the address check: dropped and
+/// counted until networks carry those protocols.
+#[test]
+fn containers_non_ipv4_frames_are_dropped() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    let ipv6 = [eth(GATEWAY_MAC, SRC_MAC, 0x86dd), vec![0x60; 48]].concat();
+    let vlan = [
+        eth(GATEWAY_MAC, SRC_MAC, 0x8100),
+        vec![0x00, 0x05, 0x08, 0x00],
+        ipv4(
+            [10, 244, 1, 77],
+            REMOTE_CONTAINER,
+            17,
+            0x4000,
+            &udp(1, 2, b"x"),
+        ),
+    ]
+    .concat();
+    let other = [eth(GATEWAY_MAC, SRC_MAC, 0x88b5), vec![0; 46]].concat();
+    for frame in [ipv6, vlan, other] {
+        f.run(
+            prog::FROM_CONTAINER,
+            &frame,
+            TC_ACT_SHOT,
+            "drop_container_not_ipv4",
+        )?;
+    }
+    Ok(())
+}
+
+/// An upgrade that changes a map's shape (here: an older build's counter table with
+/// fewer counters, and its route map with another capacity, both pinned where builds
+/// before versioned pins put them) keeps the contents: the new build gets maps of its
+/// own shape, filled from the old ones, and removes the old pins once told.
+#[test]
+fn an_upgrade_that_changes_a_map_keeps_its_contents() -> Result<()> {
+    if !is_root() && oxlay_testbed::skip("root, to pin maps") {
+        return Ok(());
+    }
+    let tag = TempDir::new("pins")?;
+    let pins =
+        PinDir(std::path::Path::new("/sys/fs/bpf/oxlay-test").join(tag.path.file_name().unwrap()));
+    std::fs::create_dir_all(&pins.0)?;
+    let counters = pins.0.join("OXLAY_COUNTERS");
+    let routes = pins.0.join("OXLAY_ROUTES");
+    let bpftool = |args: &[&str]| oxlay_testbed::sh(&[&["bpftool"], args].concat());
+    let c = counters.to_str().unwrap();
+    let r = routes.to_str().unwrap();
+    bpftool(&[
+        "map",
+        "create",
+        c,
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "3",
+        "name",
+        "OXLAY_COUNTERS",
+    ])?;
+    // Counter 0 (encapsulated) = 7 on every CPU.
+    bpftool(&[
+        "map", "update", "pinned", c, "key", "0", "0", "0", "0", "value", "7", "0", "0", "0", "0",
+        "0", "0", "0",
+    ])?;
+    bpftool(&[
+        "map",
+        "create",
+        r,
+        "type",
+        "lpm_trie",
+        "key",
+        "12",
+        "value",
+        "24",
+        "entries",
+        "16",
+        "name",
+        "OXLAY_ROUTES",
+        "flags",
+        "1",
+    ])?;
+    // (VNI 42, 10.244.2.0/24) -> remote 192.168.50.12.
+    let route = Route::remote(PEER_UNDERLAY, PEER_VTEP);
+    // SAFETY: Route is plain old data with explicit padding; viewed as its bytes.
+    let value: &[u8] = unsafe {
+        std::slice::from_raw_parts(
+            &route as *const Route as *const u8,
+            std::mem::size_of::<Route>(),
+        )
+    };
+    let key: Vec<String> = [
+        56u32.to_le_bytes().as_slice(),
+        &VNI.to_be_bytes(),
+        &[10, 244, 2, 0],
+    ]
+    .concat()
+    .iter()
+    .map(|b| b.to_string())
+    .collect();
+    let value: Vec<String> = value.iter().map(|b| b.to_string()).collect();
+    let mut update = vec!["map", "update", "pinned", r, "key"];
+    update.extend(key.iter().map(String::as_str));
+    update.push("value");
+    update.extend(value.iter().map(String::as_str));
+    bpftool(&update)?;
+
+    let mut dp = Datapath::load(&pins.0)?;
+    let encapsulated = dp
+        .counters()?
+        .into_iter()
+        .find(|(i, _)| i.name == "encapsulated")
+        .map(|(_, v)| v)
+        .unwrap();
+    assert!(
+        encapsulated > 0 && encapsulated % 7 == 0,
+        "encapsulated = {encapsulated}"
+    );
+    let all = dp.counters()?;
+    assert_eq!(
+        all.len(),
+        oxlay_common::COUNTERS.len(),
+        "every counter of this build reads"
+    );
+    let got = dp.routes()?;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].net_id, got[0].dest.to_string(), got[0].route),
+        (VNI, "10.244.2.0/24".into(), route)
+    );
+    assert!(
+        counters.exists() && routes.exists(),
+        "old pins stay until the new build is attached"
+    );
+    dp.remove_stale_pins();
+    assert!(!counters.exists() && !routes.exists(), "old pins removed");
+    // A second start of the same build re-uses its own maps.
+    drop(dp);
+    let dp = Datapath::load(&pins.0)?;
+    assert_eq!(dp.routes()?.len(), 1);
     Ok(())
 }
 
@@ -687,6 +841,33 @@ fn direct_packets_from_direct_peers_are_delivered() -> Result<()> {
     let meta = [0x6f78_6c79u32.to_ne_bytes(), LOCAL_IFINDEX.to_ne_bytes()].concat();
     let out = f.run(prog::DECAP_XDP, &frame, XDP_PASS, "delivered_direct")?;
     assert_eq!(out, [meta, expected].concat());
+
+    // From a container of another direct network: isolated, dropped with its reason
+    // (passing it would let the host's own routes carry it in).
+    let other = ipv4(
+        OTHER_DIRECT_CONTAINER,
+        LOCAL_CONTAINER,
+        17,
+        0x4000,
+        &udp(4000, 7777, b"direct"),
+    );
+    let frame = [
+        eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800),
+        other,
+    ]
+    .concat();
+    f.run(
+        prog::DECAP_TC,
+        &frame,
+        TC_ACT_SHOT,
+        "drop_direct_other_network",
+    )?;
+    f.run(
+        prog::DECAP_XDP,
+        &frame,
+        XDP_DROP,
+        "drop_direct_other_network",
+    )?;
 
     // From an address that is no direct peer's: not ours, the stack decides.
     let spoofed = ipv4(

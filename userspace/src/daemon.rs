@@ -348,9 +348,14 @@ pub async fn run(config: Config) -> Result<()> {
     };
     if let Err(e) = started.await {
         std::fs::remove_file(&socket_path).ok();
-        state.datapath.unpin().ok();
+        if fresh {
+            state.datapath.unpin().ok();
+        }
         return Err(e.context("cannot register this host in the store"));
     }
+    // Every program of this build is attached and the maps are filled: maps an older
+    // build used can go.
+    state.datapath.remove_stale_pins();
     info!(
         "node {} ready: underlay {} ({}), static network {:?}, {} static peers, store {}, decap {:?}, api {}",
         state.config.node_name,

@@ -58,7 +58,9 @@ impl Desired {
         if direct && me.underlay_subnet.contains(underlay) {
             let route = Route::direct(underlay.octets());
             self.routes.insert((vni, block), route);
-            self.routes.insert((DIRECT_NET_ID, block), route);
+            // The direct table serves every direct network: entries name theirs.
+            self.routes
+                .insert((DIRECT_NET_ID, block), route.in_network(vni));
         } else {
             self.routes
                 .entry((vni, block))
@@ -103,7 +105,8 @@ pub fn desired(
         let dest = Ipv4Net::new(ep.address, 32)?;
         d.routes.insert((ep.vni, dest), route);
         if direct_vnis.contains(&ep.vni) {
-            d.routes.insert((DIRECT_NET_ID, dest), route);
+            d.routes
+                .insert((DIRECT_NET_ID, dest), route.in_network(ep.vni));
         }
     }
     let hosts: BTreeMap<&str, &HostRecord> = snapshot
@@ -341,7 +344,8 @@ mod tests {
         assert_eq!(d.routes[&(100, "10.10.1.0/24".parse().unwrap())], near);
         assert_eq!(
             d.routes[&(DIRECT_NET_ID, "10.10.1.0/24".parse().unwrap())],
-            near
+            near.in_network(100),
+            "direct-table entries name their network"
         );
         assert_eq!(
             d.routes[&(100, "10.10.9.0/24".parse().unwrap())].kind,

@@ -24,6 +24,8 @@ use oxlay_common::{
 
 use crate::{config::DecapMode, net::Ipv4Net};
 
+pub mod pins;
+
 /// The eBPF object built by build.rs, embedded so `oxlay` is a single file.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxlay.bpf.o"));
@@ -52,6 +54,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// The underlay interface decapsulation was attached to.
     decap_interface: Option<String>,
+    /// Pins of maps an older build used, removed once this build is attached.
+    stale_pins: Vec<PathBuf>,
 }
 
 impl Datapath {
@@ -61,12 +65,48 @@ impl Datapath {
         ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(EBPF_OBJECT)
-            .context(
-                "loading the eBPF object failed (is this root on a kernel with BPF and BTF?)",
-            )?;
+        let maps_dir = pin_dir.join("maps");
+        std::fs::create_dir_all(&maps_dir)
+            .with_context(|| format!("cannot create pin directory {}", maps_dir.display()))?;
+        let shapes = pins::shapes(EBPF_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        let mut plan = Vec::new();
+        for (name, shape) in &shapes {
+            let path = pins::pin_path(pin_dir, name, shape);
+            let stale = pins::stale_pins(pin_dir, name, &path);
+            loader.map_pin_path(name, path.clone());
+            plan.push((*name, path, stale));
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).context(
+            "loading the eBPF object failed (is this root on a kernel with BPF and BTF?)",
+        )?;
+        // Maps whose shape changed with this build are new: fill them from the old ones
+        // before any program of this build uses them.
+        let mut stale_pins = Vec::new();
+        for (name, path, stale) in plan {
+            for old in stale {
+                let map = ebpf
+                    .map_mut(name)
+                    .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+                match pins::migrate(name, &old, map) {
+                    Ok(Ok(n)) => log::info!(
+                        "map {name} changed shape with this build: {n} entries copied from {} into {}",
+                        old.display(),
+                        path.display()
+                    ),
+                    Ok(Err(why)) => log::warn!(
+                        "map {name} changed shape with this build and {} is not copied: {why}; the daemon fills it anew",
+                        old.display()
+                    ),
+                    Err(e) => log::warn!(
+                        "map {name}: copying {} failed: {e:#}; the daemon fills it anew",
+                        old.display()
+                    ),
+                }
+                stale_pins.push(old);
+            }
+        }
         for name in [
             program_names::FROM_CONTAINER,
             program_names::DECAP_TC,
@@ -91,7 +131,21 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             decap_interface: None,
+            stale_pins,
         })
+    }
+
+    /// Removes the pins of maps an older build used (their contents were copied at
+    /// load). Call once this build's programs are attached: the old maps then go with
+    /// the last program that used them.
+    pub fn remove_stale_pins(&mut self) {
+        for pin in std::mem::take(&mut self.stale_pins) {
+            match std::fs::remove_file(&pin) {
+                Ok(()) => log::info!("removed the pin of an older map {}", pin.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("cannot remove the older map pin {}: {e}", pin.display()),
+            }
+        }
     }
 
     /// Runs program `name` once per `repeat` on `packet` through BPF_PROG_TEST_RUN and
