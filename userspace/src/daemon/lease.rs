@@ -142,7 +142,7 @@ mod tests {
 
     fn temp_store() -> (tempdir::Dir, EmbeddedStore) {
         let dir = tempdir::Dir::new();
-        let store = EmbeddedStore::new(&dir.0.join("store.json")).unwrap();
+        let store = EmbeddedStore::new(dir.0.join("store.json")).unwrap();
         (dir, store)
     }
 
