@@ -39,6 +39,7 @@ pub enum Counter {
     // Append new counters here: a counter's index is its identity across upgrades.
     DropContainerNotIpv4,
     DropDirectOtherNetwork,
+    DropUdpGsoTunnelState,
 }
 
 /// Name and meaning of one counter.
@@ -68,7 +69,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 24] = [
+pub const COUNTERS: [CounterInfo; 25] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -212,6 +213,12 @@ pub const COUNTERS: [CounterInfo; 24] = [
         "drop_direct_other_network",
         Drop,
         "plain packet from a container of one direct network to a local container of another",
+    ),
+    row(
+        Counter::DropUdpGsoTunnelState,
+        "drop_udp_gso_tunnel_state",
+        Drop,
+        "UDP GSO packet that reached TC decapsulation whole (virtual underlay): kernels up to 6.18 cannot reset its tunnel offload state, and the container's socket would lose it; use decap = \"xdp\" or turn GSO off on the underlay",
     ),
 ];
 

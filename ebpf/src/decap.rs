@@ -3,8 +3,8 @@
 //! In XDP mode, XDP strips the headers and TC (same interface) does the delivery.
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, TC_ACT_OK,
-        TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::{bpf_redirect_peer, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_get_buff_len},
     programs::{TcContext, XdpContext},
@@ -16,7 +16,7 @@ use oxlay_common::{wire::ENCAP_OVERHEAD, Counter, Route, XdpDeliveryMeta};
 use crate::{
     counters::count,
     maps,
-    parse::{classify_vxlan, Decap, ETH_P_IPV4, VXLAN_CLASSIFY_LEN},
+    parse::{classify_vxlan, Decap, ETH_P_IPV4, INNER_IP_OFF, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
 };
 
 /// The Ethernet header a decapsulated frame gets: from the container's gateway to it.
@@ -90,20 +90,33 @@ fn xdp_delivery(ctx: &TcContext) -> Option<u32> {
     (m.magic == XdpDeliveryMeta::MAGIC).then_some(m.ifindex)
 }
 
+/// `BPF_F_ADJ_ROOM_DECAP_L4_UDP` (kernels after 6.18): the shrink also resets the
+/// tunnel GSO state (`SKB_GSO_UDP_TUNNEL`, `skb->encapsulation`) of a GSO packet.
+const DECAP_L4_UDP: u64 = 1 << 10;
+
 fn tc_strip_and_deliver(ctx: &TcContext, route: &Route) -> Result<i32, Counter> {
     let shrink = -(ENCAP_OVERHEAD as i32);
-    // DECAP_L3_IPV4 (kernel 6.3+) also clears the tunnel GSO bits; older kernels reject
-    // the flag, and there a plain shrink is the best they offer.
-    if ctx
-        .adjust_room(
-            shrink,
-            BPF_ADJ_ROOM_MAC,
-            BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64,
-        )
-        .is_err()
-    {
-        ctx.adjust_room(shrink, BPF_ADJ_ROOM_MAC, 0)
-            .map_err(|_| Counter::DropAdjustRoomFailed)?;
+    // FIXED_GSO: the inner segments keep their size (without it the kernel grows
+    // gso_size by the 50 bytes removed, wrong for a container that forwards, and it
+    // refuses UDP GSO packets outright).
+    let flags = BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64;
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    // A GSO packet (it reached us whole: a virtual underlay such as veth, or VM to
+    // VM) keeps its tunnel GSO state unless the kernel can reset it.
+    let reset = gso && ctx.adjust_room(shrink, BPF_ADJ_ROOM_MAC, flags | DECAP_L4_UDP).is_ok();
+    if !reset {
+        // The stale state breaks the segmentation a UDP socket does on receive: the
+        // datagrams would vanish in the container. Say so instead. (TCP takes the
+        // packet whole.)
+        if gso && ctx.load::<u8>(INNER_IP_OFF + 9) == Ok(IPPROTO_UDP) {
+            return Err(Counter::DropUdpGsoTunnelState);
+        }
+        // DECAP_L3_IPV4 (6.3+) is refused by older kernels; there the shrink goes alone.
+        if ctx.adjust_room(shrink, BPF_ADJ_ROOM_MAC, flags).is_err() {
+            ctx.adjust_room(shrink, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
+                .map_err(|_| Counter::DropAdjustRoomFailed)?;
+        }
     }
     ctx.store(0, &delivery_eth(route), 0)
         .map_err(|_| Counter::DropHeaderWriteFailed)?;

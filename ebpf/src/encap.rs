@@ -116,8 +116,14 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
             gso_size + segment_headers(data, data_end, &ip),
             cfg.underlay_mtu,
         ) {
-            // Segments of this size would not fit once encapsulated (a container MTU
-            // above underlay - 50): let the kernel cut them 50 bytes shorter.
+            if ip.proto != IPPROTO_TCP {
+                // UDP GSO: gso_size is the sender's datagram size, which the kernel may
+                // not change (it refuses the shrink). Answer as for one datagram too
+                // big: ICMP "fragmentation needed", so the sender learns the MTU.
+                return Ok(Some(mtu::too_big(ctx, &eth, &ip, cfg.underlay_mtu)));
+            }
+            // TCP segments of this size would not fit once encapsulated (a container
+            // MTU above underlay - 50): let the kernel cut them 50 bytes shorter.
             flags &= !(BPF_F_ADJ_ROOM_FIXED_GSO as u64);
         }
     }

@@ -2,6 +2,7 @@
 //! peer appear and vanish again (10,000 route changes on each daemon, written to etcd in
 //! batches); the flow loses nothing, and the maps end as they began.
 use std::{
+    collections::BTreeSet,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -17,20 +18,60 @@ use oxlay_testbed::{skip_without_root_or_etcd, Netns, PacedUdp, StoreCluster};
 const BLOCKS: u32 = 5000;
 const BATCH: usize = 100;
 
-fn route_count(c: &StoreCluster, h: usize) -> Result<usize> {
+/// One route as `oxlay routes` shows it: (VNI, destination, kind, via).
+type RouteRow = (u64, String, String, String);
+
+fn routes(c: &StoreCluster, h: usize) -> Result<BTreeSet<RouteRow>> {
     let v: serde_json::Value = serde_json::from_str(&c.daemons[h].cli(&["routes", "--json"])?)?;
-    Ok(v.as_array().map_or(0, |a| a.len()))
+    let rows = v.as_array().context("routes --json is not a list")?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r["vni"].as_u64().context("vni")?,
+                r["destination"].as_str().context("destination")?.to_owned(),
+                r["kind"].as_str().context("kind")?.to_owned(),
+                r["via"].as_str().context("via")?.to_owned(),
+            ))
+        })
+        .collect()
 }
 
-fn wait_for(c: &StoreCluster, h: usize, want: usize, limit: Duration) -> Result<Duration> {
+/// The routes the churn peer's blocks must give, network `vni`.
+fn churn_routes(vni: u64) -> BTreeSet<RouteRow> {
+    (0..BLOCKS)
+        .map(|i| {
+            let block = Ipv4Net::new(Ipv4Addr::from(0x0a01_0000u32 + (i << 8)), 24).unwrap();
+            (
+                vni,
+                block.to_string(),
+                "remote".to_owned(),
+                "192.168.50.99".to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until host `h` routes exactly `want`: the contents, not only the count.
+fn wait_for(
+    c: &StoreCluster,
+    h: usize,
+    want: &BTreeSet<RouteRow>,
+    limit: Duration,
+) -> Result<Duration> {
     let start = Instant::now();
     loop {
-        let n = route_count(c, h)?;
-        if n == want {
+        let have = routes(c, h)?;
+        if have == *want {
             return Ok(start.elapsed());
         }
         if start.elapsed() > limit {
-            bail!("host {h} has {n} routes, expected {want}");
+            let missing = want.difference(&have).next();
+            let extra = have.difference(want).next();
+            bail!(
+                "host {h} has {} routes, expected {}; first missing {missing:?}, first unexpected {extra:?}",
+                have.len(),
+                want.len()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -148,17 +189,26 @@ fn route_churn_loses_no_packet() -> Result<()> {
             "no connectivity before the churn"
         );
     }
-    let base = [route_count(&c, 0)?, route_count(&c, 1)?];
+    let base = [routes(&c, 0)?, routes(&c, 1)?];
+    let vni = base[0]
+        .iter()
+        .next()
+        .context("no route before the churn")?
+        .0;
+    let with_churn: Vec<BTreeSet<RouteRow>> = base
+        .iter()
+        .map(|b| b.union(&churn_routes(vni)).cloned().collect())
+        .collect();
 
     let stream = PacedUdp::start(&a, &b, b_addr, 9191)?;
 
     let endpoint = c.etcd.as_ref().context("etcd")?.endpoint.clone();
     let wrote = run_churn(&c.underlay.ns, &endpoint, true)?;
-    let settled_add = wait_for(&c, 0, base[0] + BLOCKS as usize, Duration::from_secs(60))?;
-    wait_for(&c, 1, base[1] + BLOCKS as usize, Duration::from_secs(60))?;
+    let settled_add = wait_for(&c, 0, &with_churn[0], Duration::from_secs(60))?;
+    wait_for(&c, 1, &with_churn[1], Duration::from_secs(60))?;
     let deleted = run_churn(&c.underlay.ns, &endpoint, false)?;
-    let settled_del = wait_for(&c, 0, base[0], Duration::from_secs(60))?;
-    wait_for(&c, 1, base[1], Duration::from_secs(60))?;
+    let settled_del = wait_for(&c, 0, &base[0], Duration::from_secs(60))?;
+    wait_for(&c, 1, &base[1], Duration::from_secs(60))?;
     eprintln!(
         "{BLOCKS} routes added in {wrote:.2} s (+{:.2} s to settle), removed in {deleted:.2} s (+{:.2} s)",
         settled_add.as_secs_f64(),

@@ -10,21 +10,33 @@ use anyhow::{bail, ensure, Context, Result};
 use oxlay_testbed::{eventually, skip_without_root_or_etcd, Netns, StoreCluster};
 
 /// Whether a TCP connection from `from` to `addr:port` is accepted by a listener that
-/// `listen_in` holds (true), or refused/lost (false).
+/// `listen_in` holds (true), or refused/lost (false). The client connects only once the
+/// listener is bound, and a probe from the listener's own namespace must then be
+/// accepted too: a "not reached" answer means the listener was up and did not get it.
 fn reaches(from: &Netns, listen_in: &Netns, addr: Ipv4Addr, port: u16) -> Result<bool> {
-    let server = listen_in.spawn(move || -> Result<bool> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = listen_in.spawn(move || -> Result<Vec<SocketAddr>> {
         let l = TcpListener::bind(SocketAddr::from((addr, port)))?;
         l.set_nonblocking(true)?;
-        let deadline = Instant::now() + Duration::from_secs(2);
+        ready_tx.send(()).ok();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut peers = Vec::new();
         while Instant::now() < deadline {
-            if l.accept().is_ok() {
-                return Ok(true);
+            match l.accept() {
+                // The probe comes from the listener's own address: it is the last one.
+                Ok((_, peer)) if peer.ip() == addr => {
+                    peers.push(peer);
+                    break;
+                }
+                Ok((_, peer)) => peers.push(peer),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(false)
+        Ok(peers)
     });
-    std::thread::sleep(Duration::from_millis(100));
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("the listener did not start")?;
     let client = from.spawn(move || -> Result<()> {
         let _ = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(1));
         Ok(())
@@ -32,9 +44,22 @@ fn reaches(from: &Netns, listen_in: &Netns, addr: Ipv4Addr, port: u16) -> Result
     client
         .join()
         .map_err(|_| anyhow::anyhow!("client panicked"))??;
-    server
+    let probe = listen_in.spawn(move || -> Result<()> {
+        TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(1))
+            .context("the probe from the listener's own namespace was not accepted")?;
+        Ok(())
+    });
+    probe
         .join()
-        .map_err(|_| anyhow::anyhow!("server panicked"))?
+        .map_err(|_| anyhow::anyhow!("probe panicked"))??;
+    let peers = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    ensure!(
+        peers.iter().any(|p| p.ip() == addr),
+        "the listener never saw the probe: it was not up"
+    );
+    Ok(peers.iter().any(|p| p.ip() != addr))
 }
 
 fn endpoint(c: &StoreCluster, host: usize, network: &str, ns: &Netns, ip: &str) -> Result<String> {

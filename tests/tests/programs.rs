@@ -139,8 +139,23 @@ impl Fixture {
 
     /// Runs `program` and checks the verdict and that exactly `counter` went up by one.
     fn run(&self, program: &str, packet: &[u8], verdict: u32, counter: &str) -> Result<Vec<u8>> {
+        self.run_gso(program, packet, None, verdict, counter)
+    }
+
+    /// Like `run`, with the packet marked as GSO with `gso_size` when given.
+    fn run_gso(
+        &self,
+        program: &str,
+        packet: &[u8],
+        gso_size: Option<u32>,
+        verdict: u32,
+        counter: &str,
+    ) -> Result<Vec<u8>> {
         let before = self.counters()?;
-        let out = self.dp.test_run(program, packet, 1)?;
+        let out = match gso_size {
+            Some(size) => self.dp.test_run_gso(program, packet, size)?,
+            None => self.dp.test_run(program, packet, 1)?,
+        };
         let after = self.counters()?;
         assert_eq!(
             out.verdict, verdict,
@@ -297,6 +312,34 @@ fn encap_matches_independently_built_headers() -> Result<()> {
         "encapsulated",
     )?;
     assert_eq!(again, out);
+
+    // Other flows get other source ports (a constant port would pass the checks above
+    // and give ECMP and RSS nothing to spread).
+    let mut ports = std::collections::BTreeSet::from([sport]);
+    for i in 1..8u16 {
+        let ip = ipv4(
+            SRC_CONTAINER,
+            REMOTE_CONTAINER,
+            17,
+            0x4000,
+            &udp(40000 + i, 7777, b"flow"),
+        );
+        let frame = [eth(GATEWAY_MAC, SRC_MAC, 0x0800), ip].concat();
+        let out = f.run(
+            prog::FROM_CONTAINER,
+            &frame,
+            TC_ACT_REDIRECT,
+            "encapsulated",
+        )?;
+        let port = u16::from_be_bytes([out[34], out[35]]);
+        assert!(port >= 49152, "source port {port} outside 49152-65535");
+        ports.insert(port);
+    }
+    assert!(
+        ports.len() >= 6,
+        "8 flows got only {} source ports: {ports:?}",
+        ports.len()
+    );
     Ok(())
 }
 
@@ -955,6 +998,29 @@ fn too_big_packets_get_fragmentation_needed() -> Result<()> {
         TC_ACT_SHOT,
         "drop_too_big",
     )?;
+    Ok(())
+}
+
+/// A UDP GSO packet whose datagrams would not fit once encapsulated: the kernel may not
+/// change a UDP sender's datagram size, so the sender gets "fragmentation needed" as for
+/// a single datagram, instead of a silent drop.
+#[test]
+fn udp_gso_packets_too_big_are_answered() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    // Two 1472-byte datagrams (IPv4 1500 each) as one GSO packet (a test run takes
+    // less than a page).
+    let frame = sized_frame(20 + 8 + 2 * 1472, true);
+    let out = f.run_gso(
+        prog::FROM_CONTAINER,
+        &frame,
+        Some(1472),
+        TC_ACT_REDIRECT,
+        "drop_too_big",
+    )?;
+    assert_eq!(out.len(), 14 + 20 + 8 + 28, "an ICMP reply");
+    let icmp = &out[34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450, "next-hop MTU");
     Ok(())
 }
 

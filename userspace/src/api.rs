@@ -116,6 +116,10 @@ pub struct EndpointView {
     pub host_interface: String,
     pub container_interface: String,
     pub mtu: u32,
+    /// The destination the container routes through this interface ("0.0.0.0/0" for
+    /// its first interface, the network's subnet for further ones).
+    #[serde(default)]
+    pub route: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,13 +142,34 @@ pub struct CounterView {
 }
 
 /// Sends one request to the daemon at `socket` and returns its answer.
-pub async fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
-    let stream = UnixStream::connect(socket).await.with_context(|| {
-        format!(
-            "cannot reach the oxlay daemon at {}: is `oxlay daemon` running for this node (and are you root)?",
-            socket.display()
+/// The daemon could not be reached at all (as opposed to a daemon that answered with
+/// an error): callers such as the CNI plugin tell runtimes to try again later.
+#[derive(Debug)]
+pub struct DaemonUnreachable {
+    pub socket: std::path::PathBuf,
+    pub error: std::io::Error,
+}
+
+impl std::fmt::Display for DaemonUnreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot reach the oxlay daemon at {}: is `oxlay daemon` running for this node (and are you root)? ({})",
+            self.socket.display(),
+            self.error
         )
-    })?;
+    }
+}
+
+impl std::error::Error for DaemonUnreachable {}
+
+pub async fn call(socket: &Path, request: &Request) -> Result<serde_json::Value> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|error| DaemonUnreachable {
+            socket: socket.to_owned(),
+            error,
+        })?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');

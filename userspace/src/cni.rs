@@ -195,8 +195,7 @@ async fn call(socket: &Path, request: &Request) -> Result<Value, CniError> {
     api::call(socket, request).await.map_err(|e| {
         let text = format!("{e:#}");
         // A daemon that is not there (yet) is worth another try; a refusal is not.
-        let unreachable = text.contains("cannot reach the oxlay daemon");
-        if unreachable {
+        if e.downcast_ref::<api::DaemonUnreachable>().is_some() {
             CniError::new(
                 code::TRY_AGAIN_LATER,
                 "the oxlay daemon is not reachable",
@@ -291,7 +290,14 @@ fn result(conf: &NetConf, inv: &Invocation, view: &EndpointView) -> Value {
         "sandbox": inv.netns,
     }));
     ips.push(ip);
-    routes.push(json!({ "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() }));
+    // The route the daemon gave this interface: the default one only on the sandbox's
+    // first interface, the network's subnet on further ones.
+    let dst = if view.route.is_empty() {
+        "0.0.0.0/0"
+    } else {
+        view.route.as_str()
+    };
+    routes.push(json!({ "dst": dst, "gw": GATEWAY.to_string() }));
     let mut out = json!({
         "cniVersion": conf.cni_version,
         "interfaces": interfaces,
@@ -351,25 +357,48 @@ async fn check(inv: &Invocation) -> Result<(), CniError> {
             "",
         ));
     };
-    // The runtime's record (prevResult) must still be the truth.
-    let expected = conf
-        .prev_result
-        .as_ref()
-        .and_then(|r| r["ips"][0]["address"].as_str())
-        .and_then(|a| a.split('/').next());
-    if let Some(expected) = expected {
-        if expected != ep.address.to_string() {
+    // The runtime's record (prevResult) of this interface must still be the truth.
+    if let Some(prev) = &conf.prev_result {
+        let recorded = recorded_addresses(prev, &inv.ifname, &inv.netns);
+        if !recorded.contains(&ep.address.to_string()) {
             return Err(CniError::new(
                 code::CHECK_FAILED,
                 format!(
-                    "the endpoint has address {}, the runtime recorded {expected}",
-                    ep.address
+                    "the endpoint has address {}, the runtime recorded {} for {}",
+                    ep.address,
+                    if recorded.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        recorded.join(", ")
+                    },
+                    inv.ifname
                 ),
                 "",
             ));
         }
     }
     Ok(())
+}
+
+/// The addresses a result records for interface `ifname` in `netns` (other plugins of a
+/// chain record theirs in the same lists).
+fn recorded_addresses(result: &Value, ifname: &str, netns: &str) -> Vec<String> {
+    let Some(interfaces) = result["interfaces"].as_array() else {
+        return Vec::new();
+    };
+    let ours: Vec<u64> = interfaces
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i["name"] == ifname && (i["sandbox"] == netns || i["sandbox"].is_null()))
+        .map(|(n, _)| n as u64)
+        .collect();
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|ip| ip["interface"].as_u64().is_some_and(|n| ours.contains(&n)))
+        .filter_map(|ip| Some(ip["address"].as_str()?.split('/').next()?.to_owned()))
+        .collect()
 }
 
 async fn status(inv: &Invocation) -> Result<(), CniError> {
@@ -439,7 +468,83 @@ mod tests {
             host_interface: "oxl1".into(),
             container_interface: "eth0".into(),
             mtu: 1450,
+            route: "0.0.0.0/0".into(),
         }
+    }
+
+    /// In a chain, ips[0] may be another plugin's: CHECK compares the address recorded
+    /// for our interface, and ADD routes only the subnet on a second interface.
+    #[test]
+    fn check_reads_our_interface_and_second_interfaces_get_subnet_routes() {
+        let prev = json!({
+            "interfaces": [
+                { "name": "net1", "sandbox": "/proc/1/ns/net" },
+                { "name": "eth0", "sandbox": "/proc/1/ns/net", "mac": "02:00:00:00:00:01" }
+            ],
+            "ips": [
+                { "address": "192.168.7.5/24", "interface": 0 },
+                { "address": "10.1.0.2/32", "interface": 1 }
+            ]
+        });
+        assert_eq!(
+            recorded_addresses(&prev, "eth0", "/proc/1/ns/net"),
+            ["10.1.0.2"]
+        );
+        assert_eq!(
+            recorded_addresses(&prev, "net1", "/proc/1/ns/net"),
+            ["192.168.7.5"]
+        );
+        assert!(recorded_addresses(&prev, "eth1", "/proc/1/ns/net").is_empty());
+
+        let conf = parse_config(br#"{"cniVersion":"1.0.0","name":"blue","type":"oxlay"}"#).unwrap();
+        let second = EndpointView {
+            route: "10.1.0.0/16".into(),
+            container_interface: "eth1".into(),
+            ..view()
+        };
+        let out = result(&conf, &inv("ADD", ""), &second);
+        assert_eq!(
+            out["routes"],
+            json!([{ "dst": "10.1.0.0/16", "gw": "169.254.1.1" }])
+        );
+        let first = result(&conf, &inv("ADD", ""), &view());
+        assert_eq!(
+            first["routes"],
+            json!([{ "dst": "0.0.0.0/0", "gw": "169.254.1.1" }])
+        );
+    }
+
+    /// A daemon that is not there is "try again later" (11); a daemon that refuses is
+    /// not, whatever its message says.
+    #[tokio::test]
+    async fn unreachable_and_refusing_daemons_get_their_own_codes() {
+        let missing =
+            std::env::temp_dir().join(format!("oxlay-cni-missing-{}.sock", std::process::id()));
+        let e = call(&missing, &Request::Status(NoArgs::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, code::TRY_AGAIN_LATER, "{e:?}");
+
+        // A daemon whose refusal happens to quote the unreachable message.
+        let socket =
+            std::env::temp_dir().join(format!("oxlay-cni-refuse-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let answer = json!({ "error": "cannot reach the oxlay daemon at /x (upstream)" });
+            stream
+                .write_all(format!("{answer}\n").as_bytes())
+                .await
+                .unwrap();
+        });
+        let e = call(&socket, &Request::Status(NoArgs::default()))
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        let _ = std::fs::remove_file(&socket);
+        assert_eq!(e.code, code::DAEMON_REFUSED, "{e:?}");
     }
 
     async fn code_of(i: Invocation) -> u32 {

@@ -197,6 +197,9 @@ impl State {
                 container_ifname: interface,
                 container_mac: mac,
                 mtu: self.container_mtu,
+                // Not recorded in the store; only the CNI result right after creation
+                // reports it.
+                routes_only: None,
             };
             endpoint::adopt(&mut self.datapath, &local)?;
             info!(

@@ -32,6 +32,10 @@ pub struct LocalEndpoint {
     pub container_ifname: String,
     pub container_mac: MacAddr,
     pub mtu: u32,
+    /// What the container routes through this interface: `None` for its default route
+    /// (its first interface), else only this subnet.
+    #[serde(default)]
+    pub routes_only: Option<Ipv4Net>,
 }
 
 impl LocalEndpoint {
@@ -45,6 +49,10 @@ impl LocalEndpoint {
             host_interface: self.host_ifname.clone(),
             container_interface: self.container_ifname.clone(),
             mtu: self.mtu,
+            route: self
+                .routes_only
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "0.0.0.0/0".to_owned()),
         }
     }
 }
@@ -117,6 +125,10 @@ pub async fn attach(
         container_ifname: links.container_ifname.clone(),
         container_mac: links.container_mac,
         mtu: spec.mtu,
+        routes_only: match spec.route {
+            netlink::ContainerRoute::Default => None,
+            netlink::ContainerRoute::Subnet(subnet) => Some(subnet),
+        },
     };
     finish_attach(handle, datapath, record).await
 }
@@ -165,6 +177,8 @@ pub async fn attach_unplaced(
         container_ifname: links.container_ifname.clone(),
         container_mac: links.container_mac,
         mtu,
+        // The runtime sets the container's routes (Docker: from the Join answer).
+        routes_only: None,
     };
     finish_attach(handle, datapath, record).await
 }
@@ -248,6 +262,7 @@ mod tests {
             container_ifname: "eth0".into(),
             container_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             mtu: 1450,
+            routes_only: None,
         }
     }
 

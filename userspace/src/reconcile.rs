@@ -301,6 +301,7 @@ mod tests {
             container_ifname: "eth0".into(),
             container_mac: MacAddr([2, 1, 1, 1, 1, 1]),
             mtu: 1450,
+            routes_only: None,
         }
     }
 

@@ -8,7 +8,7 @@
 //! and uninstall. Before 6.6 these exercise the netlink (cls_bpf) attachment instead
 //! of TCX links.
 //!
-//! The initramfs holds busybox, iproute2's `ip` and `tc`, the `oxlay` binary, the test
+//! The initramfs holds busybox, iproute2's `ip` and `tc`, bpftool, the `oxlay` binary, the test
 //! binaries, the C libraries they link and the kernel's modules for veth, bridge and
 //! clsact/cls_bpf. `/init` loads the modules, runs each suite, prints one
 //! `VMTEST <suite> PASS|FAIL` line per suite and powers off. A kernel that is not
@@ -257,7 +257,8 @@ fn initramfs_tree(dir: &Path, tests: &[(String, PathBuf)], oxlay: &Path) -> Resu
     ] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
     }
-    for tool in ["ip", "tc"] {
+    // bpftool: the map-migration test pins maps the way an older build did.
+    for tool in ["ip", "tc", "bpftool"] {
         add_executable(
             &tree,
             &Path::new("/usr/sbin").join(tool),
