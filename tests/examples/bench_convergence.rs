@@ -40,6 +40,44 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").context("no stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Runs `f` with an etcd store on a runtime in the underlay namespace.
+fn with_store<T: Send + 'static>(
+    c: &StoreCluster,
+    f: impl FnOnce(
+            Arc<dyn Store>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>>
+        + Send
+        + 'static,
+) -> Result<T> {
+    let endpoint = c.etcd.as_ref().context("no etcd")?.endpoint.clone();
+    c.underlay
+        .ns
+        .spawn(move || -> Result<T> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(&[endpoint]).await?);
+                f(store).await
+            })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("store client panicked"))?
+}
+
 /// Time for a new host's endpoint to be routed and pingable from `others` hosts.
 fn new_host(others: usize) -> Result<(f64, f64)> {
     let mut c = StoreCluster::new(others + 1, true, 10)?;
@@ -122,6 +160,7 @@ fn scale(n: usize) -> Result<serde_json::Value> {
     let pid = c.daemons[0].pid().context("daemon not running")?;
     let rss_before = rss_kib(pid)?;
     let base = route_count(&c, 0)?;
+    let cpu_before = cpu_secs(pid)?;
     let endpoint = c.etcd.as_ref().context("no etcd")?.endpoint.clone();
     let start = Instant::now();
     let writer = c.underlay.ns.spawn(move || -> Result<f64> {
@@ -186,12 +225,64 @@ fn scale(n: usize) -> Result<serde_json::Value> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let converged = start.elapsed().as_secs_f64();
+    let cpu_converge = cpu_secs(pid)? - cpu_before;
     let rss_after = rss_kib(pid)?;
+
+    // Churn on a cluster of n hosts: keys that do not affect routing (endpoints of
+    // other hosts), then blocks that do. The daemon's CPU per event shows whether its
+    // cost follows the change or the cluster.
+    const EVENTS: usize = 100;
+    let cpu = cpu_secs(pid)?;
+    with_store(&c, |store| {
+        Box::pin(async move {
+            for i in 0..EVENTS / 2 {
+                let key = format!("{}scale/10.9.{}.{}", model::ENDPOINTS, i / 200, i % 200 + 1);
+                // Spaced like the block events below, so that each is handled alone.
+                store.put(&key, "{}", None).await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                store.delete(&key).await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            Ok(())
+        })
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_unrelated = (cpu_secs(pid)? - cpu) / EVENTS as f64;
+    let cpu = cpu_secs(pid)?;
+    with_store(&c, |store| {
+        Box::pin(async move {
+            let lease = store.grant_lease(Duration::from_secs(300)).await?;
+            for i in 0..EVENTS / 2 {
+                let block = Ipv4Net::new(Ipv4Addr::new(10, 200, i as u8, 0), 24)?;
+                let record = model::BlockRecord {
+                    network: "scale".into(),
+                    block,
+                    host: "synthetic-0".into(),
+                };
+                let key = format!("{}scale/{}_24", model::BLOCKS, block.addr());
+                store
+                    .put(&key, &serde_json::to_string(&record)?, Some(lease))
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                store.delete(&key).await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            Ok(())
+        })
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_block = (cpu_secs(pid)? - cpu) / EVENTS as f64;
+    if route_count(&c, 0)? != base + n {
+        bail!("routes did not settle back to {} after the churn", base + n);
+    }
     drop(ns);
     Ok(serde_json::json!({
         "hosts": n,
         "write_s": written,
         "converged_s": converged,
+        "cpu_converge_s": cpu_converge,
+        "cpu_ms_per_unrelated_event": cpu_unrelated * 1000.0,
+        "cpu_ms_per_block_event": cpu_block * 1000.0,
         "rss_before_mib": rss_before as f64 / 1024.0,
         "rss_after_mib": rss_after as f64 / 1024.0,
     }))

@@ -79,8 +79,10 @@ struct State {
     /// The lease the host's registration and blocks hang on (renewed on its own task).
     lease: Arc<lease::HostLease>,
     endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
-    /// The store's routing view, as last read.
+    /// The store's routing records, listed at start and kept current by the watch.
     snapshot: Snapshot,
+    /// What the route, peer and network maps hold, as last written (None: read them).
+    shadow: Option<reconcile::Desired>,
     /// The underlay subnet (direct routing reaches peers inside it).
     underlay_subnet: Ipv4Net,
     /// Where the static network's endpoints are recorded for the next daemon.
@@ -96,21 +98,66 @@ struct State {
 }
 
 impl State {
-    /// Re-reads the store and brings the maps in step, changing only what differs.
+    /// Lists the store's routing records anew (at start, and when a watch starts
+    /// over); returns the revision from which to watch. A record that does not decode
+    /// is left out with a warning.
+    async fn relist(&mut self) -> Result<crate::store::Revision> {
+        let mut snapshot = Snapshot::default();
+        let mut start = None;
+        for prefix in [model::HOSTS, model::NETWORKS, model::BLOCKS] {
+            let (kvs, revision) = self.store.list(prefix).await?;
+            // Watching from the first listing's revision replays whatever changed
+            // while the others were read.
+            start.get_or_insert(revision);
+            for kv in kvs {
+                if let Err(e) = snapshot.apply(&crate::store::WatchEvent::Put(kv)) {
+                    warn!("{e:#}");
+                }
+            }
+        }
+        self.snapshot = snapshot;
+        Ok(start.unwrap_or(0))
+    }
+
+    /// Applies watch events to the snapshot; whether routing may have changed.
+    fn apply_events(&mut self, events: &[crate::store::WatchEvent]) -> bool {
+        let mut changed = false;
+        for event in events.iter().filter(|e| Snapshot::tracks(e.key())) {
+            match self.snapshot.apply(event) {
+                Ok(c) => changed |= c,
+                Err(e) => {
+                    warn!("{e:#}");
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Brings the maps in step with the snapshot and the local endpoints, changing only
+    /// what differs. Compares against the shadow of what was last written (no map
+    /// dump); reads the kernel's maps when there is no shadow yet (start, drift check).
     async fn reconcile(&mut self) -> Result<()> {
-        let store = self.store.clone();
-        self.snapshot = Snapshot {
-            hosts: model::hosts(&*store).await?,
-            networks: model::networks(&*store).await?,
-            blocks: model::all_blocks(&*store).await?,
-        };
         let local: Vec<&LocalEndpoint> = self.endpoints.values().collect();
         let me = reconcile::Me {
             name: &self.config.node_name,
             underlay_subnet: self.underlay_subnet,
         };
         let want = reconcile::desired(&me, &self.config, &self.snapshot, &local)?;
-        let changes = reconcile::apply(&mut self.datapath, &want)?;
+        let mut shadow = match self.shadow.take() {
+            Some(shadow) => shadow,
+            None => reconcile::read_shadow(&self.datapath)?,
+        };
+        let changes = reconcile::apply(
+            &mut reconcile::Shadowed {
+                maps: &mut self.datapath,
+                shadow: &mut shadow,
+            },
+            &want,
+        );
+        // The shadow holds exactly what was written, failed entries excepted.
+        self.shadow = Some(shadow);
+        let changes = changes?;
         if changes.added + changes.removed > 0 {
             info!(
                 "maps updated: {} added or changed, {} removed",
@@ -336,6 +383,7 @@ pub async fn run(config: Config) -> Result<()> {
         host,
         endpoints: BTreeMap::new(),
         snapshot: Snapshot::default(),
+        shadow: None,
         underlay_subnet,
         state_path: socket_path.with_extension("endpoints.json"),
         uninstall: Arc::new(tokio::sync::Notify::new()),
@@ -347,7 +395,10 @@ pub async fn run(config: Config) -> Result<()> {
         state.docker = docker_driver::DockerState::load(&*state.store, &state.host.name).await?;
         state.adopt_endpoints().await?;
         state.lease.register(&state.held_blocks()).await?;
-        state.reconcile().await.map(|_| ())
+        state.relist().await?;
+        // Map entries that cannot be written are retried by the watch loop.
+        state.reconcile_or_retry_later().await;
+        anyhow::Ok(())
     };
     if let Err(e) = started.await {
         std::fs::remove_file(&socket_path).ok();
@@ -471,32 +522,38 @@ async fn uninstall(s: &mut State) -> Result<()> {
     Ok(())
 }
 
-/// How long to wait before the next resync: every [`RESYNC_EVERY`] while reconciles
-/// succeed; after a failure from 1 s, doubling up to that.
+/// When to look at the maps again without a store event: after a failed reconcile,
+/// from 1 s, doubling up to [`RETRY_MAX`]; while all is well, a drift check every
+/// [`DRIFT_CHECK_EVERY`] that compares against the kernel's maps themselves.
 #[derive(Debug)]
 struct Resync {
     delay: Duration,
     failing: bool,
 }
 
-const RESYNC_EVERY: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+const DRIFT_CHECK_EVERY: Duration = Duration::from_secs(300);
 
 impl Resync {
     fn new() -> Self {
         Self {
-            delay: RESYNC_EVERY,
+            delay: DRIFT_CHECK_EVERY,
             failing: false,
         }
     }
-    /// The delay until the next resync, given whether the last reconcile succeeded.
+    /// The delay until the next look, given whether the last reconcile succeeded.
     fn after(&mut self, ok: bool) -> Duration {
         self.delay = match (ok, self.failing) {
-            (true, _) => RESYNC_EVERY,
+            (true, _) => DRIFT_CHECK_EVERY,
             (false, false) => Duration::from_secs(1),
-            (false, true) => (self.delay * 2).min(RESYNC_EVERY),
+            (false, true) => (self.delay * 2).min(RETRY_MAX),
         };
         self.failing = !ok;
         self.delay
+    }
+    /// Whether the look now due is a drift check (rather than a retry).
+    fn drift_check_due(&self) -> bool {
+        !self.failing
     }
 }
 
@@ -512,14 +569,15 @@ async fn reconcile_logged(state: &Mutex<State>) -> bool {
     }
 }
 
-/// Follows the store and reconciles the maps after every change (batched), and resyncs
-/// periodically: at once with backoff after a failed reconcile (a full map, a store
-/// error), else every [`RESYNC_EVERY`] in case anything else changed the maps.
+/// Follows the store: lists its routing records once, then applies each watch event
+/// to that snapshot and reconciles the maps (events are batched). A change costs the
+/// change: no relisting, no map dump. Failed map writes are retried with backoff; a
+/// drift check compares with the kernel's maps every [`DRIFT_CHECK_EVERY`].
 async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: Health) {
     let mut resync = Resync::new();
     loop {
-        let start = match store.list(model::PREFIX).await {
-            Ok((_, revision)) => {
+        let start = match state.lock().await.relist().await {
+            Ok(revision) => {
                 store_ok(&health);
                 revision
             }
@@ -542,19 +600,28 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
             let event = tokio::select! {
                 e = events.recv() => e,
                 _ = tokio::time::sleep(next) => {
+                    if resync.drift_check_due() {
+                        state.lock().await.shadow = None;
+                    }
                     next = resync.after(reconcile_logged(&state).await);
                     continue;
                 }
             };
             match event {
-                Some(Ok(_)) => {
+                Some(Ok(first)) => {
                     // Take whatever else arrived with it, then reconcile once.
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                    let mut batch = vec![first];
                     let mut broken = false;
                     while let Ok(item) = events.try_recv() {
-                        broken |= item.is_err();
+                        match item {
+                            Ok(event) => batch.push(event),
+                            Err(_) => broken = true,
+                        }
                     }
-                    next = resync.after(reconcile_logged(&state).await);
+                    if state.lock().await.apply_events(&batch) {
+                        next = resync.after(reconcile_logged(&state).await);
+                    }
                     if broken {
                         break;
                     }
@@ -998,8 +1065,10 @@ mod tests {
         for _ in 0..10 {
             r.after(false);
         }
-        assert_eq!(r.after(false), RESYNC_EVERY, "capped");
-        assert_eq!(r.after(true), RESYNC_EVERY);
+        assert_eq!(r.after(false), RETRY_MAX, "capped");
+        assert!(!r.drift_check_due(), "the look due is a retry");
+        assert_eq!(r.after(true), DRIFT_CHECK_EVERY);
+        assert!(r.drift_check_due());
         assert_eq!(secs(r.after(false)), 1, "a new failure retries soon");
     }
 }

@@ -130,7 +130,7 @@ pub struct NetworkSpec {
     pub direct: bool,
 }
 
-fn block_key(network: &str, block: Ipv4Net) -> String {
+pub fn block_key(network: &str, block: Ipv4Net) -> String {
     format!("{BLOCKS}{network}/{}_{}", block.addr(), block.prefix_len())
 }
 

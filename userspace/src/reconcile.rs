@@ -13,16 +13,94 @@ use crate::{
     config::Config,
     datapath::{Datapath, RouteEntry},
     endpoint::LocalEndpoint,
-    model::{BlockRecord, HostRecord, NetworkRecord},
+    model::{self, BlockRecord, HostRecord, NetworkRecord},
     net::{Ipv4Net, MacAddr},
+    store::WatchEvent,
 };
 
-/// The store's view that routing depends on.
+/// The store's records that routing depends on, by store key. Filled by a listing, then
+/// kept current from watch events one key at a time, so that a change costs the change
+/// and not a relisting of the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub hosts: Vec<HostRecord>,
-    pub networks: Vec<NetworkRecord>,
-    pub blocks: Vec<BlockRecord>,
+    pub hosts: BTreeMap<String, HostRecord>,
+    pub networks: BTreeMap<String, NetworkRecord>,
+    pub blocks: BTreeMap<String, BlockRecord>,
+}
+
+impl Snapshot {
+    /// A snapshot of these records, keyed as the store keys them.
+    pub fn from_records(
+        hosts: Vec<HostRecord>,
+        networks: Vec<NetworkRecord>,
+        blocks: Vec<BlockRecord>,
+    ) -> Self {
+        Self {
+            hosts: hosts
+                .into_iter()
+                .map(|h| (format!("{}{}", model::HOSTS, h.name), h))
+                .collect(),
+            networks: networks
+                .into_iter()
+                .map(|n| (format!("{}{}", model::NETWORKS, n.name), n))
+                .collect(),
+            blocks: blocks
+                .into_iter()
+                .map(|b| (model::block_key(&b.network, b.block), b))
+                .collect(),
+        }
+    }
+
+    /// Whether a key's records are part of the snapshot (others do not affect routing).
+    pub fn tracks(key: &str) -> bool {
+        key.starts_with(model::HOSTS)
+            || key.starts_with(model::NETWORKS)
+            || key.starts_with(model::BLOCKS)
+    }
+
+    /// Applies one watch event. Returns whether the snapshot changed; a record that
+    /// does not decode is an error and leaves the key out (as if deleted).
+    pub fn apply(&mut self, event: &WatchEvent) -> Result<bool> {
+        let key = event.key();
+        let value = match event {
+            WatchEvent::Put(kv) => Some(kv.value.as_str()),
+            WatchEvent::Delete { .. } => None,
+        };
+        fn set<T: PartialEq>(
+            map: &mut BTreeMap<String, T>,
+            key: &str,
+            value: Option<Result<T>>,
+        ) -> Result<bool> {
+            match value {
+                None => Ok(map.remove(key).is_some()),
+                Some(Ok(record)) => {
+                    let changed = map.get(key) != Some(&record);
+                    map.insert(key.to_owned(), record);
+                    Ok(changed)
+                }
+                Some(Err(e)) => {
+                    map.remove(key);
+                    Err(e)
+                }
+            }
+        }
+        let decode = |v: &str| -> Result<serde_json::Value> { Ok(serde_json::from_str(v)?) };
+        if key.starts_with(model::HOSTS) {
+            let record =
+                value.map(|v| decode(v).and_then(|j| Ok(serde_json::from_value::<HostRecord>(j)?)));
+            set(&mut self.hosts, key, record)
+        } else if key.starts_with(model::NETWORKS) {
+            let record = value.map(|v| model::decode_network(key, v));
+            set(&mut self.networks, key, record)
+        } else if key.starts_with(model::BLOCKS) {
+            let record = value
+                .map(|v| decode(v).and_then(|j| Ok(serde_json::from_value::<BlockRecord>(j)?)));
+            set(&mut self.blocks, key, record)
+        } else {
+            Ok(false)
+        }
+        .map_err(|e| e.context(format!("store record {key} is not valid; left out")))
+    }
 }
 
 /// What the maps should hold.
@@ -98,7 +176,13 @@ pub fn desired(
             }
         }
     }
-    direct_vnis.extend(snapshot.networks.iter().filter(|n| n.direct).map(|n| n.vni));
+    direct_vnis.extend(
+        snapshot
+            .networks
+            .values()
+            .filter(|n| n.direct)
+            .map(|n| n.vni),
+    );
     for ep in local {
         d.networks.insert(ep.vni);
         let route = Route::local(ep.host_ifindex, ep.container_mac.0, ep.host_mac.0);
@@ -111,17 +195,17 @@ pub fn desired(
     }
     let hosts: BTreeMap<&str, &HostRecord> = snapshot
         .hosts
-        .iter()
+        .values()
         .filter(|h| h.name != me.name)
         .map(|h| (h.name.as_str(), h))
         .collect();
     d.peers.extend(hosts.values().map(|h| h.underlay_address));
     let networks: BTreeMap<&str, &NetworkRecord> = snapshot
         .networks
-        .iter()
+        .values()
         .map(|n| (n.name.as_str(), n))
         .collect();
-    for block in &snapshot.blocks {
+    for block in snapshot.blocks.values() {
         // Only networks this host takes part in need routes; only live hosts get them.
         let (Some(net), Some(host)) = (
             networks.get(block.network.as_str()),
@@ -185,6 +269,79 @@ impl RoutingMaps for Datapath {
     fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
         Datapath::remove_route(self, net_id, dest)
     }
+}
+
+/// The kernel maps seen through what was last written to them: reads come from the
+/// shadow (no map dump), writes go to the kernel and, when they succeed, to the
+/// shadow. Valid while nothing else writes those entries; a drift check or a failure
+/// starts again from the kernel's own contents.
+pub struct Shadowed<'a, M: RoutingMaps> {
+    pub maps: &'a mut M,
+    pub shadow: &'a mut Desired,
+}
+
+impl<M: RoutingMaps> RoutingMaps for Shadowed<'_, M> {
+    fn networks(&self) -> Result<Vec<u32>> {
+        Ok(self.shadow.networks.iter().copied().collect())
+    }
+    fn add_network(&mut self, vni: u32) -> Result<()> {
+        self.maps.add_network(vni)?;
+        self.shadow.networks.insert(vni);
+        Ok(())
+    }
+    fn remove_network(&mut self, vni: u32) -> Result<()> {
+        self.maps.remove_network(vni)?;
+        self.shadow.networks.remove(&vni);
+        Ok(())
+    }
+    fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+        Ok(self.shadow.peers.iter().copied().collect())
+    }
+    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        self.maps.add_peer(underlay)?;
+        self.shadow.peers.insert(underlay);
+        Ok(())
+    }
+    fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        self.maps.remove_peer(underlay)?;
+        self.shadow.peers.remove(&underlay);
+        Ok(())
+    }
+    fn routes(&self) -> Result<Vec<RouteEntry>> {
+        Ok(self
+            .shadow
+            .routes
+            .iter()
+            .map(|(&(net_id, dest), &route)| RouteEntry {
+                net_id,
+                dest,
+                route,
+            })
+            .collect())
+    }
+    fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()> {
+        self.maps.set_route(net_id, dest, route)?;
+        self.shadow.routes.insert((net_id, dest), route);
+        Ok(())
+    }
+    fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
+        self.maps.remove_route(net_id, dest)?;
+        self.shadow.routes.remove(&(net_id, dest));
+        Ok(())
+    }
+}
+
+/// The shadow of maps as they are now (read once from the kernel).
+pub fn read_shadow(maps: &impl RoutingMaps) -> Result<Desired> {
+    Ok(Desired {
+        networks: maps.networks()?.into_iter().collect(),
+        peers: maps.peers()?.into_iter().collect(),
+        routes: maps
+            .routes()?
+            .into_iter()
+            .map(|r| ((r.net_id, r.dest), r.route))
+            .collect(),
+    })
 }
 
 /// What `apply` changed, and the entries it could not change.
@@ -307,17 +464,17 @@ mod tests {
 
     #[test]
     fn only_networks_with_local_endpoints_are_accepted_and_routed() {
-        let snapshot = Snapshot {
-            hosts: vec![host("me", 11), host("b", 12)],
-            networks: vec![network("blue", 100), network("red", 200)],
-            blocks: vec![
+        let snapshot = Snapshot::from_records(
+            vec![host("me", 11), host("b", 12)],
+            vec![network("blue", 100), network("red", 200)],
+            vec![
                 block("blue", "10.10.0.0/24", "me"),
                 block("blue", "10.10.1.0/24", "b"),
                 block("red", "10.10.1.0/24", "b"),
                 // A block of a host that is not (or no longer) registered: no route.
                 block("blue", "10.10.2.0/24", "gone"),
             ],
-        };
+        );
         let ep = local(100, "10.10.0.1");
         let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
         assert_eq!(
@@ -334,12 +491,17 @@ mod tests {
         );
         // Direct networks route peers on our underlay subnet unencapsulated, others by VXLAN.
         let mut snapshot = snapshot;
-        snapshot.networks[0].direct = true;
-        snapshot.hosts.push(HostRecord {
+        let blue_key = format!("{}blue", model::NETWORKS);
+        snapshot.networks.get_mut(&blue_key).unwrap().direct = true;
+        let far = HostRecord {
             underlay_address: Ipv4Addr::new(192, 168, 60, 9),
             ..host("far", 9)
-        });
-        snapshot.blocks.push(block("blue", "10.10.9.0/24", "far"));
+        };
+        snapshot.hosts.insert(format!("{}far", model::HOSTS), far);
+        let far_block = block("blue", "10.10.9.0/24", "far");
+        snapshot
+            .blocks
+            .insert(model::block_key("blue", far_block.block), far_block);
         let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
         let near = Route::direct([192, 168, 50, 12]);
         assert_eq!(d.routes[&(100, "10.10.1.0/24".parse().unwrap())], near);
@@ -359,7 +521,7 @@ mod tests {
             .routes
             .contains_key(&(DIRECT_NET_ID, "10.10.0.1/32".parse().unwrap())));
         assert!(!d.networks.contains(&DIRECT_NET_ID));
-        snapshot.networks[0].direct = false;
+        snapshot.networks.get_mut(&blue_key).unwrap().direct = false;
 
         // Without local endpoints: nothing accepted, nothing routed, peers still known.
         let d = desired(&me(), &config(), &snapshot, &[]).unwrap();
@@ -511,5 +673,82 @@ mod tests {
         let c = apply(&mut maps, &want).unwrap();
         assert_eq!((c.added, c.failed.len()), (1, 0));
         assert_eq!(maps.log, ["+route 100 10.10.1.0/24"]);
+    }
+
+    /// Watch events change the snapshot one key at a time; keys routing does not
+    /// read are not tracked, and a record that does not decode is left out.
+    #[test]
+    fn the_snapshot_follows_watch_events() {
+        use crate::store::KeyValue;
+        let put = |key: &str, value: String| {
+            WatchEvent::Put(KeyValue {
+                key: key.into(),
+                value,
+                mod_revision: 1,
+                lease: 0,
+            })
+        };
+        let mut s = Snapshot::default();
+        let b = block("blue", "10.10.1.0/24", "b");
+        let key = model::block_key("blue", b.block);
+        let event = put(&key, serde_json::to_string(&b).unwrap());
+        assert!(s.apply(&event).unwrap());
+        assert!(
+            !s.apply(&event).unwrap(),
+            "the same record again changes nothing"
+        );
+        assert_eq!(s.blocks[&key], b);
+        let ep = put("/oxlay/endpoints/blue/10.10.1.2", "{}".into());
+        assert!(!Snapshot::tracks(ep.key()));
+        assert!(!s.apply(&ep).unwrap());
+        let bad = put(
+            &format!("{}x", model::NETWORKS),
+            r#"{"name":"x","vni":5,"subnet":"10.0.0.0/24","block_prefix":8}"#.into(),
+        );
+        assert!(s.apply(&bad).is_err());
+        assert!(s.networks.is_empty());
+        let gone = WatchEvent::Delete {
+            key: key.clone(),
+            revision: 2,
+        };
+        assert!(s.apply(&gone).unwrap());
+        assert!(s.blocks.is_empty());
+    }
+
+    /// Through the shadow, a change reads nothing from the kernel and writes only what
+    /// differs; the shadow then equals what was asked for.
+    #[test]
+    fn shadowed_apply_writes_only_the_change() {
+        let peer = Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]);
+        let mut maps = FakeMaps {
+            route_capacity: 100,
+            ..Default::default()
+        };
+        let mut want = Desired::default();
+        want.networks.insert(100);
+        for i in 1..50u8 {
+            want.routes
+                .insert((100, net(&format!("10.10.{i}.0/24"))), peer);
+        }
+        apply(&mut maps, &want).unwrap();
+        let mut shadow = read_shadow(&maps).unwrap();
+        assert_eq!(shadow, want);
+        maps.log.clear();
+        want.routes.insert((100, net("10.10.200.0/24")), peer);
+        want.routes.remove(&(100, net("10.10.1.0/24")));
+        let c = apply(
+            &mut Shadowed {
+                maps: &mut maps,
+                shadow: &mut shadow,
+            },
+            &want,
+        )
+        .unwrap();
+        assert_eq!((c.added, c.removed), (1, 1));
+        assert_eq!(
+            maps.log,
+            ["-route 100 10.10.1.0/24", "+route 100 10.10.200.0/24"]
+        );
+        assert_eq!(shadow, want);
     }
 }

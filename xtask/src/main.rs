@@ -128,6 +128,8 @@ fn run(command: Cmd) -> Result<()> {
                 "oxlay",
                 "-p",
                 "oxlay-testbed",
+                // The daemon binary too: --examples alone builds only the examples.
+                "--bins",
                 "--examples",
             ])?;
             bench::run(&root(), rounds, seconds)
