@@ -272,6 +272,31 @@ fn scale(n: usize) -> Result<serde_json::Value> {
     })?;
     std::thread::sleep(Duration::from_secs(2));
     let cpu_block = (cpu_secs(pid)? - cpu) / EVENTS as f64;
+    // Blocks of a network this host has no endpoint on: no route of its changes.
+    let cpu = cpu_secs(pid)?;
+    with_store(&c, |store| {
+        Box::pin(async move {
+            let lease = store.grant_lease(Duration::from_secs(300)).await?;
+            for i in 0..EVENTS / 2 {
+                let block = Ipv4Net::new(Ipv4Addr::new(10, 201, i as u8, 0), 24)?;
+                let record = model::BlockRecord {
+                    network: "elsewhere".into(),
+                    block,
+                    host: "synthetic-0".into(),
+                };
+                let key = format!("{}elsewhere/{}_24", model::BLOCKS, block.addr());
+                store
+                    .put(&key, &serde_json::to_string(&record)?, Some(lease))
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                store.delete(&key).await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            Ok(())
+        })
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_other_block = (cpu_secs(pid)? - cpu) / EVENTS as f64;
     if route_count(&c, 0)? != base + n {
         bail!("routes did not settle back to {} after the churn", base + n);
     }
@@ -283,6 +308,7 @@ fn scale(n: usize) -> Result<serde_json::Value> {
         "cpu_converge_s": cpu_converge,
         "cpu_ms_per_unrelated_event": cpu_unrelated * 1000.0,
         "cpu_ms_per_block_event": cpu_block * 1000.0,
+        "cpu_ms_per_other_network_block_event": cpu_other_block * 1000.0,
         "rss_before_mib": rss_before as f64 / 1024.0,
         "rss_after_mib": rss_after as f64 / 1024.0,
     }))

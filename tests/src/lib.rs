@@ -722,6 +722,30 @@ impl Etcd {
         Ok(etcd)
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as
+    /// with a stalled etcd. Only for an etcd started with `start` (no namespace).
+    pub fn pause(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        anyhow::ensure!(
+            self.netns.is_none(),
+            "pause/resume need an etcd started in this namespace"
+        );
+        let pid = self.child.as_ref().context("etcd is not running")?.id();
+        // SAFETY: kill sends a signal to our own child process; no memory is involved.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("signalling etcd");
+        }
+        Ok(())
+    }
+
     /// Kills the server (its data stays): the store goes away.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -1108,13 +1132,29 @@ impl StoreCluster {
 
     /// Starts host `i`'s daemon (again).
     pub fn start_daemon(&self, i: usize) -> Result<Daemon> {
+        self.start_daemon_with_env(i, &[])
+    }
+
+    /// Like `start_daemon`, with extra environment variables (e.g. `OXLAY_FAULT`).
+    pub fn start_daemon_with_env(&self, i: usize, env: &[(&str, &str)]) -> Result<Daemon> {
         let config = format!(
             "node_name = \"{0}\"\nunderlay_interface = \"eth0\"\npin_path = \"/sys/fs/bpf/oxlay-test/{0}\"\n{1}\n{2}",
             self.names[i],
             self.store_toml,
             self.extra_toml.get(i).map(String::as_str).unwrap_or("")
         );
-        Daemon::start(&self.hosts[i], &self.names[i], &config)
+        let mut launcher = self.hosts[i].ns.command(oxlay_bin().to_str().unwrap());
+        launcher.envs(env.iter().copied());
+        Daemon::start_with(launcher, &self.names[i], &config)
+    }
+
+    /// Like `restart_daemon`, the new daemon with extra environment variables.
+    pub fn restart_daemon_with_env(&mut self, i: usize, env: &[(&str, &str)]) -> Result<()> {
+        self.daemons[i].stop()?;
+        let fresh = self.start_daemon_with_env(i, env)?;
+        let mut old = std::mem::replace(&mut self.daemons[i], fresh);
+        old.pin_path = None;
+        Ok(())
     }
 
     /// Stops host `i`'s daemon (SIGTERM: the datapath stays; nothing to do if it was

@@ -246,3 +246,37 @@ async fn etcd_store() -> Result<()> {
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
     suite(Arc::new(store)).await
 }
+
+/// A stalled etcd (frozen: connections open, nothing answers) does not stall lease
+/// renewal: keep-alive gives up within its own timeout, and says the store did not
+/// answer, not that the lease expired (which would make the host register again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_gives_up_on_a_stalled_etcd() -> Result<()> {
+    if oxlay_testbed::skip_without_etcd() {
+        return Ok(());
+    }
+    let etcd = Etcd::start()?;
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
+    let lease = store.grant_lease(Duration::from_secs(60)).await?;
+    store.keep_alive(lease).await?;
+    etcd.pause()?;
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(20), store.keep_alive(lease)).await;
+    etcd.resume()?;
+    let answer =
+        answer.map_err(|_| anyhow::anyhow!("keep-alive hung for 20 s on a stalled etcd"))?;
+    let took = started.elapsed();
+    let Err(e) = answer else {
+        anyhow::bail!("keep-alive succeeded against a frozen etcd");
+    };
+    anyhow::ensure!(
+        !oxlay::store::is_lease_expired(&e),
+        "a stalled store was reported as an expired lease: {e:#}"
+    );
+    anyhow::ensure!(
+        took < Duration::from_secs(10),
+        "gave up only after {took:?}"
+    );
+    store.keep_alive(lease).await?;
+    Ok(())
+}

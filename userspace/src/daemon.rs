@@ -119,12 +119,29 @@ impl State {
         Ok(start.unwrap_or(0))
     }
 
-    /// Applies watch events to the snapshot; whether routing may have changed.
+    /// Applies watch events to the snapshot; whether routing may have changed. A block
+    /// of a network with no endpoint here changes no route of this host.
     fn apply_events(&mut self, events: &[crate::store::WatchEvent]) -> bool {
+        let local_networks: std::collections::BTreeSet<&str> = self
+            .endpoints
+            .values()
+            .filter_map(|e| e.network.as_deref())
+            .collect();
         let mut changed = false;
         for event in events.iter().filter(|e| Snapshot::tracks(e.key())) {
+            let key = event.key();
+            let block_network = |s: &Snapshot| s.blocks.get(key).map(|b| b.network.clone());
+            let before = block_network(&self.snapshot);
             match self.snapshot.apply(event) {
-                Ok(c) => changed |= c,
+                Ok(false) => {}
+                Ok(true) if key.starts_with(model::BLOCKS) => {
+                    let after = block_network(&self.snapshot);
+                    changed |= [before, after]
+                        .iter()
+                        .flatten()
+                        .any(|n| local_networks.contains(n.as_str()));
+                }
+                Ok(true) => changed = true,
                 Err(e) => {
                     warn!("{e:#}");
                     changed = true;
@@ -216,6 +233,7 @@ impl State {
             let link = netlink::link_by_name(&self.handle, &host_ifname).await?;
             // A store error stops the start (nothing is released); only a network the
             // store says is gone releases the address.
+            crate::fault::inject(crate::fault::step::ADOPT_NETWORK_READ)?;
             let net = model::find_network(&*store, &ep.network).await?;
             let (Some(link), Some(interface), Some(mac), Some(net)) =
                 (&link, ep.interface.clone(), ep.mac, &net)
@@ -532,6 +550,8 @@ struct Resync {
 }
 
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Events within 20 ms that make a burst worth gathering further.
+const BURST_EVENTS: usize = 16;
 const DRIFT_CHECK_EVERY: Duration = Duration::from_secs(300);
 
 impl Resync {
@@ -609,14 +629,24 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
             };
             match event {
                 Some(Ok(first)) => {
-                    // Take whatever else arrived with it, then reconcile once.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Take whatever else arrived with it, then reconcile once. While a
+                    // burst goes on (many hosts joining), keep gathering, up to 250 ms:
+                    // one reconcile per burst, not one per few events.
                     let mut batch = vec![first];
                     let mut broken = false;
-                    while let Ok(item) = events.try_recv() {
-                        match item {
-                            Ok(event) => batch.push(event),
-                            Err(_) => broken = true,
+                    let gathering = std::time::Instant::now();
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let before = batch.len();
+                        while let Ok(item) = events.try_recv() {
+                            match item {
+                                Ok(event) => batch.push(event),
+                                Err(_) => broken = true,
+                            }
+                        }
+                        let burst = batch.len() - before >= BURST_EVENTS;
+                        if broken || !burst || gathering.elapsed() > Duration::from_millis(250) {
+                            break;
                         }
                     }
                     if state.lock().await.apply_events(&batch) {
@@ -1017,7 +1047,11 @@ async fn handle_request(request: Request, state: &Mutex<State>) -> Result<serde_
                         mac: Some(local.container_mac),
                         ..record.clone()
                     };
-                    if let Err(e) = model::update_endpoint(&*store, &wired).await {
+                    let recorded = async {
+                        crate::fault::inject(crate::fault::step::ENDPOINT_RECORD)?;
+                        model::update_endpoint(&*store, &wired).await
+                    };
+                    if let Err(e) = recorded.await {
                         // Unwire first, then give the address back: no container keeps
                         // an address the pool hands out again.
                         undo_local_endpoint(s, &(local.netns.clone(), Some(network.clone()))).await;

@@ -18,9 +18,9 @@ use crate::{
     store::WatchEvent,
 };
 
-/// The store's records that routing depends on, by store key. Filled by a listing, then
-/// kept current from watch events one key at a time, so that a change costs the change
-/// and not a relisting of the cluster.
+/// The store's records that routing depends on: hosts and networks by name, blocks by
+/// store key. Filled by a listing, then kept current from watch events one key at a
+/// time, so that a change costs the change and not a relisting of the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub hosts: BTreeMap<String, HostRecord>,
@@ -36,14 +36,8 @@ impl Snapshot {
         blocks: Vec<BlockRecord>,
     ) -> Self {
         Self {
-            hosts: hosts
-                .into_iter()
-                .map(|h| (format!("{}{}", model::HOSTS, h.name), h))
-                .collect(),
-            networks: networks
-                .into_iter()
-                .map(|n| (format!("{}{}", model::NETWORKS, n.name), n))
-                .collect(),
+            hosts: hosts.into_iter().map(|h| (h.name.clone(), h)).collect(),
+            networks: networks.into_iter().map(|n| (n.name.clone(), n)).collect(),
             blocks: blocks
                 .into_iter()
                 .map(|b| (model::block_key(&b.network, b.block), b))
@@ -85,13 +79,13 @@ impl Snapshot {
             }
         }
         let decode = |v: &str| -> Result<serde_json::Value> { Ok(serde_json::from_str(v)?) };
-        if key.starts_with(model::HOSTS) {
+        if let Some(name) = key.strip_prefix(model::HOSTS) {
             let record =
                 value.map(|v| decode(v).and_then(|j| Ok(serde_json::from_value::<HostRecord>(j)?)));
-            set(&mut self.hosts, key, record)
-        } else if key.starts_with(model::NETWORKS) {
+            set(&mut self.hosts, name, record)
+        } else if let Some(name) = key.strip_prefix(model::NETWORKS) {
             let record = value.map(|v| model::decode_network(key, v));
-            set(&mut self.networks, key, record)
+            set(&mut self.networks, name, record)
         } else if key.starts_with(model::BLOCKS) {
             let record = value
                 .map(|v| decode(v).and_then(|j| Ok(serde_json::from_value::<BlockRecord>(j)?)));
@@ -193,23 +187,22 @@ pub fn desired(
                 .insert((DIRECT_NET_ID, dest), route.in_network(ep.vni));
         }
     }
-    let hosts: BTreeMap<&str, &HostRecord> = snapshot
-        .hosts
-        .values()
-        .filter(|h| h.name != me.name)
-        .map(|h| (h.name.as_str(), h))
-        .collect();
-    d.peers.extend(hosts.values().map(|h| h.underlay_address));
-    let networks: BTreeMap<&str, &NetworkRecord> = snapshot
-        .networks
-        .values()
-        .map(|n| (n.name.as_str(), n))
-        .collect();
+    let others = |name: &str| name != me.name;
+    d.peers.extend(
+        snapshot
+            .hosts
+            .iter()
+            .filter(|(name, _)| others(name))
+            .map(|(_, h)| h.underlay_address),
+    );
     for block in snapshot.blocks.values() {
         // Only networks this host takes part in need routes; only live hosts get them.
         let (Some(net), Some(host)) = (
-            networks.get(block.network.as_str()),
-            hosts.get(block.host.as_str()),
+            snapshot.networks.get(&block.network),
+            snapshot
+                .hosts
+                .get(&block.host)
+                .filter(|_| others(&block.host)),
         ) else {
             continue;
         };
@@ -239,6 +232,11 @@ pub trait RoutingMaps {
     fn routes(&self) -> Result<Vec<RouteEntry>>;
     fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()>;
     fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()>;
+
+    /// Everything the maps hold now (a shadow lends its own copy).
+    fn current(&self) -> Result<std::borrow::Cow<'_, Desired>> {
+        read_shadow(self).map(std::borrow::Cow::Owned)
+    }
 }
 
 impl RoutingMaps for Datapath {
@@ -281,6 +279,9 @@ pub struct Shadowed<'a, M: RoutingMaps> {
 }
 
 impl<M: RoutingMaps> RoutingMaps for Shadowed<'_, M> {
+    fn current(&self) -> Result<std::borrow::Cow<'_, Desired>> {
+        Ok(std::borrow::Cow::Borrowed(self.shadow))
+    }
     fn networks(&self) -> Result<Vec<u32>> {
         Ok(self.shadow.networks.iter().copied().collect())
     }
@@ -332,7 +333,7 @@ impl<M: RoutingMaps> RoutingMaps for Shadowed<'_, M> {
 }
 
 /// The shadow of maps as they are now (read once from the kernel).
-pub fn read_shadow(maps: &impl RoutingMaps) -> Result<Desired> {
+pub fn read_shadow<M: RoutingMaps + ?Sized>(maps: &M) -> Result<Desired> {
     Ok(Desired {
         networks: maps.networks()?.into_iter().collect(),
         peers: maps.peers()?.into_iter().collect(),
@@ -369,34 +370,53 @@ impl Changes {
 /// value is overwritten in place, never removed and re-added. Fails only when the maps
 /// cannot be read.
 pub fn apply(maps: &mut impl RoutingMaps, want: &Desired) -> Result<Changes> {
+    // What differs is decided first (from a borrowed shadow: no copy), written after.
+    let (stale_routes, stale_peers, stale_networks, new_networks, new_peers, new_routes) = {
+        let have = maps.current()?;
+        let stale_routes: Vec<(u32, Ipv4Net)> = have
+            .routes
+            .keys()
+            .filter(|k| !want.routes.contains_key(k))
+            .copied()
+            .collect();
+        let stale_peers: Vec<Ipv4Addr> = have.peers.difference(&want.peers).copied().collect();
+        let stale_networks: Vec<u32> = have.networks.difference(&want.networks).copied().collect();
+        let new_networks: Vec<u32> = want.networks.difference(&have.networks).copied().collect();
+        let new_peers: Vec<Ipv4Addr> = want.peers.difference(&have.peers).copied().collect();
+        let new_routes: Vec<((u32, Ipv4Net), Route)> = want
+            .routes
+            .iter()
+            .filter(|(k, r)| have.routes.get(k) != Some(r))
+            .map(|(k, r)| (*k, *r))
+            .collect();
+        (
+            stale_routes,
+            stale_peers,
+            stale_networks,
+            new_networks,
+            new_peers,
+            new_routes,
+        )
+    };
     let mut c = Changes::default();
-    let have_networks: BTreeSet<u32> = maps.networks()?.into_iter().collect();
-    let have_peers: BTreeSet<Ipv4Addr> = maps.peers()?.into_iter().collect();
-    let have_routes: BTreeMap<(u32, Ipv4Net), Route> = maps
-        .routes()?
-        .into_iter()
-        .map(|r| ((r.net_id, r.dest), r.route))
-        .collect();
-    for key in have_routes.keys().filter(|k| !want.routes.contains_key(k)) {
-        c.record(maps.remove_route(key.0, key.1), true);
+    for (net_id, dest) in stale_routes {
+        c.record(maps.remove_route(net_id, dest), true);
     }
-    for peer in have_peers.difference(&want.peers) {
-        c.record(maps.remove_peer(*peer), true);
+    for peer in stale_peers {
+        c.record(maps.remove_peer(peer), true);
     }
-    for vni in have_networks.difference(&want.networks) {
-        c.record(maps.remove_network(*vni), true);
+    for vni in stale_networks {
+        c.record(maps.remove_network(vni), true);
     }
     // Networks and peers before the routes that lead to them.
-    for vni in want.networks.difference(&have_networks) {
-        c.record(maps.add_network(*vni), false);
+    for vni in new_networks {
+        c.record(maps.add_network(vni), false);
     }
-    for peer in want.peers.difference(&have_peers) {
-        c.record(maps.add_peer(*peer), false);
+    for peer in new_peers {
+        c.record(maps.add_peer(peer), false);
     }
-    for (key, route) in &want.routes {
-        if have_routes.get(key) != Some(route) {
-            c.record(maps.set_route(key.0, key.1, *route), false);
-        }
+    for ((net_id, dest), route) in new_routes {
+        c.record(maps.set_route(net_id, dest, route), false);
     }
     Ok(c)
 }
@@ -491,13 +511,12 @@ mod tests {
         );
         // Direct networks route peers on our underlay subnet unencapsulated, others by VXLAN.
         let mut snapshot = snapshot;
-        let blue_key = format!("{}blue", model::NETWORKS);
-        snapshot.networks.get_mut(&blue_key).unwrap().direct = true;
+        snapshot.networks.get_mut("blue").unwrap().direct = true;
         let far = HostRecord {
             underlay_address: Ipv4Addr::new(192, 168, 60, 9),
             ..host("far", 9)
         };
-        snapshot.hosts.insert(format!("{}far", model::HOSTS), far);
+        snapshot.hosts.insert("far".into(), far);
         let far_block = block("blue", "10.10.9.0/24", "far");
         snapshot
             .blocks
@@ -521,7 +540,7 @@ mod tests {
             .routes
             .contains_key(&(DIRECT_NET_ID, "10.10.0.1/32".parse().unwrap())));
         assert!(!d.networks.contains(&DIRECT_NET_ID));
-        snapshot.networks.get_mut(&blue_key).unwrap().direct = false;
+        snapshot.networks.get_mut("blue").unwrap().direct = false;
 
         // Without local endpoints: nothing accepted, nothing routed, peers still known.
         let d = desired(&me(), &config(), &snapshot, &[]).unwrap();

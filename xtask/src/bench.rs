@@ -261,6 +261,26 @@ fn convergence(root: &Path) -> Result<String> {
             f("rss_after_mib")
         )?;
     }
+    writeln!(
+        r,
+        "\nThe daemon's CPU time per store event once the N hosts are in (100 events of each kind, \
+         30 ms apart, so each is handled alone): another host's endpoint (a key routing does not read), \
+         a block of a network this host has an endpoint on, and a block of a network it has none on.\n"
+    )?;
+    writeln!(r, "| hosts | CPU while converging (s) | endpoint event (ms) | block event, own network (ms) | block event, other network (ms) |")?;
+    writeln!(r, "| ---: | ---: | ---: | ---: | ---: |")?;
+    for s in v["scale"].as_array().into_iter().flatten() {
+        let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+        writeln!(
+            r,
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            s["hosts"],
+            f("cpu_converge_s"),
+            f("cpu_ms_per_unrelated_event"),
+            f("cpu_ms_per_block_event"),
+            f("cpu_ms_per_other_network_block_event")
+        )?;
+    }
     Ok(r)
 }
 

@@ -233,7 +233,11 @@ impl Driver for DaemonDriver {
             ..claim
         };
         s.endpoints.insert(key.clone(), local.clone());
-        if let Err(e) = model::update_endpoint(&*store, &wired).await {
+        let recorded = async {
+            crate::fault::inject(crate::fault::step::ENDPOINT_RECORD)?;
+            model::update_endpoint(&*store, &wired).await
+        };
+        if let Err(e) = recorded.await {
             // Unwire (veth and map entries): Docker will release the address itself
             // (RequestAddress and CreateEndpoint are separate calls for it).
             undo_local_endpoint(s, &key).await;
