@@ -13,13 +13,16 @@ pub mod wire;
 
 pub use counters::{Counter, CounterInfo, CounterKind, COUNTERS, COUNTER_COUNT};
 
-/// Name of every map, as the eBPF object declares it and as it is pinned under bpffs.
-/// Version of what the maps' keys and values mean. Bump it when a shared type changes
-/// meaning at the same size (fields reordered or reused): a starting daemon then does
-/// not copy entries from the previous daemon's maps into its own, and fills them anew.
-/// Changes of size, type or capacity are seen without it (see the pin names).
+/// Version of what the maps' keys and values mean. Bump it when entries written by an
+/// older build would be wrong under a new meaning at the same size (fields reordered or
+/// reused): a starting daemon then does not copy the previous daemon's entries into its
+/// own maps, and fills them anew. A field that was zero padding and whose zero means
+/// "none" needs no bump (`Route::vni`: an old entry reads as "no network", and the first
+/// reconcile writes it). Changes of size, type or capacity are seen without it (see the
+/// pin names).
 pub const MAP_LAYOUT_VERSION: u32 = 1;
 
+/// Name of every map, as the eBPF object declares it and as it is pinned under bpffs.
 pub mod map_names {
     pub const CONFIG: &str = "OXLAY_CONFIG";
     pub const ROUTES: &str = "OXLAY_ROUTES";

@@ -81,8 +81,11 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
         return arp::respond(ctx, &eth, ep);
     }
     // Only IPv4 is checked against the container's address: anything else (IPv6,
-    // VLAN-tagged, other ethertypes) would reach the host stack unchecked.
-    if ether_type != ETH_P_IPV4 {
+    // VLAN-tagged, other ethertypes) would reach the host stack unchecked. A VLAN tag
+    // may also travel beside the frame (veth offloads it): that counts as tagged.
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    let tagged = unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    if ether_type != ETH_P_IPV4 || tagged {
         return Err(Counter::DropContainerNotIpv4);
     }
     let Some(ip) = read::<Ipv4Hdr>(data, data_end, ETH_LEN) else {

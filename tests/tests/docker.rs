@@ -229,6 +229,25 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     let page = fetch(&dockers[0], "cli", &srv).context("after restarting oxlay on B")?;
     ensure!(page == IMAGE_GREETING, "fetched {page:?}");
 
+    // An endpoint whose store record cannot be written is unwired whole (veth and map
+    // entry), and Docker is told: the container does not start.
+    c.restart_daemon_with_env(1, &[("OXLAY_FAULT", oxlay::fault::step::ENDPOINT_RECORD)])?;
+    let before = oxlay_links(&c, 1)?;
+    let failed = start_idle(&dockers[1], "faulty", "web");
+    ensure!(
+        failed.is_err(),
+        "a container started although its endpoint could not be recorded"
+    );
+    eventually(Duration::from_secs(10), || {
+        let links = oxlay_links(&c, 1)?;
+        ensure!(links == before, "veths on B: {links:?}, before: {before:?}");
+        Ok(())
+    })
+    .context("after a failed endpoint creation")?;
+    dockers[1].docker(&["rm", "-f", "faulty"])?;
+    let page = fetch(&dockers[0], "cli", &srv).context("after the failed creation")?;
+    ensure!(page == IMAGE_GREETING, "fetched {page:?}");
+
     // Stopping the container leaves nothing behind on its host; started again, it is
     // reachable again; removing it leaves nothing either.
     let nothing_left_on_b = || {

@@ -382,6 +382,22 @@ fn a_failed_endpoint_creation_is_undone() -> Result<()> {
     let out = c.daemons[0].cli(&create)?;
     ensure!(out.contains("as 10.61.0.1 "), "{out}");
     ensure!(oxlay_links(&c, 0)?.len() == 1, "{:?}", oxlay_links(&c, 0)?);
+    // Removing it leaves the maps as they were, and no map write failed on the way
+    // (the endpoint's own route goes with it; reconcile must not choke on that).
+    c.daemons[0].cli(&["endpoint", "rm", "--network", "undo", "--netns", &ns.name])?;
+    let routes: serde_json::Value =
+        serde_json::from_str(&c.daemons[0].cli(&["routes", "--json"])?)?;
+    ensure!(
+        routes.as_array().is_some_and(|a| a.is_empty()),
+        "routes left: {routes}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let status: serde_json::Value =
+        serde_json::from_str(&c.daemons[0].cli(&["status", "--json"])?)?;
+    ensure!(
+        status["map_update_failures"] == 0 && status["last_reconcile_error"].is_null(),
+        "{status}"
+    );
     Ok(())
 }
 

@@ -83,6 +83,8 @@ struct State {
     snapshot: Snapshot,
     /// What the route, peer and network maps hold, as last written (None: read them).
     shadow: Option<reconcile::Desired>,
+    /// Tells the watch loop that a reconcile outside it failed and wants a retry.
+    retry: Arc<tokio::sync::Notify>,
     /// The underlay subnet (direct routing reaches peers inside it).
     underlay_subnet: Ipv4Net,
     /// Where the static network's endpoints are recorded for the next daemon.
@@ -127,6 +129,9 @@ impl State {
             .values()
             .filter_map(|e| e.network.as_deref())
             .collect();
+        // By VNI too: a store network may share the static network's VNI.
+        let local_vnis: std::collections::BTreeSet<u32> =
+            self.endpoints.values().map(|e| e.vni).collect();
         let mut changed = false;
         for event in events.iter().filter(|e| Snapshot::tracks(e.key())) {
             let key = event.key();
@@ -136,10 +141,14 @@ impl State {
                 Ok(false) => {}
                 Ok(true) if key.starts_with(model::BLOCKS) => {
                     let after = block_network(&self.snapshot);
-                    changed |= [before, after]
-                        .iter()
-                        .flatten()
-                        .any(|n| local_networks.contains(n.as_str()));
+                    let snapshot = &self.snapshot;
+                    changed |= [before, after].iter().flatten().any(|n| {
+                        local_networks.contains(n.as_str())
+                            || snapshot
+                                .networks
+                                .get(n)
+                                .is_some_and(|net| local_vnis.contains(&net.vni))
+                    });
                 }
                 Ok(true) => changed = true,
                 Err(e) => {
@@ -198,8 +207,9 @@ impl State {
     /// that asked for it is complete either way: the maps follow the store).
     async fn reconcile_or_retry_later(&mut self) {
         if let Err(e) = self.reconcile().await {
-            warn!("reconcile failed, retried by the periodic resync: {e:#}");
+            warn!("reconcile failed, retried with backoff: {e:#}");
             self.last_reconcile_error = Some(format!("{e:#}"));
+            self.retry.notify_one();
         }
     }
 
@@ -402,6 +412,7 @@ pub async fn run(config: Config) -> Result<()> {
         endpoints: BTreeMap::new(),
         snapshot: Snapshot::default(),
         shadow: None,
+        retry: Arc::new(tokio::sync::Notify::new()),
         underlay_subnet,
         state_path: socket_path.with_extension("endpoints.json"),
         uninstall: Arc::new(tokio::sync::Notify::new()),
@@ -540,9 +551,10 @@ async fn uninstall(s: &mut State) -> Result<()> {
     Ok(())
 }
 
-/// When to look at the maps again without a store event: after a failed reconcile,
-/// from 1 s, doubling up to [`RETRY_MAX`]; while all is well, a drift check every
-/// [`DRIFT_CHECK_EVERY`] that compares against the kernel's maps themselves.
+/// When to look at the kernel's maps again without a store event: after a failed
+/// reconcile, from 1 s, doubling up to [`RETRY_MAX`]; while all is well, a drift check
+/// [`DRIFT_CHECK_EVERY`] after the last one. Each look compares against the kernel's
+/// maps themselves (not the shadow), so no divergence outlives it.
 #[derive(Debug)]
 struct Resync {
     delay: Duration,
@@ -571,9 +583,8 @@ impl Resync {
         self.failing = !ok;
         self.delay
     }
-    /// Whether the look now due is a drift check (rather than a retry).
-    fn drift_check_due(&self) -> bool {
-        !self.failing
+    fn failing(&self) -> bool {
+        self.failing
     }
 }
 
@@ -607,7 +618,10 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
                 continue;
             }
         };
-        let mut next = resync.after(reconcile_logged(&state).await);
+        let ok = reconcile_logged(&state).await;
+        // A deadline, not a sleep per turn: events do not postpone it.
+        let mut due = tokio::time::Instant::now() + resync.after(ok);
+        let retry = state.lock().await.retry.clone();
         let mut events = match store.watch(model::PREFIX, start).await {
             Ok(rx) => rx,
             Err(e) => {
@@ -619,11 +633,16 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
         loop {
             let event = tokio::select! {
                 e = events.recv() => e,
-                _ = tokio::time::sleep(next) => {
-                    if resync.drift_check_due() {
-                        state.lock().await.shadow = None;
+                // A reconcile on an API path failed: retry soon.
+                _ = retry.notified() => {
+                    if !resync.failing() {
+                        due = tokio::time::Instant::now() + resync.after(false);
                     }
-                    next = resync.after(reconcile_logged(&state).await);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(due) => {
+                    state.lock().await.shadow = None;
+                    due = tokio::time::Instant::now() + resync.after(reconcile_logged(&state).await);
                     continue;
                 }
             };
@@ -650,7 +669,12 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
                         }
                     }
                     if state.lock().await.apply_events(&batch) {
-                        next = resync.after(reconcile_logged(&state).await);
+                        let ok = reconcile_logged(&state).await;
+                        // A failure starts the retries; a success ends them. Otherwise
+                        // the drift check stays where it was.
+                        if ok == resync.failing() {
+                            due = tokio::time::Instant::now() + resync.after(ok);
+                        }
                     }
                     if broken {
                         break;
@@ -810,6 +834,8 @@ async fn undo_local_endpoint(s: &mut State, key: &EndpointKey) {
             record.netns, record.address
         );
     }
+    // What the endpoint brought into the maps (its network, peers' routes) goes too.
+    s.reconcile_or_retry_later().await;
 }
 
 async fn remove_local_endpoint(s: &mut State, key: &EndpointKey) -> Result<LocalEndpoint> {
@@ -1100,9 +1126,9 @@ mod tests {
             r.after(false);
         }
         assert_eq!(r.after(false), RETRY_MAX, "capped");
-        assert!(!r.drift_check_due(), "the look due is a retry");
+        assert!(r.failing());
         assert_eq!(r.after(true), DRIFT_CHECK_EVERY);
-        assert!(r.drift_check_due());
+        assert!(!r.failing());
         assert_eq!(secs(r.after(false)), 1, "a new failure retries soon");
     }
 }

@@ -183,21 +183,22 @@ pub async fn networks(store: &dyn Store) -> Result<Vec<NetworkRecord>> {
         .collect()
 }
 
-/// A network; an error when it does not exist (or is being removed).
+/// A network that takes new endpoints; an error when it does not exist or is being
+/// removed.
 pub async fn network(store: &dyn Store, name: &str) -> Result<NetworkRecord> {
-    find_network(store, name)
-        .await?
-        .with_context(|| format!("network {name} does not exist (see `oxlay network ls`)"))
+    match find_network(store, name).await? {
+        Some(n) if !n.removing => Ok(n),
+        Some(_) => bail!("network {name} is being removed (`oxlay network rm {name}` again finishes a removal that stopped half-way)"),
+        None => bail!("network {name} does not exist (see `oxlay network ls`)"),
+    }
 }
 
-/// A network, `None` when it does not exist or is being removed. A store error is an
-/// error, never "missing": callers release addresses on `None`.
+/// A network's record, `None` only when the store says there is none; one being
+/// removed is returned (its `removing` set): its endpoints still exist. A store error
+/// is an error, never "missing": callers release addresses on `None`.
 pub async fn find_network(store: &dyn Store, name: &str) -> Result<Option<NetworkRecord>> {
     match store.get(&format!("{NETWORKS}{name}")).await? {
-        Some(kv) => {
-            let record = decode_network(&kv.key, &kv.value)?;
-            Ok((!record.removing).then_some(record))
-        }
+        Some(kv) => Ok(Some(decode_network(&kv.key, &kv.value)?)),
         None => Ok(None),
     }
 }
@@ -301,7 +302,10 @@ async fn reserve_subnet(store: &dyn Store, spec: &NetworkSpec) -> Result<Ipv4Net
     loop {
         let (mut registry, revision) = subnet_registry(store).await?;
         if registry.contains_key(&spec.name) {
-            bail!("network {} already exists (or is being created)", spec.name);
+            bail!(
+                "network {0} already exists or is being created (if `oxlay network ls` does not show it, a create stopped half-way: `oxlay network rm {0}` clears it)",
+                spec.name
+            );
         }
         let subnet = match spec.subnet {
             Some(s) => {
@@ -483,10 +487,24 @@ pub async fn docker_networks(store: &dyn Store, host: &str) -> Result<BTreeMap<S
 pub async fn remove_network(store: &dyn Store, name: &str) -> Result<()> {
     let key = format!("{NETWORKS}{name}");
     let net = loop {
-        let kv = store
-            .get(&key)
-            .await?
-            .with_context(|| format!("network {name} does not exist (see `oxlay network ls`)"))?;
+        let Some(kv) = store.get(&key).await? else {
+            // No record: a create that stopped half-way may have left its subnet
+            // reserved; removing the name clears it.
+            let (registry, _) = subnet_registry(store).await?;
+            let (vnis, _) = store.list(VNIS).await?;
+            let orphan_vnis: Vec<&str> = vnis
+                .iter()
+                .filter(|kv| kv.value == name)
+                .map(|kv| kv.key.as_str())
+                .collect();
+            if !registry.contains_key(name) && orphan_vnis.is_empty() {
+                bail!("network {name} does not exist (see `oxlay network ls`)");
+            }
+            for key in orphan_vnis {
+                store.delete(key).await?;
+            }
+            return release_subnet(store, name).await;
+        };
         let mut net = decode_network(&kv.key, &kv.value)?;
         net.removing = true;
         let value = serde_json::to_string(&net)?;
@@ -514,21 +532,35 @@ pub async fn remove_network(store: &dyn Store, name: &str) -> Result<()> {
             eps[0].host
         );
     }
-    let (blocks, _) = store.list(&format!("{BLOCKS}{name}/")).await?;
-    for b in blocks {
-        store.delete(&b.key).await?;
-    }
-    store.delete(&key).await?;
-    store.delete(&format!("{VNIS}{}", net.vni)).await?;
-    release_subnet(store, name).await
+    // From here on the removal goes forward; a failure leaves the mark, and running
+    // the removal again finishes it.
+    let finish = async {
+        let (blocks, _) = store.list(&format!("{BLOCKS}{name}/")).await?;
+        for b in blocks {
+            store.delete(&b.key).await?;
+        }
+        store.delete(&format!("{VNIS}{}", net.vni)).await?;
+        release_subnet(store, name).await?;
+        // The record last: while it exists, the removal can be finished.
+        store.delete(&key).await?;
+        anyhow::Ok(())
+    };
+    finish.await.with_context(|| {
+        format!("removing network {name} stopped half-way: run `oxlay network rm {name}` again")
+    })
 }
 
 /// Clears the `removing` mark of a removal that was refused.
 async fn unmark_removing(store: &dyn Store, name: &str) {
     let key = format!("{NETWORKS}{name}");
-    for _ in 0..10 {
-        let Ok(Some(kv)) = store.get(&key).await else {
-            continue;
+    for attempt in 0..10u64 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+        }
+        let kv = match store.get(&key).await {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return,
+            Err(_) => continue,
         };
         let Ok(mut net) = decode_network(&kv.key, &kv.value) else {
             return;
@@ -544,7 +576,7 @@ async fn unmark_removing(store: &dyn Store, name: &str) {
             return;
         }
     }
-    log::warn!("network {name}: could not clear its removal mark; `oxlay network rm {name}` again finishes the removal");
+    log::warn!("network {name}: could not clear its removal mark; `oxlay network rm {name}` again finishes the removal, or retries the check");
 }
 
 // ---- IPAM: blocks and addresses ----
@@ -731,7 +763,7 @@ pub async fn create_endpoint(
 /// gives the address back and fails (see [`remove_network`]).
 async fn confirm_claim(store: &dyn Store, record: EndpointRecord) -> Result<EndpointRecord> {
     match find_network(store, &record.network).await {
-        Ok(Some(_)) => Ok(record),
+        Ok(Some(n)) if !n.removing => Ok(record),
         other => {
             if let Err(e) = remove_endpoint(store, &record.network, record.address).await {
                 log::warn!(
@@ -931,5 +963,97 @@ mod tests {
             endpoint_key("blue", Ipv4Addr::new(10, 1, 2, 3)),
             "/oxlay/endpoints/blue/10.1.2.3"
         );
+    }
+
+    /// A store in which the wiring of an endpoint is recorded between the read and the
+    /// compare-and-delete of a removal (the daemon's update racing a removal).
+    struct RecordsBetween {
+        inner: crate::store::embedded::EmbeddedStore,
+        fired: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for RecordsBetween {
+        async fn list(&self, p: &str) -> Result<(Vec<crate::store::KeyValue>, i64)> {
+            self.inner.list(p).await
+        }
+        async fn get(&self, k: &str) -> Result<Option<crate::store::KeyValue>> {
+            self.inner.get(k).await
+        }
+        async fn put(&self, k: &str, v: &str, l: Option<LeaseId>) -> Result<i64> {
+            self.inner.put(k, v, l).await
+        }
+        async fn compare_and_put(
+            &self,
+            k: &str,
+            e: i64,
+            v: &str,
+            l: Option<LeaseId>,
+        ) -> Result<Option<i64>> {
+            self.inner.compare_and_put(k, e, v, l).await
+        }
+        async fn compare_and_delete(&self, k: &str, e: i64) -> Result<bool> {
+            if k.starts_with(ENDPOINTS)
+                && !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                let kv = self.inner.get(k).await?.unwrap();
+                self.inner.put(k, &kv.value, None).await?;
+            }
+            self.inner.compare_and_delete(k, e).await
+        }
+        async fn delete(&self, k: &str) -> Result<bool> {
+            self.inner.delete(k).await
+        }
+        async fn grant_lease(&self, t: std::time::Duration) -> Result<LeaseId> {
+            self.inner.grant_lease(t).await
+        }
+        async fn keep_alive(&self, l: LeaseId) -> Result<()> {
+            self.inner.keep_alive(l).await
+        }
+        async fn revoke_lease(&self, l: LeaseId) -> Result<()> {
+            self.inner.revoke_lease(l).await
+        }
+        async fn watch(
+            &self,
+            p: &str,
+            a: i64,
+        ) -> Result<tokio::sync::mpsc::Receiver<crate::store::WatchItem>> {
+            self.inner.watch(p, a).await
+        }
+    }
+
+    /// A removal whose compare-and-delete loses to a concurrent write reads again and
+    /// deletes: it never reports success with the address still claimed.
+    #[tokio::test]
+    async fn a_removal_racing_a_write_still_removes() {
+        let dir = std::env::temp_dir().join(format!("oxlay-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RecordsBetween {
+            inner: crate::store::embedded::EmbeddedStore::new(dir.join("store.json")).unwrap(),
+            fired: Default::default(),
+        };
+        let spec = NetworkSpec {
+            name: "n".into(),
+            subnet: Some("10.1.0.0/16".parse().unwrap()),
+            ..Default::default()
+        };
+        create_network(&store, spec).await.unwrap();
+        let lease = store
+            .grant_lease(std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let ep = create_endpoint(&store, "h", lease, "n", "sb", None, BTreeMap::new())
+            .await
+            .unwrap();
+        remove_endpoint(&store, "n", ep.address).await.unwrap();
+        assert!(
+            store.fired.load(std::sync::atomic::Ordering::SeqCst),
+            "the race was staged"
+        );
+        assert!(
+            endpoint(&store, "n", ep.address).await.unwrap().is_none(),
+            "the address is still claimed after a successful removal"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -216,6 +216,16 @@ pub fn desired(
                 net.direct,
             );
         }
+        if net.direct {
+            // Every direct network's blocks, near or far, with or without endpoints
+            // here, name their network in the direct table: a plain packet from one of
+            // them to a local container of another direct network is then known for
+            // what it is and dropped, not handed to the host's routing.
+            let route = Route::direct(host.underlay_address.octets()).in_network(net.vni);
+            d.routes
+                .entry((DIRECT_NET_ID, block.block))
+                .or_insert(route);
+        }
     }
     Ok(d)
 }
@@ -533,9 +543,12 @@ mod tests {
             d.routes[&(100, "10.10.9.0/24".parse().unwrap())].kind,
             oxlay_common::RouteKind::Remote as u8
         );
-        assert!(!d
-            .routes
-            .contains_key(&(DIRECT_NET_ID, "10.10.9.0/24".parse().unwrap())));
+        // The far block is reached by VXLAN, but the direct table names its network
+        // (a plain packet from it is known to be blue's).
+        assert_eq!(
+            d.routes[&(DIRECT_NET_ID, "10.10.9.0/24".parse().unwrap())],
+            Route::direct([192, 168, 60, 9]).in_network(100)
+        );
         assert!(d
             .routes
             .contains_key(&(DIRECT_NET_ID, "10.10.0.1/32".parse().unwrap())));
@@ -692,6 +705,38 @@ mod tests {
         let c = apply(&mut maps, &want).unwrap();
         assert_eq!((c.added, c.failed.len()), (1, 0));
         assert_eq!(maps.log, ["+route 100 10.10.1.0/24"]);
+    }
+
+    /// The direct table names the network of every direct network's blocks, also of
+    /// networks without endpoints here (so their packets are recognised and dropped);
+    /// only networks with endpoints here get routes.
+    #[test]
+    fn every_direct_network_is_known_in_the_direct_table() {
+        let mut blue = network("blue", 100);
+        blue.direct = true;
+        let mut green = network("green", 200);
+        green.direct = true;
+        green.subnet = "10.20.0.0/16".parse().unwrap();
+        let snapshot = Snapshot::from_records(
+            vec![host("me", 11), host("b", 12)],
+            vec![blue, green],
+            vec![
+                block("blue", "10.10.1.0/24", "b"),
+                block("green", "10.20.1.0/24", "b"),
+            ],
+        );
+        let ep = local(100, "10.10.0.1");
+        let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
+        let green_block: Ipv4Net = "10.20.1.0/24".parse().unwrap();
+        assert_eq!(
+            d.routes[&(DIRECT_NET_ID, green_block)],
+            Route::direct([192, 168, 50, 12]).in_network(200)
+        );
+        assert!(
+            !d.routes.contains_key(&(200, green_block)),
+            "no endpoint on green here"
+        );
+        assert!(!d.networks.contains(&200));
     }
 
     /// Watch events change the snapshot one key at a time; keys routing does not

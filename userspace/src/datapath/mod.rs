@@ -313,10 +313,8 @@ impl Datapath {
     pub fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()> {
         let mut map: BpfHashMap<&mut MapData, u32, Endpoint> =
             self.map_mut(map_names::ENDPOINTS)?;
-        match map.remove(&host_ifindex) {
-            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(e) => Err(e).context("cannot remove the endpoint from the endpoint map"),
-        }
+        ignore_missing(map.remove(&host_ifindex))
+            .context("cannot remove the endpoint from the endpoint map")
     }
 
     /// Every counter summed over CPUs, in table order.
@@ -541,9 +539,16 @@ fn replace_pinned(pin: &Path, replace: impl FnOnce(FdLink) -> Result<()>) -> boo
 }
 
 /// A removal of something already gone is not an error.
+/// A removal of a key that is not there succeeded. aya reports it as `KeyNotFound` or,
+/// for deletes, as the syscall's ENOENT.
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
