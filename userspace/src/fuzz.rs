@@ -371,19 +371,12 @@ fn check_docker_answer(
 /// Writes `record` as network "n" into a fresh embedded store and allocates one
 /// address on it.
 fn allocate_on(record: &str) -> anyhow::Result<std::net::Ipv4Addr> {
-    use crate::store::{embedded::EmbeddedStore, Store};
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "oxlay-fuzz-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)?;
+    use crate::store::Store;
+    let (_folder, store) = crate::store::faulty::temp_embedded();
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async {
-            let store = EmbeddedStore::new(dir.join("store.json"))?;
             store.put("/oxlay/networks/n", record, None).await?;
             let lease = store
                 .grant_lease(std::time::Duration::from_secs(30))
@@ -393,6 +386,5 @@ fn allocate_on(record: &str) -> anyhow::Result<std::net::Ipv4Addr> {
                     .await?;
             anyhow::Ok(ep.address)
         });
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -965,73 +965,13 @@ mod tests {
         );
     }
 
-    /// A store in which the wiring of an endpoint is recorded between the read and the
-    /// compare-and-delete of a removal (the daemon's update racing a removal).
-    struct RecordsBetween {
-        inner: crate::store::embedded::EmbeddedStore,
-        fired: std::sync::atomic::AtomicBool,
-    }
-
-    #[async_trait::async_trait]
-    impl Store for RecordsBetween {
-        async fn list(&self, p: &str) -> Result<(Vec<crate::store::KeyValue>, i64)> {
-            self.inner.list(p).await
-        }
-        async fn get(&self, k: &str) -> Result<Option<crate::store::KeyValue>> {
-            self.inner.get(k).await
-        }
-        async fn put(&self, k: &str, v: &str, l: Option<LeaseId>) -> Result<i64> {
-            self.inner.put(k, v, l).await
-        }
-        async fn compare_and_put(
-            &self,
-            k: &str,
-            e: i64,
-            v: &str,
-            l: Option<LeaseId>,
-        ) -> Result<Option<i64>> {
-            self.inner.compare_and_put(k, e, v, l).await
-        }
-        async fn compare_and_delete(&self, k: &str, e: i64) -> Result<bool> {
-            if k.starts_with(ENDPOINTS)
-                && !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
-                let kv = self.inner.get(k).await?.unwrap();
-                self.inner.put(k, &kv.value, None).await?;
-            }
-            self.inner.compare_and_delete(k, e).await
-        }
-        async fn delete(&self, k: &str) -> Result<bool> {
-            self.inner.delete(k).await
-        }
-        async fn grant_lease(&self, t: std::time::Duration) -> Result<LeaseId> {
-            self.inner.grant_lease(t).await
-        }
-        async fn keep_alive(&self, l: LeaseId) -> Result<()> {
-            self.inner.keep_alive(l).await
-        }
-        async fn revoke_lease(&self, l: LeaseId) -> Result<()> {
-            self.inner.revoke_lease(l).await
-        }
-        async fn watch(
-            &self,
-            p: &str,
-            a: i64,
-        ) -> Result<tokio::sync::mpsc::Receiver<crate::store::WatchItem>> {
-            self.inner.watch(p, a).await
-        }
-    }
-
     /// A removal whose compare-and-delete loses to a concurrent write reads again and
     /// deletes: it never reports success with the address still claimed.
     #[tokio::test]
     async fn a_removal_racing_a_write_still_removes() {
-        let dir = std::env::temp_dir().join(format!("oxlay-model-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = RecordsBetween {
-            inner: crate::store::embedded::EmbeddedStore::new(dir.join("store.json")).unwrap(),
-            fired: Default::default(),
-        };
+        use crate::store::faulty::{temp_embedded, Fault, FaultyStore};
+        let (_folder, inner) = temp_embedded();
+        let store = FaultyStore::new(inner);
         let spec = NetworkSpec {
             name: "n".into(),
             subnet: Some("10.1.0.0/16".parse().unwrap()),
@@ -1045,15 +985,16 @@ mod tests {
         let ep = create_endpoint(&store, "h", lease, "n", "sb", None, BTreeMap::new())
             .await
             .unwrap();
+        // The wiring is recorded between the removal's read and its compare-and-delete.
+        store.set(Fault {
+            rewrite_before_delete_under: Some(ENDPOINTS.into()),
+            times: 1,
+            ..Default::default()
+        });
         remove_endpoint(&store, "n", ep.address).await.unwrap();
-        assert!(
-            store.fired.load(std::sync::atomic::Ordering::SeqCst),
-            "the race was staged"
-        );
         assert!(
             endpoint(&store, "n", ep.address).await.unwrap().is_none(),
             "the address is still claimed after a successful removal"
         );
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -126,10 +126,7 @@ mod tests {
     use crate::{
         model::NetworkSpec,
         net::MacAddr,
-        store::{
-            embedded::EmbeddedStore,
-            faulty::{Fault, FaultyStore},
-        },
+        store::faulty::{temp_embedded, Fault, FaultyStore},
     };
 
     fn host() -> HostRecord {
@@ -140,40 +137,13 @@ mod tests {
         }
     }
 
-    fn temp_store() -> (tempdir::Dir, EmbeddedStore) {
-        let dir = tempdir::Dir::new();
-        let store = EmbeddedStore::new(dir.0.join("store.json")).unwrap();
-        (dir, store)
-    }
-
-    mod tempdir {
-        pub struct Dir(pub std::path::PathBuf);
-        impl Dir {
-            pub fn new() -> Self {
-                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-                let p = std::env::temp_dir().join(format!(
-                    "oxlay-lease-test-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                ));
-                std::fs::create_dir_all(&p).unwrap();
-                Self(p)
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-    }
-
     /// After the lease expired, a registration whose block re-claim fails leaves the
     /// expired lease current, so the next renewal says so and registers again; the
     /// half-used new lease is given back. (Storing the new lease first, as before,
     /// made the next renewal succeed on a lease that held no block.)
     #[tokio::test]
     async fn a_failed_registration_is_retried_not_renewed() {
-        let (_dir, inner) = temp_store();
+        let (_dir, inner) = temp_embedded();
         let store = Arc::new(FaultyStore::new(inner));
         let dyn_store: Arc<dyn Store> = store.clone();
         let spec = NetworkSpec {
@@ -248,7 +218,7 @@ mod tests {
     /// not let the lease expire: renewal never waits for it.
     #[tokio::test]
     async fn renewal_does_not_wait_for_a_busy_daemon() {
-        let (_dir, inner) = temp_store();
+        let (_dir, inner) = temp_embedded();
         let store: Arc<dyn Store> = Arc::new(inner);
         let lease = Arc::new(HostLease::new(
             store.clone(),

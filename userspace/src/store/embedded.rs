@@ -419,9 +419,8 @@ mod tests {
     /// or keeping them forever.
     #[tokio::test]
     async fn leases_from_another_clock_get_a_full_ttl() {
-        let dir = std::env::temp_dir().join(format!("oxlay-embedded-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("store.json");
+        let folder = super::super::faulty::TempFolder::new();
+        let path = folder.0.join("store.json");
         let store = EmbeddedStore::new(&path).unwrap();
         let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
         store.put("/k", "v", Some(lease)).await.unwrap();
@@ -440,6 +439,5 @@ mod tests {
                 "boot {boot:?}: {left} ms left"
             );
         }
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

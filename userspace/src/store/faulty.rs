@@ -1,5 +1,7 @@
-//! A store wrapper for unit tests that makes chosen writes or reads fail, to test what
-//! the code does when a step in the middle of a change fails.
+//! Unit-test helpers for the store: a wrapper that makes chosen writes or reads fail
+//! (or lets another writer in at a chosen moment), to test what the code does when a
+//! step in the middle of a change fails or races; and embedded stores in temporary
+//! folders.
 use std::{sync::Mutex, time::Duration};
 
 use anyhow::{bail, Result};
@@ -9,12 +11,44 @@ use tokio::sync::mpsc;
 use super::{KeyValue, LeaseId, Revision, Store, WatchItem};
 
 /// Which calls fail: writes (put, compare-and-put) or reads (get, list) of keys under a
-/// prefix, the next `times` times.
+/// prefix, the next `times` times. Or, for `rewrite_before_delete_under`, a
+/// compare-and-delete of such a key is preceded by another writer rewriting the key
+/// (its revision changes), `times` times.
 #[derive(Clone, Debug, Default)]
 pub struct Fault {
     pub writes_under: Option<String>,
     pub reads_under: Option<String>,
+    pub rewrite_before_delete_under: Option<String>,
     pub times: usize,
+}
+
+/// An embedded store in a temporary folder, removed with the guard.
+pub fn temp_embedded() -> (TempFolder, super::embedded::EmbeddedStore) {
+    let folder = TempFolder::new();
+    let store = super::embedded::EmbeddedStore::new(folder.0.join("store.json")).unwrap();
+    (folder, store)
+}
+
+/// A temporary folder, removed on drop.
+pub struct TempFolder(pub std::path::PathBuf);
+
+impl TempFolder {
+    pub fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "oxlay-unit-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub struct FaultyStore<S> {
@@ -32,6 +66,19 @@ impl<S: Store> FaultyStore<S> {
 
     pub fn set(&self, fault: Fault) {
         *self.fault.lock().unwrap() = fault;
+    }
+
+    /// Whether a compare-and-delete of `key` should first see another writer.
+    fn rewrite_first(&self, key: &str) -> bool {
+        let mut f = self.fault.lock().unwrap();
+        let hit = f.times > 0
+            && f.rewrite_before_delete_under
+                .as_deref()
+                .is_some_and(|p| key.starts_with(p));
+        if hit {
+            f.times -= 1;
+        }
+        hit
     }
 
     fn check(&self, key: &str, write: bool) -> Result<()> {
@@ -77,6 +124,11 @@ impl<S: Store> Store for FaultyStore<S> {
     }
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {
         self.check(key, true)?;
+        if self.rewrite_first(key) {
+            if let Some(kv) = self.inner.get(key).await? {
+                self.inner.put(key, &kv.value, None).await?;
+            }
+        }
         self.inner.compare_and_delete(key, expected).await
     }
     async fn delete(&self, key: &str) -> Result<bool> {
