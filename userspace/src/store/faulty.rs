@@ -32,6 +32,12 @@ pub fn temp_embedded() -> (TempFolder, super::embedded::EmbeddedStore) {
 /// A temporary folder, removed on drop.
 pub struct TempFolder(pub std::path::PathBuf);
 
+impl Default for TempFolder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TempFolder {
     pub fn new() -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
