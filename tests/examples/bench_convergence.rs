@@ -78,6 +78,47 @@ fn with_store<T: Send + 'static>(
         .map_err(|_| anyhow::anyhow!("store client panicked"))?
 }
 
+/// Events per kind in the churn measurement.
+const EVENTS: usize = 100;
+
+/// The daemon's CPU time per store event: `EVENTS / 2` keys from `kv` written and
+/// deleted again, 30 ms apart so that each is handled alone.
+fn cpu_per_event(
+    c: &StoreCluster,
+    pid: u32,
+    kv: impl Fn(usize) -> (String, String) + Send + 'static,
+) -> Result<f64> {
+    let cpu = cpu_secs(pid)?;
+    with_store(c, move |store| {
+        Box::pin(async move {
+            let lease = store.grant_lease(Duration::from_secs(300)).await?;
+            for i in 0..EVENTS / 2 {
+                let (key, value) = kv(i);
+                store.put(&key, &value, Some(lease)).await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                store.delete(&key).await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            Ok(())
+        })
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    Ok((cpu_secs(pid)? - cpu) / EVENTS as f64)
+}
+
+/// Block `i` of `network` (10.`octet`.`i`.0/24, held by synthetic-0) as a store key
+/// and record.
+fn block_event(network: &str, octet: u8, i: usize) -> (String, String) {
+    let block = Ipv4Net::new(Ipv4Addr::new(10, octet, i as u8, 0), 24).expect("a /24");
+    let record = model::BlockRecord {
+        network: network.into(),
+        block,
+        host: "synthetic-0".into(),
+    };
+    let key = model::block_key(network, block);
+    (key, serde_json::to_string(&record).expect("a record"))
+}
+
 /// Time for a new host's endpoint to be routed and pingable from `others` hosts.
 fn new_host(others: usize) -> Result<(f64, f64)> {
     let mut c = StoreCluster::new(others + 1, true, 10)?;
@@ -229,74 +270,18 @@ fn scale(n: usize) -> Result<serde_json::Value> {
     let rss_after = rss_kib(pid)?;
 
     // Churn on a cluster of n hosts: keys that do not affect routing (endpoints of
-    // other hosts), then blocks that do. The daemon's CPU per event shows whether its
-    // cost follows the change or the cluster.
-    const EVENTS: usize = 100;
-    let cpu = cpu_secs(pid)?;
-    with_store(&c, |store| {
-        Box::pin(async move {
-            for i in 0..EVENTS / 2 {
-                let key = format!("{}scale/10.9.{}.{}", model::ENDPOINTS, i / 200, i % 200 + 1);
-                // Spaced like the block events below, so that each is handled alone.
-                store.put(&key, "{}", None).await?;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                store.delete(&key).await?;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-            Ok(())
-        })
-    })?;
-    std::thread::sleep(Duration::from_secs(2));
-    let cpu_unrelated = (cpu_secs(pid)? - cpu) / EVENTS as f64;
-    let cpu = cpu_secs(pid)?;
-    with_store(&c, |store| {
-        Box::pin(async move {
-            let lease = store.grant_lease(Duration::from_secs(300)).await?;
-            for i in 0..EVENTS / 2 {
-                let block = Ipv4Net::new(Ipv4Addr::new(10, 200, i as u8, 0), 24)?;
-                let record = model::BlockRecord {
-                    network: "scale".into(),
-                    block,
-                    host: "synthetic-0".into(),
-                };
-                let key = format!("{}scale/{}_24", model::BLOCKS, block.addr());
-                store
-                    .put(&key, &serde_json::to_string(&record)?, Some(lease))
-                    .await?;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                store.delete(&key).await?;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-            Ok(())
-        })
-    })?;
-    std::thread::sleep(Duration::from_secs(2));
-    let cpu_block = (cpu_secs(pid)? - cpu) / EVENTS as f64;
-    // Blocks of a network this host has no endpoint on: no route of its changes.
-    let cpu = cpu_secs(pid)?;
-    with_store(&c, |store| {
-        Box::pin(async move {
-            let lease = store.grant_lease(Duration::from_secs(300)).await?;
-            for i in 0..EVENTS / 2 {
-                let block = Ipv4Net::new(Ipv4Addr::new(10, 201, i as u8, 0), 24)?;
-                let record = model::BlockRecord {
-                    network: "elsewhere".into(),
-                    block,
-                    host: "synthetic-0".into(),
-                };
-                let key = format!("{}elsewhere/{}_24", model::BLOCKS, block.addr());
-                store
-                    .put(&key, &serde_json::to_string(&record)?, Some(lease))
-                    .await?;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                store.delete(&key).await?;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-            Ok(())
-        })
-    })?;
-    std::thread::sleep(Duration::from_secs(2));
-    let cpu_other_block = (cpu_secs(pid)? - cpu) / EVENTS as f64;
+    // other hosts), blocks of this host's network, blocks of a network it has no
+    // endpoint on. The daemon's CPU per event shows whether its cost follows the
+    // change or the cluster.
+    let endpoint_key = |i: usize| {
+        (
+            format!("{}scale/10.9.{}.{}", model::ENDPOINTS, i / 200, i % 200 + 1),
+            "{}".to_owned(),
+        )
+    };
+    let cpu_unrelated = cpu_per_event(&c, pid, endpoint_key)?;
+    let cpu_block = cpu_per_event(&c, pid, |i| block_event("scale", 200, i))?;
+    let cpu_other_block = cpu_per_event(&c, pid, |i| block_event("elsewhere", 201, i))?;
     if route_count(&c, 0)? != base + n {
         bail!("routes did not settle back to {} after the churn", base + n);
     }
