@@ -415,6 +415,17 @@ async fn configure_container(h: &Handle, c: &ContainerSide) -> Result<MacAddr> {
         .execute()
         .await
         .with_context(|| format!("cannot rename the container's veth to {ifname}"))?;
+    // oxlay networks carry IPv4 only, and the datapath drops (and counts) a container's
+    // other frames: no IPv6 on the interface, so its link-local chatter is not sent at
+    // all. This thread is in the container's namespace, so /proc/sys/net is its own. A
+    // kernel without IPv6 has no such file.
+    let ipv6 = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::write(&ipv6, "1") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot write {ipv6}"));
+        }
+        _ => {}
+    }
     h.link()
         .set(LinkUnspec::new_with_index(link.index).up().build())
         .execute()
