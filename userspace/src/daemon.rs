@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use log::{info, warn};
-use oxlay_common::{CounterKind, DatapathConfig, RouteKind};
+use oxlay_common::{CounterKind, DatapathConfig, Route, RouteKind};
 use rtnetlink::Handle;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -21,7 +21,7 @@ use crate::{
     config::Config,
     datapath::Datapath,
     endpoint::{self, LocalEndpoint, GATEWAY},
-    model::{self, HostRecord, NetworkSpec},
+    model::{self, BlockRecord, HostRecord, NetworkSpec},
     net::{Ipv4Net, MacAddr},
     netlink::{self, ContainerRoute, EndpointSpec},
     reconcile::{self, Snapshot},
@@ -83,6 +83,8 @@ struct State {
     snapshot: Snapshot,
     /// What the route, peer and network maps hold, as last written (None: read them).
     shadow: Option<reconcile::Desired>,
+    /// The last desired maps and the part of them blocks do not change (base, want).
+    desired: Option<(reconcile::Desired, reconcile::Desired)>,
     /// Tells the watch loop that a reconcile outside it failed and wants a retry.
     retry: Arc<tokio::sync::Notify>,
     /// The underlay subnet (direct routing reaches peers inside it).
@@ -121,9 +123,10 @@ impl State {
         Ok(start.unwrap_or(0))
     }
 
-    /// Applies watch events to the snapshot; whether routing may have changed. A block
-    /// of a network with no endpoint here changes no route of this host.
-    fn apply_events(&mut self, events: &[crate::store::WatchEvent]) -> bool {
+    /// Applies watch events to the snapshot and says what routing needs: nothing, the
+    /// routes of some blocks, or everything. A block of a network with no endpoint
+    /// here changes no route of this host.
+    fn apply_events(&mut self, events: &[crate::store::WatchEvent]) -> Routing {
         let local_networks: std::collections::BTreeSet<&str> = self
             .endpoints
             .values()
@@ -132,44 +135,59 @@ impl State {
         // By VNI too: a store network may share the static network's VNI.
         let local_vnis: std::collections::BTreeSet<u32> =
             self.endpoints.values().map(|e| e.vni).collect();
-        let mut changed = false;
+        let mut all = false;
+        let mut blocks = Vec::new();
         for event in events.iter().filter(|e| Snapshot::tracks(e.key())) {
             let key = event.key();
-            let block_network = |s: &Snapshot| s.blocks.get(key).map(|b| b.network.clone());
-            let before = block_network(&self.snapshot);
+            let before = self.snapshot.blocks.get(key).cloned();
             match self.snapshot.apply(event) {
                 Ok(false) => {}
                 Ok(true) if key.starts_with(model::BLOCKS) => {
-                    let after = block_network(&self.snapshot);
+                    let after = self.snapshot.blocks.get(key);
                     let snapshot = &self.snapshot;
-                    changed |= [before, after].iter().flatten().any(|n| {
-                        local_networks.contains(n.as_str())
+                    let ours = [before.as_ref(), after].into_iter().flatten().any(|b| {
+                        local_networks.contains(b.network.as_str())
                             || snapshot
                                 .networks
-                                .get(n)
+                                .get(&b.network)
                                 .is_some_and(|net| local_vnis.contains(&net.vni))
                     });
+                    // Blocks of direct networks also fill the direct table.
+                    let direct = [before.as_ref(), after]
+                        .into_iter()
+                        .flatten()
+                        .any(|b| snapshot.networks.get(&b.network).is_some_and(|n| n.direct));
+                    if ours || direct {
+                        blocks.push((key.to_owned(), before));
+                    }
                 }
-                Ok(true) => changed = true,
+                Ok(true) => all = true,
                 Err(e) => {
                     warn!("{e:#}");
-                    changed = true;
+                    all = true;
                 }
             }
         }
-        changed
+        match (all, blocks.is_empty()) {
+            (true, _) => Routing::All,
+            (false, false) => Routing::Blocks(blocks),
+            (false, true) => Routing::Unchanged,
+        }
     }
 
     /// Brings the maps in step with the snapshot and the local endpoints, changing only
     /// what differs. Compares against the shadow of what was last written (no map
     /// dump); reads the kernel's maps when there is no shadow yet (start, drift check).
     async fn reconcile(&mut self) -> Result<()> {
+        // Until this succeeds there is no desired state to update key by key.
+        self.desired = None;
         let local: Vec<&LocalEndpoint> = self.endpoints.values().collect();
         let me = reconcile::Me {
             name: &self.config.node_name,
             underlay_subnet: self.underlay_subnet,
         };
-        let want = reconcile::desired(&me, &self.config, &self.snapshot, &local)?;
+        let base = reconcile::desired_base(&me, &self.config, &self.snapshot, &local)?;
+        let want = reconcile::with_blocks(&me, &self.snapshot, &base);
         let mut shadow = match self.shadow.take() {
             Some(shadow) => shadow,
             None => reconcile::read_shadow(&self.datapath)?,
@@ -183,6 +201,59 @@ impl State {
         );
         // The shadow holds exactly what was written, failed entries excepted.
         self.shadow = Some(shadow);
+        self.desired = Some((base, want));
+        self.account(changes)
+    }
+
+    /// Reconciles after changes of store blocks alone (`changed`: each block's store
+    /// key and its record before): only the route keys those blocks write are
+    /// recomputed and compared, so the cost follows the change, not the cluster. Falls
+    /// back to a full reconcile when there is nothing to start from.
+    async fn reconcile_blocks(&mut self, changed: &[(String, Option<BlockRecord>)]) -> Result<()> {
+        let (Some((base, mut want)), Some(mut shadow)) = (self.desired.take(), self.shadow.take())
+        else {
+            return self.reconcile().await;
+        };
+        let me = reconcile::Me {
+            name: &self.config.node_name,
+            underlay_subnet: self.underlay_subnet,
+        };
+        let keys: std::collections::BTreeSet<reconcile::RouteKey> = changed
+            .iter()
+            .flat_map(|(key, old)| {
+                reconcile::block_route_keys(&me, &self.snapshot, &base, old.as_ref(), key)
+            })
+            .collect();
+        let routes: Vec<(reconcile::RouteKey, Option<Route>)> = keys
+            .into_iter()
+            .map(|key| {
+                (
+                    key,
+                    reconcile::desired_route(&me, &self.snapshot, &base, key),
+                )
+            })
+            .collect();
+        for (key, route) in &routes {
+            match route {
+                Some(route) => want.routes.insert(*key, *route),
+                None => want.routes.remove(key),
+            };
+        }
+        let changes = reconcile::apply_routes(
+            &mut reconcile::Shadowed {
+                maps: &mut self.datapath,
+                shadow: &mut shadow,
+            },
+            &routes,
+        );
+        self.shadow = Some(shadow);
+        self.desired = Some((base, want));
+        self.account(changes)
+    }
+
+    /// Logs what a reconcile changed and turns failed entries into an error (counted
+    /// for `oxlay status`).
+    fn account(&mut self, changes: Result<reconcile::Changes>) -> Result<()> {
         let changes = changes?;
         if changes.added + changes.removed > 0 {
             info!(
@@ -412,6 +483,7 @@ pub async fn run(config: Config) -> Result<()> {
         endpoints: BTreeMap::new(),
         snapshot: Snapshot::default(),
         shadow: None,
+        desired: None,
         retry: Arc::new(tokio::sync::Notify::new()),
         underlay_subnet,
         state_path: socket_path.with_extension("endpoints.json"),
@@ -551,6 +623,14 @@ async fn uninstall(s: &mut State) -> Result<()> {
     Ok(())
 }
 
+/// What a batch of store events asks of the maps.
+enum Routing {
+    Unchanged,
+    /// Blocks changed (store key, record before): only their routes.
+    Blocks(Vec<(String, Option<BlockRecord>)>),
+    All,
+}
+
 /// When to look at the kernel's maps again without a store event: after a failed
 /// reconcile, from 1 s, doubling up to [`RETRY_MAX`]; while all is well, a drift check
 /// [`DRIFT_CHECK_EVERY`] after the last one. Each look compares against the kernel's
@@ -588,9 +668,18 @@ impl Resync {
     }
 }
 
-async fn reconcile_logged(state: &Mutex<State>) -> bool {
+/// Reconciles everything, or only the routes of `blocks`; logs a failure; whether it
+/// succeeded.
+async fn reconcile_logged(
+    state: &Mutex<State>,
+    blocks: Option<&[(String, Option<BlockRecord>)]>,
+) -> bool {
     let mut s = state.lock().await;
-    match s.reconcile().await {
+    let result = match blocks {
+        Some(blocks) => s.reconcile_blocks(blocks).await,
+        None => s.reconcile().await,
+    };
+    match result {
         Ok(()) => true,
         Err(e) => {
             warn!("reconcile failed: {e:#}");
@@ -618,7 +707,7 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
                 continue;
             }
         };
-        let ok = reconcile_logged(&state).await;
+        let ok = reconcile_logged(&state, None).await;
         // A deadline, not a sleep per turn: events do not postpone it.
         let mut due = tokio::time::Instant::now() + resync.after(ok);
         let retry = state.lock().await.retry.clone();
@@ -642,7 +731,7 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
                 }
                 _ = tokio::time::sleep_until(due) => {
                     state.lock().await.shadow = None;
-                    due = tokio::time::Instant::now() + resync.after(reconcile_logged(&state).await);
+                    due = tokio::time::Instant::now() + resync.after(reconcile_logged(&state, None).await);
                     continue;
                 }
             };
@@ -668,8 +757,15 @@ async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: He
                             break;
                         }
                     }
-                    if state.lock().await.apply_events(&batch) {
-                        let ok = reconcile_logged(&state).await;
+                    let routing = state.lock().await.apply_events(&batch);
+                    let ok = match routing {
+                        Routing::Unchanged => None,
+                        Routing::Blocks(blocks) => {
+                            Some(reconcile_logged(&state, Some(&blocks)).await)
+                        }
+                        Routing::All => Some(reconcile_logged(&state, None).await),
+                    };
+                    if let Some(ok) = ok {
                         // A failure starts the retries; a success ends them. Otherwise
                         // the drift check stays where it was.
                         if ok == resync.failing() {
