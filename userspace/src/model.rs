@@ -585,11 +585,6 @@ pub async fn blocks(store: &dyn Store, network: &str) -> Result<Vec<BlockRecord>
     list(store, &format!("{BLOCKS}{network}/")).await
 }
 
-/// Blocks of every network.
-pub async fn all_blocks(store: &dyn Store) -> Result<Vec<BlockRecord>> {
-    list(store, BLOCKS).await
-}
-
 /// After its lease expired, a host claims the block of one of its endpoints again
 /// (under its new lease), unless another host took it meanwhile.
 pub async fn reclaim_block(
