@@ -202,15 +202,9 @@ fn scale(n: usize) -> Result<serde_json::Value> {
     let rss_before = rss_kib(pid)?;
     let base = route_count(&c, 0)?;
     let cpu_before = cpu_secs(pid)?;
-    let endpoint = c.etcd.as_ref().context("no etcd")?.endpoint.clone();
     let start = Instant::now();
-    let writer = c.underlay.ns.spawn(move || -> Result<f64> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(&[endpoint]).await?);
+    let written = with_store(&c, move |store| {
+        Box::pin(async move {
             let lease = store.grant_lease(Duration::from_secs(300)).await?;
             let t = Instant::now();
             let mut tasks = Vec::new();
@@ -233,12 +227,7 @@ fn scale(n: usize) -> Result<serde_json::Value> {
                             block,
                             host: name.clone(),
                         };
-                        let key = format!(
-                            "{}scale/{}_{}",
-                            model::BLOCKS,
-                            block.addr(),
-                            block.prefix_len()
-                        );
+                        let key = model::block_key("scale", block);
                         store
                             .put(&key, &serde_json::to_string(&record)?, Some(lease))
                             .await?;
@@ -251,10 +240,7 @@ fn scale(n: usize) -> Result<serde_json::Value> {
             }
             Ok(t.elapsed().as_secs_f64())
         })
-    });
-    let written = writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    })?;
     let deadline = start + Duration::from_secs(300);
     loop {
         if route_count(&c, 0)? >= base + n {

@@ -863,6 +863,23 @@ fn direct_routes_leave_unencapsulated() -> Result<()> {
     Ok(())
 }
 
+/// A plain (unencapsulated) UDP packet from `src` to the local container, as a direct
+/// peer's host would route it.
+fn plain_frame(src: [u8; 4]) -> Vec<u8> {
+    let ip = ipv4(
+        src,
+        LOCAL_CONTAINER,
+        17,
+        0x4000,
+        &udp(4000, 7777, b"direct"),
+    );
+    [
+        eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800),
+        ip,
+    ]
+    .concat()
+}
+
 #[test]
 fn direct_packets_from_direct_peers_are_delivered() -> Result<()> {
     let Some(f) = fixture()? else { return Ok(()) };
@@ -887,18 +904,7 @@ fn direct_packets_from_direct_peers_are_delivered() -> Result<()> {
 
     // From a container of another direct network: isolated, dropped with its reason
     // (passing it would let the host's own routes carry it in).
-    let other = ipv4(
-        OTHER_DIRECT_CONTAINER,
-        LOCAL_CONTAINER,
-        17,
-        0x4000,
-        &udp(4000, 7777, b"direct"),
-    );
-    let frame = [
-        eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800),
-        other,
-    ]
-    .concat();
+    let frame = plain_frame(OTHER_DIRECT_CONTAINER);
     f.run(
         prog::DECAP_TC,
         &frame,
@@ -913,18 +919,7 @@ fn direct_packets_from_direct_peers_are_delivered() -> Result<()> {
     )?;
 
     // From an address that is no direct peer's: not ours, the stack decides.
-    let spoofed = ipv4(
-        [10, 99, 0, 1],
-        LOCAL_CONTAINER,
-        17,
-        0x4000,
-        &udp(4000, 7777, b"direct"),
-    );
-    let frame = [
-        eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800),
-        spoofed,
-    ]
-    .concat();
+    let frame = plain_frame([10, 99, 0, 1]);
     assert_eq!(
         f.run(prog::DECAP_TC, &frame, TC_ACT_OK, "passed_to_stack")?,
         frame
