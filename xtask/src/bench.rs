@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: oxlay (both decap modes) against plain host routing ("host-gw")
-//! and the kernel's vxlan device, in one run, interleaved, two regimes (veth offloads
-//! on, and off = per-packet), plus the programs' ns/packet under test-run. Prints a
-//! table of ratios and writes it to docs/benchmarks.md.
+//! and the kernel's vxlan device, in one run, interleaved, three regimes (wire-size
+//! frames between hosts, the headline; veth super-packets; per packet), plus the
+//! programs' ns/packet under test-run. Prints a table of ratios (medians with their
+//! min-max) and writes it to docs/benchmarks.md.
 use std::{
     fmt::Write as _,
     net::Ipv4Addr,
@@ -97,9 +98,10 @@ impl Setup {
         v
     }
 
-    /// Turns TSO/GSO/GRO on or off on every veth of the setup.
-    fn set_offloads(&self, on: bool) -> Result<()> {
-        let v = if on { "on" } else { "off" };
+    /// Sets the offloads of every veth of the setup for `regime`.
+    fn set_offloads(&self, regime: Regime) -> Result<()> {
+        let underlay_ns = self.underlay.ns.name.clone();
+        let host_ns: Vec<String> = self._hosts.iter().map(|h| h.ns.name.clone()).collect();
         for ns in self.namespaces() {
             for line in ns.ip(&["-o", "link", "show", "type", "veth"])?.lines() {
                 let name = line
@@ -109,9 +111,13 @@ impl Setup {
                     .split('@')
                     .next()
                     .unwrap_or("");
-                if !name.is_empty() {
-                    ns.exec(&["ethtool", "-K", name, "tso", v, "gso", v, "gro", v])?;
+                if name.is_empty() {
+                    continue;
                 }
+                // The wire between hosts: the bridge ports and the hosts' eth0.
+                let wire = ns.name == underlay_ns || (host_ns.contains(&ns.name) && name == "eth0");
+                let [tso, gso, gro] = regime.offloads(wire);
+                ns.exec(&["ethtool", "-K", name, "tso", tso, "gso", gso, "gro", gro])?;
             }
         }
         Ok(())
@@ -198,6 +204,39 @@ impl Drop for Background {
     }
 }
 
+/// How packets cross the virtual wire between hosts.
+#[derive(Clone, Copy, Debug)]
+enum Regime {
+    /// MTU-size frames between hosts, as a physical NIC sends them (TSO and GSO off on
+    /// the underlay links, GRO on); everything else as usual. The headline.
+    Wire,
+    /// veth defaults: 64 KB super-packets cross between hosts.
+    SuperPackets,
+    /// TSO, GSO and GRO off everywhere: the cost of each packet.
+    PerPacket,
+}
+
+impl Regime {
+    const ALL: [Regime; 3] = [Regime::Wire, Regime::SuperPackets, Regime::PerPacket];
+
+    fn title(self) -> &'static str {
+        match self {
+            Regime::Wire => "wire-size frames between hosts (underlay TSO/GSO off, GRO on)",
+            Regime::SuperPackets => "veth offloads on (64 KB super-packets between hosts)",
+            Regime::PerPacket => "offloads off everywhere (per packet)",
+        }
+    }
+
+    /// tso, gso, gro for a veth (`wire`: an underlay link).
+    fn offloads(self, wire: bool) -> [&'static str; 3] {
+        match (self, wire) {
+            (Regime::Wire, true) => ["off", "off", "on"],
+            (Regime::Wire, false) | (Regime::SuperPackets, _) => ["on", "on", "on"],
+            (Regime::PerPacket, _) => ["off", "off", "off"],
+        }
+    }
+}
+
 #[derive(Default, Clone)]
 struct Samples {
     gbps: Vec<f64>,
@@ -209,6 +248,21 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     s[s.len() / 2]
+}
+
+/// "median (min-max)".
+fn spread(v: &[f64], decimals: usize) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "{:.*} ({:.*}–{:.*})",
+        decimals,
+        median(v),
+        decimals,
+        min,
+        decimals,
+        max
+    )
 }
 
 /// Control-plane convergence (tests/examples/bench_convergence.rs), as Markdown.
@@ -311,12 +365,10 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         sh(&["uname", "-r"])?.trim()
     )?;
-    for (regime, offloads) in [
-        ("veth offloads on (default)", true),
-        ("offloads off (per packet)", false),
-    ] {
+    for regime in Regime::ALL {
+        let title = regime.title();
         step(&format!(
-            "regime: {regime}: setting up {} variants",
+            "regime: {title}: setting up {} variants",
             VARIANTS.len()
         ));
         let setups: Vec<Setup> = VARIANTS
@@ -324,7 +376,7 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
             .map(|v| Setup::new(v))
             .collect::<Result<_>>()?;
         for s in &setups {
-            s.set_offloads(offloads)?;
+            s.set_offloads(regime)?;
             s.client.ping(&s.server_addr.to_string(), 1)?;
         }
         let mut samples = vec![Samples::default(); VARIANTS.len()];
@@ -349,7 +401,11 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
         let base_vx = median(&samples[1].gbps);
         let lat_gw = median(&samples[0].p50);
         let lat_vx = median(&samples[1].p50);
-        writeln!(report, "## {regime}\n")?;
+        writeln!(report, "## {title}\n")?;
+        writeln!(
+            report,
+            "Medians of {rounds} rounds, (min–max) beside them.\n"
+        )?;
         writeln!(
             report,
             "| variant | TCP Gbit/s | vs host-gw | vs linux-vxlan | UDP RR p50 µs | p99 µs | p50 vs host-gw | p50 vs linux-vxlan |"
@@ -359,13 +415,16 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         )?;
         for (i, s) in samples.iter().enumerate() {
-            let (g, p50, p99) = (median(&s.gbps), median(&s.p50), median(&s.p99));
+            let (g, p50) = (median(&s.gbps), median(&s.p50));
             writeln!(
                 report,
-                "| {} | {g:.2} | {:.2}x | {:.2}x | {p50:.1} | {p99:.1} | {:.2}x | {:.2}x |",
+                "| {} | {} | {:.2}x | {:.2}x | {} | {} | {:.2}x | {:.2}x |",
                 VARIANTS[i],
+                spread(&s.gbps, 2),
                 g / base_gw,
                 g / base_vx,
+                spread(&s.p50, 1),
+                spread(&s.p99, 1),
                 p50 / lat_gw,
                 p50 / lat_vx
             )?;

@@ -51,7 +51,7 @@ enum Cmd {
     /// Install, build, and benchmark oxlay against host routing and the Linux vxlan.
     Bench {
         /// Rounds of each variant (interleaved).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         rounds: u32,
         /// Seconds per throughput and latency run.
         #[arg(long, default_value_t = 4)]
