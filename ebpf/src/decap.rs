@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
     },
-    helpers::{bpf_redirect_peer, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_get_buff_len},
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_get_buff_len},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
@@ -70,8 +70,7 @@ pub fn tc(ctx: &TcContext) -> i32 {
                 return TC_ACT_SHOT as i32;
             }
             count(Counter::DeliveredDirect);
-            // SAFETY: plain helper call; an unknown ifindex makes the kernel drop it.
-            (unsafe { bpf_redirect_peer(route.ifindex, 0) }) as i32
+            deliver(route.ifindex, is_gso(ctx))
         }
     }
 }
@@ -100,8 +99,7 @@ fn tc_strip_and_deliver(ctx: &TcContext, route: &Route) -> Result<i32, Counter> 
     // gso_size by the 50 bytes removed, wrong for a container that forwards, and it
     // refuses UDP GSO packets outright).
     let flags = BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64;
-    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
-    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let gso = is_gso(ctx);
     // A GSO packet (it reached us whole: a virtual underlay such as veth, or VM to
     // VM) keeps its tunnel GSO state unless the kernel can reset it.
     let reset = gso && ctx.adjust_room(shrink, BPF_ADJ_ROOM_MAC, flags | DECAP_L4_UDP).is_ok();
@@ -121,8 +119,29 @@ fn tc_strip_and_deliver(ctx: &TcContext, route: &Route) -> Result<i32, Counter> 
     ctx.store(0, &delivery_eth(route), 0)
         .map_err(|_| Counter::DropHeaderWriteFailed)?;
     count(Counter::Decapsulated);
-    // SAFETY: plain helper call; an unknown ifindex makes the kernel drop the packet.
-    Ok(unsafe { bpf_redirect_peer(route.ifindex, 0) } as i32)
+    Ok(deliver(route.ifindex, gso))
+}
+
+/// Hands a frame addressed to a container to it, `host_veth` being the host's end of its
+/// veth. A frame off the wire goes out through that veth, whose NAPI on the container's
+/// end coalesces a flow's frames (GRO; see `ethtool.rs` in the daemon for the settings
+/// this needs) before the container's stack sees them. A GSO packet is whole already
+/// and enters the container's namespace directly.
+#[inline(always)]
+fn deliver(host_veth: u32, gso: bool) -> i32 {
+    // SAFETY (both): plain helper calls; an unknown ifindex makes the kernel drop it.
+    if gso {
+        (unsafe { bpf_redirect_peer(host_veth, 0) }) as i32
+    } else {
+        (unsafe { bpf_redirect(host_veth, 0) }) as i32
+    }
+}
+
+/// Whether the kernel holds this packet as a GSO super-packet.
+#[inline(always)]
+fn is_gso(ctx: &TcContext) -> bool {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    unsafe { (*ctx.skb.skb).gso_size != 0 }
 }
 
 pub fn xdp(ctx: &XdpContext) -> u32 {

@@ -283,6 +283,16 @@ impl Underlay {
         let ns = Netns::new("ul")?;
         ns.ip(&["link", "add", "br0", "type", "bridge"])?;
         ns.ip(&["link", "set", "br0", "up"])?;
+        // A switch does not run iptables on the frames it forwards: keep bridge
+        // netfilter (on wherever br_netfilter is, as with Docker) off this segment, or
+        // every frame between hosts pays for it. (Absent without br_netfilter.)
+        let _ = ns.exec(&[
+            "sysctl",
+            "-qw",
+            "net.bridge.bridge-nf-call-iptables=0",
+            "net.bridge.bridge-nf-call-ip6tables=0",
+            "net.bridge.bridge-nf-call-arptables=0",
+        ]);
         // The segment's own address, where shared services (etcd) listen.
         ns.ip(&[
             "addr",

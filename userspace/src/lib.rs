@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod docker;
 pub mod docker_engine;
 pub mod endpoint;
+pub mod ethtool;
 pub mod fault;
 pub mod model;
 pub mod net;

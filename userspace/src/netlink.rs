@@ -216,7 +216,10 @@ pub async fn create_endpoint(handle: &Handle, spec: &EndpointSpec) -> Result<End
         .execute()
         .await
         .with_context(|| format!("cannot create veth {}", spec.host_ifname))?;
-    let result = wire_endpoint(handle, spec, &peer_tmp, ns_fd).await;
+    let result = match crate::ethtool::tune_endpoint_veth(&spec.host_ifname, &peer_tmp) {
+        Ok(()) => wire_endpoint(handle, spec, &peer_tmp, ns_fd).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         // Deleting one end deletes the pair, wherever the other end is.
         if let Ok(Some(host)) = link_by_name(handle, &spec.host_ifname).await {
@@ -338,6 +341,7 @@ pub async fn create_unplaced_veth(
         .await
         .with_context(|| format!("cannot create veth {host_ifname}"))?;
     let wired = async {
+        crate::ethtool::tune_endpoint_veth(host_ifname, container_end)?;
         let peer = link_by_name(handle, container_end)
             .await?
             .ok_or_else(|| anyhow!("veth peer {container_end} vanished"))?;

@@ -116,8 +116,9 @@ impl Setup {
                 }
                 // The wire between hosts: the bridge ports and the hosts' eth0.
                 let wire = ns.name == underlay_ns || (host_ns.contains(&ns.name) && name == "eth0");
-                let [tso, gso, gro] = regime.offloads(wire);
-                ns.exec(&["ethtool", "-K", name, "tso", tso, "gso", gso, "gro", gro])?;
+                if let Some([tso, gso, gro]) = regime.offloads(wire) {
+                    ns.exec(&["ethtool", "-K", name, "tso", tso, "gso", gso, "gro", gro])?;
+                }
             }
         }
         Ok(())
@@ -208,9 +209,10 @@ impl Drop for Background {
 #[derive(Clone, Copy, Debug)]
 enum Regime {
     /// MTU-size frames between hosts, as a physical NIC sends them (TSO and GSO off on
-    /// the underlay links, GRO on); everything else as usual. The headline.
+    /// the underlay links, GRO on); the containers' veths as each variant sets them up.
+    /// The headline.
     Wire,
-    /// veth defaults: 64 KB super-packets cross between hosts.
+    /// veth offloads on between hosts: 64 KB super-packets cross the underlay.
     SuperPackets,
     /// TSO, GSO and GRO off everywhere: the cost of each packet.
     PerPacket,
@@ -218,6 +220,15 @@ enum Regime {
 
 impl Regime {
     const ALL: [Regime; 3] = [Regime::Wire, Regime::SuperPackets, Regime::PerPacket];
+
+    /// The name `--regime` takes.
+    fn name(self) -> &'static str {
+        match self {
+            Regime::Wire => "wire",
+            Regime::SuperPackets => "super-packets",
+            Regime::PerPacket => "per-packet",
+        }
+    }
 
     fn title(self) -> &'static str {
         match self {
@@ -227,12 +238,14 @@ impl Regime {
         }
     }
 
-    /// tso, gso, gro for a veth (`wire`: an underlay link).
-    fn offloads(self, wire: bool) -> [&'static str; 3] {
+    /// tso, gso, gro for a veth (`wire`: an underlay link); `None`: as the variant set
+    /// it up (veth defaults, or what oxlay's daemon chose for a container's veth).
+    fn offloads(self, wire: bool) -> Option<[&'static str; 3]> {
         match (self, wire) {
-            (Regime::Wire, true) => ["off", "off", "on"],
-            (Regime::Wire, false) | (Regime::SuperPackets, _) => ["on", "on", "on"],
-            (Regime::PerPacket, _) => ["off", "off", "off"],
+            (Regime::Wire, true) => Some(["off", "off", "on"]),
+            (Regime::SuperPackets, true) => Some(["on", "on", "on"]),
+            (Regime::Wire | Regime::SuperPackets, false) => None,
+            (Regime::PerPacket, _) => Some(["off", "off", "off"]),
         }
     }
 }
@@ -338,20 +351,30 @@ fn convergence(root: &Path) -> Result<String> {
     Ok(r)
 }
 
-pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
+/// `only_regime` / `only_variants`: a partial run (for experiments) that prints its
+/// tables and leaves docs/benchmarks.md alone.
+pub fn run(
+    root: &Path,
+    rounds: u32,
+    seconds: u32,
+    only_regime: Option<&str>,
+    only_variants: &[String],
+) -> Result<()> {
     std::env::set_var("OXLAY_BIN", root.join("target/release/oxlay"));
     catch_interrupt();
+    let partial = only_regime.is_some() || !only_variants.is_empty();
+    let variants: Vec<&str> = VARIANTS
+        .into_iter()
+        .enumerate()
+        .filter(|(i, v)| *i < 2 || only_variants.is_empty() || only_variants.iter().any(|o| o == v))
+        .map(|(_, v)| v)
+        .collect();
+    let regimes: Vec<Regime> = Regime::ALL
+        .into_iter()
+        .filter(|r| only_regime.is_none_or(|o| o == r.name()))
+        .collect();
     // Per-program statistics add ~20 ns per run; keep them off while measuring.
     let _ = sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=0"]);
-    step("per-packet cost of the programs (BPF_PROG_TEST_RUN, 20,000 single runs each)");
-    let programs: serde_json::Value = serde_json::from_str(
-        sh(&[root
-            .join("target/release/examples/bench_programs")
-            .to_str()
-            .unwrap()])?
-        .trim(),
-    )?;
-    println!("    {programs}");
 
     let mut report = String::new();
     writeln!(report, "# Benchmarks\n")?;
@@ -365,13 +388,13 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         sh(&["uname", "-r"])?.trim()
     )?;
-    for regime in Regime::ALL {
+    for &regime in &regimes {
         let title = regime.title();
         step(&format!(
             "regime: {title}: setting up {} variants",
-            VARIANTS.len()
+            variants.len()
         ));
-        let setups: Vec<Setup> = VARIANTS
+        let setups: Vec<Setup> = variants
             .iter()
             .map(|v| Setup::new(v))
             .collect::<Result<_>>()?;
@@ -379,7 +402,7 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
             s.set_offloads(regime)?;
             s.client.ping(&s.server_addr.to_string(), 1)?;
         }
-        let mut samples = vec![Samples::default(); VARIANTS.len()];
+        let mut samples = vec![Samples::default(); variants.len()];
         for round in 1..=rounds {
             for (i, s) in setups.iter().enumerate() {
                 if crate::demo::interrupted() {
@@ -389,7 +412,7 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
                 let (p50, p99) = s.latency_us(seconds)?;
                 println!(
                     "    round {round} {:<12} {gbps:>6.2} Gbit/s   p50 {p50:>7.1} µs   p99 {p99:>7.1} µs",
-                    VARIANTS[i]
+                    variants[i]
                 );
                 samples[i].gbps.push(gbps);
                 samples[i].p50.push(p50);
@@ -419,7 +442,7 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
             writeln!(
                 report,
                 "| {} | {} | {:.2}x | {:.2}x | {} | {} | {:.2}x | {:.2}x |",
-                VARIANTS[i],
+                variants[i],
                 spread(&s.gbps, 2),
                 g / base_gw,
                 g / base_vx,
@@ -431,6 +454,20 @@ pub fn run(root: &Path, rounds: u32, seconds: u32) -> Result<()> {
         }
         writeln!(report)?;
     }
+    if partial {
+        println!("\n{report}");
+        step("a partial run: docs/benchmarks.md left as it was");
+        return Ok(());
+    }
+    step("per-packet cost of the programs (BPF_PROG_TEST_RUN, 20,000 single runs each)");
+    let programs: serde_json::Value = serde_json::from_str(
+        sh(&[root
+            .join("target/release/examples/bench_programs")
+            .to_str()
+            .unwrap()])?
+        .trim(),
+    )?;
+    println!("    {programs}");
     let ns = |k: &str| programs[k].as_f64().unwrap_or(f64::NAN);
     writeln!(
         report,

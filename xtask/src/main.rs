@@ -56,6 +56,14 @@ enum Cmd {
         /// Seconds per throughput and latency run.
         #[arg(long, default_value_t = 4)]
         seconds: u32,
+        /// Only this regime (wire, super-packets, per-packet); a partial run prints its
+        /// table and leaves docs/benchmarks.md alone.
+        #[arg(long, value_parser = ["wire", "super-packets", "per-packet"])]
+        regime: Option<String>,
+        /// Only these variants (repeatable); host-gw and linux-vxlan always run, as the
+        /// baselines of the ratios.
+        #[arg(long = "variant", value_parser = ["oxlay-tc", "oxlay-xdp"])]
+        variants: Vec<String>,
     },
 }
 
@@ -118,7 +126,12 @@ fn run(command: Cmd) -> Result<()> {
             cargo(&["build", "--release", "-p", "oxlay"])?;
             demo::run(&root().join("target/release/oxlay"), store == "etcd")
         }
-        Cmd::Bench { rounds, seconds } => {
+        Cmd::Bench {
+            rounds,
+            seconds,
+            regime,
+            variants,
+        } => {
             install::run()?;
             step("building oxlay (release)");
             cargo(&[
@@ -132,7 +145,7 @@ fn run(command: Cmd) -> Result<()> {
                 "--bins",
                 "--examples",
             ])?;
-            bench::run(&root(), rounds, seconds)
+            bench::run(&root(), rounds, seconds, regime.as_deref(), &variants)
         }
     }
 }
