@@ -485,3 +485,73 @@ fn udp_gso_across_hosts_xdp_decap_is_delivered() -> Result<()> {
     assert_eq!((got, counted), (UDP_GSO_SENDS * UDP_GSO_PER_SEND, 0));
     Ok(())
 }
+
+/// One counter of a namespace's `/proc/net/{file}` ("snmp" "Ip" "InReceives").
+fn snmp(ns: &oxlay_testbed::Netns, file: &str, proto: &str, field: &str) -> Result<u64> {
+    let text = ns.exec(&["cat", &format!("/proc/net/{file}")])?;
+    let mut rows = text.lines().filter(|l| l.starts_with(&format!("{proto}:")));
+    let (names, values) = (rows.next(), rows.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        anyhow::bail!("no {proto} rows in /proc/net/snmp:\n{text}");
+    };
+    let i = names
+        .split_whitespace()
+        .position(|n| n == field)
+        .with_context(|| format!("no {proto} {field} in /proc/net/snmp"))?;
+    values
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("unreadable {proto} {field}: {values}"))
+}
+
+/// A real NIC sends MTU-size frames; the receiver must coalesce a flow's frames (GRO)
+/// before its container's stack, or every frame costs a full trip through it. With
+/// TSO/GSO off on the hosts' underlay links, a TCP transfer reaches the receiving
+/// container in far fewer IP packets than segments: Ip InReceives counts the packets
+/// (coalesced or not) the stack handled, IpExt InNoECTPkts the segments in them.
+fn wire_size_frames_are_coalesced(decap: &str) -> Result<()> {
+    let c = Cluster::new(2, 1, decap)?;
+    for h in &c.hosts {
+        h.ns.exec(&[
+            "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "on",
+        ])?;
+    }
+    let server = &c.containers[1][0];
+    let packets = || snmp(server, "snmp", "Ip", "InReceives");
+    let segments = || snmp(server, "netstat", "IpExt", "InNoECTPkts");
+    let (ip0, tcp0) = (packets()?, segments()?);
+    tcp_transfer(
+        &c.containers[0][0],
+        server,
+        Cluster::container_addr(1, 0),
+        32 * MB,
+    )?;
+    let ip = packets()? - ip0;
+    let tcp = segments()? - tcp0;
+    let frames = 32 * MB / 1400;
+    assert!(tcp >= frames, "{decap}: only {tcp} segments for 32 MiB");
+    assert!(
+        tcp >= 4 * ip,
+        "{decap}: the container's stack handled {ip} IP packets for {tcp} segments: \
+         the frames were not coalesced"
+    );
+    eprintln!("{decap}: {tcp} segments arrived as {ip} packets");
+    Ok(())
+}
+
+#[test]
+fn wire_size_frames_are_coalesced_tc_decap() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    wire_size_frames_are_coalesced("tc")
+}
+
+#[test]
+fn wire_size_frames_are_coalesced_xdp_decap() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    wire_size_frames_are_coalesced("xdp")
+}
