@@ -45,13 +45,18 @@ pub mod program_names {
     /// Programs that do nothing: the baselines of the per-packet benchmarks.
     pub const NOOP_TC: &str = "oxlay_noop_tc";
     pub const NOOP_XDP: &str = "oxlay_noop_xdp";
+    /// Benchmarks only: FROM_CONTAINER on a packet that carries a flow hash, as a
+    /// socket's packets do (a test run cannot give it one), and its baseline.
+    pub const BENCH_FROM_CONTAINER_HASHED: &str = "oxlay_bench_from_container_hashed";
+    pub const BENCH_SET_HASH: &str = "oxlay_bench_set_hash";
 }
 
 /// Size limits of the maps. Each says why it has the size it has.
 pub mod limits {
-    /// Container-subnet routes: one per peer host per network plus one /32 per local
-    /// endpoint. 65k covers a thousand hosts on dozens of networks.
-    pub const MAX_ROUTES: u32 = 65_536;
+    /// Container-subnet routes: one per peer host's block per network plus one /32 per
+    /// local endpoint. 131k covers 10,000 hosts on a dozen networks; the trie allocates
+    /// per entry, so the cap costs nothing until used.
+    pub const MAX_ROUTES: u32 = 131_072;
     /// Local endpoints: containers on one host; far above any realistic pod density.
     pub const MAX_ENDPOINTS: u32 = 4_096;
     /// Peer hosts whose VXLAN packets we accept.

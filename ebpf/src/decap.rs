@@ -16,7 +16,7 @@ use oxlay_common::{wire::ENCAP_OVERHEAD, Counter, Route, XdpDeliveryMeta};
 use crate::{
     counters::count,
     maps,
-    parse::{classify_vxlan, Decap, ETH_P_IPV4, INNER_IP_OFF, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
+    parse::{classify_vxlan, write, Decap, ETH_P_IPV4, INNER_IP_OFF, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
 };
 
 /// The Ethernet header a decapsulated frame gets: from the container's gateway to it.
@@ -65,7 +65,7 @@ pub fn tc(ctx: &TcContext) -> i32 {
             }
         },
         Decap::DeliverDirect(route) => {
-            if ctx.store(0, &delivery_eth(&route), 0).is_err() {
+            if !write(ctx.data(), ctx.data_end(), 0, delivery_eth(&route)) {
                 count(Counter::DropHeaderWriteFailed);
                 return TC_ACT_SHOT as i32;
             }
@@ -116,8 +116,9 @@ fn tc_strip_and_deliver(ctx: &TcContext, route: &Route) -> Result<i32, Counter> 
                 .map_err(|_| Counter::DropAdjustRoomFailed)?;
         }
     }
-    ctx.store(0, &delivery_eth(route), 0)
-        .map_err(|_| Counter::DropHeaderWriteFailed)?;
+    if !write(ctx.data(), ctx.data_end(), 0, delivery_eth(route)) {
+        return Err(Counter::DropHeaderWriteFailed);
+    }
     count(Counter::Decapsulated);
     Ok(deliver(route.ifindex, gso))
 }

@@ -18,7 +18,7 @@ use crate::{
     arp,
     counters::count,
     maps, mtu,
-    parse::{ipv4_header_checksum, read, ETH_P_IPV4, IPPROTO_UDP},
+    parse::{ipv4_header_checksum, read, write, ETH_P_IPV4, IPPROTO_UDP},
 };
 
 const AF_INET: u32 = 2;
@@ -192,8 +192,13 @@ fn encapsulate(
     route: &Route,
     flags: u64,
 ) -> Result<i32, Counter> {
+    // A socket's packets carry their flow's hash; only others need the flow dissector.
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
-    let flow_hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let flow_hash = match unsafe { (*ctx.skb.skb).hash } {
+        // SAFETY: as above.
+        0 => unsafe { bpf_get_hash_recalc(ctx.skb.skb) },
+        hash => hash,
+    };
     let inner_len = ctx.len() as usize - ETH_LEN;
     ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
         .map_err(|_| Counter::DropAdjustRoomFailed)?;
@@ -237,8 +242,9 @@ fn encapsulate(
             ether_type: ETH_P_IPV4.to_be(),
         },
     };
-    ctx.store(0, &headers, 0)
-        .map_err(|_| Counter::DropHeaderWriteFailed)?;
+    if !write(ctx.data(), ctx.data_end(), 0, headers) {
+        return Err(Counter::DropHeaderWriteFailed);
+    }
     count(Counter::Encapsulated);
     // SAFETY: plain helper call with no parameters struct; an unknown ifindex makes the
     // kernel drop the packet.

@@ -29,6 +29,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
+    helpers::bpf_set_hash,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -59,6 +60,27 @@ pub fn oxlay_xdp_deliver_tc(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn oxlay_noop_tc(_ctx: TcContext) -> i32 {
     TC_ACT_OK as i32
+}
+
+/// Benchmarks only: `oxlay_from_container` on a packet with a flow hash, as a socket's
+/// packets carry one (a test run cannot give it one).
+#[classifier]
+pub fn oxlay_bench_from_container_hashed(ctx: TcContext) -> i32 {
+    set_bench_hash(&ctx);
+    encap::from_container(&ctx)
+}
+
+/// Benchmarks only: the baseline of the program above.
+#[classifier]
+pub fn oxlay_bench_set_hash(ctx: TcContext) -> i32 {
+    set_bench_hash(&ctx);
+    TC_ACT_OK as i32
+}
+
+#[inline(always)]
+fn set_bench_hash(ctx: &TcContext) {
+    // SAFETY: plain helper call on this program's own packet.
+    unsafe { bpf_set_hash(ctx.skb.skb, 0x5eed_f10e) };
 }
 
 /// Does nothing: the XDP baseline for benchmarks.

@@ -37,6 +37,22 @@ pub fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
     ptr_at::<T>(data, data_end, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
+/// Writes `value` at `offset`, if the packet holds all of it. Cheaper than the
+/// store-bytes helper; in TC the kernel makes a cloned packet's data private before the
+/// program runs (the verifier's prologue for programs that write directly).
+#[inline(always)]
+pub fn write<T>(data: usize, data_end: usize, offset: usize, value: T) -> bool {
+    match ptr_at::<T>(data, data_end, offset) {
+        // SAFETY: ptr_at checked that the bytes lie inside the packet, which the program
+        // may write; write_unaligned because headers have no alignment guarantee.
+        Some(p) => {
+            unsafe { (p as *mut T).write_unaligned(value) };
+            true
+        }
+        None => false,
+    }
+}
+
 /// What the decapsulation programs do with a packet from the underlay.
 pub enum Decap {
     /// Not VXLAN for this host: the host's own traffic.
@@ -94,45 +110,59 @@ pub fn classify_vxlan(
     if frag & 0x2000 != 0 {
         return Decap::Drop(Counter::DropOuterFragment);
     }
-    if !maps::is_peer(ip.src_addr) {
-        return Decap::Drop(Counter::DropUnknownPeer);
-    }
+    // The peer and VNI are checked only when something else fails (the common case
+    // proves both through the route lookups below), but their reasons come first, as
+    // if they had been checked here.
+    let peer = ip.src_addr;
     let Some(vxlan) = read::<VxlanHdr>(data, data_end, VXLAN_OFF) else {
-        return Decap::Drop(Counter::DropTruncatedVxlan);
+        return Decap::Drop(unless_unknown(peer, None, Counter::DropTruncatedVxlan));
     };
     if vxlan.flags & VXLAN_FLAG_VNI == 0 {
-        return Decap::Drop(Counter::DropBadVxlanFlags);
+        return Decap::Drop(unless_unknown(peer, None, Counter::DropBadVxlanFlags));
     }
     let vni = vxlan.vni();
-    if !maps::has_network(vni) {
-        return Decap::Drop(Counter::DropUnknownVni);
-    }
+    let drop = |reason| Decap::Drop(unless_unknown(peer, Some(vni), reason));
     let Some(inner_eth) = read::<EthHdr>(data, data_end, INNER_ETH_OFF) else {
-        return Decap::Drop(Counter::DropTruncatedInner);
+        return drop(Counter::DropTruncatedInner);
     };
     if u16::from_be(inner_eth.ether_type) != ETH_P_IPV4 {
-        return Decap::Drop(Counter::DropInnerNotIpv4);
+        return drop(Counter::DropInnerNotIpv4);
     }
     let Some(inner_ip) = read::<Ipv4Hdr>(data, data_end, INNER_IP_OFF) else {
-        return Decap::Drop(Counter::DropTruncatedInner);
+        return drop(Counter::DropTruncatedInner);
     };
     // The lengths must agree (a truncated frame was reported as such above): IPv4
     // within the frame (Ethernet may pad), UDP = IPv4 - 20.
     let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
     if ip_len + ETH_LEN > frame_len || u16::from_be_bytes(udp.len) as usize + IPV4_LEN != ip_len {
-        return Decap::Drop(Counter::DropBadLength);
+        return drop(Counter::DropBadLength);
     }
-    // A peer may only speak for the addresses it owns: its blocks in this network.
+    // A peer may only speak for the addresses it owns: its blocks in this network. (A
+    // route naming the sender as owner also proves it a known peer.)
     match maps::route(vni, inner_ip.src_addr) {
         Some(r)
             if (r.kind == RouteKind::Remote as u8 || r.kind == RouteKind::Direct as u8)
-                && r.underlay_addr == ip.src_addr => {}
-        _ => return Decap::Drop(Counter::DropSpoofedPeerSource),
+                && r.underlay_addr == peer => {}
+        _ => return drop(Counter::DropSpoofedPeerSource),
     }
-    // Delivery is by inner IP; the inner destination MAC is whatever the peer chose.
+    // Delivery is by inner IP; the inner destination MAC is whatever the peer chose. (A
+    // local route in this network also proves the network present here.)
     match maps::route(vni, inner_ip.dst_addr) {
         Some(r) if r.kind == RouteKind::Local as u8 => Decap::Deliver(*r),
-        _ => Decap::Drop(Counter::DropNoLocalEndpoint),
+        _ => drop(Counter::DropNoLocalEndpoint),
+    }
+}
+
+/// The reason to count for a VXLAN packet that failed a check: an unknown peer, then
+/// (once the VNI is read) an unknown network, come before `reason`.
+#[inline(always)]
+fn unless_unknown(peer: [u8; 4], vni: Option<u32>, reason: Counter) -> Counter {
+    if !maps::is_peer(peer) {
+        Counter::DropUnknownPeer
+    } else if vni.is_some_and(|vni| !maps::has_network(vni)) {
+        Counter::DropUnknownVni
+    } else {
+        reason
     }
 }
 

@@ -669,6 +669,28 @@ fn hostile_cases() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "drop_unknown_peer",
             good([192, 168, 50, 99], 0x08, VNI, LOCAL_CONTAINER),
         ),
+        // The peer, then the VNI, are named first whatever else is wrong (the program
+        // checks them last, only when something fails).
+        (
+            "unknown peer, truncated in VXLAN header",
+            "drop_unknown_peer",
+            good([192, 168, 50, 99], 0x08, VNI, LOCAL_CONTAINER)[..14 + 20 + 8 + 4].to_vec(),
+        ),
+        (
+            "unknown peer, wrong VNI, no such container",
+            "drop_unknown_peer",
+            good([192, 168, 50, 99], 0x08, 43, [10, 244, 1, 99]),
+        ),
+        (
+            "wrong VNI, truncated in inner Ethernet",
+            "drop_unknown_vni",
+            good(PEER_UNDERLAY, 0x08, 43, LOCAL_CONTAINER)[..50 + 10].to_vec(),
+        ),
+        (
+            "wrong VNI, no such container",
+            "drop_unknown_vni",
+            good(PEER_UNDERLAY, 0x08, 43, [10, 244, 1, 99]),
+        ),
         (
             "no I flag",
             "drop_bad_vxlan_flags",

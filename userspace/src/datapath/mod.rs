@@ -112,6 +112,8 @@ impl Datapath {
             program_names::DECAP_TC,
             program_names::XDP_DELIVER_TC,
             program_names::NOOP_TC,
+            program_names::BENCH_FROM_CONTAINER_HASHED,
+            program_names::BENCH_SET_HASH,
         ] {
             classifier(&mut ebpf, name)?
                 .load()
