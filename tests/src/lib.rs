@@ -524,6 +524,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Where this daemon pins its maps and links, if its config names it.
+    pub fn pin_path(&self) -> Option<&Path> {
+        self.pin_path.as_deref()
+    }
+
     /// Starts a daemon with `config` (TOML; `api_socket` is added) and waits until its
     /// API answers.
     pub fn start(host: &Host, node: &str, config: &str) -> Result<Self> {

@@ -148,6 +148,85 @@ impl Setup {
             .context("iperf3 JSON has no end.sum_received.bits_per_second")
     }
 
+    /// The programs' cost on live traffic: one more TCP run with the kernel's
+    /// per-program statistics on; for each oxlay program that ran on the sending or
+    /// receiving host, (name, runs, ns per run). Empty for the baselines.
+    fn live_program_costs(&self, seconds: u32) -> Result<Vec<(String, u64, f64)>> {
+        // The client's host encapsulates, the server's host decapsulates (ACKs go the
+        // other way through the other host's programs, not counted here).
+        let (Some(sender), Some(receiver)) = (self._daemons.first(), self._daemons.get(1)) else {
+            return Ok(Vec::new());
+        };
+        let mut programs = Vec::new();
+        for (daemon, side) in [(sender, "oxlay_from_container"), (receiver, "oxlay_decap")] {
+            let dir = daemon
+                .pin_path()
+                .context("the daemon's config names no pin path")?;
+            for entry in std::fs::read_dir(dir)? {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                let on_underlay = name.starts_with("link_eth0_");
+                let wanted = if side == "oxlay_decap" {
+                    on_underlay
+                } else {
+                    !on_underlay && name.ends_with(side)
+                };
+                if wanted {
+                    let link: serde_json::Value = serde_json::from_str(&sh(&[
+                        "bpftool",
+                        "-j",
+                        "link",
+                        "show",
+                        "pinned",
+                        dir.join(&name).to_str().unwrap(),
+                    ])?)?;
+                    let id = link["prog_id"]
+                        .as_u64()
+                        .context("bpftool shows no prog_id")?;
+                    programs.push(id);
+                }
+            }
+        }
+        let stats = |id: u64| -> Result<(String, u64, u64)> {
+            let p: serde_json::Value = serde_json::from_str(&sh(&[
+                "bpftool",
+                "-j",
+                "prog",
+                "show",
+                "id",
+                &id.to_string(),
+            ])?)?;
+            Ok((
+                p["name"].as_str().unwrap_or("?").to_owned(),
+                p["run_time_ns"].as_u64().unwrap_or(0),
+                p["run_cnt"].as_u64().unwrap_or(0),
+            ))
+        };
+        sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=1"])?;
+        let before: Vec<_> = programs
+            .iter()
+            .map(|&id| stats(id))
+            .collect::<Result<_>>()?;
+        let run = self.throughput_gbps(seconds);
+        let after = programs
+            .iter()
+            .map(|&id| stats(id))
+            .collect::<Result<Vec<_>>>();
+        sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=0"])?;
+        run?;
+        Ok(before
+            .into_iter()
+            .zip(after?)
+            .map(|((name, t0, n0), (_, t1, n1))| {
+                let runs = n1.saturating_sub(n0);
+                (
+                    name,
+                    runs,
+                    t1.saturating_sub(t0) as f64 / runs.max(1) as f64,
+                )
+            })
+            .collect())
+    }
+
     /// UDP request/response latency (µs): p50 and p99.
     fn latency_us(&self, seconds: u32) -> Result<(f64, f64)> {
         let addr = self.server_addr.to_string();
@@ -227,6 +306,15 @@ impl Regime {
             Regime::Wire => "wire",
             Regime::SuperPackets => "super-packets",
             Regime::PerPacket => "per-packet",
+        }
+    }
+
+    /// The figure's panel title.
+    fn short_title(self) -> &'static str {
+        match self {
+            Regime::Wire => "wire-size frames (the headline)",
+            Regime::SuperPackets => "64 KB super-packets on veth",
+            Regime::PerPacket => "per packet (offloads off)",
         }
     }
 
@@ -380,6 +468,10 @@ pub fn run(
     writeln!(report, "# Benchmarks\n")?;
     writeln!(
         report,
+        "![TCP throughput and UDP latency per variant and regime: bars at the median, whiskers min to max](benchmarks.svg)\n"
+    )?;
+    writeln!(
+        report,
         "Measured by `cargo xtask bench` on {} ({} CPUs), kernel {}. Two hosts, one container each, \
          all variants at container MTU {MTU}, interleaved {rounds} rounds of {seconds} s; medians shown. \
          host-gw: plain routing between hosts, no encapsulation. linux-vxlan: the kernel's vxlan device, \
@@ -388,6 +480,7 @@ pub fn run(
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         sh(&["uname", "-r"])?.trim()
     )?;
+    let mut panels = Vec::new();
     for &regime in &regimes {
         let title = regime.title();
         step(&format!(
@@ -417,6 +510,17 @@ pub fn run(
                 samples[i].gbps.push(gbps);
                 samples[i].p50.push(p50);
                 samples[i].p99.push(p99);
+            }
+        }
+        step("the programs on live traffic (kernel.bpf_stats_enabled=1, one more TCP run)");
+        let mut live = Vec::new();
+        for (i, s) in setups.iter().enumerate() {
+            for (program, runs, ns) in s.live_program_costs(seconds)? {
+                println!(
+                    "    {:<12} {program:<22} {runs:>9} runs {ns:>7.0} ns/run",
+                    variants[i]
+                );
+                live.push((variants[i], program, runs, ns));
             }
         }
         drop(setups);
@@ -453,13 +557,35 @@ pub fn run(
             )?;
         }
         writeln!(report)?;
+        panels.push(crate::figure::Panel {
+            title: regime.short_title(),
+            variants: variants.clone(),
+            gbps: samples.iter().map(|s| s.gbps.clone()).collect(),
+            p50: samples.iter().map(|s| s.p50.clone()).collect(),
+        });
+        if !live.is_empty() {
+            writeln!(
+                report,
+                "The programs on live traffic: one more TCP run with `kernel.bpf_stats_enabled=1` \
+                 (which adds its own ~20 ns per run); encapsulation on the sending host, \
+                 decapsulation on the receiving one.\n"
+            )?;
+            writeln!(
+                report,
+                "| variant | program | runs | ns/run |\n| --- | --- | ---: | ---: |"
+            )?;
+            for (variant, program, runs, ns) in &live {
+                writeln!(report, "| {variant} | {program} | {runs} | {ns:.0} |")?;
+            }
+            writeln!(report)?;
+        }
     }
     if partial {
         println!("\n{report}");
         step("a partial run: docs/benchmarks.md left as it was");
         return Ok(());
     }
-    step("per-packet cost of the programs (BPF_PROG_TEST_RUN, 20,000 single runs each)");
+    step("per-packet cost of the programs (BPF_PROG_TEST_RUN, 20,000 single runs each, at 10, 10k and 100k routes)");
     let programs: serde_json::Value = serde_json::from_str(
         sh(&[root
             .join("target/release/examples/bench_programs")
@@ -468,33 +594,50 @@ pub fn run(
         .trim(),
     )?;
     println!("    {programs}");
-    let ns = |k: &str| programs[k].as_f64().unwrap_or(f64::NAN);
+    let counts = ["10", "10000", "100000"];
+    let ns = |routes: &str, k: &str| programs[routes][k].as_f64().unwrap_or(f64::NAN);
     writeln!(
         report,
         "## Programs under BPF_PROG_TEST_RUN (ns per packet)\n"
     )?;
     writeln!(
         report,
-        "Average of 20,000 single runs each, {} routes in the trie; a no-op program of the same type \
-         shows the fixed cost of a test run.\n",
-        programs["routes"]
+        "Average of 20,000 single runs each (after 2,000 untimed ones), minus the program of the \
+         same type that does nothing (`no-op`, shown: the fixed cost of a test run), at 10, 10,000 \
+         and 100,000 routes in the trie. A test run cannot give a packet a flow hash, so \
+         encapsulation without one pays for the flow dissector; `with a flow hash` sets one first, \
+         as a socket's packets carry it, and subtracts a program that only sets it.\n"
     )?;
     writeln!(
         report,
-        "| program | ns/packet | minus no-op |\n| --- | ---: | ---: |"
+        "| program | 10 routes | 10,000 routes | 100,000 routes |\n| --- | ---: | ---: | ---: |"
     )?;
-    for (name, key, noop) in [
-        ("no-op (TC)", "noop_tc", "noop_tc"),
-        ("encapsulation (TC, from container)", "encap_tc", "noop_tc"),
+    for (name, key, baseline) in [
+        ("no-op (TC)", "noop_tc", ""),
+        ("encapsulation (TC), no flow hash", "encap_tc", "noop_tc"),
+        (
+            "encapsulation (TC), with a flow hash",
+            "encap_hashed_tc",
+            "set_hash_tc",
+        ),
         ("decapsulation (TC)", "decap_tc", "noop_tc"),
-        ("no-op (XDP)", "noop_xdp", "noop_xdp"),
+        ("no-op (XDP)", "noop_xdp", ""),
         ("decapsulation (XDP)", "decap_xdp", "noop_xdp"),
     ] {
+        let cell = |routes: &str| {
+            let base = if baseline.is_empty() {
+                0.0
+            } else {
+                ns(routes, baseline)
+            };
+            format!("{:.0}", ns(routes, key) - base)
+        };
         writeln!(
             report,
-            "| {name} | {:.0} | {:.0} |",
-            ns(key),
-            ns(key) - ns(noop)
+            "| {name} | {} | {} | {} |",
+            cell(counts[0]),
+            cell(counts[1]),
+            cell(counts[2])
         )?;
     }
     writeln!(report)?;
@@ -502,6 +645,9 @@ pub fn run(
     println!("\n{report}");
     let path = root.join("docs/benchmarks.md");
     std::fs::create_dir_all(path.parent().unwrap())?;
+    let figure = root.join("docs/benchmarks.svg");
+    crate::figure::draw(&figure, &panels)?;
+    step(&format!("figure drawn to {}", figure.display()));
     std::fs::write(&path, &report)?;
     step(&format!("written to {}", path.display()));
     Ok(())

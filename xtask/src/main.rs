@@ -2,6 +2,7 @@
 //! fresh Debian 12 machine; every step prints what it does.
 mod bench;
 mod demo;
+mod figure;
 mod install;
 mod testcount;
 mod vm;
