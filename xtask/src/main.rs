@@ -93,7 +93,7 @@ fn run(command: Cmd) -> Result<()> {
             step("building oxlay (userspace and kernel programs)");
             cargo(&["build", "--workspace"])?;
             step("running the test suite (serially: tests share the kernel; a missing prerequisite fails its test)");
-            let mut test_args: Vec<&str> = vec!["test", "--workspace", "--exclude", "xtask"];
+            let mut test_args: Vec<&str> = vec!["test", "--workspace"];
             let (filters, rest): (Vec<&String>, Vec<&String>) =
                 args.iter().partition(|a| !a.starts_with('-'));
             test_args.extend(rest.iter().map(|s| s.as_str()));
