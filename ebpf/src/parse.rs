@@ -110,9 +110,10 @@ pub fn classify_vxlan(
     if frag & 0x2000 != 0 {
         return Decap::Drop(Counter::DropOuterFragment);
     }
-    // The peer and VNI are checked only when something else fails (the common case
-    // proves both through the route lookups below), but their reasons come first, as
-    // if they had been checked here.
+    // The peer and network maps only name what failed: a route naming the sender as
+    // the owner of the inner source proves it a peer, and a local route in the VNI
+    // proves the network present (both come from the same store records). Their
+    // reasons still come first, as if they had been checked here.
     let peer = ip.src_addr;
     let Some(vxlan) = read::<VxlanHdr>(data, data_end, VXLAN_OFF) else {
         return Decap::Drop(unless_unknown(peer, None, Counter::DropTruncatedVxlan));
@@ -122,6 +123,11 @@ pub fn classify_vxlan(
     }
     let vni = vxlan.vni();
     let drop = |reason| Decap::Drop(unless_unknown(peer, Some(vni), reason));
+    // VNI 0 is no network: the route lookups below would find the direct table, whose
+    // networks only `classify_direct` keeps apart.
+    if vni == DIRECT_NET_ID {
+        return drop(Counter::DropUnknownVni);
+    }
     let Some(inner_eth) = read::<EthHdr>(data, data_end, INNER_ETH_OFF) else {
         return drop(Counter::DropTruncatedInner);
     };

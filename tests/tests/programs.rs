@@ -671,6 +671,18 @@ fn hostile_cases() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ),
         // The peer, then the VNI, are named first whatever else is wrong (the program
         // checks them last, only when something fails).
+        // VNI 0 names no network; the direct networks' table, which has the same id,
+        // must not be reached through it (their isolation is checked elsewhere).
+        (
+            "VNI 0 from a direct peer's block",
+            "drop_unknown_vni",
+            inner_from(DIRECT_PEER_CONTAINER, 0),
+        ),
+        (
+            "VNI 0 from another direct network's block",
+            "drop_unknown_vni",
+            inner_from(OTHER_DIRECT_CONTAINER, 0),
+        ),
         (
             "unknown peer, truncated in VXLAN header",
             "drop_unknown_peer",
@@ -782,6 +794,11 @@ fn with_ip_len(frame: &[u8], len: u16) -> Vec<u8> {
 
 /// A VXLAN frame from the known peer whose inner source is `src`.
 fn spoofed_inner(src: [u8; 4]) -> Vec<u8> {
+    inner_from(src, VNI)
+}
+
+/// VXLAN from the peer in `vni`, inner source `src`, to the local container.
+fn inner_from(src: [u8; 4], vni: u32) -> Vec<u8> {
     let inner_ip = ipv4(src, LOCAL_CONTAINER, 17, 0x4000, &udp(1, 2, b"spoof"));
     let inner = [eth([2; 6], PEER_VTEP, 0x0800), inner_ip].concat();
     outer(
@@ -789,7 +806,7 @@ fn spoofed_inner(src: [u8; 4]) -> Vec<u8> {
         OUR_UNDERLAY,
         4789,
         0x4000,
-        &[vxlan(0x08, VNI), inner].concat(),
+        &[vxlan(0x08, vni), inner].concat(),
     )
 }
 

@@ -298,6 +298,7 @@ impl State {
             ep.host_ifindex = link.index;
             ep.host_mac = link.mac;
             endpoint::adopt(&mut self.datapath, &ep)?;
+            endpoint::tune_adopted(&ep).await;
             info!(
                 "adopted static endpoint {} {} on {}",
                 ep.netns, ep.address, ep.host_ifname
@@ -348,6 +349,7 @@ impl State {
                 routes_only: None,
             };
             endpoint::adopt(&mut self.datapath, &local)?;
+            endpoint::tune_adopted(&local).await;
             info!(
                 "adopted endpoint {} {} on {}",
                 ep.sandbox, ep.address, host_ifname

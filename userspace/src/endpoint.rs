@@ -233,6 +233,27 @@ pub fn adopt(datapath: &mut Datapath, ep: &LocalEndpoint) -> Result<()> {
     )
 }
 
+/// Gives an adopted endpoint (perhaps made by an older oxlay) the offloads a new one
+/// gets (see `ethtool.rs`). Without them traffic still flows, only uncoalesced, so a
+/// failure is logged, not returned.
+pub async fn tune_adopted(ep: &LocalEndpoint) {
+    let container_end = ep.container_ifname.clone();
+    let tuned = async {
+        netlink::in_netns(&ep.netns, move |_| async move {
+            crate::ethtool::turn_gro_on(&container_end)
+        })
+        .await?;
+        crate::ethtool::turn_tso_off(&ep.host_ifname)
+    };
+    if let Err(e) = tuned.await {
+        log::warn!(
+            "endpoint {} {}: {e:#}; its traffic flows without receive coalescing",
+            ep.netns,
+            ep.address
+        );
+    }
+}
+
 /// Removes what `attach` made. Parts already gone are skipped, so this can finish a
 /// detach that was interrupted.
 pub async fn detach(

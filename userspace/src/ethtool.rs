@@ -38,10 +38,19 @@ struct IfreqData {
 /// settings move with the container's end): TSO off on the host's end, GRO on the
 /// container's.
 pub fn tune_endpoint_veth(host_end: &str, container_end: &str) -> Result<()> {
-    set(host_end, ETHTOOL_STSO, false)
-        .with_context(|| format!("cannot turn TSO off on {host_end}"))?;
+    turn_gro_on(container_end)?;
+    turn_tso_off(host_end)
+}
+
+/// The container's end (run in whichever namespace holds it).
+pub fn turn_gro_on(container_end: &str) -> Result<()> {
     set(container_end, ETHTOOL_SGRO, true)
         .with_context(|| format!("cannot turn GRO on on {container_end}"))
+}
+
+/// The host's end.
+pub fn turn_tso_off(host_end: &str) -> Result<()> {
+    set(host_end, ETHTOOL_STSO, false).with_context(|| format!("cannot turn TSO off on {host_end}"))
 }
 
 fn set(ifname: &str, cmd: u32, on: bool) -> Result<()> {

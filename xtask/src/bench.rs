@@ -201,21 +201,18 @@ impl Setup {
                 p["run_cnt"].as_u64().unwrap_or(0),
             ))
         };
+        let all = || programs.iter().map(|&id| stats(id)).collect::<Result<Vec<_>>>();
         sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=1"])?;
-        let before: Vec<_> = programs
-            .iter()
-            .map(|&id| stats(id))
-            .collect::<Result<_>>()?;
-        let run = self.throughput_gbps(seconds);
-        let after = programs
-            .iter()
-            .map(|&id| stats(id))
-            .collect::<Result<Vec<_>>>();
+        let measured = all().and_then(|before| {
+            self.throughput_gbps(seconds)?;
+            Ok((before, all()?))
+        });
+        // Off again whatever happened: the statistics cost every program ~20 ns a run.
         sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=0"])?;
-        run?;
+        let (before, after) = measured?;
         Ok(before
             .into_iter()
-            .zip(after?)
+            .zip(after)
             .map(|((name, t0, n0), (_, t1, n1))| {
                 let runs = n1.saturating_sub(n0);
                 (
@@ -448,6 +445,9 @@ pub fn run(
     only_regime: Option<&str>,
     only_variants: &[String],
 ) -> Result<()> {
+    if rounds == 0 || seconds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
     std::env::set_var("OXLAY_BIN", root.join("target/release/oxlay"));
     catch_interrupt();
     let partial = only_regime.is_some() || !only_variants.is_empty();
