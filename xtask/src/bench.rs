@@ -201,7 +201,12 @@ impl Setup {
                 p["run_cnt"].as_u64().unwrap_or(0),
             ))
         };
-        let all = || programs.iter().map(|&id| stats(id)).collect::<Result<Vec<_>>>();
+        let all = || {
+            programs
+                .iter()
+                .map(|&id| stats(id))
+                .collect::<Result<Vec<_>>>()
+        };
         sh(&["sysctl", "-qw", "kernel.bpf_stats_enabled=1"])?;
         let measured = all().and_then(|before| {
             self.throughput_gbps(seconds)?;
