@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::{
     api::{self, EndpointView, NoArgs, Request},
-    endpoint::{check_ifname, GATEWAY},
+    model::local::{check_ifname, GATEWAY},
 };
 
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{
-    endpoint::GATEWAY,
+    model::local::GATEWAY,
     net::{Ipv4Net, MacAddr},
 };
 

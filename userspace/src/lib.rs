@@ -8,12 +8,9 @@ pub mod daemon;
 pub mod datapath;
 pub mod docker;
 pub mod docker_engine;
-pub mod endpoint;
-pub mod ethtool;
 pub mod fault;
 pub mod model;
 pub mod net;
-pub mod netlink;
 pub mod reconcile;
 pub mod store;
 

@@ -10,9 +10,9 @@ use tokio::sync::Mutex;
 
 use super::{remove_local_endpoint, undo_local_endpoint, EndpointKey, State};
 use crate::{
+    daemon::wiring::{self, UnplacedSpec},
     docker::{Driver, NetworkRequest, PoolRequest},
     docker_engine,
-    endpoint::{self, UnplacedSpec},
     model::{self, NetworkSpec},
     net::{Ipv4Net, MacAddr},
 };
@@ -225,7 +225,7 @@ impl Driver for DaemonDriver {
             mac,
             mtu: s.container_mtu,
         };
-        let local = endpoint::attach_unplaced(&s.handle, &mut s.datapath, spec).await?;
+        let local = wiring::attach_unplaced(&s.handle, &mut s.datapath, spec).await?;
         let wired = model::EndpointRecord {
             sandbox: key.0.clone(),
             interface: Some(local.container_ifname.clone()),

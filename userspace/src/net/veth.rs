@@ -1,166 +1,19 @@
-//! rtnetlink plumbing: looking up links and addresses, creating a container's veth,
-//! configuring the container's side inside its network namespace.
+//! A container's veth: creating the pair, moving one end into the container's namespace
+//! and configuring both ends (addresses, routes, the gateway's neighbour entry).
 use std::{
-    future::Future,
     net::{IpAddr, Ipv4Addr},
     os::fd::{AsRawFd, OwnedFd},
-    path::{Path, PathBuf},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use futures::TryStreamExt;
-use netlink_packet_route::{
-    address::AddressAttribute,
-    link::{LinkAttribute, LinkMessage},
-    neighbour::NeighbourState,
-};
+use netlink_packet_route::neighbour::NeighbourState;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use crate::net::MacAddr;
-
-/// A link as oxlay needs to know it.
-#[derive(Clone, Debug)]
-pub struct LinkInfo {
-    pub index: u32,
-    pub name: String,
-    pub mac: MacAddr,
-    pub mtu: u32,
-}
-
-/// Opens a netlink connection in the calling thread's network namespace.
-pub fn connect() -> Result<Handle> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
-    tokio::spawn(conn);
-    Ok(handle)
-}
-
-fn link_info(msg: &LinkMessage) -> LinkInfo {
-    let mut info = LinkInfo {
-        index: msg.header.index,
-        name: String::new(),
-        mac: MacAddr([0; 6]),
-        mtu: 0,
-    };
-    for attr in &msg.attributes {
-        match attr {
-            LinkAttribute::IfName(n) => info.name = n.clone(),
-            LinkAttribute::Address(a) if a.len() == 6 => {
-                info.mac = MacAddr(a.as_slice().try_into().unwrap_or_default())
-            }
-            LinkAttribute::Mtu(m) => info.mtu = *m,
-            _ => {}
-        }
-    }
-    info
-}
-
-/// The link called `name`, or None if there is none.
-pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkInfo>> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(Some(msg)) => Ok(Some(link_info(&msg))),
-        Ok(None) => Ok(None),
-        // The kernel answers ENODEV for a name it does not know.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot look up interface {name}")),
-    }
-}
-
-pub async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<LinkInfo>> {
-    let mut links = handle.link().get().match_index(index).execute();
-    match links.try_next().await {
-        Ok(msg) => Ok(msg.as_ref().map(link_info)),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot look up interface {index}")),
-    }
-}
-
-/// The first IPv4 address on link `index`.
-pub async fn first_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>> {
-    let mut addrs = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
-    while let Some(msg) = addrs.try_next().await? {
-        for attr in msg.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
-                return Ok(Some(a));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The subnet that `addr` (an address of link `index`) belongs to, from its prefix
-/// length; a /32 when the address is not on the link.
-pub async fn subnet_of(handle: &Handle, index: u32, addr: Ipv4Addr) -> Result<crate::net::Ipv4Net> {
-    let mut addrs = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
-    while let Some(msg) = addrs.try_next().await? {
-        let prefix = msg.header.prefix_len;
-        for attr in &msg.attributes {
-            if *attr == AddressAttribute::Address(IpAddr::V4(addr)) {
-                let net = ipnet::Ipv4Net::new(addr, prefix)?.trunc();
-                return crate::net::Ipv4Net::new(net.network(), net.prefix_len());
-            }
-        }
-    }
-    crate::net::Ipv4Net::new(addr, 32)
-}
-
-/// Resolves a network namespace given by name (under /run/netns) or by path.
-pub fn netns_path(netns: &str) -> PathBuf {
-    if netns.contains('/') {
-        PathBuf::from(netns)
-    } else {
-        Path::new("/run/netns").join(netns)
-    }
-}
-
-pub fn open_netns(netns: &str) -> Result<OwnedFd> {
-    let path = netns_path(netns);
-    let file = std::fs::File::open(&path).with_context(|| {
-        format!(
-            "network namespace {netns:?} not found at {}: create it first (ip netns add NAME)",
-            path.display()
-        )
-    })?;
-    Ok(file.into())
-}
-
-/// Runs `f` with a netlink handle inside the network namespace `netns`, on a thread of
-/// its own (setns changes the calling thread only).
-pub async fn in_netns<T, F, Fut>(netns: &str, f: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce(Handle) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T>>,
-{
-    let fd = open_netns(netns)?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // A thread of its own that ends with the work, so no pooled thread is ever left
-    // in a container's namespace.
-    std::thread::spawn(move || {
-        // SAFETY: fd is a valid namespace file descriptor owned by this closure;
-        // setns changes only this thread.
-        let result = if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            Err(std::io::Error::last_os_error())
-                .context("setns into the container's namespace failed")
-        } else {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start a runtime for the namespace thread")
-                .and_then(|rt| rt.block_on(async move { f(connect()?).await }))
-        };
-        let _ = tx.send(result);
-    });
-    rx.await.map_err(|_| anyhow!("the namespace thread died"))?
-}
+use super::{
+    netlink::{delete_link, link_by_index, link_by_name, LinkInfo},
+    netns::{in_netns, open_netns},
+    MacAddr,
+};
 
 /// What attaching a container created.
 #[derive(Clone, Debug)]
@@ -216,7 +69,7 @@ pub async fn create_endpoint(handle: &Handle, spec: &EndpointSpec) -> Result<End
         .execute()
         .await
         .with_context(|| format!("cannot create veth {}", spec.host_ifname))?;
-    let result = match crate::ethtool::tune_endpoint_veth(&spec.host_ifname, &peer_tmp) {
+    let result = match super::ethtool::tune_endpoint_veth(&spec.host_ifname, &peer_tmp) {
         Ok(()) => wire_endpoint(handle, spec, &peer_tmp, ns_fd).await,
         Err(e) => Err(e),
     };
@@ -341,7 +194,7 @@ pub async fn create_unplaced_veth(
         .await
         .with_context(|| format!("cannot create veth {host_ifname}"))?;
     let wired = async {
-        crate::ethtool::tune_endpoint_veth(host_ifname, container_end)?;
+        super::ethtool::tune_endpoint_veth(host_ifname, container_end)?;
         let peer = link_by_name(handle, container_end)
             .await?
             .ok_or_else(|| anyhow!("veth peer {container_end} vanished"))?;
@@ -475,22 +328,4 @@ async fn configure_container(h: &Handle, c: &ContainerSide) -> Result<MacAddr> {
         .await?
         .ok_or_else(|| anyhow!("the container's veth vanished"))?;
     Ok(link.mac)
-}
-
-/// Deletes a link (for a veth: both ends). A link already gone is not an error.
-pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
-    if let Some(link) = link_by_name(handle, name).await? {
-        handle
-            .link()
-            .del(link.index)
-            .execute()
-            .await
-            .or_else(|e| match e {
-                // Gone meanwhile: a namespace being torn down takes its veths along.
-                rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV => Ok(()),
-                e => Err(e),
-            })
-            .with_context(|| format!("cannot delete interface {name}"))?;
-    }
-    Ok(())
 }

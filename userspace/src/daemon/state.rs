@@ -1,0 +1,289 @@
+//! The daemon's state: its local endpoints, the store snapshot, the shadow of the maps,
+//! and the reconciles that keep the maps in step with them.
+use std::{collections::BTreeMap, path::Path, sync::Arc};
+
+use anyhow::{anyhow, Context, Result};
+use log::{info, warn};
+use oxlay_common::Route;
+use rtnetlink::Handle;
+
+#[allow(unused_imports)]
+use super::*;
+use crate::{
+    config::Config,
+    datapath::Datapath,
+    model::local::LocalEndpoint,
+    model::{self, BlockRecord, HostRecord},
+    net::Ipv4Net,
+    reconcile::{self, Snapshot},
+    store::Store,
+};
+
+/// Local endpoints by (namespace, store network; None for the static network).
+pub(super) type EndpointKey = (String, Option<String>);
+
+pub(super) struct State {
+    pub(super) config: Config,
+    pub(super) handle: Handle,
+    pub(super) datapath: Datapath,
+    pub(super) container_mtu: u32,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) host: HostRecord,
+    /// The lease the host's registration and blocks hang on (renewed on its own task).
+    pub(super) lease: Arc<lease::HostLease>,
+    pub(super) endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
+    /// The store's routing records, listed at start and kept current by the watch.
+    pub(super) snapshot: Snapshot,
+    /// What the route, peer and network maps hold, as last written (None: read them).
+    pub(super) shadow: Option<reconcile::Desired>,
+    /// The last desired maps and the part of them blocks do not change (base, want).
+    pub(super) desired: Option<(reconcile::Desired, reconcile::Desired)>,
+    /// Tells the watch loop that a reconcile outside it failed and wants a retry.
+    pub(super) retry: Arc<tokio::sync::Notify>,
+    /// The underlay subnet (direct routing reaches peers inside it).
+    pub(super) underlay_subnet: Ipv4Net,
+    /// Where the static network's endpoints are recorded for the next daemon.
+    pub(super) state_path: std::path::PathBuf,
+    /// Signalled by the `uninstall` request.
+    pub(super) uninstall: Arc<tokio::sync::Notify>,
+    /// Which oxlay network each Docker network is.
+    pub(super) docker: docker_driver::DockerState,
+    /// Map writes that failed since start (e.g. a full route map), and the last
+    /// reconcile error, for `oxlay status`.
+    pub(super) map_failures: u64,
+    pub(super) last_reconcile_error: Option<String>,
+}
+
+impl State {
+    /// Lists the store's routing records anew (at start, and when a watch starts
+    /// over); returns the revision from which to watch. A record that does not decode
+    /// is left out with a warning.
+    pub(super) async fn relist(&mut self) -> Result<crate::store::Revision> {
+        let mut snapshot = Snapshot::default();
+        let mut start = None;
+        for prefix in [model::HOSTS, model::NETWORKS, model::BLOCKS] {
+            let (kvs, revision) = self.store.list(prefix).await?;
+            // Watching from the first listing's revision replays whatever changed
+            // while the others were read.
+            start.get_or_insert(revision);
+            for kv in kvs {
+                if let Err(e) = snapshot.apply(&crate::store::WatchEvent::Put(kv)) {
+                    warn!("{e:#}");
+                }
+            }
+        }
+        self.snapshot = snapshot;
+        Ok(start.unwrap_or(0))
+    }
+
+    /// Applies watch events to the snapshot and says what routing needs: nothing, the
+    /// routes of some blocks, or everything. A block of a network with no endpoint
+    /// here changes no route of this host.
+    pub(super) fn apply_events(&mut self, events: &[crate::store::WatchEvent]) -> Routing {
+        let local_networks: std::collections::BTreeSet<&str> = self
+            .endpoints
+            .values()
+            .filter_map(|e| e.network.as_deref())
+            .collect();
+        // By VNI too: a store network may share the static network's VNI.
+        let local_vnis: std::collections::BTreeSet<u32> =
+            self.endpoints.values().map(|e| e.vni).collect();
+        let mut all = false;
+        let mut blocks = Vec::new();
+        for event in events.iter().filter(|e| Snapshot::tracks(e.key())) {
+            let key = event.key();
+            let before = self.snapshot.blocks.get(key).cloned();
+            match self.snapshot.apply(event) {
+                Ok(false) => {}
+                Ok(true) if key.starts_with(model::BLOCKS) => {
+                    let after = self.snapshot.blocks.get(key);
+                    let snapshot = &self.snapshot;
+                    let ours = [before.as_ref(), after].into_iter().flatten().any(|b| {
+                        local_networks.contains(b.network.as_str())
+                            || snapshot
+                                .networks
+                                .get(&b.network)
+                                .is_some_and(|net| local_vnis.contains(&net.vni))
+                    });
+                    // Blocks of direct networks also fill the direct table.
+                    let direct = [before.as_ref(), after]
+                        .into_iter()
+                        .flatten()
+                        .any(|b| snapshot.networks.get(&b.network).is_some_and(|n| n.direct));
+                    if ours || direct {
+                        blocks.push((key.to_owned(), before));
+                    }
+                }
+                Ok(true) => all = true,
+                Err(e) => {
+                    warn!("{e:#}");
+                    all = true;
+                }
+            }
+        }
+        match (all, blocks.is_empty()) {
+            (true, _) => Routing::All,
+            (false, false) => Routing::Blocks(blocks),
+            (false, true) => Routing::Unchanged,
+        }
+    }
+
+    /// Brings the maps in step with the snapshot and the local endpoints, changing only
+    /// what differs. Compares against the shadow of what was last written (no map
+    /// dump); reads the kernel's maps when there is no shadow yet (start, drift check).
+    pub(super) async fn reconcile(&mut self) -> Result<()> {
+        // Until this succeeds there is no desired state to update key by key.
+        self.desired = None;
+        let local: Vec<&LocalEndpoint> = self.endpoints.values().collect();
+        let me = reconcile::Me {
+            name: &self.config.node_name,
+            underlay_subnet: self.underlay_subnet,
+        };
+        let base = reconcile::desired_base(&me, &self.config, &self.snapshot, &local)?;
+        let want = reconcile::with_blocks(&me, &self.snapshot, &base);
+        let mut shadow = match self.shadow.take() {
+            Some(shadow) => shadow,
+            None => reconcile::read_shadow(&self.datapath)?,
+        };
+        let changes = reconcile::apply(
+            &mut reconcile::Shadowed {
+                maps: &mut self.datapath,
+                shadow: &mut shadow,
+            },
+            &want,
+        );
+        // The shadow holds exactly what was written, failed entries excepted.
+        self.shadow = Some(shadow);
+        self.desired = Some((base, want));
+        self.account(changes)
+    }
+
+    /// Reconciles after changes of store blocks alone (`changed`: each block's store
+    /// key and its record before): only the route keys those blocks write are
+    /// recomputed and compared, so the cost follows the change, not the cluster. Falls
+    /// back to a full reconcile when there is nothing to start from.
+    pub(super) async fn reconcile_blocks(
+        &mut self,
+        changed: &[(String, Option<BlockRecord>)],
+    ) -> Result<()> {
+        let (Some((base, mut want)), Some(mut shadow)) = (self.desired.take(), self.shadow.take())
+        else {
+            return self.reconcile().await;
+        };
+        let me = reconcile::Me {
+            name: &self.config.node_name,
+            underlay_subnet: self.underlay_subnet,
+        };
+        let keys: std::collections::BTreeSet<reconcile::RouteKey> = changed
+            .iter()
+            .flat_map(|(key, old)| {
+                reconcile::block_route_keys(&me, &self.snapshot, &base, old.as_ref(), key)
+            })
+            .collect();
+        let routes: Vec<(reconcile::RouteKey, Option<Route>)> = keys
+            .into_iter()
+            .map(|key| {
+                (
+                    key,
+                    reconcile::desired_route(&me, &self.snapshot, &base, key),
+                )
+            })
+            .collect();
+        for (key, route) in &routes {
+            match route {
+                Some(route) => want.routes.insert(*key, *route),
+                None => want.routes.remove(key),
+            };
+        }
+        let changes = reconcile::apply_routes(
+            &mut reconcile::Shadowed {
+                maps: &mut self.datapath,
+                shadow: &mut shadow,
+            },
+            &routes,
+        );
+        self.shadow = Some(shadow);
+        self.desired = Some((base, want));
+        self.account(changes)
+    }
+
+    /// Logs what a reconcile changed and turns failed entries into an error (counted
+    /// for `oxlay status`).
+    pub(super) fn account(&mut self, changes: Result<reconcile::Changes>) -> Result<()> {
+        let changes = changes?;
+        if changes.added + changes.removed > 0 {
+            info!(
+                "maps updated: {} added or changed, {} removed",
+                changes.added, changes.removed
+            );
+        }
+        if let Some(first) = changes.failed.first() {
+            self.map_failures += changes.failed.len() as u64;
+            let e = anyhow!(
+                "{} map entries could not be written (the others were; retried with backoff): {first}",
+                changes.failed.len()
+            );
+            self.last_reconcile_error = Some(format!("{e:#}"));
+            return Err(e);
+        }
+        self.last_reconcile_error = None;
+        Ok(())
+    }
+
+    /// Reconciles; a failure is logged and left to the periodic resync (the change
+    /// that asked for it is complete either way: the maps follow the store).
+    pub(super) async fn reconcile_or_retry_later(&mut self) {
+        if let Err(e) = self.reconcile().await {
+            warn!("reconcile failed, retried with backoff: {e:#}");
+            self.last_reconcile_error = Some(format!("{e:#}"));
+            self.retry.notify_one();
+        }
+    }
+
+    /// Records the static network's endpoints (the store keeps the others) so that the
+    /// next daemon can adopt them; written atomically.
+    pub(super) fn save_static_endpoints(&self) -> Result<()> {
+        let statics: Vec<&LocalEndpoint> = self
+            .endpoints
+            .values()
+            .filter(|e| e.network.is_none())
+            .collect();
+        let tmp = self.state_path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&statics)?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.state_path)
+            .with_context(|| format!("cannot write {}", self.state_path.display()))
+    }
+
+    /// The blocks this host must hold: one address in each, from its endpoints.
+    pub(super) fn held_blocks(&self) -> Vec<lease::HeldBlock> {
+        self.endpoints
+            .values()
+            .filter_map(|ep| Some((ep.network.clone()?, ep.address)))
+            .collect()
+    }
+}
+
+/// The static network's endpoints a previous daemon recorded. No file means none; a
+/// file that cannot be read or parsed stops the start rather than being taken as empty
+/// (and then overwritten), which would orphan wired containers.
+pub(super) fn read_state_file(path: &Path) -> Result<Vec<LocalEndpoint>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "the state file {} is corrupt: fix or remove it (removing it forgets the static endpoints it lists)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read the state file {}", path.display())),
+    }
+}
+
+/// What a batch of store events asks of the maps.
+pub(super) enum Routing {
+    Unchanged,
+    /// Blocks changed (store key, record before): only their routes.
+    Blocks(Vec<(String, Option<BlockRecord>)>),
+    All,
+}

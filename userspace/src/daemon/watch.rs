@@ -1,0 +1,191 @@
+//! Following the store: list once, then apply each watch event to the snapshot and
+//! reconcile; retries with backoff and a periodic drift check.
+use std::{sync::Arc, time::Duration};
+
+use log::warn;
+use tokio::sync::Mutex;
+
+#[allow(unused_imports)]
+use super::*;
+use crate::{
+    model::{self, BlockRecord},
+    store::Store,
+};
+
+/// When to look at the kernel's maps again without a store event: after a failed
+/// reconcile, from 1 s, doubling up to [`RETRY_MAX`]; while all is well, a drift check
+/// [`DRIFT_CHECK_EVERY`] after the last one. Each look compares against the kernel's
+/// maps themselves (not the shadow), so no divergence outlives it.
+#[derive(Debug)]
+pub(super) struct Resync {
+    delay: Duration,
+    failing: bool,
+}
+
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Events within 20 ms that make a burst worth gathering further.
+pub(super) const BURST_EVENTS: usize = 16;
+pub(super) const DRIFT_CHECK_EVERY: Duration = Duration::from_secs(300);
+
+impl Resync {
+    fn new() -> Self {
+        Self {
+            delay: DRIFT_CHECK_EVERY,
+            failing: false,
+        }
+    }
+    /// The delay until the next look, given whether the last reconcile succeeded.
+    fn after(&mut self, ok: bool) -> Duration {
+        self.delay = match (ok, self.failing) {
+            (true, _) => DRIFT_CHECK_EVERY,
+            (false, false) => Duration::from_secs(1),
+            (false, true) => (self.delay * 2).min(RETRY_MAX),
+        };
+        self.failing = !ok;
+        self.delay
+    }
+    fn failing(&self) -> bool {
+        self.failing
+    }
+}
+
+/// Reconciles everything, or only the routes of `blocks`; logs a failure; whether it
+/// succeeded.
+pub(super) async fn reconcile_logged(
+    state: &Mutex<State>,
+    blocks: Option<&[(String, Option<BlockRecord>)]>,
+) -> bool {
+    let mut s = state.lock().await;
+    let result = match blocks {
+        Some(blocks) => s.reconcile_blocks(blocks).await,
+        None => s.reconcile().await,
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            warn!("reconcile failed: {e:#}");
+            s.last_reconcile_error = Some(format!("{e:#}"));
+            false
+        }
+    }
+}
+
+/// Follows the store: lists its routing records once, then applies each watch event
+/// to that snapshot and reconciles the maps (events are batched). A change costs the
+/// change: no relisting, no map dump. Failed map writes are retried with backoff; a
+/// drift check compares with the kernel's maps every [`DRIFT_CHECK_EVERY`].
+pub(super) async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: Health) {
+    let mut resync = Resync::new();
+    loop {
+        let start = match state.lock().await.relist().await {
+            Ok(revision) => {
+                store_ok(&health);
+                revision
+            }
+            Err(e) => {
+                store_failed(&health, "listing", &e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let ok = reconcile_logged(&state, None).await;
+        // A deadline, not a sleep per turn: events do not postpone it.
+        let mut due = tokio::time::Instant::now() + resync.after(ok);
+        let retry = state.lock().await.retry.clone();
+        let mut events = match store.watch(model::PREFIX, start).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                store_failed(&health, "watch", &e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                // A reconcile on an API path failed: retry soon.
+                _ = retry.notified() => {
+                    if !resync.failing() {
+                        due = tokio::time::Instant::now() + resync.after(false);
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(due) => {
+                    state.lock().await.shadow = None;
+                    due = tokio::time::Instant::now() + resync.after(reconcile_logged(&state, None).await);
+                    continue;
+                }
+            };
+            match event {
+                Some(Ok(first)) => {
+                    // Take whatever else arrived with it, then reconcile once. While a
+                    // burst goes on (many hosts joining), keep gathering, up to 250 ms:
+                    // one reconcile per burst, not one per few events.
+                    let mut batch = vec![first];
+                    let mut broken = false;
+                    let gathering = std::time::Instant::now();
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let before = batch.len();
+                        while let Ok(item) = events.try_recv() {
+                            match item {
+                                Ok(event) => batch.push(event),
+                                Err(_) => broken = true,
+                            }
+                        }
+                        let burst = batch.len() - before >= BURST_EVENTS;
+                        if broken || !burst || gathering.elapsed() > Duration::from_millis(250) {
+                            break;
+                        }
+                    }
+                    let routing = state.lock().await.apply_events(&batch);
+                    let ok = match routing {
+                        Routing::Unchanged => None,
+                        Routing::Blocks(blocks) => {
+                            Some(reconcile_logged(&state, Some(&blocks)).await)
+                        }
+                        Routing::All => Some(reconcile_logged(&state, None).await),
+                    };
+                    if let Some(ok) = ok {
+                        // A failure starts the retries; a success ends them. Otherwise
+                        // the drift check stays where it was.
+                        if ok == resync.failing() {
+                            due = tokio::time::Instant::now() + resync.after(ok);
+                        }
+                    }
+                    if broken {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    store_failed(&health, "watch", &e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resync_backs_off_after_failures_and_relaxes_after_success() {
+        let mut r = Resync::new();
+        let secs = |d: Duration| d.as_secs();
+        assert_eq!(secs(r.after(false)), 1);
+        assert_eq!(secs(r.after(false)), 2);
+        assert_eq!(secs(r.after(false)), 4);
+        for _ in 0..10 {
+            r.after(false);
+        }
+        assert_eq!(r.after(false), RETRY_MAX, "capped");
+        assert!(r.failing());
+        assert_eq!(r.after(true), DRIFT_CHECK_EVERY);
+        assert!(!r.failing());
+        assert_eq!(secs(r.after(false)), 1, "a new failure retries soon");
+    }
+}

@@ -1,0 +1,125 @@
+//! The records the store holds, and their decoding.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anyhow::{bail, Context, Result};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+#[allow(unused_imports)]
+use super::*;
+use crate::{
+    net::{Ipv4Net, MacAddr},
+    store::Store,
+};
+
+/// VNIs handed out when none is asked for start here (low ones are left for users).
+pub const FIRST_AUTO_VNI: u32 = 4096;
+/// Subnets handed out when none is asked for are /16s of this pool.
+pub const DEFAULT_POOL: &str = "10.240.0.0/12";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    pub underlay_address: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    /// Prefix length of the blocks hosts lease from the subnet.
+    pub block_prefix: u8,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Route to peers on the same underlay subnet without encapsulation.
+    #[serde(default)]
+    pub direct: bool,
+    /// Set by `network rm` before it checks for endpoints: an endpoint create that sees
+    /// it gives its address back, so a removal and a create never both succeed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removing: bool,
+}
+
+impl NetworkRecord {
+    /// Checks what the code that reads a record relies on (a store may hold a record
+    /// written by hand or by another version).
+    pub fn validate(&self) -> Result<()> {
+        let max = oxlay_common::wire::VNI_MAX;
+        if self.vni == 0 || self.vni > max {
+            bail!(
+                "network {}: VNI {} is out of range 1..={max}",
+                self.name,
+                self.vni
+            );
+        }
+        if self.block_prefix < self.subnet.prefix_len() || self.block_prefix > MAX_BLOCK_PREFIX {
+            bail!(
+                "network {}: block size /{} does not fit subnet {} (/{}..=/{MAX_BLOCK_PREFIX})",
+                self.name,
+                self.block_prefix,
+                self.subnet,
+                self.subnet.prefix_len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The smallest block a host leases: a /30 has two usable addresses.
+pub const MAX_BLOCK_PREFIX: u8 = 30;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    pub network: String,
+    pub block: Ipv4Net,
+    pub host: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub network: String,
+    pub address: Ipv4Addr,
+    pub host: String,
+    /// The sandbox (network namespace) the endpoint lives in.
+    pub sandbox: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The interface in the sandbox and its MAC, once wired (a restarted daemon
+    /// adopts the endpoint from these).
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+/// What `network create` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub subnet: Option<Ipv4Net>,
+    pub vni: Option<u32>,
+    pub block_prefix: Option<u8>,
+    pub labels: BTreeMap<String, String>,
+    /// Allow the subnet to overlap another network's (isolated by VNI anyway).
+    pub allow_overlap: bool,
+    pub direct: bool,
+}
+
+pub(super) fn decode<T: DeserializeOwned>(key: &str, value: &str) -> Result<T> {
+    serde_json::from_str(value).with_context(|| format!("store record {key} is not valid"))
+}
+
+/// A network record, checked (see [`NetworkRecord::validate`]).
+pub fn decode_network(key: &str, value: &str) -> Result<NetworkRecord> {
+    let record: NetworkRecord = decode(key, value)?;
+    record
+        .validate()
+        .with_context(|| format!("store record {key} is not valid"))?;
+    Ok(record)
+}
+
+pub(super) async fn list<T: DeserializeOwned>(store: &dyn Store, prefix: &str) -> Result<Vec<T>> {
+    let (kvs, _) = store.list(prefix).await?;
+    kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+}

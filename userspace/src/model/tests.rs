@@ -1,0 +1,82 @@
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use super::*;
+use crate::store::Store;
+
+fn net(subnet: &str, block: u8) -> NetworkRecord {
+    NetworkRecord {
+        name: "n".into(),
+        vni: 1,
+        subnet: subnet.parse().unwrap(),
+        block_prefix: block,
+        labels: BTreeMap::new(),
+        direct: false,
+        removing: false,
+    }
+}
+
+#[test]
+fn blocks_tile_the_subnet() {
+    let n = net("10.1.0.0/16", 24);
+    let b: Vec<_> = tiles(&n).collect();
+    assert_eq!(b.len(), 256);
+    assert_eq!(b[0].to_string(), "10.1.0.0/24");
+    assert_eq!(b[255].to_string(), "10.1.255.0/24");
+    let hosts: Vec<_> = block_hosts("10.1.3.0/30".parse().unwrap()).collect();
+    assert_eq!(
+        hosts,
+        [Ipv4Addr::new(10, 1, 3, 1), Ipv4Addr::new(10, 1, 3, 2)]
+    );
+}
+
+#[test]
+fn free_subnets_avoid_existing_ones() {
+    let existing = [net("10.240.0.0/16", 24), net("10.241.0.0/20", 24)];
+    let subnets = existing.iter().map(|n| n.subnet);
+    assert_eq!(free_subnet(subnets).unwrap().to_string(), "10.242.0.0/16");
+}
+
+#[test]
+fn keys_are_stable() {
+    assert_eq!(
+        block_key("blue", "10.1.2.0/24".parse().unwrap()),
+        "/oxlay/blocks/blue/10.1.2.0_24"
+    );
+    assert_eq!(
+        endpoint_key("blue", Ipv4Addr::new(10, 1, 2, 3)),
+        "/oxlay/endpoints/blue/10.1.2.3"
+    );
+}
+
+/// A removal whose compare-and-delete loses to a concurrent write reads again and
+/// deletes: it never reports success with the address still claimed.
+#[tokio::test]
+async fn a_removal_racing_a_write_still_removes() {
+    use crate::store::faulty::{temp_embedded, Fault, FaultyStore};
+    let (_folder, inner) = temp_embedded();
+    let store = FaultyStore::new(inner);
+    let spec = NetworkSpec {
+        name: "n".into(),
+        subnet: Some("10.1.0.0/16".parse().unwrap()),
+        ..Default::default()
+    };
+    create_network(&store, spec).await.unwrap();
+    let lease = store
+        .grant_lease(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ep = create_endpoint(&store, "h", lease, "n", "sb", None, BTreeMap::new())
+        .await
+        .unwrap();
+    // The wiring is recorded between the removal's read and its compare-and-delete.
+    store.set(Fault {
+        rewrite_before_delete_under: Some(ENDPOINTS.into()),
+        times: 1,
+        ..Default::default()
+    });
+    remove_endpoint(&store, "n", ep.address).await.unwrap();
+    assert!(
+        endpoint(&store, "n", ep.address).await.unwrap().is_none(),
+        "the address is still claimed after a successful removal"
+    );
+}

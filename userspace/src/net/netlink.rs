@@ -1,0 +1,124 @@
+//! rtnetlink plumbing: opening a handle, looking up links and addresses, deleting links.
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{LinkAttribute, LinkMessage},
+};
+use rtnetlink::Handle;
+
+use crate::net::MacAddr;
+
+/// A link as oxlay needs to know it.
+#[derive(Clone, Debug)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: MacAddr,
+    pub mtu: u32,
+}
+
+/// Opens a netlink connection in the calling thread's network namespace.
+pub fn connect() -> Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn link_info(msg: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: msg.header.index,
+        name: String::new(),
+        mac: MacAddr([0; 6]),
+        mtu: 0,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                info.mac = MacAddr(a.as_slice().try_into().unwrap_or_default())
+            }
+            LinkAttribute::Mtu(m) => info.mtu = *m,
+            _ => {}
+        }
+    }
+    info
+}
+
+/// The link called `name`, or None if there is none.
+pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkInfo>> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+        Ok(None) => Ok(None),
+        // The kernel answers ENODEV for a name it does not know.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot look up interface {name}")),
+    }
+}
+
+pub async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<LinkInfo>> {
+    let mut links = handle.link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(msg) => Ok(msg.as_ref().map(link_info)),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot look up interface {index}")),
+    }
+}
+
+/// The first IPv4 address on link `index`.
+pub async fn first_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>> {
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(msg) = addrs.try_next().await? {
+        for attr in msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
+                return Ok(Some(a));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The subnet that `addr` (an address of link `index`) belongs to, from its prefix
+/// length; a /32 when the address is not on the link.
+pub async fn subnet_of(handle: &Handle, index: u32, addr: Ipv4Addr) -> Result<crate::net::Ipv4Net> {
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(msg) = addrs.try_next().await? {
+        let prefix = msg.header.prefix_len;
+        for attr in &msg.attributes {
+            if *attr == AddressAttribute::Address(IpAddr::V4(addr)) {
+                let net = ipnet::Ipv4Net::new(addr, prefix)?.trunc();
+                return crate::net::Ipv4Net::new(net.network(), net.prefix_len());
+            }
+        }
+    }
+    crate::net::Ipv4Net::new(addr, 32)
+}
+
+/// Deletes a link (for a veth: both ends). A link already gone is not an error.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
+    if let Some(link) = link_by_name(handle, name).await? {
+        handle
+            .link()
+            .del(link.index)
+            .execute()
+            .await
+            .or_else(|e| match e {
+                // Gone meanwhile: a namespace being torn down takes its veths along.
+                rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV => Ok(()),
+                e => Err(e),
+            })
+            .with_context(|| format!("cannot delete interface {name}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Writing the difference between what the maps hold and what they should hold,
+//! removals first, through the `RoutingMaps` trait (the kernel's maps, or a fake in
+//! tests) and a shadow of what was last written.
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use oxlay_common::Route;
+
+#[allow(unused_imports)]
+use super::*;
+use crate::{
+    datapath::{Datapath, RouteEntry},
+    net::Ipv4Net,
+};
+
+/// The maps reconcile writes, behind a trait so that the order of changes and the
+/// handling of failures are tested without a kernel.
+pub trait RoutingMaps {
+    fn networks(&self) -> Result<Vec<u32>>;
+    fn add_network(&mut self, vni: u32) -> Result<()>;
+    fn remove_network(&mut self, vni: u32) -> Result<()>;
+    fn peers(&self) -> Result<Vec<Ipv4Addr>>;
+    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()>;
+    fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()>;
+    fn routes(&self) -> Result<Vec<RouteEntry>>;
+    fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()>;
+    fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()>;
+
+    /// Everything the maps hold now (a shadow lends its own copy).
+    fn current(&self) -> Result<std::borrow::Cow<'_, Desired>> {
+        read_shadow(self).map(std::borrow::Cow::Owned)
+    }
+}
+
+impl RoutingMaps for Datapath {
+    fn networks(&self) -> Result<Vec<u32>> {
+        Datapath::networks(self)
+    }
+    fn add_network(&mut self, vni: u32) -> Result<()> {
+        Datapath::add_network(self, vni)
+    }
+    fn remove_network(&mut self, vni: u32) -> Result<()> {
+        Datapath::remove_network(self, vni)
+    }
+    fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+        Datapath::peers(self)
+    }
+    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        Datapath::add_peer(self, underlay)
+    }
+    fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        Datapath::remove_peer(self, underlay)
+    }
+    fn routes(&self) -> Result<Vec<RouteEntry>> {
+        Datapath::routes(self)
+    }
+    fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()> {
+        Datapath::set_route(self, net_id, dest, route)
+    }
+    fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
+        Datapath::remove_route(self, net_id, dest)
+    }
+}
+
+/// The kernel maps seen through what was last written to them: reads come from the
+/// shadow (no map dump), writes go to the kernel and, when they succeed, to the
+/// shadow. Valid while nothing else writes those entries; a drift check or a failure
+/// starts again from the kernel's own contents.
+pub struct Shadowed<'a, M: RoutingMaps> {
+    pub maps: &'a mut M,
+    pub shadow: &'a mut Desired,
+}
+
+impl<M: RoutingMaps> RoutingMaps for Shadowed<'_, M> {
+    fn current(&self) -> Result<std::borrow::Cow<'_, Desired>> {
+        Ok(std::borrow::Cow::Borrowed(self.shadow))
+    }
+    fn networks(&self) -> Result<Vec<u32>> {
+        Ok(self.shadow.networks.iter().copied().collect())
+    }
+    fn add_network(&mut self, vni: u32) -> Result<()> {
+        self.maps.add_network(vni)?;
+        self.shadow.networks.insert(vni);
+        Ok(())
+    }
+    fn remove_network(&mut self, vni: u32) -> Result<()> {
+        self.maps.remove_network(vni)?;
+        self.shadow.networks.remove(&vni);
+        Ok(())
+    }
+    fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+        Ok(self.shadow.peers.iter().copied().collect())
+    }
+    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        self.maps.add_peer(underlay)?;
+        self.shadow.peers.insert(underlay);
+        Ok(())
+    }
+    fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        self.maps.remove_peer(underlay)?;
+        self.shadow.peers.remove(&underlay);
+        Ok(())
+    }
+    fn routes(&self) -> Result<Vec<RouteEntry>> {
+        Ok(self
+            .shadow
+            .routes
+            .iter()
+            .map(|(&(net_id, dest), &route)| RouteEntry {
+                net_id,
+                dest,
+                route,
+            })
+            .collect())
+    }
+    fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()> {
+        self.maps.set_route(net_id, dest, route)?;
+        self.shadow.routes.insert((net_id, dest), route);
+        Ok(())
+    }
+    fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
+        self.maps.remove_route(net_id, dest)?;
+        self.shadow.routes.remove(&(net_id, dest));
+        Ok(())
+    }
+}
+
+/// The shadow of maps as they are now (read once from the kernel).
+pub fn read_shadow<M: RoutingMaps + ?Sized>(maps: &M) -> Result<Desired> {
+    Ok(Desired {
+        networks: maps.networks()?.into_iter().collect(),
+        peers: maps.peers()?.into_iter().collect(),
+        routes: maps
+            .routes()?
+            .into_iter()
+            .map(|r| ((r.net_id, r.dest), r.route))
+            .collect(),
+    })
+}
+
+/// Brings the given route keys to the given values (`None`: absent), touching only
+/// those that differ; for a change that touches few keys. Failures as in [`apply`].
+pub fn apply_routes(
+    maps: &mut impl RoutingMaps,
+    want: &[(RouteKey, Option<Route>)],
+) -> Result<Changes> {
+    let writes: Vec<(RouteKey, Option<Route>)> = {
+        let have = maps.current()?;
+        want.iter()
+            .filter(|(key, route)| have.routes.get(key) != route.as_ref())
+            .copied()
+            .collect()
+    };
+    let mut c = Changes::default();
+    for ((net_id, dest), route) in writes {
+        match route {
+            Some(route) => c.record(maps.set_route(net_id, dest, route), false),
+            None => c.record(maps.remove_route(net_id, dest), true),
+        }
+    }
+    Ok(c)
+}
+
+/// What `apply` changed, and the entries it could not change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: usize,
+    pub removed: usize,
+    /// One message per entry that failed (e.g. a full map); the others were applied.
+    pub failed: Vec<String>,
+}
+
+impl Changes {
+    fn record(&mut self, result: Result<()>, removal: bool) {
+        match result {
+            Ok(()) if removal => self.removed += 1,
+            Ok(()) => self.added += 1,
+            Err(e) => self.failed.push(format!("{e:#}")),
+        }
+    }
+}
+
+/// Brings the maps to `want`, touching only entries that differ. Stale entries go
+/// first, so a full map has room for the new ones; a failed entry is recorded and the
+/// rest carry on (the caller retries the failed ones later). A route that changes
+/// value is overwritten in place, never removed and re-added. Fails only when the maps
+/// cannot be read.
+pub fn apply(maps: &mut impl RoutingMaps, want: &Desired) -> Result<Changes> {
+    // What differs is decided first (from a borrowed shadow: no copy), written after.
+    let (stale_routes, stale_peers, stale_networks, new_networks, new_peers, new_routes) = {
+        let have = maps.current()?;
+        let stale_routes: Vec<(u32, Ipv4Net)> = have
+            .routes
+            .keys()
+            .filter(|k| !want.routes.contains_key(k))
+            .copied()
+            .collect();
+        let stale_peers: Vec<Ipv4Addr> = have.peers.difference(&want.peers).copied().collect();
+        let stale_networks: Vec<u32> = have.networks.difference(&want.networks).copied().collect();
+        let new_networks: Vec<u32> = want.networks.difference(&have.networks).copied().collect();
+        let new_peers: Vec<Ipv4Addr> = want.peers.difference(&have.peers).copied().collect();
+        let new_routes: Vec<((u32, Ipv4Net), Route)> = want
+            .routes
+            .iter()
+            .filter(|(k, r)| have.routes.get(k) != Some(r))
+            .map(|(k, r)| (*k, *r))
+            .collect();
+        (
+            stale_routes,
+            stale_peers,
+            stale_networks,
+            new_networks,
+            new_peers,
+            new_routes,
+        )
+    };
+    let mut c = Changes::default();
+    for (net_id, dest) in stale_routes {
+        c.record(maps.remove_route(net_id, dest), true);
+    }
+    for peer in stale_peers {
+        c.record(maps.remove_peer(peer), true);
+    }
+    for vni in stale_networks {
+        c.record(maps.remove_network(vni), true);
+    }
+    // Networks and peers before the routes that lead to them.
+    for vni in new_networks {
+        c.record(maps.add_network(vni), false);
+    }
+    for peer in new_peers {
+        c.record(maps.add_peer(peer), false);
+    }
+    for ((net_id, dest), route) in new_routes {
+        c.record(maps.set_route(net_id, dest, route), false);
+    }
+    Ok(c)
+}

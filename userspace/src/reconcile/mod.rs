@@ -1,0 +1,17 @@
+//! Turns what the store, the config and the local endpoints say into the datapath's
+//! maps, changing only what differs: a route, peer or network that is already right is
+//! never touched, so traffic on it never sees a gap.
+//!
+//! The flow, one file a stage: `snapshot` (the store's routing records, kept current
+//! from the watch) -> `desired` (a pure function: what the maps should hold) ->
+//! `apply` (the only code that writes a map; removals first, then additions).
+mod apply;
+mod desired;
+mod snapshot;
+
+pub use apply::*;
+pub use desired::*;
+pub use snapshot::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+use super::*;
+
+#[test]
+fn apply_removes_before_adding_so_a_full_map_takes_the_new_routes() {
+    let peer = Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]);
+    let mut maps = FakeMaps {
+        route_capacity: 2,
+        ..Default::default()
+    };
+    maps.routes.insert((100, net("10.10.1.0/24")), peer);
+    maps.routes.insert((100, net("10.10.2.0/24")), peer);
+    // The host of 10.10.2.0/24 left and 10.10.3.0/24 arrived: the map is full.
+    let want = Desired {
+        networks: BTreeSet::from([100]),
+        peers: BTreeSet::from([Ipv4Addr::new(192, 168, 50, 12)]),
+        routes: BTreeMap::from([
+            ((100, net("10.10.1.0/24")), peer),
+            ((100, net("10.10.3.0/24")), peer),
+        ]),
+    };
+    let c = apply(&mut maps, &want).unwrap();
+    assert_eq!(c.failed, Vec::<String>::new());
+    assert_eq!((c.added, c.removed), (3, 1));
+    assert_eq!(
+        maps.routes.keys().collect::<Vec<_>>(),
+        want.routes.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        maps.log,
+        [
+            "-route 100 10.10.2.0/24",
+            "+net 100",
+            "+peer 192.168.50.12",
+            "+route 100 10.10.3.0/24"
+        ]
+    );
+    // Nothing differs: nothing is touched.
+    maps.log.clear();
+    let c = apply(&mut maps, &want).unwrap();
+    assert_eq!((c.added, c.removed, c.failed.len()), (0, 0, 0));
+    assert!(maps.log.is_empty(), "{:?}", maps.log);
+}
+
+#[test]
+fn apply_carries_on_past_a_failed_entry_and_reports_it() {
+    let peer = Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]);
+    let mut maps = FakeMaps {
+        route_capacity: 10,
+        refuse: BTreeSet::from([(100, net("10.10.1.0/24"))]),
+        ..Default::default()
+    };
+    let want = Desired {
+        networks: BTreeSet::from([100]),
+        peers: BTreeSet::new(),
+        routes: BTreeMap::from([
+            ((100, net("10.10.1.0/24")), peer),
+            ((100, net("10.10.2.0/24")), peer),
+            ((100, net("10.10.3.0/24")), peer),
+        ]),
+    };
+    let c = apply(&mut maps, &want).unwrap();
+    assert_eq!(c.failed.len(), 1, "{:?}", c.failed);
+    assert!(c.failed[0].contains("10.10.1.0/24"), "{:?}", c.failed);
+    assert_eq!(
+        maps.routes.len(),
+        2,
+        "the routes after the failed one are in"
+    );
+    // Once the map takes it, a retry adds only the missing entry.
+    maps.refuse.clear();
+    maps.log.clear();
+    let c = apply(&mut maps, &want).unwrap();
+    assert_eq!((c.added, c.failed.len()), (1, 0));
+    assert_eq!(maps.log, ["+route 100 10.10.1.0/24"]);
+}
+
+/// Through the shadow, a change reads nothing from the kernel and writes only what
+/// differs; the shadow then equals what was asked for.
+#[test]
+fn shadowed_apply_writes_only_the_change() {
+    let peer = Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]);
+    let mut maps = FakeMaps {
+        route_capacity: 100,
+        ..Default::default()
+    };
+    let mut want = Desired::default();
+    want.networks.insert(100);
+    for i in 1..50u8 {
+        want.routes
+            .insert((100, net(&format!("10.10.{i}.0/24"))), peer);
+    }
+    apply(&mut maps, &want).unwrap();
+    let mut shadow = read_shadow(&maps).unwrap();
+    assert_eq!(shadow, want);
+    maps.log.clear();
+    want.routes.insert((100, net("10.10.200.0/24")), peer);
+    want.routes.remove(&(100, net("10.10.1.0/24")));
+    let c = apply(
+        &mut Shadowed {
+            maps: &mut maps,
+            shadow: &mut shadow,
+        },
+        &want,
+    )
+    .unwrap();
+    assert_eq!((c.added, c.removed), (1, 1));
+    assert_eq!(
+        maps.log,
+        ["-route 100 10.10.1.0/24", "+route 100 10.10.200.0/24"]
+    );
+    assert_eq!(shadow, want);
+}

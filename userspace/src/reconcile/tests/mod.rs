@@ -1,0 +1,151 @@
+//! Shared fixtures for reconcile's tests: records, local endpoints, and maps in memory.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use anyhow::Result;
+use oxlay_common::{Route, DIRECT_NET_ID};
+
+use super::*;
+use crate::{
+    config::Config,
+    datapath::RouteEntry,
+    model::{self, local::LocalEndpoint, BlockRecord, HostRecord, NetworkRecord},
+    net::{Ipv4Net, MacAddr},
+    store::WatchEvent,
+};
+
+mod apply;
+mod desired;
+
+fn config() -> Config {
+    "node_name = \"me\"\nunderlay_interface = \"eth0\"\n"
+        .parse()
+        .unwrap()
+}
+
+fn me() -> Me<'static> {
+    Me {
+        name: "me",
+        underlay_subnet: "192.168.50.0/24".parse().unwrap(),
+    }
+}
+
+fn host(name: &str, last: u8) -> HostRecord {
+    HostRecord {
+        name: name.into(),
+        underlay_address: Ipv4Addr::new(192, 168, 50, last),
+        vtep_mac: MacAddr([2, 0, 0, 0, 0, last]),
+    }
+}
+
+fn network(name: &str, vni: u32) -> NetworkRecord {
+    NetworkRecord {
+        name: name.into(),
+        vni,
+        subnet: "10.10.0.0/16".parse().unwrap(),
+        block_prefix: 24,
+        labels: Default::default(),
+        direct: false,
+        removing: false,
+    }
+}
+
+fn block(network: &str, cidr: &str, host: &str) -> BlockRecord {
+    BlockRecord {
+        network: network.into(),
+        block: cidr.parse().unwrap(),
+        host: host.into(),
+    }
+}
+
+fn local(vni: u32, addr: &str) -> LocalEndpoint {
+    LocalEndpoint {
+        network: Some("blue".into()),
+        vni,
+        netns: "c1".into(),
+        address: addr.parse().unwrap(),
+        host_ifname: "oxl1".into(),
+        host_ifindex: 9,
+        host_mac: MacAddr([2, 9, 9, 9, 9, 9]),
+        container_ifname: "eth0".into(),
+        container_mac: MacAddr([2, 1, 1, 1, 1, 1]),
+        mtu: 1450,
+        routes_only: None,
+    }
+}
+
+/// Maps in memory with a route capacity, like a BPF map's max_entries, and keys
+/// that refuse to be written; every call is logged in order.
+#[derive(Default)]
+struct FakeMaps {
+    networks: BTreeSet<u32>,
+    peers: BTreeSet<Ipv4Addr>,
+    routes: BTreeMap<(u32, Ipv4Net), Route>,
+    route_capacity: usize,
+    refuse: BTreeSet<(u32, Ipv4Net)>,
+    log: Vec<String>,
+}
+
+impl RoutingMaps for FakeMaps {
+    fn networks(&self) -> Result<Vec<u32>> {
+        Ok(self.networks.iter().copied().collect())
+    }
+    fn add_network(&mut self, vni: u32) -> Result<()> {
+        self.log.push(format!("+net {vni}"));
+        self.networks.insert(vni);
+        Ok(())
+    }
+    fn remove_network(&mut self, vni: u32) -> Result<()> {
+        self.log.push(format!("-net {vni}"));
+        self.networks.remove(&vni);
+        Ok(())
+    }
+    fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+        Ok(self.peers.iter().copied().collect())
+    }
+    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        self.log.push(format!("+peer {underlay}"));
+        self.peers.insert(underlay);
+        Ok(())
+    }
+    fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        self.log.push(format!("-peer {underlay}"));
+        self.peers.remove(&underlay);
+        Ok(())
+    }
+    fn routes(&self) -> Result<Vec<RouteEntry>> {
+        Ok(self
+            .routes
+            .iter()
+            .map(|(&(net_id, dest), &route)| RouteEntry {
+                net_id,
+                dest,
+                route,
+            })
+            .collect())
+    }
+    fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()> {
+        self.log.push(format!("+route {net_id} {dest}"));
+        let key = (net_id, dest);
+        if self.refuse.contains(&key) {
+            anyhow::bail!("route {net_id} {dest} refused");
+        }
+        if !self.routes.contains_key(&key) && self.routes.len() >= self.route_capacity {
+            anyhow::bail!("route map full at {dest}");
+        }
+        self.routes.insert(key, route);
+        Ok(())
+    }
+    fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
+        self.log.push(format!("-route {net_id} {dest}"));
+        self.routes.remove(&(net_id, dest));
+        Ok(())
+    }
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
