@@ -8,7 +8,13 @@ use proptest::prelude::*;
 
 use clap::Parser;
 
-use crate::{api, cli::Cli, cni, config::Config, docker, model, net};
+use crate::{
+    api,
+    cli::Cli,
+    config::Config,
+    model, net,
+    plugins::{cni, docker},
+};
 
 /// A Docker driver that does nothing: the property tests are about decoding.
 struct NullDriver;

@@ -2,15 +2,13 @@
 //! API and the daemon. The `oxlay` binary (main.rs) is a thin CLI over this library.
 pub mod api;
 pub mod cli;
-pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
-pub mod docker;
-pub mod docker_engine;
 pub mod fault;
 pub mod model;
 pub mod net;
+pub mod plugins;
 pub mod reconcile;
 pub mod store;
 

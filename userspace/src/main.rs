@@ -14,7 +14,7 @@ use oxlay::{
 fn main() -> ExitCode {
     // Runtimes run the same binary as a CNI plugin ("type": "oxlay").
     if std::env::var_os("CNI_COMMAND").is_some() {
-        return oxlay::cni::main();
+        return oxlay::plugins::cni::main();
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();

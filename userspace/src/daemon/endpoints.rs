@@ -14,14 +14,14 @@ use crate::{
 };
 
 /// A namespace to wire an endpoint into, and the name the endpoint goes by.
-pub(super) struct Sandbox {
-    pub(super) name: String,
+pub(crate) struct Sandbox {
+    pub(crate) name: String,
     /// A name under /run/netns or a path.
-    pub(super) netns: String,
+    pub(crate) netns: String,
 }
 
 impl Sandbox {
-    pub(super) fn named_by_netns(netns: String) -> Self {
+    pub(crate) fn named_by_netns(netns: String) -> Self {
         Self {
             name: netns.clone(),
             netns,
@@ -30,7 +30,7 @@ impl Sandbox {
 }
 
 /// Wires an endpoint into a namespace and records it; the maps follow by reconciling.
-pub(super) async fn add_local_endpoint(
+pub(crate) async fn add_local_endpoint(
     s: &mut State,
     network: Option<String>,
     vni: u32,
@@ -79,7 +79,7 @@ pub(super) async fn add_local_endpoint(
 
 /// Takes back a local endpoint whose creation failed after it was wired: unwires it
 /// and forgets it. Errors are logged (the caller reports the original failure).
-pub(super) async fn undo_local_endpoint(s: &mut State, key: &EndpointKey) {
+pub(crate) async fn undo_local_endpoint(s: &mut State, key: &EndpointKey) {
     let Some(record) = s.endpoints.remove(key) else {
         return;
     };
@@ -99,7 +99,7 @@ pub(super) async fn undo_local_endpoint(s: &mut State, key: &EndpointKey) {
     s.reconcile_or_retry_later().await;
 }
 
-pub(super) async fn remove_local_endpoint(
+pub(crate) async fn remove_local_endpoint(
     s: &mut State,
     key: &EndpointKey,
 ) -> Result<LocalEndpoint> {
@@ -124,7 +124,7 @@ pub(super) async fn remove_local_endpoint(
 /// Releases an address whose endpoint never came to be; a failure is logged (the
 /// address then shows in `oxlay endpoint ls` without an interface, and removing that
 /// endpoint releases it).
-pub(super) async fn give_back_address(
+pub(crate) async fn give_back_address(
     store: &dyn Store,
     network: &str,
     address: std::net::Ipv4Addr,

@@ -10,18 +10,18 @@ use super::*;
 /// Whether the store answers; kept apart from `State` so that `oxlay status` answers
 /// even while a store call holds the state.
 #[derive(Default)]
-pub(super) struct StoreHealth {
-    pub(super) down_since: Option<std::time::SystemTime>,
-    pub(super) last_error: Option<String>,
+pub(crate) struct StoreHealth {
+    pub(crate) down_since: Option<std::time::SystemTime>,
+    pub(crate) last_error: Option<String>,
 }
 
-pub(super) type Health = Arc<std::sync::Mutex<StoreHealth>>;
+pub(crate) type Health = Arc<std::sync::Mutex<StoreHealth>>;
 
-pub(super) fn store_failed(health: &Health, what: &str, e: &anyhow::Error) {
+pub(crate) fn store_failed(health: &Health, what: &str, e: &anyhow::Error) {
     store_failed_inner(health, what, e)
 }
 
-pub(super) fn store_failed_inner(
+pub(crate) fn store_failed_inner(
     health: &std::sync::Mutex<StoreHealth>,
     what: &str,
     e: &anyhow::Error,
@@ -34,11 +34,11 @@ pub(super) fn store_failed_inner(
     h.last_error = Some(format!("{what}: {e:#}"));
 }
 
-pub(super) fn store_ok(health: &Health) {
+pub(crate) fn store_ok(health: &Health) {
     store_ok_inner(health)
 }
 
-pub(super) fn store_ok_inner(health: &std::sync::Mutex<StoreHealth>) {
+pub(crate) fn store_ok_inner(health: &std::sync::Mutex<StoreHealth>) {
     let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(since) = h.down_since.take() {
         let secs = since.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);

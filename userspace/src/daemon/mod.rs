@@ -21,7 +21,6 @@ use crate::{
 };
 
 mod adopt;
-mod docker_driver;
 mod endpoints;
 mod health;
 mod lease;
@@ -31,7 +30,7 @@ mod watch;
 pub mod wiring;
 
 #[allow(unused_imports)]
-use self::{endpoints::*, health::*, server::*, state::*, watch::*};
+pub(crate) use self::{endpoints::*, health::*, server::*, state::*, watch::*};
 
 async fn connect_store(config: &Config) -> Result<Arc<dyn Store>> {
     Ok(if config.store.etcd_endpoints.is_empty() {
@@ -115,12 +114,14 @@ pub async fn run(config: Config) -> Result<()> {
         underlay_subnet,
         state_path: socket_path.with_extension("endpoints.json"),
         uninstall: Arc::new(tokio::sync::Notify::new()),
-        docker: docker_driver::DockerState::default(),
+        docker: crate::plugins::docker::driver::DockerState::default(),
         map_failures: 0,
         last_reconcile_error: None,
     };
     let started = async {
-        state.docker = docker_driver::DockerState::load(&*state.store, &state.host.name).await?;
+        state.docker =
+            crate::plugins::docker::driver::DockerState::load(&*state.store, &state.host.name)
+                .await?;
         state.adopt_endpoints().await?;
         state.lease.register(&state.held_blocks()).await?;
         state.relist().await?;
@@ -168,14 +169,14 @@ pub async fn run(config: Config) -> Result<()> {
     ));
     let docker = state.lock().await.config.docker.clone();
     let docker_plugin = docker.enabled.then(|| {
-        let driver = Arc::new(docker_driver::DaemonDriver(state.clone()));
+        let driver = Arc::new(crate::plugins::docker::driver::DaemonDriver(state.clone()));
         let socket = docker.socket.clone();
         info!(
             "serving the Docker network and IPAM driver \"oxlay\" on {}",
             socket.display()
         );
         tokio::spawn(async move {
-            if let Err(e) = crate::docker::serve(&socket, driver).await {
+            if let Err(e) = crate::plugins::docker::serve(&socket, driver).await {
                 warn!("docker plugin: {e:#}");
             }
         })

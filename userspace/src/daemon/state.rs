@@ -20,45 +20,45 @@ use crate::{
 };
 
 /// Local endpoints by (namespace, store network; None for the static network).
-pub(super) type EndpointKey = (String, Option<String>);
+pub(crate) type EndpointKey = (String, Option<String>);
 
-pub(super) struct State {
-    pub(super) config: Config,
-    pub(super) handle: Handle,
-    pub(super) datapath: Datapath,
-    pub(super) container_mtu: u32,
-    pub(super) store: Arc<dyn Store>,
-    pub(super) host: HostRecord,
+pub(crate) struct State {
+    pub(crate) config: Config,
+    pub(crate) handle: Handle,
+    pub(crate) datapath: Datapath,
+    pub(crate) container_mtu: u32,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) host: HostRecord,
     /// The lease the host's registration and blocks hang on (renewed on its own task).
-    pub(super) lease: Arc<lease::HostLease>,
-    pub(super) endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
+    pub(crate) lease: Arc<lease::HostLease>,
+    pub(crate) endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
     /// The store's routing records, listed at start and kept current by the watch.
-    pub(super) snapshot: Snapshot,
+    pub(crate) snapshot: Snapshot,
     /// What the route, peer and network maps hold, as last written (None: read them).
-    pub(super) shadow: Option<reconcile::Desired>,
+    pub(crate) shadow: Option<reconcile::Desired>,
     /// The last desired maps and the part of them blocks do not change (base, want).
-    pub(super) desired: Option<(reconcile::Desired, reconcile::Desired)>,
+    pub(crate) desired: Option<(reconcile::Desired, reconcile::Desired)>,
     /// Tells the watch loop that a reconcile outside it failed and wants a retry.
-    pub(super) retry: Arc<tokio::sync::Notify>,
+    pub(crate) retry: Arc<tokio::sync::Notify>,
     /// The underlay subnet (direct routing reaches peers inside it).
-    pub(super) underlay_subnet: Ipv4Net,
+    pub(crate) underlay_subnet: Ipv4Net,
     /// Where the static network's endpoints are recorded for the next daemon.
-    pub(super) state_path: std::path::PathBuf,
+    pub(crate) state_path: std::path::PathBuf,
     /// Signalled by the `uninstall` request.
-    pub(super) uninstall: Arc<tokio::sync::Notify>,
+    pub(crate) uninstall: Arc<tokio::sync::Notify>,
     /// Which oxlay network each Docker network is.
-    pub(super) docker: docker_driver::DockerState,
+    pub(crate) docker: crate::plugins::docker::driver::DockerState,
     /// Map writes that failed since start (e.g. a full route map), and the last
     /// reconcile error, for `oxlay status`.
-    pub(super) map_failures: u64,
-    pub(super) last_reconcile_error: Option<String>,
+    pub(crate) map_failures: u64,
+    pub(crate) last_reconcile_error: Option<String>,
 }
 
 impl State {
     /// Lists the store's routing records anew (at start, and when a watch starts
     /// over); returns the revision from which to watch. A record that does not decode
     /// is left out with a warning.
-    pub(super) async fn relist(&mut self) -> Result<crate::store::Revision> {
+    pub(crate) async fn relist(&mut self) -> Result<crate::store::Revision> {
         let mut snapshot = Snapshot::default();
         let mut start = None;
         for prefix in [model::HOSTS, model::NETWORKS, model::BLOCKS] {
@@ -79,7 +79,7 @@ impl State {
     /// Applies watch events to the snapshot and says what routing needs: nothing, the
     /// routes of some blocks, or everything. A block of a network with no endpoint
     /// here changes no route of this host.
-    pub(super) fn apply_events(&mut self, events: &[crate::store::WatchEvent]) -> Routing {
+    pub(crate) fn apply_events(&mut self, events: &[crate::store::WatchEvent]) -> Routing {
         let local_networks: std::collections::BTreeSet<&str> = self
             .endpoints
             .values()
@@ -131,7 +131,7 @@ impl State {
     /// Brings the maps in step with the snapshot and the local endpoints, changing only
     /// what differs. Compares against the shadow of what was last written (no map
     /// dump); reads the kernel's maps when there is no shadow yet (start, drift check).
-    pub(super) async fn reconcile(&mut self) -> Result<()> {
+    pub(crate) async fn reconcile(&mut self) -> Result<()> {
         // Until this succeeds there is no desired state to update key by key.
         self.desired = None;
         let local: Vec<&LocalEndpoint> = self.endpoints.values().collect();
@@ -162,7 +162,7 @@ impl State {
     /// key and its record before): only the route keys those blocks write are
     /// recomputed and compared, so the cost follows the change, not the cluster. Falls
     /// back to a full reconcile when there is nothing to start from.
-    pub(super) async fn reconcile_blocks(
+    pub(crate) async fn reconcile_blocks(
         &mut self,
         changed: &[(String, Option<BlockRecord>)],
     ) -> Result<()> {
@@ -209,7 +209,7 @@ impl State {
 
     /// Logs what a reconcile changed and turns failed entries into an error (counted
     /// for `oxlay status`).
-    pub(super) fn account(&mut self, changes: Result<reconcile::Changes>) -> Result<()> {
+    pub(crate) fn account(&mut self, changes: Result<reconcile::Changes>) -> Result<()> {
         let changes = changes?;
         if changes.added + changes.removed > 0 {
             info!(
@@ -232,7 +232,7 @@ impl State {
 
     /// Reconciles; a failure is logged and left to the periodic resync (the change
     /// that asked for it is complete either way: the maps follow the store).
-    pub(super) async fn reconcile_or_retry_later(&mut self) {
+    pub(crate) async fn reconcile_or_retry_later(&mut self) {
         if let Err(e) = self.reconcile().await {
             warn!("reconcile failed, retried with backoff: {e:#}");
             self.last_reconcile_error = Some(format!("{e:#}"));
@@ -242,7 +242,7 @@ impl State {
 
     /// Records the static network's endpoints (the store keeps the others) so that the
     /// next daemon can adopt them; written atomically.
-    pub(super) fn save_static_endpoints(&self) -> Result<()> {
+    pub(crate) fn save_static_endpoints(&self) -> Result<()> {
         let statics: Vec<&LocalEndpoint> = self
             .endpoints
             .values()
@@ -256,7 +256,7 @@ impl State {
     }
 
     /// The blocks this host must hold: one address in each, from its endpoints.
-    pub(super) fn held_blocks(&self) -> Vec<lease::HeldBlock> {
+    pub(crate) fn held_blocks(&self) -> Vec<lease::HeldBlock> {
         self.endpoints
             .values()
             .filter_map(|ep| Some((ep.network.clone()?, ep.address)))
@@ -267,7 +267,7 @@ impl State {
 /// The static network's endpoints a previous daemon recorded. No file means none; a
 /// file that cannot be read or parsed stops the start rather than being taken as empty
 /// (and then overwritten), which would orphan wired containers.
-pub(super) fn read_state_file(path: &Path) -> Result<Vec<LocalEndpoint>> {
+pub(crate) fn read_state_file(path: &Path) -> Result<Vec<LocalEndpoint>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
             format!(
@@ -281,7 +281,7 @@ pub(super) fn read_state_file(path: &Path) -> Result<Vec<LocalEndpoint>> {
 }
 
 /// What a batch of store events asks of the maps.
-pub(super) enum Routing {
+pub(crate) enum Routing {
     Unchanged,
     /// Blocks changed (store key, record before): only their routes.
     Blocks(Vec<(String, Option<BlockRecord>)>),

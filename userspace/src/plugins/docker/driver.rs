@@ -8,13 +8,13 @@ use log::{info, warn};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use super::{remove_local_endpoint, undo_local_endpoint, EndpointKey, State};
+use crate::daemon::{remove_local_endpoint, undo_local_endpoint, EndpointKey, State};
 use crate::{
     daemon::wiring::{self, UnplacedSpec},
-    docker::{Driver, NetworkRequest, PoolRequest},
-    docker_engine,
     model::{self, NetworkSpec},
     net::{Ipv4Net, MacAddr},
+    plugins::docker::engine as docker_engine,
+    plugins::docker::{Driver, NetworkRequest, PoolRequest},
 };
 
 /// The IPAM option that names the oxlay network (Docker tells drivers no names).
@@ -52,7 +52,7 @@ fn endpoint_key(endpoint_id: &str, network: &str) -> EndpointKey {
 }
 
 /// The daemon's state, seen as a Docker plugin.
-pub struct DaemonDriver(pub Arc<Mutex<State>>);
+pub(crate) struct DaemonDriver(pub(crate) Arc<Mutex<State>>);
 
 impl DaemonDriver {
     fn network_of<'a>(s: &'a State, network_id: &str) -> Result<&'a String> {
