@@ -11,6 +11,3 @@ pub mod net;
 pub mod plugins;
 pub mod reconcile;
 pub mod store;
-
-#[cfg(test)]
-mod fuzz;

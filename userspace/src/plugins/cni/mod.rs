@@ -101,7 +101,7 @@ impl Invocation {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct NetConf {
+pub struct NetConf {
     cni_version: String,
     name: String,
     #[serde(rename = "type")]
@@ -118,7 +118,7 @@ pub(crate) struct NetConf {
     dns: Option<Value>,
 }
 
-pub(crate) fn parse_config(bytes: &[u8]) -> Result<NetConf, CniError> {
+pub fn parse_config(bytes: &[u8]) -> Result<NetConf, CniError> {
     let conf: NetConf = serde_json::from_slice(bytes).map_err(|e| {
         CniError::new(
             code::DECODE_FAILURE,

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use clap::Parser;
 
-use crate::{
+use oxlay::{
     api,
     cli::Cli,
     config::Config,
@@ -377,8 +377,13 @@ fn check_docker_answer(
 /// Writes `record` as network "n" into a fresh embedded store and allocates one
 /// address on it.
 fn allocate_on(record: &str) -> anyhow::Result<std::net::Ipv4Addr> {
-    use crate::store::Store;
-    let (_folder, store) = crate::store::faulty::temp_embedded();
+    use oxlay::store::Store;
+    // A fresh store per case, removed afterwards.
+    static CASE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let folder = std::env::temp_dir().join(format!("oxlay-fuzz-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&folder)?;
+    let store = oxlay::store::embedded::EmbeddedStore::new(&folder.join("store.json"))?;
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -392,5 +397,6 @@ fn allocate_on(record: &str) -> anyhow::Result<std::net::Ipv4Addr> {
                     .await?;
             anyhow::Ok(ep.address)
         });
+    std::fs::remove_dir_all(&folder).ok();
     result
 }

@@ -1,11 +1,20 @@
-//! The `oxlay` command line: its grammar (clap), kept in the library so the property
-//! tests can throw arbitrary argument lists at it.
+//! The `oxlay` command line, after docker, kubectl and ip: its grammar here (clap, kept
+//! in the library so the property tests can throw arbitrary argument lists at it), what
+//! each command does in `commands`, and how answers print in `tables`.
+//!
+//! `--node`, `--socket` and `--json` are global: they go before or after the
+//! subcommand, and `OXLAY_NODE` / `OXLAY_SOCKET` stand in for the first two.
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{config, net::Ipv4Net};
+
+mod commands;
+mod tables;
+
+pub use commands::run;
 
 #[derive(Parser)]
 #[command(
@@ -14,6 +23,11 @@ use crate::{config, net::Ipv4Net};
     about = "Container overlay network with an eBPF VXLAN datapath"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print the daemon's answer as JSON instead of a table or a sentence.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -28,8 +42,6 @@ pub enum Command {
     },
     /// Connect an existing network namespace to the overlay.
     Attach {
-        #[command(flatten)]
-        target: Target,
         /// Namespace name (under /run/netns) or path.
         #[arg(long)]
         netns: String,
@@ -42,24 +54,22 @@ pub enum Command {
     },
     /// Disconnect a namespace and remove its interface.
     Detach {
-        #[command(flatten)]
-        target: Target,
         #[arg(long)]
         netns: String,
     },
     /// Show the route map.
-    Routes(Listing),
+    Routes,
     /// Show local endpoints.
-    Endpoints(Listing),
+    Endpoints,
     /// Show datapath counters and drop reasons.
-    Stats(Listing),
+    Stats,
     /// Show the hosts registered in the store.
-    Hosts(Listing),
+    Hosts,
     /// Show the daemon's health: whether the store answers, what the datapath carries.
-    Status(Listing),
+    Status,
     /// Remove everything the node's daemon made (endpoints, registration, programs,
     /// pinned maps) and stop it. Stopping the daemon alone leaves the datapath running.
-    Uninstall(Target),
+    Uninstall,
     /// Networks: separate overlays, each with its own VNI and address pool.
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -90,23 +100,13 @@ pub enum NetworkCmd {
         /// host routing); VXLAN for the others.
         #[arg(long)]
         direct: bool,
-        #[command(flatten)]
-        target: Target,
     },
     /// List networks.
-    Ls(Listing),
+    Ls,
     /// Show a network with its blocks and endpoints (JSON).
-    Inspect {
-        name: String,
-        #[command(flatten)]
-        target: Target,
-    },
+    Inspect { name: String },
     /// Remove a network (refused while it has endpoints).
-    Rm {
-        name: String,
-        #[command(flatten)]
-        target: Target,
-    },
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -125,15 +125,11 @@ pub enum EndpointCmd {
         /// Interface name in the namespace (default eth0, then eth1, ...).
         #[arg(long)]
         ifname: Option<String>,
-        #[command(flatten)]
-        target: Target,
     },
     /// List endpoints of all hosts.
     Ls {
         #[arg(long)]
         network: Option<String>,
-        #[command(flatten)]
-        listing: Listing,
     },
     /// Remove a namespace's endpoint on a network.
     Rm {
@@ -141,8 +137,6 @@ pub enum EndpointCmd {
         network: String,
         #[arg(long)]
         netns: String,
-        #[command(flatten)]
-        target: Target,
     },
 }
 
@@ -161,23 +155,15 @@ fn parse_block_size(s: &str) -> Result<u8, String> {
         .ok_or_else(|| format!("{s:?} is not a block size: write a prefix length such as /24"))
 }
 
+/// Which daemon to talk to.
 #[derive(Args)]
 pub struct Target {
     /// Node whose daemon to talk to (selects its default socket).
-    #[arg(long)]
+    #[arg(long, global = true, env = "OXLAY_NODE")]
     pub node: Option<String>,
     /// API socket path (overrides --node).
-    #[arg(long)]
+    #[arg(long, global = true, env = "OXLAY_SOCKET")]
     pub socket: Option<PathBuf>,
-}
-
-#[derive(Args)]
-pub struct Listing {
-    #[command(flatten)]
-    pub target: Target,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 impl Target {
@@ -185,9 +171,9 @@ impl Target {
         match (&self.socket, &self.node) {
             (Some(s), _) => Ok(s.clone()),
             (None, Some(n)) => Ok(config::default_socket_path(n)),
-            (None, None) => {
-                anyhow::bail!("say which daemon to talk to: --node NAME or --socket PATH")
-            }
+            (None, None) => anyhow::bail!(
+                "say which daemon to talk to: --node NAME or --socket PATH (or OXLAY_NODE / OXLAY_SOCKET)"
+            ),
         }
     }
 }
@@ -209,5 +195,19 @@ mod tests {
         assert!(parse_label("=x").unwrap_err().contains("KEY=VALUE"));
         assert_eq!(parse_block_size("/24"), Ok(24));
         assert!(parse_block_size("/33").is_err());
+    }
+
+    #[test]
+    fn target_and_json_go_before_or_after_the_subcommand() {
+        for args in [
+            &["oxlay", "--node", "a", "--json", "network", "ls"][..],
+            &["oxlay", "network", "ls", "--node", "a", "--json"],
+            &["oxlay", "network", "--json", "ls", "--node", "a"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.target.node.as_deref(), Some("a"), "{args:?}");
+            assert!(cli.json, "{args:?}");
+            assert!(matches!(cli.command, Command::Network(NetworkCmd::Ls)));
+        }
     }
 }

@@ -1,0 +1,204 @@
+//! What each command does: one request to the node's daemon, then its answer printed
+//! as a sentence, a table, or (`--json`) as the daemon sent it.
+use anyhow::Result;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{tables, Cli, Command, EndpointCmd, NetworkCmd};
+use crate::{
+    api::{self, EndpointView, NoArgs, Request},
+    config::Config,
+    daemon,
+    model::NetworkRecord,
+};
+
+/// Runs one command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let Cli {
+        target,
+        json,
+        command,
+    } = cli;
+    let request = match command {
+        Command::Daemon { config } => return daemon::run(Config::load(&config)?).await,
+        Command::Uninstall => return uninstall(&target.socket()?).await,
+        command => request(command),
+    };
+    let answer = api::call(&target.socket()?, &request).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    println!("{}", render(&request, answer)?);
+    Ok(())
+}
+
+/// The API request a command makes (every command but `daemon` and `uninstall`).
+fn request(command: Command) -> Request {
+    let all = NoArgs {};
+    match command {
+        Command::Attach {
+            netns,
+            address,
+            ifname,
+        } => Request::Attach {
+            netns,
+            address,
+            ifname: Some(ifname),
+        },
+        Command::Detach { netns } => Request::Detach { netns },
+        Command::Routes => Request::Routes(all),
+        Command::Endpoints => Request::Endpoints(all),
+        Command::Stats => Request::Stats(all),
+        Command::Hosts => Request::Hosts(all),
+        Command::Status => Request::Status(all),
+        Command::Network(cmd) => network_request(cmd),
+        Command::Endpoint(cmd) => endpoint_request(cmd),
+        Command::Daemon { .. } | Command::Uninstall => {
+            unreachable!("handled in run: they make no single request")
+        }
+    }
+}
+
+fn network_request(cmd: NetworkCmd) -> Request {
+    match cmd {
+        NetworkCmd::Create {
+            name,
+            subnet,
+            vni,
+            block_size,
+            labels,
+            allow_overlap,
+            direct,
+        } => Request::NetworkCreate {
+            name,
+            subnet,
+            vni,
+            block_prefix: block_size,
+            labels: labels.into_iter().collect(),
+            allow_overlap,
+            direct,
+        },
+        NetworkCmd::Ls => Request::NetworkLs(NoArgs {}),
+        NetworkCmd::Inspect { name } => Request::NetworkInspect { name },
+        NetworkCmd::Rm { name } => Request::NetworkRm { name },
+    }
+}
+
+fn endpoint_request(cmd: EndpointCmd) -> Request {
+    match cmd {
+        EndpointCmd::Create {
+            network,
+            netns,
+            ip,
+            labels,
+            ifname,
+        } => Request::EndpointCreate {
+            network,
+            netns,
+            sandbox: None,
+            ip,
+            labels: labels.into_iter().collect(),
+            ifname,
+        },
+        EndpointCmd::Ls { network } => Request::EndpointLs { network },
+        EndpointCmd::Rm { network, netns } => Request::EndpointRm {
+            network,
+            netns,
+            missing_ok: false,
+        },
+    }
+}
+
+fn decode<T: DeserializeOwned>(answer: Value) -> Result<T> {
+    serde_json::from_value(answer)
+        .map_err(|e| anyhow::anyhow!("the daemon's answer is not what this oxlay expects ({e}): are the daemon and the CLI the same version?"))
+}
+
+/// The daemon's answer to `request`, for a person.
+fn render(request: &Request, answer: Value) -> Result<String> {
+    Ok(match request {
+        Request::Attach { .. } => {
+            let e: EndpointView = decode(answer)?;
+            format!(
+                "attached {} as {} ({}, mtu {}) via {}",
+                e.netns, e.address, e.mac, e.mtu, e.host_interface
+            )
+        }
+        Request::Detach { netns } => format!("detached {netns}"),
+        Request::Routes(_) => tables::routes(&decode::<Vec<_>>(answer)?),
+        Request::Endpoints(_) => tables::local_endpoints(&decode::<Vec<_>>(answer)?),
+        Request::Stats(_) => tables::counters(&decode::<Vec<_>>(answer)?),
+        Request::Hosts(_) => tables::hosts(&decode::<Vec<_>>(answer)?),
+        Request::Status(_) => status(&answer),
+        Request::NetworkCreate { .. } => {
+            let n: NetworkRecord = decode(answer)?;
+            format!(
+                "created network {} (vni {}, subnet {}, blocks /{}{})",
+                n.name,
+                n.vni,
+                n.subnet,
+                n.block_prefix,
+                if n.direct { ", direct" } else { "" }
+            )
+        }
+        Request::NetworkLs(_) => tables::networks(&decode::<Vec<_>>(answer)?),
+        Request::NetworkInspect { .. } => serde_json::to_string_pretty(&answer)?,
+        Request::NetworkRm { name } => format!("removed network {name}"),
+        Request::EndpointCreate { .. } => {
+            let e: EndpointView = decode(answer)?;
+            format!(
+                "created endpoint {} on {} (vni {}): {} as {} ({}, mtu {}) via {}",
+                e.netns,
+                e.network,
+                e.vni,
+                e.container_interface,
+                e.address,
+                e.mac,
+                e.mtu,
+                e.host_interface
+            )
+        }
+        Request::EndpointLs { .. } => tables::store_endpoints(&decode::<Vec<_>>(answer)?),
+        Request::EndpointRm { network, netns, .. } => {
+            format!("removed endpoint of {netns} on {network}")
+        }
+        Request::Uninstall(_) => "uninstalling".to_owned(),
+    })
+}
+
+fn status(v: &Value) -> String {
+    let text = |key: &str| v[key].as_str().unwrap_or("?").to_owned();
+    let reachable = match v["store_down_for_secs"].as_f64() {
+        None => "yes".to_owned(),
+        Some(s) => format!(
+            "NO, for {s:.0} s ({}); forwarding continues on known routes",
+            v["last_store_error"].as_str().unwrap_or("")
+        ),
+    };
+    [
+        ("node", text("node")),
+        ("store", text("store")),
+        ("reachable", reachable),
+        ("endpoints", v["endpoints"].to_string()),
+        ("routes", v["routes"].to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k:<10} {v}"))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+/// Asks the daemon to remove everything it made, and waits until it has.
+async fn uninstall(socket: &std::path::Path) -> Result<()> {
+    api::call(socket, &Request::Uninstall(NoArgs {})).await?;
+    // The daemon removes its socket last: wait for it, so "done" means done.
+    for _ in 0..300 {
+        if !socket.exists() {
+            println!("uninstalled");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the daemon did not finish uninstalling within 15 s; see its log")
+}

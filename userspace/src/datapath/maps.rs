@@ -1,0 +1,172 @@
+//! Typed access to the pinned maps: config, networks, peers, routes, endpoints and
+//! counters.
+use std::net::Ipv4Addr;
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray};
+use oxlay_common::{
+    map_names, CounterInfo, DatapathConfig, Endpoint, Network, Peer, Route, RouteDest, COUNTERS,
+};
+
+use super::*;
+use crate::net::Ipv4Net;
+
+/// A route as stored in the route map, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub net_id: u32,
+    pub dest: Ipv4Net,
+    pub route: Route,
+}
+
+impl Datapath {
+    pub fn set_config(&mut self, config: DatapathConfig) -> Result<()> {
+        let mut map: Array<&mut MapData, DatapathConfig> = self.map_mut(map_names::CONFIG)?;
+        map.set(0, config, 0)
+            .context("cannot write the datapath config map")
+    }
+
+    pub fn add_network(&mut self, vni: u32) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, Network> = self.map_mut(map_names::NETWORKS)?;
+        map.insert(
+            vni,
+            Network {
+                net_id: vni,
+                _pad: 0,
+            },
+            0,
+        )
+        .with_context(|| format!("cannot add network {vni}"))
+    }
+
+    pub fn remove_network(&mut self, vni: u32) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, Network> = self.map_mut(map_names::NETWORKS)?;
+        ignore_missing(map.remove(&vni)).with_context(|| format!("cannot remove network {vni}"))
+    }
+
+    /// VNIs whose packets decapsulation accepts.
+    pub fn networks(&self) -> Result<Vec<u32>> {
+        let map: BpfHashMap<&MapData, u32, Network> = self.map(map_names::NETWORKS)?;
+        map.keys().map(|k| Ok(k?)).collect()
+    }
+
+    pub fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, [u8; 4], Peer> = self.map_mut(map_names::PEERS)?;
+        ignore_missing(map.remove(&underlay.octets()))
+            .with_context(|| format!("cannot remove peer {underlay}"))
+    }
+
+    pub fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, [u8; 4], Peer> = self.map_mut(map_names::PEERS)?;
+        map.insert(underlay.octets(), Peer::default(), 0)
+            .with_context(|| format!("cannot add peer {underlay}"))
+    }
+
+    pub fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+        let map: BpfHashMap<&MapData, [u8; 4], Peer> = self.map(map_names::PEERS)?;
+        map.keys().map(|k| Ok(Ipv4Addr::from(k?))).collect()
+    }
+
+    pub fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, RouteDest, Route> = self.map_mut(map_names::ROUTES)?;
+        map.insert(&route_key(net_id, dest), route, 0)
+            .with_context(|| format!("cannot add route to {dest} in network {net_id}"))
+    }
+
+    pub fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, RouteDest, Route> = self.map_mut(map_names::ROUTES)?;
+        // Already gone (an endpoint's own route goes with the endpoint) is removed.
+        ignore_missing(map.remove(&route_key(net_id, dest)))
+            .with_context(|| format!("cannot remove route to {dest} in network {net_id}"))
+    }
+
+    pub fn routes(&self) -> Result<Vec<RouteEntry>> {
+        let map: LpmTrie<&MapData, RouteDest, Route> = self.map(map_names::ROUTES)?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (key, route) = item?;
+            let data = key.data();
+            let net_id = u32::from_be_bytes(data.net);
+            let dest = Ipv4Net::new(Ipv4Addr::from(data.addr), (key.prefix_len() - 32) as u8)?;
+            out.push(RouteEntry {
+                net_id,
+                dest,
+                route,
+            });
+        }
+        out.sort_by_key(|r| (r.net_id, r.dest.addr(), r.dest.prefix_len()));
+        Ok(out)
+    }
+
+    pub fn set_endpoint(&mut self, host_ifindex: u32, endpoint: Endpoint) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, Endpoint> =
+            self.map_mut(map_names::ENDPOINTS)?;
+        map.insert(host_ifindex, endpoint, 0)
+            .context("cannot add the endpoint to the endpoint map")
+    }
+
+    pub fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, Endpoint> =
+            self.map_mut(map_names::ENDPOINTS)?;
+        ignore_missing(map.remove(&host_ifindex))
+            .context("cannot remove the endpoint from the endpoint map")
+    }
+
+    /// Every counter summed over CPUs, in table order.
+    pub fn counters(&self) -> Result<Vec<(&'static CounterInfo, u64)>> {
+        let map: PerCpuArray<&MapData, u64> = self.map(map_names::COUNTERS)?;
+        COUNTERS
+            .iter()
+            .map(|info| {
+                let per_cpu = map.get(&(info.counter as u32), 0)?;
+                Ok((info, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub(super) fn map<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(
+        &'a self,
+        name: &str,
+    ) -> Result<T> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    pub(super) fn map_mut<'a, T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>>(
+        &'a mut self,
+        name: &str,
+    ) -> Result<T> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+}
+
+/// A removal of something already gone is not an error.
+/// A removal of a key that is not there succeeded. aya reports it as `KeyNotFound` or,
+/// for deletes, as the syscall's ENOENT.
+pub(super) fn ignore_missing(
+    r: Result<(), aya::maps::MapError>,
+) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+pub(super) fn route_key(net_id: u32, dest: Ipv4Net) -> Key<RouteDest> {
+    Key::new(
+        RouteDest::prefix_len(dest.prefix_len()),
+        RouteDest::new(net_id, dest.addr().octets()),
+    )
+}
