@@ -105,6 +105,14 @@ impl Datapath {
             .context("cannot add the endpoint to the endpoint map")
     }
 
+    /// The endpoint map: host-side veth ifindex -> endpoint.
+    pub fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>> {
+        let map: BpfHashMap<&MapData, u32, Endpoint> = self.map(map_names::ENDPOINTS)?;
+        map.iter()
+            .map(|kv| kv.context("cannot read the endpoint map"))
+            .collect()
+    }
+
     pub fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()> {
         let mut map: BpfHashMap<&mut MapData, u32, Endpoint> =
             self.map_mut(map_names::ENDPOINTS)?;

@@ -35,6 +35,16 @@ pub struct LocalEndpoint {
 }
 
 impl LocalEndpoint {
+    /// Its entry in the endpoint map (keyed by `host_ifindex`).
+    pub fn map_entry(&self) -> oxlay_common::Endpoint {
+        oxlay_common::Endpoint {
+            net_id: self.vni,
+            addr: self.address.octets(),
+            mac: self.container_mac.0,
+            _pad: [0; 2],
+        }
+    }
+
     pub fn view(&self) -> EndpointView {
         EndpointView {
             network: self.network.clone().unwrap_or_else(|| "static".to_owned()),

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use oxlay_common::Route;
+use oxlay_common::{Endpoint, Route};
 
 #[allow(unused_imports)]
 use super::*;
@@ -25,6 +25,9 @@ pub trait RoutingMaps {
     fn routes(&self) -> Result<Vec<RouteEntry>>;
     fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()>;
     fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()>;
+    fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>>;
+    fn set_endpoint(&mut self, host_ifindex: u32, endpoint: Endpoint) -> Result<()>;
+    fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()>;
 
     /// Everything the maps hold now (a shadow lends its own copy).
     fn current(&self) -> Result<std::borrow::Cow<'_, Desired>> {
@@ -59,6 +62,15 @@ impl RoutingMaps for Datapath {
     }
     fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
         Datapath::remove_route(self, net_id, dest)
+    }
+    fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>> {
+        Datapath::endpoints(self)
+    }
+    fn set_endpoint(&mut self, host_ifindex: u32, endpoint: Endpoint) -> Result<()> {
+        Datapath::set_endpoint(self, host_ifindex, endpoint)
+    }
+    fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()> {
+        Datapath::remove_endpoint(self, host_ifindex)
     }
 }
 
@@ -123,6 +135,19 @@ impl<M: RoutingMaps> RoutingMaps for Shadowed<'_, M> {
         self.shadow.routes.remove(&(net_id, dest));
         Ok(())
     }
+    fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>> {
+        Ok(self.shadow.endpoints.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn set_endpoint(&mut self, host_ifindex: u32, endpoint: Endpoint) -> Result<()> {
+        self.maps.set_endpoint(host_ifindex, endpoint)?;
+        self.shadow.endpoints.insert(host_ifindex, endpoint);
+        Ok(())
+    }
+    fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()> {
+        self.maps.remove_endpoint(host_ifindex)?;
+        self.shadow.endpoints.remove(&host_ifindex);
+        Ok(())
+    }
 }
 
 /// The shadow of maps as they are now (read once from the kernel).
@@ -135,6 +160,7 @@ pub fn read_shadow<M: RoutingMaps + ?Sized>(maps: &M) -> Result<Desired> {
             .into_iter()
             .map(|r| ((r.net_id, r.dest), r.route))
             .collect(),
+        endpoints: maps.endpoints()?.into_iter().collect(),
     })
 }
 
@@ -180,58 +206,90 @@ impl Changes {
     }
 }
 
+/// The elements of `a` not in `b`.
+fn minus<T: Ord + Copy>(a: &std::collections::BTreeSet<T>, b: &std::collections::BTreeSet<T>) -> Vec<T> {
+    a.difference(b).copied().collect()
+}
+
+/// What `apply` will write: every entry that differs between the maps and `want`.
+struct Plan {
+    stale_routes: Vec<RouteKey>,
+    stale_peers: Vec<Ipv4Addr>,
+    stale_networks: Vec<u32>,
+    stale_endpoints: Vec<u32>,
+    new_networks: Vec<u32>,
+    new_peers: Vec<Ipv4Addr>,
+    new_endpoints: Vec<(u32, Endpoint)>,
+    new_routes: Vec<(RouteKey, Route)>,
+}
+
+impl Plan {
+    fn new(have: &Desired, want: &Desired) -> Self {
+        Plan {
+            stale_routes: have
+                .routes
+                .keys()
+                .filter(|k| !want.routes.contains_key(k))
+                .copied()
+                .collect(),
+            stale_peers: minus(&have.peers, &want.peers),
+            stale_networks: minus(&have.networks, &want.networks),
+            stale_endpoints: have
+                .endpoints
+                .keys()
+                .filter(|k| !want.endpoints.contains_key(k))
+                .copied()
+                .collect(),
+            new_networks: minus(&want.networks, &have.networks),
+            new_peers: minus(&want.peers, &have.peers),
+            new_endpoints: want
+                .endpoints
+                .iter()
+                .filter(|(k, e)| have.endpoints.get(k) != Some(e))
+                .map(|(k, e)| (*k, *e))
+                .collect(),
+            new_routes: want
+                .routes
+                .iter()
+                .filter(|(k, r)| have.routes.get(k) != Some(r))
+                .map(|(k, r)| (*k, *r))
+                .collect(),
+        }
+    }
+}
+
 /// Brings the maps to `want`, touching only entries that differ. Stale entries go
 /// first, so a full map has room for the new ones; a failed entry is recorded and the
-/// rest carry on (the caller retries the failed ones later). A route that changes
-/// value is overwritten in place, never removed and re-added. Fails only when the maps
-/// cannot be read.
+/// rest carry on (the caller retries the failed ones later). A route or endpoint that
+/// changes value is overwritten in place, never removed and re-added. Fails only when
+/// the maps cannot be read.
 pub fn apply(maps: &mut impl RoutingMaps, want: &Desired) -> Result<Changes> {
     // What differs is decided first (from a borrowed shadow: no copy), written after.
-    let (stale_routes, stale_peers, stale_networks, new_networks, new_peers, new_routes) = {
-        let have = maps.current()?;
-        let stale_routes: Vec<(u32, Ipv4Net)> = have
-            .routes
-            .keys()
-            .filter(|k| !want.routes.contains_key(k))
-            .copied()
-            .collect();
-        let stale_peers: Vec<Ipv4Addr> = have.peers.difference(&want.peers).copied().collect();
-        let stale_networks: Vec<u32> = have.networks.difference(&want.networks).copied().collect();
-        let new_networks: Vec<u32> = want.networks.difference(&have.networks).copied().collect();
-        let new_peers: Vec<Ipv4Addr> = want.peers.difference(&have.peers).copied().collect();
-        let new_routes: Vec<((u32, Ipv4Net), Route)> = want
-            .routes
-            .iter()
-            .filter(|(k, r)| have.routes.get(k) != Some(r))
-            .map(|(k, r)| (*k, *r))
-            .collect();
-        (
-            stale_routes,
-            stale_peers,
-            stale_networks,
-            new_networks,
-            new_peers,
-            new_routes,
-        )
-    };
+    let plan = Plan::new(&*maps.current()?, want);
     let mut c = Changes::default();
-    for (net_id, dest) in stale_routes {
+    for (net_id, dest) in plan.stale_routes {
         c.record(maps.remove_route(net_id, dest), true);
     }
-    for peer in stale_peers {
+    for ifindex in plan.stale_endpoints {
+        c.record(maps.remove_endpoint(ifindex), true);
+    }
+    for peer in plan.stale_peers {
         c.record(maps.remove_peer(peer), true);
     }
-    for vni in stale_networks {
+    for vni in plan.stale_networks {
         c.record(maps.remove_network(vni), true);
     }
-    // Networks and peers before the routes that lead to them.
-    for vni in new_networks {
+    // Networks, peers and endpoints before the routes that lead to them.
+    for vni in plan.new_networks {
         c.record(maps.add_network(vni), false);
     }
-    for peer in new_peers {
+    for peer in plan.new_peers {
         c.record(maps.add_peer(peer), false);
     }
-    for ((net_id, dest), route) in new_routes {
+    for (ifindex, endpoint) in plan.new_endpoints {
+        c.record(maps.set_endpoint(ifindex, endpoint), false);
+    }
+    for ((net_id, dest), route) in plan.new_routes {
         c.record(maps.set_route(net_id, dest, route), false);
     }
     Ok(c)

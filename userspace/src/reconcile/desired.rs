@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Result;
-use oxlay_common::{Route, DIRECT_NET_ID};
+use oxlay_common::{Endpoint, Route, DIRECT_NET_ID};
 
 #[allow(unused_imports)]
 use super::*;
@@ -25,6 +25,9 @@ pub struct Desired {
     /// Underlay addresses whose VXLAN packets are accepted.
     pub peers: BTreeSet<Ipv4Addr>,
     pub routes: BTreeMap<(u32, Ipv4Net), Route>,
+    /// The local endpoints by their host-side veth's ifindex (what encapsulation checks
+    /// a container's packets against).
+    pub endpoints: BTreeMap<u32, Endpoint>,
 }
 
 /// This host as routing sees it.
@@ -147,7 +150,8 @@ pub fn with_blocks(me: &Me, snapshot: &Snapshot, base: &Desired) -> Desired {
 }
 
 /// What the maps should hold apart from the store's blocks: the networks this host
-/// takes part in, the peers, the static peers' routes and the local endpoints' routes.
+/// takes part in, the peers, the static peers' routes, the local endpoints and their
+/// routes.
 /// It changes with the config, the local endpoints, the hosts and the networks, not
 /// with blocks.
 pub fn desired_base(
@@ -190,6 +194,7 @@ pub fn desired_base(
     );
     for ep in local {
         d.networks.insert(ep.vni);
+        d.endpoints.insert(ep.host_ifindex, ep.map_entry());
         let route = Route::local(ep.host_ifindex, ep.container_mac.0, ep.host_mac.0);
         let dest = Ipv4Net::new(ep.address, 32)?;
         d.routes.insert((ep.vni, dest), route);

@@ -3,12 +3,22 @@ use super::*;
 #[test]
 fn apply_removes_before_adding_so_a_full_map_takes_the_new_routes() {
     let peer = Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]);
+    let endpoint = |last: u8| Endpoint {
+        net_id: 100,
+        addr: [10, 10, 0, last],
+        mac: [2, 0, 0, 0, 0, last],
+        _pad: [0; 2],
+    };
     let mut maps = FakeMaps {
         route_capacity: 2,
         ..Default::default()
     };
     maps.routes.insert((100, net("10.10.1.0/24")), peer);
     maps.routes.insert((100, net("10.10.2.0/24")), peer);
+    // Endpoint 7 left, 8 changed its address, 9 is new, 10 stays as it is.
+    maps.endpoints.insert(7, endpoint(7));
+    maps.endpoints.insert(8, endpoint(80));
+    maps.endpoints.insert(10, endpoint(10));
     // The host of 10.10.2.0/24 left and 10.10.3.0/24 arrived: the map is full.
     let want = Desired {
         networks: BTreeSet::from([100]),
@@ -17,10 +27,12 @@ fn apply_removes_before_adding_so_a_full_map_takes_the_new_routes() {
             ((100, net("10.10.1.0/24")), peer),
             ((100, net("10.10.3.0/24")), peer),
         ]),
+        endpoints: BTreeMap::from([(8, endpoint(8)), (9, endpoint(9)), (10, endpoint(10))]),
     };
     let c = apply(&mut maps, &want).unwrap();
     assert_eq!(c.failed, Vec::<String>::new());
-    assert_eq!((c.added, c.removed), (3, 1));
+    assert_eq!((c.added, c.removed), (5, 2));
+    assert_eq!(maps.endpoints, want.endpoints);
     assert_eq!(
         maps.routes.keys().collect::<Vec<_>>(),
         want.routes.keys().collect::<Vec<_>>()
@@ -29,8 +41,11 @@ fn apply_removes_before_adding_so_a_full_map_takes_the_new_routes() {
         maps.log,
         [
             "-route 100 10.10.2.0/24",
+            "-endpoint 7",
             "+net 100",
             "+peer 192.168.50.12",
+            "+endpoint 8",
+            "+endpoint 9",
             "+route 100 10.10.3.0/24"
         ]
     );
@@ -57,6 +72,7 @@ fn apply_carries_on_past_a_failed_entry_and_reports_it() {
             ((100, net("10.10.2.0/24")), peer),
             ((100, net("10.10.3.0/24")), peer),
         ]),
+        endpoints: BTreeMap::new(),
     };
     let c = apply(&mut maps, &want).unwrap();
     assert_eq!(c.failed.len(), 1, "{:?}", c.failed);

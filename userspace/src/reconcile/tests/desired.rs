@@ -23,6 +23,15 @@ fn only_networks_with_local_endpoints_are_accepted_and_routed() {
     assert_eq!(d.peers, BTreeSet::from([Ipv4Addr::new(192, 168, 50, 12)]));
     let keys: Vec<String> = d.routes.keys().map(|(v, n)| format!("{v} {n}")).collect();
     assert_eq!(keys, ["100 10.10.0.1/32", "100 10.10.1.0/24"]);
+    // The local endpoint's entry, keyed by its host-side veth: what encapsulation
+    // checks the container's packets against.
+    let entry = Endpoint {
+        net_id: 100,
+        addr: [10, 10, 0, 1],
+        mac: [2, 1, 1, 1, 1, 1],
+        _pad: [0; 2],
+    };
+    assert_eq!(d.endpoints, BTreeMap::from([(9, entry)]));
     assert_eq!(
         d.routes[&(100, "10.10.1.0/24".parse().unwrap())],
         Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12])
@@ -65,7 +74,7 @@ fn only_networks_with_local_endpoints_are_accepted_and_routed() {
 
     // Without local endpoints: nothing accepted, nothing routed, peers still known.
     let d = desired(&me(), &config(), &snapshot, &[]).unwrap();
-    assert!(d.networks.is_empty() && d.routes.is_empty());
+    assert!(d.networks.is_empty() && d.routes.is_empty() && d.endpoints.is_empty());
 }
 
 /// The direct table names the network of every direct network's blocks, also of

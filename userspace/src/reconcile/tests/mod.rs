@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Result;
-use oxlay_common::{Route, DIRECT_NET_ID};
+use oxlay_common::{Endpoint, Route, DIRECT_NET_ID};
 
 use super::*;
 use crate::{
@@ -84,12 +84,26 @@ struct FakeMaps {
     networks: BTreeSet<u32>,
     peers: BTreeSet<Ipv4Addr>,
     routes: BTreeMap<(u32, Ipv4Net), Route>,
+    endpoints: BTreeMap<u32, Endpoint>,
     route_capacity: usize,
     refuse: BTreeSet<(u32, Ipv4Net)>,
     log: Vec<String>,
 }
 
 impl RoutingMaps for FakeMaps {
+    fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>> {
+        Ok(self.endpoints.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn set_endpoint(&mut self, host_ifindex: u32, endpoint: Endpoint) -> Result<()> {
+        self.log.push(format!("+endpoint {host_ifindex}"));
+        self.endpoints.insert(host_ifindex, endpoint);
+        Ok(())
+    }
+    fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()> {
+        self.log.push(format!("-endpoint {host_ifindex}"));
+        self.endpoints.remove(&host_ifindex);
+        Ok(())
+    }
     fn networks(&self) -> Result<Vec<u32>> {
         Ok(self.networks.iter().copied().collect())
     }
