@@ -383,7 +383,7 @@ fn allocate_on(record: &str) -> anyhow::Result<std::net::Ipv4Addr> {
     let n = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let folder = std::env::temp_dir().join(format!("oxlay-fuzz-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&folder)?;
-    let store = oxlay::store::embedded::EmbeddedStore::new(&folder.join("store.json"))?;
+    let store = oxlay::store::embedded::EmbeddedStore::new(folder.join("store.json"))?;
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

@@ -1,15 +1,24 @@
-//! Creating and removing this host's endpoints: wire, record, reconcile; undo on
-//! failure so that no address or interface is left half-made.
+//! Creating and removing this host's endpoints. A store network's endpoint is made in
+//! three steps: its address is claimed in the store (no lock), it is wired and the maps
+//! are reconciled under the state lock (no store call), then it is recorded in the
+//! store (no lock). A failing step undoes the earlier ones, so no address or interface
+//! is left half-made.
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{anyhow, bail, Result};
 use log::{info, warn};
 
-#[allow(unused_imports)]
-use super::*;
+use super::{wiring, Daemon, EndpointKey, State};
 use crate::{
-    model::local::{self, LocalEndpoint, GATEWAY},
-    model::{self},
-    net::veth::{ContainerRoute, EndpointSpec},
+    model::{
+        self,
+        local::{self, LocalEndpoint, GATEWAY},
+        EndpointRecord,
+    },
+    net::{
+        veth::{ContainerRoute, EndpointSpec},
+        Ipv4Net,
+    },
     store::Store,
 };
 
@@ -20,22 +29,121 @@ pub(crate) struct Sandbox {
     pub(crate) netns: String,
 }
 
-impl Sandbox {
-    pub(crate) fn named_by_netns(netns: String) -> Self {
-        Self {
-            name: netns.clone(),
-            netns,
-        }
+/// `oxlay endpoint create` (and the CNI plugin's ADD).
+pub(crate) struct NewEndpoint {
+    pub(crate) network: String,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) ip: Option<Ipv4Addr>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) ifname: Option<String>,
+}
+
+/// What a sandbox's new interface routes: everything for its first one, else only its
+/// network's subnet.
+fn container_route(s: &State, sandbox: &str, subnet: Ipv4Net) -> ContainerRoute {
+    if s.endpoints.keys().any(|(n, _)| n == sandbox) {
+        ContainerRoute::Subnet(subnet)
+    } else {
+        ContainerRoute::Default
     }
 }
 
-/// Wires an endpoint into a namespace and records it; the maps follow by reconciling.
-pub(crate) async fn add_local_endpoint(
+impl Daemon {
+    /// Attaches a namespace to the config's static network (no store involved).
+    pub(crate) async fn attach_static(
+        &self,
+        netns: String,
+        address: Ipv4Addr,
+        ifname: Option<String>,
+    ) -> Result<LocalEndpoint> {
+        let (vni, subnet) = self.config.static_network().ok_or_else(|| {
+            anyhow!("this node has no static network (vni, pod_subnet); use `oxlay endpoint create --network NAME`")
+        })?;
+        let mut s = self.state.lock().await;
+        let statics = s.endpoints.values().filter(|e| e.network.is_none());
+        local::check_address(subnet, address, statics)?;
+        let route = container_route(&s, &netns, subnet);
+        let sandbox = Sandbox {
+            name: netns.clone(),
+            netns,
+        };
+        add_local_endpoint(&mut s, None, vni, sandbox, address, ifname, route).await
+    }
+
+    /// Gives a sandbox an interface on a store network: claim, wire, record.
+    pub(crate) async fn create_endpoint(&self, new: NewEndpoint) -> Result<LocalEndpoint> {
+        let NewEndpoint {
+            network,
+            sandbox,
+            ip,
+            labels,
+            ifname,
+        } = new;
+        let store = &*self.store;
+        let net = model::network(store, &network).await?;
+        let (host, lease) = (&self.host.name, self.lease.current());
+        let claim =
+            model::create_endpoint(store, host, lease, &network, &sandbox.name, ip, labels).await?;
+        let wired = {
+            let mut s = self.state.lock().await;
+            let route = container_route(&s, &sandbox.name, net.subnet);
+            let address = claim.address;
+            add_local_endpoint(
+                &mut s,
+                Some(network.clone()),
+                net.vni,
+                sandbox,
+                address,
+                ifname,
+                route,
+            )
+            .await
+        };
+        let local = match wired {
+            Ok(local) => local,
+            Err(e) => {
+                // The endpoint never came to be: its address goes back.
+                give_back_address(store, &network, claim.address).await;
+                return Err(e);
+            }
+        };
+        let wired = EndpointRecord {
+            interface: Some(local.container_ifname.clone()),
+            mac: Some(local.container_mac),
+            ..claim
+        };
+        let recorded = async {
+            crate::fault::inject(crate::fault::step::ENDPOINT_RECORD)?;
+            model::update_endpoint(store, &wired).await
+        };
+        if let Err(e) = recorded.await {
+            // Unwire first, then give the address back: no container keeps an address
+            // the pool hands out again.
+            let key = (local.netns.clone(), Some(network.clone()));
+            undo_local_endpoint(&mut *self.state.lock().await, &key).await;
+            give_back_address(store, &network, wired.address).await;
+            return Err(e);
+        }
+        Ok(local)
+    }
+
+    /// Removes a local endpoint, then gives its address back to the store.
+    pub(crate) async fn remove_endpoint(&self, key: &EndpointKey) -> Result<LocalEndpoint> {
+        let record = remove_local_endpoint(&mut *self.state.lock().await, key).await?;
+        if let Some(network) = &record.network {
+            model::remove_endpoint(&*self.store, network, record.address).await?;
+        }
+        Ok(record)
+    }
+}
+
+/// Wires an endpoint into a namespace and records it (see [`record_local_endpoint`]).
+async fn add_local_endpoint(
     s: &mut State,
     network: Option<String>,
     vni: u32,
     sandbox: Sandbox,
-    address: std::net::Ipv4Addr,
+    address: Ipv4Addr,
     ifname: Option<String>,
     route: ContainerRoute,
 ) -> Result<LocalEndpoint> {
@@ -55,25 +163,47 @@ pub(crate) async fn add_local_endpoint(
         route,
         host_ifname: local::host_ifname(&netns, network.as_deref()),
         netns: netns_path,
-        sandbox: netns.clone(),
+        sandbox: netns,
         container_ifname: ifname,
         address,
         mtu: s.container_mtu,
         gateway: GATEWAY,
     };
     let record = wiring::attach(&s.handle, &mut s.datapath, network, vni, spec).await?;
+    record_local_endpoint(s, key, record).await
+}
+
+/// Makes a wired endpoint part of the state and reconciles, so that the maps carry
+/// its entry and its route (reconcile is the only map writer). Undone, with an error,
+/// when those entries could not be written; anything else the reconcile could not
+/// write is retried later and does not fail the endpoint.
+pub(crate) async fn record_local_endpoint(
+    s: &mut State,
+    key: EndpointKey,
+    record: LocalEndpoint,
+) -> Result<LocalEndpoint> {
     s.endpoints.insert(key.clone(), record.clone());
     if let Err(e) = s.save_static_endpoints() {
         undo_local_endpoint(s, &key).await;
         return Err(e);
     }
-    info!(
-        "endpoint {netns} {address} (vni {vni}) on {}",
-        record.host_ifname
-    );
-    // The endpoint is complete: its own route and entry are in the maps (attach wrote
-    // them); peers and networks follow, now or at the next resync.
     s.reconcile_or_retry_later().await;
+    if !s.maps_hold(&record) {
+        let why = s
+            .last_reconcile_error
+            .clone()
+            .unwrap_or_else(|| "the maps could not be read".to_owned());
+        undo_local_endpoint(s, &key).await;
+        bail!(
+            "endpoint {} {} could not be entered in the datapath's maps ({why}); it was removed again",
+            record.netns,
+            record.address
+        );
+    }
+    info!(
+        "endpoint {} {} (vni {}) on {}",
+        record.netns, record.address, record.vni, record.host_ifname
+    );
     Ok(record)
 }
 
@@ -95,10 +225,13 @@ pub(crate) async fn undo_local_endpoint(s: &mut State, key: &EndpointKey) {
             record.netns, record.address
         );
     }
-    // What the endpoint brought into the maps (its network, peers' routes) goes too.
+    // What the endpoint brought into the maps (its entries, its network, peers'
+    // routes) goes too.
     s.reconcile_or_retry_later().await;
 }
 
+/// Unwires a local endpoint and forgets it; reconciling removes its map entries. Its
+/// store record is the caller's (see [`Daemon::remove_endpoint`]).
 pub(crate) async fn remove_local_endpoint(
     s: &mut State,
     key: &EndpointKey,
@@ -113,9 +246,6 @@ pub(crate) async fn remove_local_endpoint(
     wiring::detach(&s.handle, &mut s.datapath, &record).await?;
     s.endpoints.remove(key);
     s.save_static_endpoints()?;
-    if let Some(network) = &record.network {
-        model::remove_endpoint(&*s.store, network, record.address).await?;
-    }
     s.reconcile_or_retry_later().await;
     info!("removed endpoint {} {}", record.netns, record.address);
     Ok(record)
@@ -124,11 +254,7 @@ pub(crate) async fn remove_local_endpoint(
 /// Releases an address whose endpoint never came to be; a failure is logged (the
 /// address then shows in `oxlay endpoint ls` without an interface, and removing that
 /// endpoint releases it).
-pub(crate) async fn give_back_address(
-    store: &dyn Store,
-    network: &str,
-    address: std::net::Ipv4Addr,
-) {
+pub(crate) async fn give_back_address(store: &dyn Store, network: &str, address: Ipv4Addr) {
     if let Err(e) = model::remove_endpoint(store, network, address).await {
         warn!("giving back {address} of {network}: {e:#}");
     }

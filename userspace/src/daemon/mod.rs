@@ -1,21 +1,33 @@
 //! `oxlay daemon`: loads the datapath for one node, registers the node in the store,
-//! keeps the maps in step with the store and the config, serves the local API, and
-//! removes everything it made on SIGTERM or SIGINT.
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+//! keeps the maps in step with the store, the config and the local endpoints, serves
+//! the local API, and on `oxlay uninstall` removes everything it made.
+//!
+//! One file a concern: `startup` (this file: from config to a running daemon),
+//! `state` (what the tasks change, behind one lock), `adopt` (endpoints a previous
+//! daemon left), `endpoints` and `wiring` (creating and removing endpoints), `watch`
+//! (following the store), `server` (the local API), `lease` and `health` (the store
+//! registration and whether the store answers).
+//!
+//! Lock discipline: the state's lock is never held across a store call. A request
+//! reads what it needs under the lock, calls the store without it, then takes the
+//! lock again to commit.
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{anyhow, bail, Result};
 use log::{info, warn};
 use oxlay_common::DatapathConfig;
 use tokio::{
+    net::UnixListener,
     signal::unix::{signal, SignalKind},
-    sync::Mutex,
+    sync::{Mutex, Notify},
 };
 
 use crate::{
     config::Config,
     datapath::Datapath,
     model::{self, HostRecord},
-    net::netlink,
+    net::{netlink, Ipv4Net},
+    plugins::docker::driver::{DaemonDriver, DockerState},
     reconcile::Snapshot,
     store::{embedded::EmbeddedStore, etcd::EtcdStore, Store},
 };
@@ -29,8 +41,62 @@ mod state;
 mod watch;
 pub mod wiring;
 
-#[allow(unused_imports)]
-pub(crate) use self::{endpoints::*, health::*, server::*, state::*, watch::*};
+pub(crate) use self::{
+    endpoints::{give_back_address, record_local_endpoint, undo_local_endpoint},
+    health::Health,
+    state::{EndpointKey, State},
+};
+
+/// What the daemon's tasks share. The state has its lock; the rest needs none, so that
+/// no task holds the lock while it waits for the store.
+pub(crate) struct Daemon {
+    pub(crate) state: Mutex<State>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) host: HostRecord,
+    /// The lease the host's registration and blocks hang on (renewed on its own task).
+    pub(crate) lease: Arc<lease::HostLease>,
+    pub(crate) health: Health,
+    /// Signalled by the `uninstall` request.
+    pub(crate) uninstall: Notify,
+}
+
+/// The underlay as the config names it and the kernel knows it.
+struct Underlay {
+    link: netlink::LinkInfo,
+    address: Ipv4Addr,
+    subnet: Ipv4Net,
+}
+
+impl Underlay {
+    async fn find(handle: &rtnetlink::Handle, config: &Config) -> Result<Self> {
+        let link = netlink::link_by_name(handle, &config.underlay_interface)
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "underlay_interface {:?} does not exist in this network namespace: check `ip link` and the config",
+                    config.underlay_interface
+                )
+            })?;
+        let address = match config.underlay_address {
+            Some(a) => a,
+            None => netlink::first_ipv4(handle, link.index)
+                .await?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{} has no IPv4 address: add one or set underlay_address in the config",
+                        link.name
+                    )
+                })?,
+        };
+        let subnet = netlink::subnet_of(handle, link.index, address).await?;
+        Ok(Self {
+            link,
+            address,
+            subnet,
+        })
+    }
+}
 
 async fn connect_store(config: &Config) -> Result<Arc<dyn Store>> {
     Ok(if config.store.etcd_endpoints.is_empty() {
@@ -45,92 +111,111 @@ pub async fn run(config: Config) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("oxlay daemon needs root (it loads eBPF programs and creates interfaces): run it with sudo");
     }
+    let config = Arc::new(config);
     let handle = netlink::connect()?;
-    let underlay = netlink::link_by_name(&handle, &config.underlay_interface)
-        .await?
-        .ok_or_else(|| {
-            anyhow!(
-                "underlay_interface {:?} does not exist in this network namespace: check `ip link` and the config",
-                config.underlay_interface
-            )
-        })?;
-    let underlay_addr = match config.underlay_address {
-        Some(a) => a,
-        None => netlink::first_ipv4(&handle, underlay.index)
-            .await?
-            .ok_or_else(|| {
-                anyhow!(
-                    "{} has no IPv4 address: add one or set underlay_address in the config",
-                    underlay.name
-                )
-            })?,
-    };
-    let container_mtu = Config::container_mtu(underlay.mtu);
-    let underlay_subnet = netlink::subnet_of(&handle, underlay.index, underlay_addr).await?;
+    let underlay = Underlay::find(&handle, &config).await?;
     let store = connect_store(&config).await?;
-
     // Claim the API socket first: a second daemon for the same node stops here, before
     // it touches the first one's pinned maps.
     let socket_path = config.socket_path();
-    let listener = bind_api(&socket_path)?;
+    let listener = server::bind_api(&socket_path)?;
+    let daemon = match start(config, handle, &underlay, store).await {
+        Ok(daemon) => daemon,
+        Err(e) => {
+            std::fs::remove_file(&socket_path).ok();
+            return Err(e);
+        }
+    };
+    let c = &daemon.config;
+    info!(
+        "node {} ready: underlay {} ({}), static network {:?}, {} static peers, store {}, decap {:?}, api {}",
+        c.node_name,
+        underlay.link.name,
+        underlay.address,
+        c.static_network().map(|(vni, subnet)| format!("vni {vni} {subnet}")),
+        c.peers.len(),
+        store_name(c),
+        c.decap,
+        socket_path.display()
+    );
+    let uninstall = serve(daemon.clone(), listener).await?;
+    if uninstall {
+        info!("uninstalling: removing endpoints, deregistering, detaching programs, removing pins");
+        daemon.uninstall_all().await?;
+    } else {
+        // A restart: programs stay attached and maps pinned, endpoints stay wired, and
+        // the lease runs out only if no daemon comes back within its TTL.
+        info!("stopping; the datapath keeps forwarding (`oxlay uninstall` removes it)");
+    }
+    std::fs::remove_file(&socket_path).ok();
+    Ok(())
+}
+
+fn store_name(config: &Config) -> String {
+    if config.store.etcd_endpoints.is_empty() {
+        format!("embedded {}", config.store.path.display())
+    } else {
+        format!("etcd {}", config.store.etcd_endpoints.join(","))
+    }
+}
+
+/// Loads the datapath and brings this host back to where the store and the previous
+/// daemon left it: Docker bindings, adopted endpoints, the registration, the routes.
+/// Runs before any task shares the state, so it needs no lock. On failure, a datapath
+/// this call created is removed again.
+async fn start(
+    config: Arc<Config>,
+    handle: rtnetlink::Handle,
+    underlay: &Underlay,
+    store: Arc<dyn Store>,
+) -> Result<Arc<Daemon>> {
     // Pinned maps and links of a previous daemon are re-used: the traffic they carry
     // keeps flowing while this one starts (programs are replaced atomically).
     let pin_path = config.pin_path();
     let fresh = !pin_path.exists();
-    let datapath = match load_datapath(&config, &underlay, underlay_addr) {
-        Ok(d) => d,
-        Err(e) => {
-            std::fs::remove_file(&socket_path).ok();
-            if fresh {
-                // Leave nothing behind when nothing was there.
-                std::fs::remove_dir_all(&pin_path).ok();
-            }
-            return Err(e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh"));
+    let datapath = load_datapath(&config, &underlay.link, underlay.address).map_err(|e| {
+        if fresh {
+            // Leave nothing behind when nothing was there.
+            std::fs::remove_dir_all(&pin_path).ok();
         }
-    };
+        e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh")
+    })?;
     let host = HostRecord {
         name: config.node_name.clone(),
-        underlay_address: underlay_addr,
+        underlay_address: underlay.address,
         vtep_mac: config.vtep_mac(),
     };
-    let host_lease = Arc::new(lease::HostLease::new(
+    let lease = Arc::new(lease::HostLease::new(
         store.clone(),
         host.clone(),
         Duration::from_secs(config.store.lease_ttl_secs),
     ));
     let mut state = State {
-        config,
+        container_mtu: Config::container_mtu(underlay.link.mtu),
+        state_path: config.socket_path().with_extension("endpoints.json"),
+        config: config.clone(),
         handle,
         datapath,
-        container_mtu,
-        store,
-        lease: host_lease,
-        host,
         endpoints: BTreeMap::new(),
         snapshot: Snapshot::default(),
         shadow: None,
         desired: None,
-        retry: Arc::new(tokio::sync::Notify::new()),
-        underlay_subnet,
-        state_path: socket_path.with_extension("endpoints.json"),
-        uninstall: Arc::new(tokio::sync::Notify::new()),
-        docker: crate::plugins::docker::driver::DockerState::default(),
+        retry: Arc::new(Notify::new()),
+        underlay_subnet: underlay.subnet,
+        docker: DockerState::default(),
         map_failures: 0,
         last_reconcile_error: None,
     };
-    let started = async {
-        state.docker =
-            crate::plugins::docker::driver::DockerState::load(&*state.store, &state.host.name)
-                .await?;
-        state.adopt_endpoints().await?;
-        state.lease.register(&state.held_blocks()).await?;
-        state.relist().await?;
+    let restored = async {
+        state.docker = DockerState::load(&*store, &host.name).await?;
+        state.adopt_endpoints(&*store, &host.name).await?;
+        lease.register(&state.held_blocks()).await?;
+        state.snapshot = Snapshot::list(&*store).await?.0;
         // Map entries that cannot be written are retried by the watch loop.
         state.reconcile_or_retry_later().await;
         anyhow::Ok(())
     };
-    if let Err(e) = started.await {
-        std::fs::remove_file(&socket_path).ok();
+    if let Err(e) = restored.await {
         if fresh {
             state.datapath.unpin().ok();
         }
@@ -139,37 +224,32 @@ pub async fn run(config: Config) -> Result<()> {
     // Every program of this build is attached and the maps are filled: maps an older
     // build used can go.
     state.datapath.remove_stale_pins();
-    info!(
-        "node {} ready: underlay {} ({}), static network {:?}, {} static peers, store {}, decap {:?}, api {}",
-        state.config.node_name,
-        underlay.name,
-        underlay_addr,
-        state.config.static_network().map(|(vni, subnet)| format!("vni {vni} {subnet}")),
-        state.config.peers.len(),
-        if state.config.store.etcd_endpoints.is_empty() {
-            format!("embedded {}", state.config.store.path.display())
-        } else {
-            format!("etcd {}", state.config.store.etcd_endpoints.join(","))
-        },
-        state.config.decap,
-        socket_path.display()
-    );
-    let store = state.store.clone();
-    let host_lease = state.lease.clone();
-    let state = Arc::new(Mutex::new(state));
-    let health: Health = Arc::default();
-    let held_state = state.clone();
+    Ok(Arc::new(Daemon {
+        state: Mutex::new(state),
+        config,
+        store,
+        host,
+        lease,
+        health: Health::default(),
+        uninstall: Notify::new(),
+    }))
+}
+
+/// Runs the daemon's tasks (lease renewal, the store watch, the Docker plugin, the
+/// API) until a signal or an `uninstall` request; whether it was the latter.
+async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
+    let held = daemon.clone();
     let keepalive = tokio::spawn(lease::keep_alive(
-        host_lease,
+        daemon.lease.clone(),
         move || {
-            let state = held_state.clone();
-            async move { state.lock().await.held_blocks() }
+            let daemon = held.clone();
+            async move { daemon.state.lock().await.held_blocks() }
         },
-        health.clone(),
+        daemon.health.clone(),
     ));
-    let docker = state.lock().await.config.docker.clone();
+    let docker = daemon.config.docker.clone();
     let docker_plugin = docker.enabled.then(|| {
-        let driver = Arc::new(crate::plugins::docker::driver::DaemonDriver(state.clone()));
+        let driver = Arc::new(DaemonDriver(daemon.clone()));
         let socket = docker.socket.clone();
         info!(
             "serving the Docker network and IPAM driver \"oxlay\" on {}",
@@ -181,33 +261,27 @@ pub async fn run(config: Config) -> Result<()> {
             }
         })
     });
-    let watcher = tokio::spawn(watch_store(state.clone(), store, health.clone()));
-
+    let watcher = tokio::spawn(watch::watch_store(daemon.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let uninstall_request = state.lock().await.uninstall.clone();
-    let mut uninstall_requested = false;
-    loop {
+    let uninstall = loop {
         tokio::select! {
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
-                    let (state, health) = (state.clone(), health.clone());
+                    let daemon = daemon.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(stream, &state, &health).await {
+                        if let Err(e) = server::serve_connection(stream, &daemon).await {
                             warn!("api connection: {e:#}");
                         }
                     });
                 }
                 Err(e) => warn!("api accept failed: {e}"),
             },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = uninstall_request.notified() => {
-                uninstall_requested = true;
-                break;
-            }
+            _ = term.recv() => break false,
+            _ = int.recv() => break false,
+            _ = daemon.uninstall.notified() => break true,
         }
-    }
+    };
     keepalive.abort();
     watcher.abort();
     if let Some(plugin) = docker_plugin {
@@ -215,48 +289,52 @@ pub async fn run(config: Config) -> Result<()> {
         // Docker finds the plugin again when a daemon serves the socket anew.
         std::fs::remove_file(&docker.socket).ok();
     }
-    let mut s = state.lock().await;
-    if uninstall_requested {
-        info!("uninstalling: removing endpoints, deregistering, detaching programs, removing pins");
-        uninstall(&mut s).await?;
-    } else {
-        // A restart: programs stay attached and maps pinned, endpoints stay wired, and
-        // the lease runs out only if no daemon comes back within its TTL.
-        info!("stopping; the datapath keeps forwarding (`oxlay uninstall` removes it)");
-    }
-    std::fs::remove_file(&socket_path).ok();
-    Ok(())
+    Ok(uninstall)
 }
 
-/// Removes everything this node made: endpoints (their addresses go back to the
-/// store), its registration, the programs and pins, the state file.
-async fn uninstall(s: &mut State) -> Result<()> {
-    let keys: Vec<EndpointKey> = s.endpoints.keys().cloned().collect();
-    for key in keys {
-        if let Err(e) = remove_local_endpoint(s, &key).await {
-            warn!("removing endpoint {key:?}: {e:#}");
+impl Daemon {
+    /// Removes everything this node made: endpoints (their addresses go back to the
+    /// store), the programs and pins, the state file, its registration and its Docker
+    /// bindings. The local part first, under the lock; then the store's.
+    async fn uninstall_all(&self) -> Result<()> {
+        let (removed, bindings) = {
+            let mut s = self.state.lock().await;
+            let mut removed = Vec::new();
+            let keys: Vec<EndpointKey> = s.endpoints.keys().cloned().collect();
+            for key in keys {
+                match endpoints::remove_local_endpoint(&mut s, &key).await {
+                    Ok(record) => removed.push(record),
+                    Err(e) => warn!("removing endpoint {key:?}: {e:#}"),
+                }
+            }
+            s.datapath.unpin()?;
+            std::fs::remove_file(&s.state_path).ok();
+            let bindings: Vec<String> = s.docker.networks.keys().cloned().collect();
+            (removed, bindings)
+        };
+        for record in removed {
+            if let Some(network) = &record.network {
+                give_back_address(&*self.store, network, record.address).await;
+            }
         }
+        if let Err(e) = self.store.revoke_lease(self.lease.current()).await {
+            warn!("deregistering from the store: {e:#}");
+        }
+        for id in bindings {
+            model::unbind_docker_network(&*self.store, &self.host.name, &id)
+                .await
+                .ok();
+        }
+        Ok(())
     }
-    if let Err(e) = s.store.revoke_lease(s.lease.current()).await {
-        warn!("deregistering from the store: {e:#}");
-    }
-    s.datapath.unpin()?;
-    std::fs::remove_file(&s.state_path).ok();
-    let bindings: Vec<String> = s.docker.networks.keys().cloned().collect();
-    for id in bindings {
-        model::unbind_docker_network(&*s.store, &s.host.name, &id)
-            .await
-            .ok();
-    }
-    Ok(())
 }
 
 /// Loads the programs, writes the datapath config and attaches decapsulation. Routes,
-/// peers and networks come from reconciling.
+/// peers, networks and endpoints come from reconciling.
 fn load_datapath(
     config: &Config,
     underlay: &netlink::LinkInfo,
-    underlay_addr: std::net::Ipv4Addr,
+    underlay_addr: Ipv4Addr,
 ) -> Result<Datapath> {
     let mut datapath = Datapath::load(&config.pin_path())?;
     datapath.set_config(DatapathConfig {

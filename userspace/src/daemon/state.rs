@@ -7,34 +7,30 @@ use log::{info, warn};
 use oxlay_common::Route;
 use rtnetlink::Handle;
 
-#[allow(unused_imports)]
-use super::*;
+use super::lease;
 use crate::{
     config::Config,
     datapath::Datapath,
     model::local::LocalEndpoint,
-    model::{self, BlockRecord, HostRecord},
+    model::{self, BlockRecord},
     net::Ipv4Net,
     reconcile::{self, Snapshot},
-    store::Store,
 };
 
 /// Local endpoints by (namespace, store network; None for the static network).
 pub(crate) type EndpointKey = (String, Option<String>);
 
+/// What the daemon's tasks change, behind one lock (`Daemon::state`). Nothing here
+/// talks to the store: whoever holds the lock never waits for the network.
 pub(crate) struct State {
-    pub(crate) config: Config,
+    pub(crate) config: Arc<Config>,
     pub(crate) handle: Handle,
     pub(crate) datapath: Datapath,
     pub(crate) container_mtu: u32,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) host: HostRecord,
-    /// The lease the host's registration and blocks hang on (renewed on its own task).
-    pub(crate) lease: Arc<lease::HostLease>,
     pub(crate) endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
     /// The store's routing records, listed at start and kept current by the watch.
     pub(crate) snapshot: Snapshot,
-    /// What the route, peer and network maps hold, as last written (None: read them).
+    /// What the maps hold, as last written (None: read them).
     pub(crate) shadow: Option<reconcile::Desired>,
     /// The last desired maps and the part of them blocks do not change (base, want).
     pub(crate) desired: Option<(reconcile::Desired, reconcile::Desired)>,
@@ -44,8 +40,6 @@ pub(crate) struct State {
     pub(crate) underlay_subnet: Ipv4Net,
     /// Where the static network's endpoints are recorded for the next daemon.
     pub(crate) state_path: std::path::PathBuf,
-    /// Signalled by the `uninstall` request.
-    pub(crate) uninstall: Arc<tokio::sync::Notify>,
     /// Which oxlay network each Docker network is.
     pub(crate) docker: crate::plugins::docker::driver::DockerState,
     /// Map writes that failed since start (e.g. a full route map), and the last
@@ -55,27 +49,6 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Lists the store's routing records anew (at start, and when a watch starts
-    /// over); returns the revision from which to watch. A record that does not decode
-    /// is left out with a warning.
-    pub(crate) async fn relist(&mut self) -> Result<crate::store::Revision> {
-        let mut snapshot = Snapshot::default();
-        let mut start = None;
-        for prefix in [model::HOSTS, model::NETWORKS, model::BLOCKS] {
-            let (kvs, revision) = self.store.list(prefix).await?;
-            // Watching from the first listing's revision replays whatever changed
-            // while the others were read.
-            start.get_or_insert(revision);
-            for kv in kvs {
-                if let Err(e) = snapshot.apply(&crate::store::WatchEvent::Put(kv)) {
-                    warn!("{e:#}");
-                }
-            }
-        }
-        self.snapshot = snapshot;
-        Ok(start.unwrap_or(0))
-    }
-
     /// Applies watch events to the snapshot and says what routing needs: nothing, the
     /// routes of some blocks, or everything. A block of a network with no endpoint
     /// here changes no route of this host.
@@ -238,6 +211,24 @@ impl State {
             self.last_reconcile_error = Some(format!("{e:#}"));
             self.retry.notify_one();
         }
+    }
+
+    /// Whether the maps hold `ep`'s own entries (its endpoint entry and its route), as
+    /// the last reconcile wrote them.
+    pub(crate) fn maps_hold(&self, ep: &LocalEndpoint) -> bool {
+        let Some(shadow) = &self.shadow else {
+            return false;
+        };
+        let route = Ipv4Net::new(ep.address, 32).map(|dest| (ep.vni, dest));
+        shadow.endpoints.get(&ep.host_ifindex) == Some(&ep.map_entry())
+            && route.is_ok_and(|key| {
+                shadow.routes.get(&key)
+                    == Some(&Route::local(
+                        ep.host_ifindex,
+                        ep.container_mac.0,
+                        ep.host_mac.0,
+                    ))
+            })
     }
 
     /// Records the static network's endpoints (the store keeps the others) so that the

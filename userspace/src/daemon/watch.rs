@@ -3,29 +3,34 @@
 use std::{sync::Arc, time::Duration};
 
 use log::warn;
-use tokio::sync::Mutex;
 
-#[allow(unused_imports)]
-use super::*;
+use super::{
+    health::{store_failed, store_ok},
+    state::Routing,
+    Daemon,
+};
 use crate::{
     model::{self, BlockRecord},
-    store::Store,
+    reconcile::Snapshot,
+    store::{WatchEvent, WatchItem},
 };
+
+type WatchStream = tokio::sync::mpsc::Receiver<WatchItem>;
 
 /// When to look at the kernel's maps again without a store event: after a failed
 /// reconcile, from 1 s, doubling up to [`RETRY_MAX`]; while all is well, a drift check
 /// [`DRIFT_CHECK_EVERY`] after the last one. Each look compares against the kernel's
 /// maps themselves (not the shadow), so no divergence outlives it.
 #[derive(Debug)]
-pub(super) struct Resync {
+struct Resync {
     delay: Duration,
     failing: bool,
 }
 
-pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Events within 20 ms that make a burst worth gathering further.
-pub(super) const BURST_EVENTS: usize = 16;
-pub(super) const DRIFT_CHECK_EVERY: Duration = Duration::from_secs(300);
+const BURST_EVENTS: usize = 16;
+const DRIFT_CHECK_EVERY: Duration = Duration::from_secs(300);
 
 impl Resync {
     fn new() -> Self {
@@ -51,11 +56,8 @@ impl Resync {
 
 /// Reconciles everything, or only the routes of `blocks`; logs a failure; whether it
 /// succeeded.
-pub(super) async fn reconcile_logged(
-    state: &Mutex<State>,
-    blocks: Option<&[(String, Option<BlockRecord>)]>,
-) -> bool {
-    let mut s = state.lock().await;
+async fn reconcile_logged(d: &Daemon, blocks: Option<&[(String, Option<BlockRecord>)]>) -> bool {
+    let mut s = d.state.lock().await;
     let result = match blocks {
         Some(blocks) => s.reconcile_blocks(blocks).await,
         None => s.reconcile().await,
@@ -74,97 +76,105 @@ pub(super) async fn reconcile_logged(
 /// to that snapshot and reconciles the maps (events are batched). A change costs the
 /// change: no relisting, no map dump. Failed map writes are retried with backoff; a
 /// drift check compares with the kernel's maps every [`DRIFT_CHECK_EVERY`].
-pub(super) async fn watch_store(state: Arc<Mutex<State>>, store: Arc<dyn Store>, health: Health) {
+pub(super) async fn watch_store(d: Arc<Daemon>) {
     let mut resync = Resync::new();
+    let retry = d.state.lock().await.retry.clone();
     loop {
-        let start = match state.lock().await.relist().await {
-            Ok(revision) => {
-                store_ok(&health);
+        // Listed without the lock; the snapshot is swapped in whole.
+        let start = match Snapshot::list(&*d.store).await {
+            Ok((snapshot, revision)) => {
+                store_ok(&d.health);
+                d.state.lock().await.snapshot = snapshot;
                 revision
             }
             Err(e) => {
-                store_failed(&health, "listing", &e);
+                store_failed(&d.health, "listing", &e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let ok = reconcile_logged(&state, None).await;
+        let ok = reconcile_logged(&d, None).await;
         // A deadline, not a sleep per turn: events do not postpone it.
         let mut due = tokio::time::Instant::now() + resync.after(ok);
-        let retry = state.lock().await.retry.clone();
-        let mut events = match store.watch(model::PREFIX, start).await {
-            Ok(rx) => rx,
-            Err(e) => {
-                store_failed(&health, "watch", &e);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        match d.store.watch(model::PREFIX, start).await {
+            Ok(events) => follow(&d, events, &retry, &mut resync, &mut due).await,
+            Err(e) => store_failed(&d.health, "watch", &e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Applies watch events until the watch breaks (then the caller lists anew), and
+/// retries or re-checks the maps when `due`.
+async fn follow(
+    d: &Daemon,
+    mut events: WatchStream,
+    retry: &tokio::sync::Notify,
+    resync: &mut Resync,
+    due: &mut tokio::time::Instant,
+) {
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            // A reconcile on an API path failed: retry soon.
+            _ = retry.notified() => {
+                if !resync.failing() {
+                    *due = tokio::time::Instant::now() + resync.after(false);
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(*due) => {
+                d.state.lock().await.shadow = None;
+                *due = tokio::time::Instant::now() + resync.after(reconcile_logged(d, None).await);
                 continue;
             }
         };
-        loop {
-            let event = tokio::select! {
-                e = events.recv() => e,
-                // A reconcile on an API path failed: retry soon.
-                _ = retry.notified() => {
-                    if !resync.failing() {
-                        due = tokio::time::Instant::now() + resync.after(false);
-                    }
-                    continue;
-                }
-                _ = tokio::time::sleep_until(due) => {
-                    state.lock().await.shadow = None;
-                    due = tokio::time::Instant::now() + resync.after(reconcile_logged(&state, None).await);
-                    continue;
-                }
-            };
-            match event {
-                Some(Ok(first)) => {
-                    // Take whatever else arrived with it, then reconcile once. While a
-                    // burst goes on (many hosts joining), keep gathering, up to 250 ms:
-                    // one reconcile per burst, not one per few events.
-                    let mut batch = vec![first];
-                    let mut broken = false;
-                    let gathering = std::time::Instant::now();
-                    loop {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        let before = batch.len();
-                        while let Ok(item) = events.try_recv() {
-                            match item {
-                                Ok(event) => batch.push(event),
-                                Err(_) => broken = true,
-                            }
-                        }
-                        let burst = batch.len() - before >= BURST_EVENTS;
-                        if broken || !burst || gathering.elapsed() > Duration::from_millis(250) {
-                            break;
-                        }
-                    }
-                    let routing = state.lock().await.apply_events(&batch);
-                    let ok = match routing {
-                        Routing::Unchanged => None,
-                        Routing::Blocks(blocks) => {
-                            Some(reconcile_logged(&state, Some(&blocks)).await)
-                        }
-                        Routing::All => Some(reconcile_logged(&state, None).await),
-                    };
-                    if let Some(ok) = ok {
-                        // A failure starts the retries; a success ends them. Otherwise
-                        // the drift check stays where it was.
-                        if ok == resync.failing() {
-                            due = tokio::time::Instant::now() + resync.after(ok);
-                        }
-                    }
-                    if broken {
-                        break;
-                    }
-                }
-                Some(Err(e)) => {
-                    store_failed(&health, "watch", &e);
-                    break;
-                }
-                None => break,
+        let first = match event {
+            Some(Ok(first)) => first,
+            Some(Err(e)) => {
+                store_failed(&d.health, "watch", &e);
+                return;
+            }
+            None => return,
+        };
+        let (batch, broken) = gather(first, &mut events).await;
+        let routing = d.state.lock().await.apply_events(&batch);
+        let ok = match routing {
+            Routing::Unchanged => None,
+            Routing::Blocks(blocks) => Some(reconcile_logged(d, Some(&blocks)).await),
+            Routing::All => Some(reconcile_logged(d, None).await),
+        };
+        // A failure starts the retries; a success ends them. Otherwise the drift check
+        // stays where it was.
+        if let Some(ok) = ok.filter(|ok| *ok == resync.failing()) {
+            *due = tokio::time::Instant::now() + resync.after(ok);
+        }
+        if broken {
+            return;
+        }
+    }
+}
+
+/// Takes whatever else arrived with `first`. While a burst goes on (many hosts
+/// joining), keeps gathering, up to 250 ms: one reconcile per burst, not one per few
+/// events. Also says whether the watch broke meanwhile.
+async fn gather(first: WatchEvent, events: &mut WatchStream) -> (Vec<WatchEvent>, bool) {
+    let mut batch = vec![first];
+    let mut broken = false;
+    let gathering = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = batch.len();
+        while let Ok(item) = events.try_recv() {
+            match item {
+                Ok(event) => batch.push(event),
+                Err(_) => broken = true,
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let burst = batch.len() - before >= BURST_EVENTS;
+        if broken || !burst || gathering.elapsed() > Duration::from_millis(250) {
+            return (batch, broken);
+        }
     }
 }
 

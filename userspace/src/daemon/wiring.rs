@@ -3,20 +3,19 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use oxlay_common::{Endpoint, Route};
 use rtnetlink::Handle;
 
 use crate::{
     datapath::Datapath,
     model::local::{host_ifname, LocalEndpoint},
+    net::MacAddr,
     net::{
         ethtool, netlink, netns,
         veth::{self, EndpointSpec},
     },
-    net::{Ipv4Net, MacAddr},
 };
 
-/// Creates the interfaces, attaches the program, and fills the maps.
+/// Creates the interfaces and attaches the program.
 pub async fn attach(
     handle: &Handle,
     datapath: &mut Datapath,
@@ -93,54 +92,25 @@ pub async fn attach_unplaced(
     finish_attach(handle, datapath, record).await
 }
 
-/// Attaches the program to the host-side veth and fills the maps; on failure, removes
-/// what was made.
+/// Attaches the container-egress program to the host-side veth; on failure, removes
+/// what was made. The endpoint's map entries come from reconciling (the only map
+/// writer) once the caller records it.
 async fn finish_attach(
     handle: &Handle,
     datapath: &mut Datapath,
     record: LocalEndpoint,
 ) -> Result<LocalEndpoint> {
-    let wired = async {
-        datapath.attach_endpoint(&record.host_ifname)?;
-        datapath.set_endpoint(
-            record.host_ifindex,
-            Endpoint {
-                net_id: record.vni,
-                addr: record.address.octets(),
-                mac: record.container_mac.0,
-                _pad: [0; 2],
-            },
-        )?;
-        datapath.set_route(
-            record.vni,
-            Ipv4Net::new(record.address, 32)?,
-            Route::local(
-                record.host_ifindex,
-                record.container_mac.0,
-                record.host_mac.0,
-            ),
-        )
-    };
-    if let Err(e) = wired.await {
+    if let Err(e) = datapath.attach_endpoint(&record.host_ifname) {
         let _ = detach(handle, datapath, &record).await;
         return Err(e);
     }
     Ok(record)
 }
 
-/// Takes over an endpoint whose interfaces already exist: attaches the program and
-/// registers it in the endpoint map (its route comes from reconciling).
+/// Takes over an endpoint whose interfaces already exist: attaches the program (its
+/// map entries, pinned by the previous daemon, are kept until reconciling).
 pub fn adopt(datapath: &mut Datapath, ep: &LocalEndpoint) -> Result<()> {
-    datapath.attach_endpoint(&ep.host_ifname)?;
-    datapath.set_endpoint(
-        ep.host_ifindex,
-        Endpoint {
-            net_id: ep.vni,
-            addr: ep.address.octets(),
-            mac: ep.container_mac.0,
-            _pad: [0; 2],
-        },
-    )
+    datapath.attach_endpoint(&ep.host_ifname)
 }
 
 /// Gives an adopted endpoint (perhaps made by an older oxlay) the offloads a new one
@@ -164,15 +134,14 @@ pub async fn tune_adopted(ep: &LocalEndpoint) {
     }
 }
 
-/// Removes what `attach` made. Parts already gone are skipped, so this can finish a
-/// detach that was interrupted.
+/// Removes what `attach` made: the program and the veth (both ends). Parts already
+/// gone are skipped, so this can finish a detach that was interrupted. The caller
+/// removes the endpoint's map entries first (by reconciling without it).
 pub async fn detach(
     handle: &Handle,
     datapath: &mut Datapath,
     record: &LocalEndpoint,
 ) -> Result<()> {
-    let _ = datapath.remove_route(record.vni, Ipv4Net::new(record.address, 32)?);
-    datapath.remove_endpoint(record.host_ifindex)?;
     datapath.detach_endpoint(&record.host_ifname);
     netlink::delete_link(handle, &record.host_ifname).await
 }

@@ -3,8 +3,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
-#[allow(unused_imports)]
-use super::*;
+use super::keys::DOCKER;
 use crate::store::Store;
 
 // ---- Docker networks ----

@@ -2,8 +2,10 @@
 
 use anyhow::Result;
 
-#[allow(unused_imports)]
-use super::*;
+use super::{
+    keys::HOSTS,
+    records::{list, HostRecord},
+};
 use crate::store::{LeaseId, Store};
 
 // ---- hosts ----

@@ -4,8 +4,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{bail, Context, Result};
 
-#[allow(unused_imports)]
-use super::*;
+use super::{
+    keys::{block_key, endpoint_key, BLOCKS, ENDPOINTS},
+    networks::{find_network, network},
+    records::{decode, list, BlockRecord, EndpointRecord, NetworkRecord},
+};
 use crate::{
     net::Ipv4Net,
     store::{LeaseId, Store},

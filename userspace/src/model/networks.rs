@@ -5,8 +5,13 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-#[allow(unused_imports)]
-use super::*;
+use super::{
+    keys::{BLOCKS, ENDPOINTS, NETWORKS, SUBNETS, VNIS},
+    records::{
+        decode, decode_network, list, EndpointRecord, NetworkRecord, NetworkSpec, MAX_BLOCK_PREFIX,
+    },
+    DEFAULT_POOL, FIRST_AUTO_VNI,
+};
 use crate::{net::Ipv4Net, store::Store};
 
 // ---- networks ----

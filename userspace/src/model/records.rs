@@ -4,8 +4,6 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-#[allow(unused_imports)]
-use super::*;
 use crate::{
     net::{Ipv4Net, MacAddr},
     store::Store,

@@ -6,8 +6,7 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use oxlay_common::{Endpoint, Route};
 
-#[allow(unused_imports)]
-use super::*;
+use super::desired::{Desired, RouteKey};
 use crate::{
     datapath::{Datapath, RouteEntry},
     net::Ipv4Net,
@@ -136,7 +135,12 @@ impl<M: RoutingMaps> RoutingMaps for Shadowed<'_, M> {
         Ok(())
     }
     fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>> {
-        Ok(self.shadow.endpoints.iter().map(|(k, v)| (*k, *v)).collect())
+        Ok(self
+            .shadow
+            .endpoints
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
     }
     fn set_endpoint(&mut self, host_ifindex: u32, endpoint: Endpoint) -> Result<()> {
         self.maps.set_endpoint(host_ifindex, endpoint)?;
@@ -207,7 +211,10 @@ impl Changes {
 }
 
 /// The elements of `a` not in `b`.
-fn minus<T: Ord + Copy>(a: &std::collections::BTreeSet<T>, b: &std::collections::BTreeSet<T>) -> Vec<T> {
+fn minus<T: Ord + Copy>(
+    a: &std::collections::BTreeSet<T>,
+    b: &std::collections::BTreeSet<T>,
+) -> Vec<T> {
     a.difference(b).copied().collect()
 }
 

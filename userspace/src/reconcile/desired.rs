@@ -8,8 +8,7 @@ use std::{
 use anyhow::Result;
 use oxlay_common::{Endpoint, Route, DIRECT_NET_ID};
 
-#[allow(unused_imports)]
-use super::*;
+use super::snapshot::Snapshot;
 use crate::{
     config::Config,
     model::local::LocalEndpoint,

@@ -4,12 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 
-#[allow(unused_imports)]
-use super::*;
 use crate::{
     model::{self, BlockRecord, HostRecord, NetworkRecord},
     net::Ipv4Net,
-    store::WatchEvent,
+    store::{Revision, Store, WatchEvent},
 };
 
 /// The store's records that routing depends on: hosts and networks by name, blocks by
@@ -25,6 +23,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Lists the store's routing records (at start, and when a watch starts over):
+    /// the snapshot and the revision from which to watch. A record that does not
+    /// decode is left out with a warning.
+    pub async fn list(store: &dyn Store) -> Result<(Self, Revision)> {
+        let mut snapshot = Snapshot::default();
+        let mut start = None;
+        for prefix in [model::HOSTS, model::NETWORKS, model::BLOCKS] {
+            let (kvs, revision) = store.list(prefix).await?;
+            // Watching from the first listing's revision replays whatever changed
+            // while the others were read.
+            start.get_or_insert(revision);
+            for kv in kvs {
+                if let Err(e) = snapshot.apply(&WatchEvent::Put(kv)) {
+                    log::warn!("{e:#}");
+                }
+            }
+        }
+        Ok((snapshot, start.unwrap_or(0)))
+    }
+
     /// A snapshot of these records, keyed as the store keys them.
     pub fn from_records(
         hosts: Vec<HostRecord>,

@@ -3,19 +3,17 @@
 //! whose container end Docker moves into its sandbox.
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
-use anyhow::{anyhow, bail, Context, Result};
-use log::{info, warn};
-use serde_json::{json, Value};
-use tokio::sync::Mutex;
-
-use crate::daemon::{remove_local_endpoint, undo_local_endpoint, EndpointKey, State};
 use crate::{
     daemon::wiring::{self, UnplacedSpec},
+    daemon::{record_local_endpoint, undo_local_endpoint, Daemon, EndpointKey},
     model::{self, NetworkSpec},
     net::{Ipv4Net, MacAddr},
     plugins::docker::engine as docker_engine,
     plugins::docker::{Driver, NetworkRequest, PoolRequest},
 };
+use anyhow::{anyhow, bail, Context, Result};
+use log::{info, warn};
+use serde_json::{json, Value};
 
 /// The IPAM option that names the oxlay network (Docker tells drivers no names).
 pub const NETWORK_OPTION: &str = "network";
@@ -29,11 +27,11 @@ const PENDING_SANDBOX: &str = "docker-pending";
 /// Which oxlay network each Docker network is (kept in the store, as dockerd remembers
 /// its networks across restarts of either daemon), and pools not yet claimed.
 #[derive(Debug, Default)]
-pub struct DockerState {
+pub(crate) struct DockerState {
     /// Docker network ID → oxlay network name.
     pub networks: BTreeMap<String, String>,
     /// Pools handed out, not yet claimed by a Docker network: (network, subnet).
-    pending: Vec<(String, Ipv4Net)>,
+    pub(crate) pending: Vec<(String, Ipv4Net)>,
 }
 
 impl DockerState {
@@ -51,14 +49,38 @@ fn endpoint_key(endpoint_id: &str, network: &str) -> EndpointKey {
     (format!("docker-{short}"), Some(network.to_owned()))
 }
 
-/// The daemon's state, seen as a Docker plugin.
-pub(crate) struct DaemonDriver(pub(crate) Arc<Mutex<State>>);
+/// The daemon, seen as a Docker plugin. Like the API, it never holds the state's
+/// lock across a store call.
+pub(crate) struct DaemonDriver(pub(crate) Arc<Daemon>);
 
 impl DaemonDriver {
-    fn network_of<'a>(s: &'a State, network_id: &str) -> Result<&'a String> {
-        s.docker.networks.get(network_id).ok_or_else(|| {
+    /// The oxlay network a Docker network is.
+    async fn network_of(&self, network_id: &str) -> Result<String> {
+        let s = self.0.state.lock().await;
+        s.docker.networks.get(network_id).cloned().ok_or_else(|| {
             anyhow!("Docker network {network_id} is not an oxlay network on this host (was it created with --ipam-driver oxlay?)")
         })
+    }
+
+    /// The network `name`, created (with `subnet` and `options`) if it does not exist.
+    async fn find_or_create(
+        &self,
+        name: &str,
+        subnet: Option<Ipv4Net>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<model::NetworkRecord> {
+        let store = &*self.0.store;
+        if let Some(net) = model::find_network(store, name).await? {
+            return Ok(net);
+        }
+        match model::create_network(store, network_spec(name, subnet, options)?).await {
+            Ok(net) => {
+                info!("docker: created network {name} ({})", net.subnet);
+                Ok(net)
+            }
+            // Another host created it at the same moment.
+            Err(e) => model::network(store, name).await.map_err(|_| e),
+        }
     }
 }
 
@@ -74,22 +96,7 @@ impl Driver for DaemonDriver {
                     .map(|s| format!("docker-{}-{}", s.addr(), s.prefix_len()).replace('.', "-"))
             })
             .unwrap_or_else(|| DEFAULT_NETWORK.to_owned());
-        let mut s = self.0.lock().await;
-        let store = s.store.clone();
-        let net = match model::find_network(&*store, &name).await? {
-            Some(net) => net,
-            None => {
-                let spec = network_spec(&name, request.subnet, &options)?;
-                match model::create_network(&*store, spec).await {
-                    Ok(net) => {
-                        info!("docker: created network {name} ({})", net.subnet);
-                        net
-                    }
-                    // Another host created it at the same moment.
-                    Err(e) => model::network(&*store, &name).await.map_err(|_| e)?,
-                }
-            }
-        };
+        let net = self.find_or_create(&name, request.subnet, &options).await?;
         if let Some(subnet) = request.subnet {
             if subnet != net.subnet {
                 bail!(
@@ -100,6 +107,7 @@ impl Driver for DaemonDriver {
         }
         // dockerd asks again for its networks' pools when it starts: keep one of each.
         let entry = (name.clone(), net.subnet);
+        let mut s = self.0.state.lock().await;
         if !s.docker.pending.contains(&entry) {
             s.docker.pending.push(entry);
         }
@@ -117,14 +125,14 @@ impl Driver for DaemonDriver {
         pool_id: &str,
         wanted: Option<Ipv4Addr>,
     ) -> Result<(Ipv4Addr, u8)> {
-        let s = self.0.lock().await;
-        let store = s.store.clone();
-        let net = model::network(&*store, pool_id).await?;
+        let d = &self.0;
+        let net = model::network(&*d.store, pool_id).await?;
         let labels = BTreeMap::from([("runtime".to_owned(), "docker".to_owned())]);
+        let lease = d.lease.current();
         let record = model::create_endpoint(
-            &*store,
-            &s.host.name,
-            s.lease.current(),
+            &*d.store,
+            &d.host.name,
+            lease,
             pool_id,
             PENDING_SANDBOX,
             wanted,
@@ -135,61 +143,51 @@ impl Driver for DaemonDriver {
     }
 
     async fn release_address(&self, pool_id: &str, address: Ipv4Addr) -> Result<()> {
-        let s = self.0.lock().await;
-        let store = s.store.clone();
-        let claim = model::endpoint(&*store, pool_id, address).await?;
-        if claim.is_some_and(|e| e.host == s.host.name) {
-            model::remove_endpoint(&*store, pool_id, address).await?;
+        let d = &self.0;
+        let claim = model::endpoint(&*d.store, pool_id, address).await?;
+        if claim.is_some_and(|e| e.host == d.host.name) {
+            model::remove_endpoint(&*d.store, pool_id, address).await?;
         }
         Ok(())
     }
 
     async fn create_network(&self, request: NetworkRequest) -> Result<()> {
-        let mut s = self.0.lock().await;
-        let store = s.store.clone();
-        let pending = request
-            .pool
-            .and_then(|pool| s.docker.pending.iter().position(|(_, p)| *p == pool));
-        let name = match pending {
-            Some(i) => s.docker.pending.remove(i).0,
-            None => bail!(
-                "Docker network {} has no oxlay pool: create it with --ipam-driver oxlay",
-                request.network_id
-            ),
+        let d = &self.0;
+        let name = {
+            let mut s = d.state.lock().await;
+            let pending = request
+                .pool
+                .and_then(|pool| s.docker.pending.iter().position(|(_, p)| *p == pool));
+            match pending {
+                Some(i) => s.docker.pending.remove(i).0,
+                None => bail!(
+                    "Docker network {} has no oxlay pool: create it with --ipam-driver oxlay",
+                    request.network_id
+                ),
+            }
         };
         if !request.options.is_empty() {
-            model::add_network_labels(&*store, &name, &request.options).await?;
+            model::add_network_labels(&*d.store, &name, &request.options).await?;
         }
-        model::bind_docker_network(&*store, &s.host.name, &request.network_id, &name).await?;
+        model::bind_docker_network(&*d.store, &d.host.name, &request.network_id, &name).await?;
         info!(
             "docker: network {} is oxlay network {name}",
             request.network_id
         );
-        // Docker passes no `--label`s to plugins; ask dockerd once it has the network.
-        let engine = s.config.docker.engine_socket.clone();
-        let (id, network) = (request.network_id.clone(), name.clone());
-        tokio::spawn(async move {
-            let copied = async {
-                let labels = docker_engine::network_labels(&engine, &id, LABEL_WAIT).await?;
-                if !labels.is_empty() {
-                    model::add_network_labels(&*store, &network, &labels).await?;
-                }
-                anyhow::Ok(labels.len())
-            };
-            match copied.await {
-                Ok(n) => info!("docker: {n} labels of network {id} copied to {network}"),
-                Err(e) => warn!("docker: labels of network {id} not copied: {e:#}"),
-            }
-        });
-        s.docker.networks.insert(request.network_id, name);
+        copy_labels_later(d, request.network_id.clone(), name.clone());
+        d.state
+            .lock()
+            .await
+            .docker
+            .networks
+            .insert(request.network_id, name);
         Ok(())
     }
 
     async fn delete_network(&self, network_id: &str) -> Result<()> {
-        let mut s = self.0.lock().await;
-        let store = s.store.clone();
-        model::unbind_docker_network(&*store, &s.host.name, network_id).await?;
-        if let Some(name) = s.docker.networks.remove(network_id) {
+        let d = &self.0;
+        model::unbind_docker_network(&*d.store, &d.host.name, network_id).await?;
+        if let Some(name) = d.state.lock().await.docker.networks.remove(network_id) {
             info!("docker: network {network_id} ({name}) removed");
         }
         Ok(())
@@ -202,64 +200,62 @@ impl Driver for DaemonDriver {
         address: Ipv4Addr,
         mac: Option<MacAddr>,
     ) -> Result<(MacAddr, String)> {
-        let mut guard = self.0.lock().await;
-        let s = &mut *guard;
-        let store = s.store.clone();
-        let name = Self::network_of(s, network_id)?.clone();
-        let net = model::network(&*store, &name).await?;
-        let claim = model::endpoint(&*store, &name, address)
+        let d = &self.0;
+        let name = self.network_of(network_id).await?;
+        let net = model::network(&*d.store, &name).await?;
+        let claim = model::endpoint(&*d.store, &name, address)
             .await?
-            .filter(|e| e.host == s.host.name)
+            .filter(|e| e.host == d.host.name)
             .with_context(|| {
                 format!("address {address} was not handed out here by oxlay's IPAM: use --ipam-driver oxlay")
             })?;
         let key = endpoint_key(endpoint_id, &name);
-        if s.endpoints.contains_key(&key) {
-            bail!("endpoint {endpoint_id} exists already");
-        }
-        let spec = UnplacedSpec {
-            network: name.clone(),
-            vni: net.vni,
-            sandbox: key.0.clone(),
-            address,
-            mac,
-            mtu: s.container_mtu,
+        let local = {
+            let mut s = d.state.lock().await;
+            if s.endpoints.contains_key(&key) {
+                bail!("endpoint {endpoint_id} exists already");
+            }
+            let spec = UnplacedSpec {
+                network: name.clone(),
+                vni: net.vni,
+                sandbox: key.0.clone(),
+                address,
+                mac,
+                mtu: s.container_mtu,
+            };
+            let s = &mut *s;
+            let wired = wiring::attach_unplaced(&s.handle, &mut s.datapath, spec).await?;
+            record_local_endpoint(s, key.clone(), wired).await?
         };
-        let local = wiring::attach_unplaced(&s.handle, &mut s.datapath, spec).await?;
         let wired = model::EndpointRecord {
             sandbox: key.0.clone(),
             interface: Some(local.container_ifname.clone()),
             mac: Some(local.container_mac),
             ..claim
         };
-        s.endpoints.insert(key.clone(), local.clone());
         let recorded = async {
             crate::fault::inject(crate::fault::step::ENDPOINT_RECORD)?;
-            model::update_endpoint(&*store, &wired).await
+            model::update_endpoint(&*d.store, &wired).await
         };
         if let Err(e) = recorded.await {
             // Unwire (veth and map entries): Docker will release the address itself
             // (RequestAddress and CreateEndpoint are separate calls for it).
-            undo_local_endpoint(s, &key).await;
+            undo_local_endpoint(&mut *d.state.lock().await, &key).await;
             return Err(e);
         }
-        info!(
-            "docker: endpoint {} {address} (vni {}) on {}",
-            key.0, net.vni, local.host_ifname
-        );
-        let answer = (local.container_mac, local.container_ifname.clone());
-        s.reconcile_or_retry_later().await;
-        Ok(answer)
+        Ok((local.container_mac, local.container_ifname.clone()))
     }
 
     async fn delete_endpoint(&self, network_id: &str, endpoint_id: &str) -> Result<()> {
-        let mut s = self.0.lock().await;
         // By the endpoint's sandbox name alone: removal must work whatever else is lost.
         let sandbox = endpoint_key(endpoint_id, "").0;
-        let key = s.endpoints.keys().find(|(n, _)| *n == sandbox).cloned();
+        let key = {
+            let s = self.0.state.lock().await;
+            s.endpoints.keys().find(|(n, _)| *n == sandbox).cloned()
+        };
         match key {
             Some(key) => {
-                remove_local_endpoint(&mut s, &key).await?;
+                self.0.remove_endpoint(&key).await?;
             }
             None => info!("docker: endpoint {endpoint_id} of {network_id} is gone already"),
         }
@@ -267,11 +263,11 @@ impl Driver for DaemonDriver {
     }
 
     async fn join(&self, network_id: &str, endpoint_id: &str, sandbox: &str) -> Result<String> {
-        let s = self.0.lock().await;
-        let name = Self::network_of(&s, network_id)?;
+        let name = self.network_of(network_id).await?;
+        let s = self.0.state.lock().await;
         let ep = s
             .endpoints
-            .get(&endpoint_key(endpoint_id, name))
+            .get(&endpoint_key(endpoint_id, &name))
             .with_context(|| format!("no endpoint {endpoint_id} on this host"))?;
         info!("docker: {} joins sandbox {sandbox}", ep.netns);
         Ok(ep.container_ifname.clone())
@@ -283,9 +279,9 @@ impl Driver for DaemonDriver {
     }
 
     async fn endpoint_info(&self, network_id: &str, endpoint_id: &str) -> Result<Value> {
-        let s = self.0.lock().await;
-        let name = Self::network_of(&s, network_id)?;
-        Ok(match s.endpoints.get(&endpoint_key(endpoint_id, name)) {
+        let name = self.network_of(network_id).await?;
+        let s = self.0.state.lock().await;
+        Ok(match s.endpoints.get(&endpoint_key(endpoint_id, &name)) {
             Some(ep) => json!({
                 "oxlay.network": name,
                 "oxlay.vni": ep.vni,
@@ -294,6 +290,26 @@ impl Driver for DaemonDriver {
             None => json!({}),
         })
     }
+}
+
+/// Docker passes no `--label`s to plugins: asks dockerd for the network's labels once
+/// it has stored the network, and copies them to the oxlay network.
+fn copy_labels_later(d: &Daemon, docker_id: String, network: String) {
+    let engine = d.config.docker.engine_socket.clone();
+    let store = d.store.clone();
+    tokio::spawn(async move {
+        let copied = async {
+            let labels = docker_engine::network_labels(&engine, &docker_id, LABEL_WAIT).await?;
+            if !labels.is_empty() {
+                model::add_network_labels(&*store, &network, &labels).await?;
+            }
+            anyhow::Ok(labels.len())
+        };
+        match copied.await {
+            Ok(n) => info!("docker: {n} labels of network {docker_id} copied to {network}"),
+            Err(e) => warn!("docker: labels of network {docker_id} not copied: {e:#}"),
+        }
+    });
 }
 
 /// A network created on Docker's behalf: IPAM options `vni`, `block-prefix` and
