@@ -130,10 +130,11 @@ fn tc_strip_and_deliver(ctx: &TcContext, route: &Route) -> Result<i32, Counter> 
 /// and enters the container's namespace directly.
 #[inline(always)]
 fn deliver(host_veth: u32, gso: bool) -> i32 {
-    // SAFETY (both): plain helper calls; an unknown ifindex makes the kernel drop it.
     if gso {
+        // SAFETY: plain helper call; an unknown ifindex makes the kernel drop it.
         (unsafe { bpf_redirect_peer(host_veth, 0) }) as i32
     } else {
+        // SAFETY: as above.
         (unsafe { bpf_redirect(host_veth, 0) }) as i32
     }
 }

@@ -18,7 +18,8 @@ use crate::{
     arp,
     counters::count,
     maps, mtu,
-    parse::{ipv4_header_checksum, read, write, ETH_P_IPV4, IPPROTO_UDP},
+    checksum,
+    parse::{read, write, ETH_P_IPV4, IPPROTO_UDP},
 };
 
 const AF_INET: u32 = 2;
@@ -218,7 +219,7 @@ fn encapsulate(
     };
     // SAFETY: Ipv4Hdr is 20 bytes of plain u8 fields, so it can be viewed as [u8; 20].
     let raw: &[u8; IPV4_LEN] = unsafe { &*(&outer_ip as *const Ipv4Hdr as *const [u8; IPV4_LEN]) };
-    outer_ip.check = ipv4_header_checksum(raw).to_be_bytes();
+    outer_ip.check = checksum::ipv4_header(raw).to_be_bytes();
 
     let udp_len = ip_total - IPV4_LEN as u16;
     let headers = VxlanHeaders {

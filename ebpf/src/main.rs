@@ -20,6 +20,7 @@
 #![no_main]
 
 mod arp;
+mod checksum;
 mod counters;
 mod decap;
 mod encap;

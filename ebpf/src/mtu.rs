@@ -10,7 +10,7 @@ use aya_ebpf::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use oxlay_common::{wire::ENCAP_OVERHEAD, wire::ETH_LEN, Counter};
 
-use crate::{counters::count, parse::ipv4_header_checksum};
+use crate::{checksum, counters::count};
 
 /// The gateway address containers route through; the ICMP error comes from it.
 const GATEWAY: [u8; 4] = [169, 254, 1, 1];
@@ -77,7 +77,7 @@ pub fn too_big(ctx: &TcContext, eth: &EthHdr, ip: &Ipv4Hdr, underlay_mtu: u16) -
     };
     // SAFETY: Ipv4Hdr is 20 bytes of plain u8 fields, so it can be viewed as [u8; 20].
     let raw: &[u8; 20] = unsafe { &*(&reply.ip as *const Ipv4Hdr as *const [u8; 20]) };
-    reply.ip.check = ipv4_header_checksum(raw).to_be_bytes();
+    reply.ip.check = checksum::ipv4_header(raw).to_be_bytes();
     reply.icmp_check = icmp_checksum(&reply).to_be_bytes();
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, REPLY_LEN as u32, 0) } != 0 {
@@ -91,18 +91,11 @@ pub fn too_big(ctx: &TcContext, eth: &EthHdr, ip: &Ipv4Hdr, underlay_mtu: u16) -
     unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
 }
 
-/// RFC 1071 checksum of the ICMP part (type .. end of quote), checksum field zero.
+/// The checksum of the ICMP part (type .. end of quote), checksum field zero.
 #[inline(always)]
 fn icmp_checksum(r: &FragNeeded) -> u16 {
     let mut sum: u32 = ((r.icmp_type as u32) << 8) | r.icmp_code as u32;
     sum += u16::from_be_bytes(r.unused) as u32;
     sum += u16::from_be_bytes(r.next_hop_mtu) as u32;
-    let mut i = 0;
-    while i < QUOTE {
-        sum += u16::from_be_bytes([r.quote[i], r.quote[i + 1]]) as u32;
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+    checksum::finish(checksum::add_words(sum, &r.quote))
 }

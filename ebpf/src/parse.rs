@@ -43,9 +43,10 @@ pub fn read<T: Copy>(data: usize, data_end: usize, offset: usize) -> Option<T> {
 #[inline(always)]
 pub fn write<T>(data: usize, data_end: usize, offset: usize, value: T) -> bool {
     match ptr_at::<T>(data, data_end, offset) {
-        // SAFETY: ptr_at checked that the bytes lie inside the packet, which the program
-        // may write; write_unaligned because headers have no alignment guarantee.
         Some(p) => {
+            // SAFETY: ptr_at checked that the bytes lie inside the packet, which the
+            // program may write; write_unaligned because headers have no alignment
+            // guarantee.
             unsafe { (p as *mut T).write_unaligned(value) };
             true
         }
@@ -193,18 +194,4 @@ fn classify_direct(ip: &Ipv4Hdr) -> Decap {
         }
         _ => Decap::Pass,
     }
-}
-
-/// RFC 1071 checksum of a 20-byte IPv4 header whose checksum field is zero.
-#[inline(always)]
-pub fn ipv4_header_checksum(hdr: &[u8; IPV4_LEN]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < IPV4_LEN {
-        sum += u16::from_be_bytes([hdr[i], hdr[i + 1]]) as u32;
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod figure;
 mod install;
+mod lint;
 mod testcount;
 mod vm;
 

@@ -19,6 +19,7 @@ use crate::{
     api::{self, CounterView, Request, Response, RouteView},
     model::{self, NetworkSpec},
     net::MacAddr,
+    store::Store,
 };
 
 pub(super) fn bind_api(path: &Path) -> Result<UnixListener> {
@@ -69,8 +70,9 @@ fn parse_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, Str
     Ok(labels)
 }
 
+/// Requests about this host's datapath and endpoints; the cluster's go to
+/// [`cluster_request`].
 async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
-    let store = &*d.store;
     Ok(match request {
         Request::Status(_) => status(d).await,
         Request::Attach {
@@ -92,6 +94,44 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
             d.uninstall.notify_one();
             json!({ "uninstalling": d.config.node_name })
         }
+        Request::EndpointCreate {
+            network,
+            netns,
+            sandbox,
+            ip,
+            labels,
+            ifname,
+        } => {
+            let new = NewEndpoint {
+                network,
+                sandbox: Sandbox {
+                    name: sandbox.unwrap_or_else(|| netns.clone()),
+                    netns,
+                },
+                ip,
+                labels: parse_labels(labels)?,
+                ifname,
+            };
+            serde_json::to_value(d.create_endpoint(new).await?.view())?
+        }
+        Request::EndpointRm {
+            network,
+            netns,
+            missing_ok,
+        } => {
+            let key = (netns, Some(network));
+            if missing_ok && !d.state.lock().await.endpoints.contains_key(&key) {
+                return Ok(json!(null));
+            }
+            serde_json::to_value(d.remove_endpoint(&key).await?.view())?
+        }
+        request => cluster_request(request, &*d.store).await?,
+    })
+}
+
+/// Requests about the cluster: answered from the store, without the state's lock.
+async fn cluster_request(request: Request, store: &dyn Store) -> Result<Value> {
+    Ok(match request {
         Request::Hosts(_) => serde_json::to_value(model::hosts(store).await?)?,
         Request::NetworkCreate {
             name,
@@ -123,40 +163,10 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
             model::remove_network(store, &name).await?;
             json!({ "removed": name })
         }
-        Request::EndpointCreate {
-            network,
-            netns,
-            sandbox,
-            ip,
-            labels,
-            ifname,
-        } => {
-            let new = NewEndpoint {
-                network,
-                sandbox: Sandbox {
-                    name: sandbox.unwrap_or_else(|| netns.clone()),
-                    netns,
-                },
-                ip,
-                labels: parse_labels(labels)?,
-                ifname,
-            };
-            serde_json::to_value(d.create_endpoint(new).await?.view())?
-        }
         Request::EndpointLs { network } => {
             serde_json::to_value(model::endpoints(store, network.as_deref()).await?)?
         }
-        Request::EndpointRm {
-            network,
-            netns,
-            missing_ok,
-        } => {
-            let key = (netns, Some(network));
-            if missing_ok && !d.state.lock().await.endpoints.contains_key(&key) {
-                return Ok(json!(null));
-            }
-            serde_json::to_value(d.remove_endpoint(&key).await?.view())?
-        }
+        other => bail!("request {other:?} is not about the cluster"),
     })
 }
 

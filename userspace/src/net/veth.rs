@@ -245,17 +245,7 @@ struct ContainerSide {
 }
 
 async fn configure_container(h: &Handle, c: &ContainerSide) -> Result<MacAddr> {
-    let ContainerSide {
-        tmp_name,
-        ifname,
-        address,
-        gateway,
-        gateway_mac,
-        mtu,
-        route,
-    } = c;
-    let (tmp_name, ifname, address, gateway, mtu) =
-        (tmp_name.as_str(), ifname.as_str(), *address, *gateway, *mtu);
+    let (tmp_name, ifname, mtu) = (c.tmp_name.as_str(), c.ifname.as_str(), c.mtu);
     let link = link_by_name(h, tmp_name)
         .await?
         .ok_or_else(|| anyhow!("veth {tmp_name} did not arrive in the namespace"))?;
@@ -295,13 +285,24 @@ async fn configure_container(h: &Handle, c: &ContainerSide) -> Result<MacAddr> {
             .await
             .context("cannot bring up lo in the container")?;
     }
+    address_and_route(h, link.index, c).await?;
+    let link = link_by_index(h, link.index)
+        .await?
+        .ok_or_else(|| anyhow!("the container's veth vanished"))?;
+    Ok(link.mac)
+}
+
+/// Gives the container's interface its address, the gateway's permanent neighbour
+/// entry and the route through the gateway (default, or only `route`'s subnet).
+async fn address_and_route(h: &Handle, index: u32, c: &ContainerSide) -> Result<()> {
+    let (address, gateway, gateway_mac, route) = (c.address, c.gateway, c.gateway_mac, c.route);
     h.address()
-        .add(link.index, IpAddr::V4(address), 32)
+        .add(index, IpAddr::V4(address), 32)
         .execute()
         .await
         .with_context(|| format!("cannot add address {address} in the container"))?;
     h.neighbours()
-        .add(link.index, IpAddr::V4(gateway))
+        .add(index, IpAddr::V4(gateway))
         .link_layer_address(&gateway_mac.0)
         .state(NeighbourState::Permanent)
         .replace()
@@ -316,7 +317,7 @@ async fn configure_container(h: &Handle, c: &ContainerSide) -> Result<MacAddr> {
         .add(
             via_gateway
                 .gateway(gateway)
-                .output_interface(link.index)
+                .output_interface(index)
                 .onlink()
                 .build(),
         )
@@ -324,8 +325,5 @@ async fn configure_container(h: &Handle, c: &ContainerSide) -> Result<MacAddr> {
         .execute()
         .await
         .context("cannot add the route via the gateway in the container")?;
-    let link = link_by_index(h, link.index)
-        .await?
-        .ok_or_else(|| anyhow!("the container's veth vanished"))?;
-    Ok(link.mac)
+    Ok(())
 }

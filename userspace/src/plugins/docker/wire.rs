@@ -140,67 +140,34 @@ fn ipv4_cidr(what: &str, s: &str) -> Result<(Ipv4Addr, u8)> {
 
 /// Handles one call; `Ok(None)` for a method oxlay does not know.
 pub async fn dispatch(driver: &dyn Driver, method: &str, body: &[u8]) -> Result<Option<Value>> {
-    Ok(Some(match method {
-        "Plugin.Activate" => json!({ "Implements": ["NetworkDriver", "IpamDriver"] }),
-        // ---- IPAM ----
-        "IpamDriver.GetCapabilities" => json!({ "RequiresMACAddress": false }),
-        "IpamDriver.GetDefaultAddressSpaces" => json!({
+    if method == "Plugin.Activate" {
+        return Ok(Some(
+            json!({ "Implements": ["NetworkDriver", "IpamDriver"] }),
+        ));
+    }
+    match method.split_once('.') {
+        Some(("IpamDriver", call)) => ipam(driver, method, call, body).await,
+        Some(("NetworkDriver", call)) => network(driver, method, call, body).await,
+        _ => Ok(None),
+    }
+}
+
+/// The IPAM driver's calls: pools are oxlay networks, addresses are endpoint claims.
+async fn ipam(driver: &dyn Driver, method: &str, call: &str, body: &[u8]) -> Result<Option<Value>> {
+    Ok(Some(match call {
+        "GetCapabilities" => json!({ "RequiresMACAddress": false }),
+        "GetDefaultAddressSpaces" => json!({
             "LocalDefaultAddressSpace": "oxlay",
             "GlobalDefaultAddressSpace": "oxlay",
         }),
-        "IpamDriver.RequestPool" => {
-            let b: RequestPoolBody = parse(method, body)?;
-            if b.v6 {
-                anyhow::bail!("oxlay networks are IPv4 only: create the network without --ipv6");
-            }
-            if !b.sub_pool.is_empty() {
-                anyhow::bail!(
-                    "--ip-range is not supported: oxlay hands out addresses by host blocks"
-                );
-            }
-            let subnet = if b.pool.is_empty() {
-                None
-            } else {
-                Some(
-                    b.pool
-                        .parse::<Ipv4Net>()
-                        .map_err(|e| anyhow!("--subnet {:?}: {e}", b.pool))?,
-                )
-            };
-            let (pool_id, pool) = driver
-                .request_pool(PoolRequest {
-                    subnet,
-                    options: b.options.unwrap_or_default(),
-                })
-                .await?;
-            json!({ "PoolID": pool_id, "Pool": pool.to_string(), "Data": {} })
-        }
-        "IpamDriver.ReleasePool" => {
+        "RequestPool" => request_pool(driver, parse(method, body)?).await?,
+        "ReleasePool" => {
             let b: PoolIdBody = parse(method, body)?;
             driver.release_pool(&b.pool_id).await?;
             json!({})
         }
-        "IpamDriver.RequestAddress" => {
-            let b: RequestAddressBody = parse(method, body)?;
-            let options = b.options.unwrap_or_default();
-            if options.get("RequestAddressType").map(String::as_str)
-                == Some("com.docker.network.gateway")
-            {
-                // Containers route through their host-side veth, which answers ARP
-                // for this link-local address: the gateway takes nothing from the pool.
-                return Ok(Some(
-                    json!({ "Address": format!("{GATEWAY}/32"), "Data": {} }),
-                ));
-            }
-            let wanted = if b.address.is_empty() {
-                None
-            } else {
-                Some(ipv4_cidr("--ip", &b.address)?.0)
-            };
-            let (addr, prefix) = driver.request_address(&b.pool_id, wanted).await?;
-            json!({ "Address": format!("{addr}/{prefix}"), "Data": {} })
-        }
-        "IpamDriver.ReleaseAddress" => {
+        "RequestAddress" => request_address(driver, parse(method, body)?).await?,
+        "ReleaseAddress" => {
             let b: ReleaseAddressBody = parse(method, body)?;
             let (addr, _) = ipv4_cidr("address", &b.address)?;
             if addr != GATEWAY {
@@ -208,81 +175,80 @@ pub async fn dispatch(driver: &dyn Driver, method: &str, body: &[u8]) -> Result<
             }
             json!({})
         }
-        // ---- network driver ----
-        "NetworkDriver.GetCapabilities" => {
-            // Local: each host's dockerd keeps its own view; oxlay's store joins them.
-            json!({ "Scope": "local", "ConnectivityScope": "global" })
-        }
-        "NetworkDriver.CreateNetwork" => {
-            let b: CreateNetworkBody = parse(method, body)?;
-            if b.ipv6_data.as_ref().is_some_and(|d| !d.is_empty()) {
-                anyhow::bail!("oxlay networks are IPv4 only: create the network without --ipv6");
-            }
-            let pool = match b.ipv4_data.as_ref().and_then(|d| d.first()) {
-                Some(d) if !d.pool.is_empty() => Some(
-                    d.pool
-                        .parse::<Ipv4Net>()
-                        .map_err(|e| anyhow!("pool {:?}: {e}", d.pool))?,
-                ),
-                _ => None,
-            };
-            let options = flatten_options(b.options.unwrap_or_default());
-            driver
-                .create_network(NetworkRequest {
-                    network_id: b.network_id,
-                    pool,
-                    options,
-                })
-                .await?;
-            json!({})
-        }
-        "NetworkDriver.DeleteNetwork" => {
+        _ => return Ok(None),
+    }))
+}
+
+async fn request_pool(driver: &dyn Driver, b: RequestPoolBody) -> Result<Value> {
+    if b.v6 {
+        anyhow::bail!("oxlay networks are IPv4 only: create the network without --ipv6");
+    }
+    if !b.sub_pool.is_empty() {
+        anyhow::bail!("--ip-range is not supported: oxlay hands out addresses by host blocks");
+    }
+    let subnet = if b.pool.is_empty() {
+        None
+    } else {
+        Some(
+            b.pool
+                .parse::<Ipv4Net>()
+                .map_err(|e| anyhow!("--subnet {:?}: {e}", b.pool))?,
+        )
+    };
+    let (pool_id, pool) = driver
+        .request_pool(PoolRequest {
+            subnet,
+            options: b.options.unwrap_or_default(),
+        })
+        .await?;
+    Ok(json!({ "PoolID": pool_id, "Pool": pool.to_string(), "Data": {} }))
+}
+
+async fn request_address(driver: &dyn Driver, b: RequestAddressBody) -> Result<Value> {
+    let options = b.options.unwrap_or_default();
+    if options.get("RequestAddressType").map(String::as_str) == Some("com.docker.network.gateway") {
+        // Containers route through their host-side veth, which answers ARP for this
+        // link-local address: the gateway takes nothing from the pool.
+        return Ok(json!({ "Address": format!("{GATEWAY}/32"), "Data": {} }));
+    }
+    let wanted = if b.address.is_empty() {
+        None
+    } else {
+        Some(ipv4_cidr("--ip", &b.address)?.0)
+    };
+    let (addr, prefix) = driver.request_address(&b.pool_id, wanted).await?;
+    Ok(json!({ "Address": format!("{addr}/{prefix}"), "Data": {} }))
+}
+
+/// The network driver's calls: networks are bindings, endpoints are veths.
+async fn network(
+    driver: &dyn Driver,
+    method: &str,
+    call: &str,
+    body: &[u8],
+) -> Result<Option<Value>> {
+    Ok(Some(match call {
+        // Local: each host's dockerd keeps its own view; oxlay's store joins them.
+        "GetCapabilities" => json!({ "Scope": "local", "ConnectivityScope": "global" }),
+        "CreateNetwork" => create_network(driver, parse(method, body)?).await?,
+        "DeleteNetwork" => {
             let b: NetworkIdBody = parse(method, body)?;
             driver.delete_network(&b.network_id).await?;
             json!({})
         }
-        "NetworkDriver.CreateEndpoint" => {
-            let b: EndpointBody = parse(method, body)?;
-            let iface = b.interface.unwrap_or_default();
-            if !iface.address_ipv6.is_empty() {
-                anyhow::bail!("oxlay networks are IPv4 only");
-            }
-            if iface.address.is_empty() {
-                anyhow::bail!("Docker gave the endpoint no IPv4 address: use --ipam-driver oxlay");
-            }
-            let (address, _) = ipv4_cidr("address", &iface.address)?;
-            let mac = if iface.mac_address.is_empty() {
-                None
-            } else {
-                Some(
-                    iface
-                        .mac_address
-                        .parse::<MacAddr>()
-                        .map_err(|e| anyhow!("--mac-address {:?}: {e}", iface.mac_address))?,
-                )
-            };
-            let (mac_now, _) = driver
-                .create_endpoint(&b.network_id, &b.endpoint_id, address, mac)
-                .await?;
-            if mac.is_some() {
-                // Docker's own values stand; answering them again is an error to it.
-                json!({})
-            } else {
-                json!({ "Interface": { "MacAddress": mac_now.to_string() } })
-            }
-        }
-        "NetworkDriver.DeleteEndpoint" => {
+        "CreateEndpoint" => create_endpoint(driver, parse(method, body)?).await?,
+        "DeleteEndpoint" => {
             let b: EndpointBody = parse(method, body)?;
             driver
                 .delete_endpoint(&b.network_id, &b.endpoint_id)
                 .await?;
             json!({})
         }
-        "NetworkDriver.EndpointOperInfo" => {
+        "EndpointOperInfo" => {
             let b: EndpointBody = parse(method, body)?;
             json!({ "Value": driver.endpoint_info(&b.network_id, &b.endpoint_id).await? })
         }
-        "NetworkDriver.Join" => {
+        "Join" => {
             let b: EndpointBody = parse(method, body)?;
             let src = driver
                 .join(&b.network_id, &b.endpoint_id, &b.sandbox_key)
@@ -297,19 +263,72 @@ pub async fn dispatch(driver: &dyn Driver, method: &str, body: &[u8]) -> Result<
                 "DisableGatewayService": true,
             })
         }
-        "NetworkDriver.Leave" => {
+        "Leave" => {
             let b: EndpointBody = parse(method, body)?;
             driver.leave(&b.network_id, &b.endpoint_id).await?;
             json!({})
         }
         // Nothing to do: oxlay's store tells hosts about each other, and containers
         // reach outside through their host as they are.
-        "NetworkDriver.DiscoverNew"
-        | "NetworkDriver.DiscoverDelete"
-        | "NetworkDriver.ProgramExternalConnectivity"
-        | "NetworkDriver.RevokeExternalConnectivity" => json!({}),
+        "DiscoverNew"
+        | "DiscoverDelete"
+        | "ProgramExternalConnectivity"
+        | "RevokeExternalConnectivity" => json!({}),
         _ => return Ok(None),
     }))
+}
+
+async fn create_network(driver: &dyn Driver, b: CreateNetworkBody) -> Result<Value> {
+    if b.ipv6_data.as_ref().is_some_and(|d| !d.is_empty()) {
+        anyhow::bail!("oxlay networks are IPv4 only: create the network without --ipv6");
+    }
+    let pool = match b.ipv4_data.as_ref().and_then(|d| d.first()) {
+        Some(d) if !d.pool.is_empty() => Some(
+            d.pool
+                .parse::<Ipv4Net>()
+                .map_err(|e| anyhow!("pool {:?}: {e}", d.pool))?,
+        ),
+        _ => None,
+    };
+    let options = flatten_options(b.options.unwrap_or_default());
+    driver
+        .create_network(NetworkRequest {
+            network_id: b.network_id,
+            pool,
+            options,
+        })
+        .await?;
+    Ok(json!({}))
+}
+
+async fn create_endpoint(driver: &dyn Driver, b: EndpointBody) -> Result<Value> {
+    let iface = b.interface.unwrap_or_default();
+    if !iface.address_ipv6.is_empty() {
+        anyhow::bail!("oxlay networks are IPv4 only");
+    }
+    if iface.address.is_empty() {
+        anyhow::bail!("Docker gave the endpoint no IPv4 address: use --ipam-driver oxlay");
+    }
+    let (address, _) = ipv4_cidr("address", &iface.address)?;
+    let mac = if iface.mac_address.is_empty() {
+        None
+    } else {
+        Some(
+            iface
+                .mac_address
+                .parse::<MacAddr>()
+                .map_err(|e| anyhow!("--mac-address {:?}: {e}", iface.mac_address))?,
+        )
+    };
+    let (mac_now, _) = driver
+        .create_endpoint(&b.network_id, &b.endpoint_id, address, mac)
+        .await?;
+    Ok(if mac.is_some() {
+        // Docker's own values stand; answering them again is an error to it.
+        json!({})
+    } else {
+        json!({ "Interface": { "MacAddress": mac_now.to_string() } })
+    })
 }
 
 /// Docker nests `-o` options and `--label` labels under the generic key; everything

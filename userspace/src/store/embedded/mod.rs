@@ -6,20 +6,19 @@
 //! keeps the last [`EVENT_LOG`] events (falling further behind is an error, as a
 //! compaction is in etcd). Meant for one machine and modest sizes; use etcd beyond.
 use std::{
-    collections::{BTreeMap, VecDeque},
-    fs::File,
-    io::Write,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{KeyValue, LeaseId, Revision, Store, WatchEvent, WatchItem};
+
+mod state;
+
+use state::{locked, now_ms, Lease, State};
 
 /// Events kept for watchers.
 pub const EVENT_LOG: usize = 50_000;
@@ -32,140 +31,6 @@ pub const DEFAULT_PATH: &str = "/run/oxlay/store.json";
 #[derive(Clone, Debug)]
 pub struct EmbeddedStore {
     path: PathBuf,
-}
-
-#[derive(Default, Serialize, Deserialize)]
-struct State {
-    revision: Revision,
-    next_lease: LeaseId,
-    kvs: BTreeMap<String, Entry>,
-    leases: BTreeMap<LeaseId, Lease>,
-    events: VecDeque<Event>,
-    /// The boot whose clock `expires_ms` counts in.
-    #[serde(default)]
-    boot_id: String,
-    #[serde(skip)]
-    dirty: bool,
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-struct Entry {
-    value: String,
-    mod_revision: Revision,
-    lease: LeaseId,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Lease {
-    ttl_ms: u64,
-    expires_ms: u64,
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-struct Event {
-    revision: Revision,
-    key: String,
-    /// None for a delete.
-    value: Option<String>,
-    lease: LeaseId,
-}
-
-/// Milliseconds since boot (CLOCK_BOOTTIME): the same for every process on the
-/// machine, and it never steps, so setting the wall clock cannot expire every lease at
-/// once. It restarts at boot; the state records the boot it belongs to (see `boot_id`).
-fn now_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to a valid, owned pointer.
-    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
-
-/// This boot's id: lease deadlines of another boot mean nothing in this one.
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
-impl State {
-    fn write(&mut self, key: &str, value: Option<String>, lease: LeaseId) -> Revision {
-        self.revision += 1;
-        self.dirty = true;
-        let revision = self.revision;
-        match &value {
-            Some(v) => {
-                self.kvs.insert(
-                    key.to_owned(),
-                    Entry {
-                        value: v.clone(),
-                        mod_revision: revision,
-                        lease,
-                    },
-                );
-            }
-            None => {
-                self.kvs.remove(key);
-            }
-        }
-        self.events.push_back(Event {
-            revision,
-            key: key.to_owned(),
-            value,
-            lease,
-        });
-        while self.events.len() > EVENT_LOG {
-            self.events.pop_front();
-        }
-        revision
-    }
-
-    fn expire(&mut self, now: u64) {
-        let expired: Vec<LeaseId> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.expires_ms <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.drop_lease(id);
-        }
-    }
-
-    fn drop_lease(&mut self, id: LeaseId) {
-        self.leases.remove(&id);
-        self.dirty = true;
-        let keys: Vec<String> = self
-            .kvs
-            .iter()
-            .filter(|(_, e)| e.lease == id)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
-            self.write(&key, None, 0);
-        }
-    }
-
-    fn check_lease(&self, lease: Option<LeaseId>) -> Result<LeaseId> {
-        match lease {
-            None => Ok(0),
-            Some(id) if self.leases.contains_key(&id) => Ok(id),
-            Some(id) => bail!("lease {id} does not exist (expired or revoked)"),
-        }
-    }
-
-    fn kv(key: &str, e: &Entry) -> KeyValue {
-        KeyValue {
-            key: key.to_owned(),
-            value: e.value.clone(),
-            mod_revision: e.mod_revision,
-            lease: e.lease,
-        }
-    }
 }
 
 impl EmbeddedStore {
@@ -193,49 +58,6 @@ impl EmbeddedStore {
             .await
             .map_err(|e| anyhow!("store task failed: {e}"))?
     }
-}
-
-fn locked<T>(path: &Path, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
-    let lock_path = path.with_extension("lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open the store lock {}", lock_path.display()))?;
-    // SAFETY: flock on a file descriptor we own; released when `lock` is closed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot lock the store");
-    }
-    let mut state: State = match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("the store file {} is corrupt", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let boot = boot_id();
-    if state.boot_id != boot {
-        // Written in another boot (or by a version that used the wall clock): its
-        // deadlines are meaningless here, so every lease gets a full TTL from now.
-        let now = now_ms();
-        for lease in state.leases.values_mut() {
-            lease.expires_ms = now + lease.ttl_ms;
-        }
-        state.boot_id = boot;
-        state.dirty = true;
-    }
-    state.expire(now_ms());
-    let result = f(&mut state);
-    if state.dirty {
-        let tmp = path.with_extension("tmp");
-        let mut file =
-            File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec(&state)?)?;
-        file.sync_data()?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot replace {}", path.display()))?;
-    }
-    result
 }
 
 #[async_trait]
@@ -410,34 +232,4 @@ impl Store for EmbeddedStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Lease deadlines count in the boot clock of the boot that wrote them. A store
-    /// file from another boot, or written by a build that used the wall clock (no boot
-    /// id), gets every lease a full TTL from now instead of expiring them all at once
-    /// or keeping them forever.
-    #[tokio::test]
-    async fn leases_from_another_clock_get_a_full_ttl() {
-        let folder = super::super::faulty::TempFolder::new();
-        let path = folder.0.join("store.json");
-        let store = EmbeddedStore::new(&path).unwrap();
-        let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
-        store.put("/k", "v", Some(lease)).await.unwrap();
-        for (boot, expires) in [("", 1), ("another-boot", u64::MAX / 2)] {
-            // Rewrite the file as another boot (or the wall clock) left it.
-            let mut state: State = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            state.boot_id = boot.to_owned();
-            state.leases.get_mut(&lease).unwrap().expires_ms = expires;
-            std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
-            store.keep_alive(lease).await.unwrap();
-            assert!(store.get("/k").await.unwrap().is_some(), "boot {boot:?}");
-            let state: State = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            let left = state.leases[&lease].expires_ms.saturating_sub(now_ms());
-            assert!(
-                left > 25_000 && left <= 30_000,
-                "boot {boot:?}: {left} ms left"
-            );
-        }
-    }
-}
+mod tests;
