@@ -144,6 +144,21 @@ impl StoreCluster {
     pub fn name(&self, i: usize) -> &str {
         &self.names[i]
     }
+
+    /// A new sandbox namespace (named after `role`) with an endpoint on `network`,
+    /// created through host `h`'s daemon at `ip`, or where IPAM puts it when `None`.
+    /// Returns the namespace and the endpoint's address.
+    pub fn endpoint(
+        &self,
+        h: usize,
+        network: &str,
+        role: &str,
+        ip: Option<&str>,
+    ) -> Result<(Netns, Ipv4Addr)> {
+        let sandbox = Netns::new(role)?;
+        let (_, address) = self.daemons[h].create_endpoint(network, &sandbox, ip)?;
+        Ok((sandbox, address))
+    }
 }
 
 /// A ready overlay: hosts on an underlay, a daemon per host, containers attached.

@@ -119,6 +119,37 @@ impl Daemon {
         self.cli(&["attach", "--netns", &container.name, "--address", address])
     }
 
+    /// `oxlay endpoint create`: wires `sandbox` into `network`, at `ip` or at the
+    /// address IPAM picks. Returns the CLI's line (it names the interface) and the
+    /// address the endpoint got.
+    pub fn create_endpoint(
+        &self,
+        network: &str,
+        sandbox: &Netns,
+        ip: Option<&str>,
+    ) -> Result<(String, Ipv4Addr)> {
+        let mut args = vec![
+            "endpoint",
+            "create",
+            "--network",
+            network,
+            "--netns",
+            &sandbox.name,
+        ];
+        if let Some(ip) = ip {
+            args.extend(["--ip", ip]);
+        }
+        let out = self.cli(&args)?;
+        // "created endpoint NETNS on NETWORK (vni N): eth0 as ADDRESS (MAC, ...) via ..."
+        let address = out
+            .split(" as ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no address in the output of endpoint create: {out}"))?;
+        Ok((out, address))
+    }
+
     /// One counter's value from `oxlay stats --json`.
     pub fn counter(&self, name: &str) -> Result<u64> {
         let v: serde_json::Value = serde_json::from_str(&self.cli(&["stats", "--json"])?)?;
