@@ -1,6 +1,6 @@
 //! The test topology: the underlay L2 segment (a bridge in a namespace of its own),
-//! hosts on it, and containers in hosts (wired by oxlay, the classic routed way, or
-//! through the kernel's own `vxlan` device).
+//! hosts on it, and containers in hosts: bare namespaces for oxlay to wire, or wired
+//! without oxlay (routed the classic way, or behind the kernel's own `vxlan` device).
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
