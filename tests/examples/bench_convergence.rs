@@ -127,34 +127,15 @@ fn new_host(others: usize) -> Result<(f64, f64)> {
     c.daemons[0].cli(&["network", "create", "conv", "--subnet", "10.30.0.0/16"])?;
     let mut sandboxes = Vec::new();
     for h in 0..others {
-        let ns = Netns::new(&format!("conv{h}"))?;
-        c.daemons[h].cli(&[
-            "endpoint",
-            "create",
-            "--network",
-            "conv",
-            "--netns",
-            &ns.name,
-        ])?;
+        let (ns, _) = c.endpoint(h, "conv", &format!("conv{h}"), None)?;
         sandboxes.push(ns);
     }
     let joiner = Netns::new("joiner")?;
     let start = Instant::now();
     c.restart_daemon(others)?;
-    let out = c.daemons[others].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "conv",
-        "--netns",
-        &joiner.name,
-    ])?;
-    let addr = out
-        .split(" as ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .context("no address in output")?
-        .to_owned();
+    // The joiner's namespace was made before the clock started: only the endpoint counts.
+    let (_, addr) = c.daemons[others].create_endpoint("conv", &joiner, None)?;
+    let addr = addr.to_string();
     let block = format!("{}.0/24", addr.rsplit_once('.').unwrap().0);
     // Routed everywhere:
     let deadline = start + Duration::from_secs(30);
@@ -189,15 +170,7 @@ fn scale(n: usize) -> Result<serde_json::Value> {
         "--block-size",
         "/24",
     ])?;
-    let ns = Netns::new("scale")?;
-    c.daemons[0].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "scale",
-        "--netns",
-        &ns.name,
-    ])?;
+    let (ns, _) = c.endpoint(0, "scale", "scale", None)?;
     let pid = c.daemons[0].pid().context("daemon not running")?;
     let rss_before = rss_kib(pid)?;
     let base = route_count(&c, 0)?;

@@ -159,28 +159,8 @@ fn route_churn_loses_no_packet() -> Result<()> {
         "--block-size",
         "/24",
     ])?;
-    let a = Netns::new("churn-a")?;
-    let b = Netns::new("churn-b")?;
-    c.daemons[0].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "churn",
-        "--netns",
-        &a.name,
-        "--ip",
-        "10.0.0.5",
-    ])?;
-    c.daemons[1].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "churn",
-        "--netns",
-        &b.name,
-        "--ip",
-        "10.0.1.5",
-    ])?;
+    let (a, _) = c.endpoint(0, "churn", "churn-a", Some("10.0.0.5"))?;
+    let (b, _) = c.endpoint(1, "churn", "churn-b", Some("10.0.1.5"))?;
     let b_addr = Ipv4Addr::new(10, 0, 1, 5);
     let deadline = Instant::now() + Duration::from_secs(5);
     while a.ping("10.0.1.5", 1).is_err() {

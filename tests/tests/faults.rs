@@ -18,28 +18,8 @@ fn status(c: &StoreCluster, h: usize) -> Result<serde_json::Value> {
 
 fn setup(c: &StoreCluster) -> Result<(Netns, Netns)> {
     c.daemons[0].cli(&["network", "create", "f", "--subnet", "10.60.0.0/16"])?;
-    let a = Netns::new("fault-a")?;
-    let b = Netns::new("fault-b")?;
-    c.daemons[0].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "f",
-        "--netns",
-        &a.name,
-        "--ip",
-        "10.60.0.5",
-    ])?;
-    c.daemons[1].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "f",
-        "--netns",
-        &b.name,
-        "--ip",
-        "10.60.1.5",
-    ])?;
+    let (a, _) = c.endpoint(0, "f", "fault-a", Some("10.60.0.5"))?;
+    let (b, _) = c.endpoint(1, "f", "fault-b", Some("10.60.1.5"))?;
     eventually(Duration::from_secs(5), || a.ping("10.60.1.5", 1))?;
     Ok((a, b))
 }
@@ -84,17 +64,7 @@ fn a_store_outage_of_a_minute_does_not_stop_forwarding() -> Result<()> {
         "no recovery in the log"
     );
     // Reconciling resumed: a change made now reaches the other host.
-    let late = Netns::new("fault-late")?;
-    c.daemons[1].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "f",
-        "--netns",
-        &late.name,
-        "--ip",
-        "10.60.1.9",
-    ])?;
+    let (_late, _) = c.endpoint(1, "f", "fault-late", Some("10.60.1.9"))?;
     eventually(Duration::from_secs(10), || a.ping("10.60.1.9", 1))?;
 
     let (sent, _, lost) = stream.stop()?;

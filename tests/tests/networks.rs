@@ -62,19 +62,6 @@ fn reaches(from: &Netns, listen_in: &Netns, addr: Ipv4Addr, port: u16) -> Result
     Ok(peers.iter().any(|p| p.ip() != addr))
 }
 
-fn endpoint(c: &StoreCluster, host: usize, network: &str, ns: &Netns, ip: &str) -> Result<String> {
-    c.daemons[host].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        network,
-        "--netns",
-        &ns.name,
-        "--ip",
-        ip,
-    ])
-}
-
 #[test]
 fn networks_over_etcd() -> Result<()> {
     if skip_without_root_or_etcd() {
@@ -145,10 +132,8 @@ fn networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go(etcd: bool)
     let mut red = Vec::new();
     for h in 0..3 {
         let ip = format!("10.10.{}.5", h + 1);
-        let b = Netns::new(&format!("blue{h}"))?;
-        let r = Netns::new(&format!("red{h}"))?;
-        endpoint(&c, h, "blue", &b, &ip)?;
-        endpoint(&c, h, "red", &r, &ip)?;
+        let (b, _) = c.endpoint(h, "blue", &format!("blue{h}"), Some(&ip))?;
+        let (r, _) = c.endpoint(h, "red", &format!("red{h}"), Some(&ip))?;
         blue.push(b);
         red.push(r);
     }
@@ -175,23 +160,9 @@ fn networks_with_the_same_subnet_stay_isolated_and_hosts_come_and_go(etcd: bool)
 
     // A sandbox on a second network gets a second interface.
     let g1 = Netns::new("green1")?;
-    let out = c.daemons[1].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "green",
-        "--netns",
-        &g1.name,
-    ])?;
+    let (out, _) = c.daemons[1].create_endpoint("green", &g1, None)?;
     ensure!(out.contains("eth0"), "{out}");
-    let out = c.daemons[0].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "green",
-        "--netns",
-        &blue[0].name,
-    ])?;
+    let (out, _) = c.daemons[0].create_endpoint("green", &blue[0], None)?;
     ensure!(out.contains("eth1"), "second interface: {out}");
     let eps: serde_json::Value = serde_json::from_str(&c.daemons[0].cli(&[
         "endpoint",
@@ -292,8 +263,8 @@ fn direct_networks_route_without_encapsulation_on_one_subnet() -> Result<()> {
     ensure!(out.contains("direct"), "{out}");
     let mut sandboxes = Vec::new();
     for h in 0..3 {
-        let ns = Netns::new(&format!("fast{h}"))?;
-        endpoint(&c, h, "fast", &ns, &format!("10.40.{}.5", h + 1))?;
+        let ip = format!("10.40.{}.5", h + 1);
+        let (ns, _) = c.endpoint(h, "fast", &format!("fast{h}"), Some(&ip))?;
         sandboxes.push(ns);
     }
     let counter = |h: usize, name: &str| c.daemons[h].counter(name);
@@ -411,15 +382,7 @@ fn a_store_error_at_start_releases_no_address() -> Result<()> {
     }
     let mut c = StoreCluster::new(1, false, 10)?;
     c.daemons[0].cli(&["network", "create", "keep", "--subnet", "10.62.0.0/16"])?;
-    let ns = Netns::new("keep")?;
-    c.daemons[0].cli(&[
-        "endpoint",
-        "create",
-        "--network",
-        "keep",
-        "--netns",
-        &ns.name,
-    ])?;
+    let (_ns, _) = c.endpoint(0, "keep", "keep", None)?;
     c.daemons[0].stop()?;
     let failed = c.start_daemon_with_env(
         0,
