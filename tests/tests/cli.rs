@@ -296,3 +296,45 @@ fn api_socket_is_root_only() -> Result<()> {
     );
     Ok(())
 }
+
+/// `--socket` and `--json` go before the subcommand as well as after it, and
+/// `OXLAY_SOCKET` stands in for `--socket`; tables line their columns up.
+#[test]
+fn target_and_json_are_global_and_read_from_the_environment() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    let c = Cluster::new(2, 1, "tc")?;
+    let socket = c.daemons[0].socket.clone();
+    let run = |args: &[&str], env: bool| -> Result<String> {
+        let mut cmd = Command::new(oxlay_bin());
+        cmd.args(args).env_remove("OXLAY_NODE").env_remove("OXLAY_SOCKET");
+        if env {
+            cmd.env("OXLAY_SOCKET", &socket);
+        }
+        let out = cmd.output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "oxlay {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let before = run(&["--socket", socket.to_str().unwrap(), "--json", "routes"], false)?;
+    let routes: serde_json::Value = serde_json::from_str(&before)?;
+    assert_eq!(routes[0]["destination"], "10.244.1.2/32", "{before}");
+
+    let table = run(&["routes"], true)?;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("VNI"), "{table}");
+    let via = lines[0].find("VIA").unwrap();
+    let local = lines.iter().find(|l| l.contains("10.244.1.2/32")).unwrap();
+    let remote = lines.iter().find(|l| l.contains("10.244.2.0/24")).unwrap();
+    assert!(
+        local[via..].starts_with("oxl") && remote[via..].starts_with("192.168."),
+        "the VIA column is not aligned:\n{table}"
+    );
+    let endpoints = run(&["endpoints"], true)?;
+    assert!(endpoints.contains(&c.containers[0][0].name), "{endpoints}");
+    Ok(())
+}
