@@ -16,6 +16,59 @@ fn status(c: &StoreCluster, h: usize) -> Result<serde_json::Value> {
     )?)
 }
 
+/// Resumes a paused etcd when dropped, also when the test fails.
+struct Paused<'a>(&'a oxlay_testbed::Etcd);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.resume();
+    }
+}
+
+/// No request waits for another one's store call: while etcd stalls and an endpoint
+/// create hangs on it, the host's datapath answers at once (`routes`, `endpoints`,
+/// `stats`, `status`), since the daemon never holds its state's lock across a store
+/// call. When etcd comes back, the create completes.
+#[test]
+fn a_request_waiting_on_the_store_holds_up_no_other() -> Result<()> {
+    if skip_without_root_or_etcd() {
+        return Ok(());
+    }
+    let c = StoreCluster::new(2, true, 30)?;
+    let (_a, _b) = setup(&c)?;
+    let late = Netns::new("fault-stalled")?;
+    let etcd = c.etcd.as_ref().context("etcd")?;
+    let paused = Paused(etcd);
+    etcd.pause()?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| -> Result<()> {
+        let (daemon, late) = (&c.daemons[0], &late);
+        scope.spawn(move || {
+            let _ = done_tx.send(daemon.create_endpoint("f", late, None));
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        ensure!(
+            done_rx.try_recv().is_err(),
+            "the create did not wait for the stalled store: the test proves nothing"
+        );
+        for args in [&["routes", "--json"][..], &["endpoints", "--json"], &["stats", "--json"], &["status", "--json"]] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let daemon = &c.daemons[0];
+            scope.spawn(move || {
+                let _ = tx.send(daemon.cli(args).map(|_| ()));
+            });
+            rx.recv_timeout(Duration::from_secs(3))
+                .map_err(|_| anyhow::anyhow!("`oxlay {args:?}` waited for a create's store call"))??;
+        }
+        drop(paused);
+        let created = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("the create did not finish after etcd came back")?;
+        created.context("the create failed after etcd came back")?;
+        Ok(())
+    })
+}
+
 fn setup(c: &StoreCluster) -> Result<(Netns, Netns)> {
     c.daemons[0].cli(&["network", "create", "f", "--subnet", "10.60.0.0/16"])?;
     let (a, _) = c.endpoint(0, "f", "fault-a", Some("10.60.0.5"))?;

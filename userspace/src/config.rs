@@ -2,7 +2,7 @@
 //!
 //! Validation that needs no system state lives in [`Config::validate`] and is unit
 //! tested; checks against the running system (does the interface exist?) happen when the
-//! daemon starts, in `daemon.rs`.
+//! daemon starts, in `daemon/mod.rs` (`Underlay::find`).
 use std::{net::Ipv4Addr, path::PathBuf, str::FromStr};
 
 use anyhow::{bail, Context, Result};

@@ -1,5 +1,10 @@
-//! oxlay's userspace: configuration, the datapath loader, netlink plumbing, the local
-//! API and the daemon. The `oxlay` binary (main.rs) is a thin CLI over this library.
+//! oxlay's userspace, one folder a stage of the data flow: `cli` (the command line),
+//! `config`, `api` (CLI <-> daemon), `net` (netlink, namespaces, veths), `store` (etcd
+//! or the embedded store), `model` (what the store holds: hosts, networks, IPAM),
+//! `reconcile` (store + config + endpoints -> the maps; the only map writer),
+//! `datapath` (loading, attaching, typed maps), `daemon` (start-up, state, watch, API,
+//! endpoints) and `plugins` (Docker, CNI). The `oxlay` binary (main.rs) is a thin
+//! wrapper over this library.
 pub mod api;
 pub mod cli;
 pub mod config;

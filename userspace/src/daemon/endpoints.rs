@@ -48,7 +48,47 @@ fn container_route(s: &State, sandbox: &str, subnet: Ipv4Net) -> ContainerRoute 
     }
 }
 
+/// A create in progress: while it lives, no other create and no removal of its key
+/// runs, so no step of a create meets a half-made or half-removed endpoint. Released
+/// when dropped, on every exit.
+pub(crate) struct Reservation<'a> {
+    daemon: &'a Daemon,
+    key: EndpointKey,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut creating = self.daemon.creating.lock().unwrap_or_else(|p| p.into_inner());
+        creating.remove(&self.key);
+    }
+}
+
+fn describe(key: &EndpointKey) -> String {
+    format!(
+        "namespace {} on {}",
+        key.0,
+        key.1.as_deref().unwrap_or("the static network")
+    )
+}
+
 impl Daemon {
+    /// Reserves `key` for a create: refused while the endpoint exists, while another
+    /// create of it runs, and once the node is uninstalling.
+    pub(crate) async fn reserve(&self, key: EndpointKey) -> Result<Reservation<'_>> {
+        let s = self.state.lock().await;
+        if s.closing {
+            bail!("this node is uninstalling: it wires no new endpoints");
+        }
+        if s.endpoints.contains_key(&key) {
+            bail!("{} exists already; remove that endpoint first", describe(&key));
+        }
+        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if !creating.insert(key.clone()) {
+            bail!("{} is being created; retry when that is done", describe(&key));
+        }
+        Ok(Reservation { daemon: self, key })
+    }
+
     /// Attaches a namespace to the config's static network (no store involved).
     pub(crate) async fn attach_static(
         &self,
@@ -79,6 +119,8 @@ impl Daemon {
             labels,
             ifname,
         } = new;
+        let key = (sandbox.name.clone(), Some(network.clone()));
+        let _reserved = self.reserve(key).await?;
         let store = &*self.store;
         let net = model::network(store, &network).await?;
         let (host, lease) = (&self.host.name, self.lease.current());
@@ -127,13 +169,29 @@ impl Daemon {
         Ok(local)
     }
 
-    /// Removes a local endpoint, then gives its address back to the store.
-    pub(crate) async fn remove_endpoint(&self, key: &EndpointKey) -> Result<LocalEndpoint> {
-        let record = remove_local_endpoint(&mut *self.state.lock().await, key).await?;
+    /// Removes a local endpoint, then gives its address back to the store. With
+    /// `missing_ok`, an endpoint that is not there is `None`, not an error (checked and
+    /// removed under one hold of the lock). An endpoint being created is not removed:
+    /// the caller retries.
+    pub(crate) async fn remove_endpoint(
+        &self,
+        key: &EndpointKey,
+        missing_ok: bool,
+    ) -> Result<Option<LocalEndpoint>> {
+        let record = {
+            let mut s = self.state.lock().await;
+            if self.creating.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
+                bail!("{} is being created; retry in a moment", describe(key));
+            }
+            if missing_ok && !s.endpoints.contains_key(key) {
+                return Ok(None);
+            }
+            remove_local_endpoint(&mut s, key).await?
+        };
         if let Some(network) = &record.network {
             model::remove_endpoint(&*self.store, network, record.address).await?;
         }
-        Ok(record)
+        Ok(Some(record))
     }
 }
 
@@ -152,6 +210,9 @@ async fn add_local_endpoint(
         netns: netns_path,
     } = sandbox;
     let key = (netns.clone(), network.clone());
+    if s.closing {
+        bail!("this node is uninstalling: it wires no new endpoints");
+    }
     if s.endpoints.contains_key(&key) {
         bail!("namespace {netns} is already on this network here; remove that endpoint first");
     }
@@ -182,6 +243,12 @@ pub(crate) async fn record_local_endpoint(
     key: EndpointKey,
     record: LocalEndpoint,
 ) -> Result<LocalEndpoint> {
+    if s.closing {
+        if let Err(e) = wiring::detach(&s.handle, &mut s.datapath, &record).await {
+            warn!("unwiring {} {}: {e:#}", record.netns, record.address);
+        }
+        bail!("this node is uninstalling: it wires no new endpoints");
+    }
     s.endpoints.insert(key.clone(), record.clone());
     if let Err(e) = s.save_static_endpoints() {
         undo_local_endpoint(s, &key).await;
@@ -189,10 +256,13 @@ pub(crate) async fn record_local_endpoint(
     }
     s.reconcile_or_retry_later().await;
     if !s.maps_hold(&record) {
-        let why = s
-            .last_reconcile_error
-            .clone()
-            .unwrap_or_else(|| "the maps could not be read".to_owned());
+        let why = match (&s.shadow, &s.last_reconcile_error) {
+            (None, _) => "the maps could not be read".to_owned(),
+            (Some(_), Some(e)) => e.clone(),
+            (Some(_), None) => {
+                "its entries are taken by another endpoint or route with the same key".to_owned()
+            }
+        };
         undo_local_endpoint(s, &key).await;
         bail!(
             "endpoint {} {} could not be entered in the datapath's maps ({why}); it was removed again",
@@ -230,23 +300,31 @@ pub(crate) async fn undo_local_endpoint(s: &mut State, key: &EndpointKey) {
     s.reconcile_or_retry_later().await;
 }
 
-/// Unwires a local endpoint and forgets it; reconciling removes its map entries. Its
-/// store record is the caller's (see [`Daemon::remove_endpoint`]).
+/// Forgets a local endpoint, reconciles (its map entries go), then unwires it (its
+/// program and veth). If the unwiring fails, the endpoint is put back as it was and
+/// the error returned. Its store record is the caller's (see
+/// [`Daemon::remove_endpoint`]).
 pub(crate) async fn remove_local_endpoint(
     s: &mut State,
     key: &EndpointKey,
 ) -> Result<LocalEndpoint> {
-    let record = s.endpoints.get(key).cloned().ok_or_else(|| {
-        anyhow!(
-            "namespace {} is not attached to {} on this node",
-            key.0,
-            key.1.as_deref().unwrap_or("the static network")
-        )
-    })?;
-    wiring::detach(&s.handle, &mut s.datapath, &record).await?;
-    s.endpoints.remove(key);
-    s.save_static_endpoints()?;
+    let record = s
+        .endpoints
+        .remove(key)
+        .ok_or_else(|| anyhow!("{} is not attached on this node", describe(key)))?;
     s.reconcile_or_retry_later().await;
+    let unwired = async {
+        s.save_static_endpoints()?;
+        wiring::detach(&s.handle, &mut s.datapath, &record).await
+    };
+    if let Err(e) = unwired.await {
+        s.endpoints.insert(key.clone(), record);
+        s.reconcile_or_retry_later().await;
+        if let Err(e) = s.save_static_endpoints() {
+            warn!("{e:#}");
+        }
+        return Err(e);
+    }
     info!("removed endpoint {} {}", record.netns, record.address);
     Ok(record)
 }

@@ -1,6 +1,6 @@
 //! The host's lease: it holds the host's registration and its blocks. Renewed on its
-//! own task, never behind the daemon's state lock (request handling and reconcile hold
-//! that across store calls), and given up only when the store says it is gone.
+//! own task, never behind the daemon's state lock (a busy daemon must not let its lease
+//! lapse), and given up only when the store says it is gone.
 use std::{
     net::Ipv4Addr,
     sync::{

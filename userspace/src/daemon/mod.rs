@@ -2,7 +2,7 @@
 //! keeps the maps in step with the store, the config and the local endpoints, serves
 //! the local API, and on `oxlay uninstall` removes everything it made.
 //!
-//! One file a concern: `startup` (this file: from config to a running daemon),
+//! One file a concern: this file (start-up: from config to a running daemon),
 //! `state` (what the tasks change, behind one lock), `adopt` (endpoints a previous
 //! daemon left), `endpoints` and `wiring` (creating and removing endpoints), `watch`
 //! (following the store), `server` (the local API), `lease` and `health` (the store
@@ -57,6 +57,9 @@ pub(crate) struct Daemon {
     /// The lease the host's registration and blocks hang on (renewed on its own task).
     pub(crate) lease: Arc<lease::HostLease>,
     pub(crate) health: Health,
+    /// Endpoints being created, reserved from their first step to their last (see
+    /// `Daemon::reserve`). A plain mutex: a reservation is released on drop.
+    pub(crate) creating: std::sync::Mutex<std::collections::BTreeSet<EndpointKey>>,
     /// Signalled by the `uninstall` request.
     pub(crate) uninstall: Notify,
 }
@@ -197,6 +200,7 @@ async fn start(
         handle,
         datapath,
         endpoints: BTreeMap::new(),
+        closing: false,
         snapshot: Snapshot::default(),
         shadow: None,
         desired: None,
@@ -231,6 +235,7 @@ async fn start(
         host,
         lease,
         health: Health::default(),
+        creating: Default::default(),
         uninstall: Notify::new(),
     }))
 }
@@ -295,10 +300,12 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
 impl Daemon {
     /// Removes everything this node made: endpoints (their addresses go back to the
     /// store), the programs and pins, the state file, its registration and its Docker
-    /// bindings. The local part first, under the lock; then the store's.
+    /// bindings. The local part first, under the lock (which also stops new endpoints);
+    /// then the store's, which runs whatever the local part met.
     async fn uninstall_all(&self) -> Result<()> {
-        let (removed, bindings) = {
+        let (removed, bindings, unpinned) = {
             let mut s = self.state.lock().await;
+            s.closing = true;
             let mut removed = Vec::new();
             let keys: Vec<EndpointKey> = s.endpoints.keys().cloned().collect();
             for key in keys {
@@ -307,10 +314,10 @@ impl Daemon {
                     Err(e) => warn!("removing endpoint {key:?}: {e:#}"),
                 }
             }
-            s.datapath.unpin()?;
+            let unpinned = s.datapath.unpin();
             std::fs::remove_file(&s.state_path).ok();
             let bindings: Vec<String> = s.docker.networks.keys().cloned().collect();
-            (removed, bindings)
+            (removed, bindings, unpinned)
         };
         for record in removed {
             if let Some(network) = &record.network {
@@ -325,7 +332,7 @@ impl Daemon {
                 .await
                 .ok();
         }
-        Ok(())
+        unpinned
     }
 }
 

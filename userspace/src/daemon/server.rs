@@ -81,7 +81,8 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
             ifname,
         } => serde_json::to_value(d.attach_static(netns, address, ifname).await?.view())?,
         Request::Detach { netns } => {
-            serde_json::to_value(d.remove_endpoint(&(netns, None)).await?.view())?
+            let removed = d.remove_endpoint(&(netns, None), false).await?;
+            serde_json::to_value(removed.map(|e| e.view()))?
         }
         Request::Endpoints(_) => {
             let s = d.state.lock().await;
@@ -119,11 +120,8 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
             netns,
             missing_ok,
         } => {
-            let key = (netns, Some(network));
-            if missing_ok && !d.state.lock().await.endpoints.contains_key(&key) {
-                return Ok(json!(null));
-            }
-            serde_json::to_value(d.remove_endpoint(&key).await?.view())?
+            let removed = d.remove_endpoint(&(netns, Some(network)), missing_ok).await?;
+            serde_json::to_value(removed.map(|e| e.view()))?
         }
         request => cluster_request(request, &*d.store).await?,
     })

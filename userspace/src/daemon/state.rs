@@ -28,6 +28,8 @@ pub(crate) struct State {
     pub(crate) datapath: Datapath,
     pub(crate) container_mtu: u32,
     pub(crate) endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
+    /// Set when uninstalling begins: no endpoint is wired after that.
+    pub(crate) closing: bool,
     /// The store's routing records, listed at start and kept current by the watch.
     pub(crate) snapshot: Snapshot,
     /// What the maps hold, as last written (None: read them).
@@ -217,6 +219,7 @@ impl State {
     /// the last reconcile wrote them.
     pub(crate) fn maps_hold(&self, ep: &LocalEndpoint) -> bool {
         let Some(shadow) = &self.shadow else {
+            // No shadow: the last reconcile could not read the maps.
             return false;
         };
         let route = Ipv4Net::new(ep.address, 32).map(|dest| (ep.vni, dest));

@@ -75,7 +75,7 @@ impl Datapath {
 
     pub fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
         let mut map: LpmTrie<&mut MapData, RouteDest, Route> = self.map_mut(map_names::ROUTES)?;
-        // Already gone (an endpoint's own route goes with the endpoint) is removed.
+        // A route already gone counts as removed.
         ignore_missing(map.remove(&route_key(net_id, dest)))
             .with_context(|| format!("cannot remove route to {dest} in network {net_id}"))
     }

@@ -202,6 +202,8 @@ impl Driver for DaemonDriver {
     ) -> Result<(MacAddr, String)> {
         let d = &self.0;
         let name = self.network_of(network_id).await?;
+        let key = endpoint_key(endpoint_id, &name);
+        let _reserved = d.reserve(key.clone()).await?;
         let net = model::network(&*d.store, &name).await?;
         let claim = model::endpoint(&*d.store, &name, address)
             .await?
@@ -209,12 +211,8 @@ impl Driver for DaemonDriver {
             .with_context(|| {
                 format!("address {address} was not handed out here by oxlay's IPAM: use --ipam-driver oxlay")
             })?;
-        let key = endpoint_key(endpoint_id, &name);
         let local = {
             let mut s = d.state.lock().await;
-            if s.endpoints.contains_key(&key) {
-                bail!("endpoint {endpoint_id} exists already");
-            }
             let spec = UnplacedSpec {
                 network: name.clone(),
                 vni: net.vni,
@@ -243,6 +241,10 @@ impl Driver for DaemonDriver {
             undo_local_endpoint(&mut *d.state.lock().await, &key).await;
             return Err(e);
         }
+        info!(
+            "docker: endpoint {} {address} (vni {}) on {}",
+            key.0, net.vni, local.host_ifname
+        );
         Ok((local.container_mac, local.container_ifname.clone()))
     }
 
@@ -253,11 +255,12 @@ impl Driver for DaemonDriver {
             let s = self.0.state.lock().await;
             s.endpoints.keys().find(|(n, _)| *n == sandbox).cloned()
         };
-        match key {
-            Some(key) => {
-                self.0.remove_endpoint(&key).await?;
-            }
-            None => info!("docker: endpoint {endpoint_id} of {network_id} is gone already"),
+        let removed = match key {
+            Some(key) => self.0.remove_endpoint(&key, true).await?,
+            None => None,
+        };
+        if removed.is_none() {
+            info!("docker: endpoint {endpoint_id} of {network_id} is gone already");
         }
         Ok(())
     }
