@@ -308,7 +308,9 @@ fn target_and_json_are_global_and_read_from_the_environment() -> Result<()> {
     let socket = c.daemons[0].socket.clone();
     let run = |args: &[&str], env: bool| -> Result<String> {
         let mut cmd = Command::new(oxlay_bin());
-        cmd.args(args).env_remove("OXLAY_NODE").env_remove("OXLAY_SOCKET");
+        cmd.args(args)
+            .env_remove("OXLAY_NODE")
+            .env_remove("OXLAY_SOCKET");
         if env {
             cmd.env("OXLAY_SOCKET", &socket);
         }
@@ -320,7 +322,10 @@ fn target_and_json_are_global_and_read_from_the_environment() -> Result<()> {
         );
         Ok(String::from_utf8(out.stdout)?)
     };
-    let before = run(&["--socket", socket.to_str().unwrap(), "--json", "routes"], false)?;
+    let before = run(
+        &["--socket", socket.to_str().unwrap(), "--json", "routes"],
+        false,
+    )?;
     let routes: serde_json::Value = serde_json::from_str(&before)?;
     assert_eq!(routes[0]["destination"], "10.244.1.2/32", "{before}");
 

@@ -51,14 +51,20 @@ fn a_request_waiting_on_the_store_holds_up_no_other() -> Result<()> {
             done_rx.try_recv().is_err(),
             "the create did not wait for the stalled store: the test proves nothing"
         );
-        for args in [&["routes", "--json"][..], &["endpoints", "--json"], &["stats", "--json"], &["status", "--json"]] {
+        for args in [
+            &["routes", "--json"][..],
+            &["endpoints", "--json"],
+            &["stats", "--json"],
+            &["status", "--json"],
+        ] {
             let (tx, rx) = std::sync::mpsc::channel();
             let daemon = &c.daemons[0];
             scope.spawn(move || {
                 let _ = tx.send(daemon.cli(args).map(|_| ()));
             });
-            rx.recv_timeout(Duration::from_secs(3))
-                .map_err(|_| anyhow::anyhow!("`oxlay {args:?}` waited for a create's store call"))??;
+            rx.recv_timeout(Duration::from_secs(3)).map_err(|_| {
+                anyhow::anyhow!("`oxlay {args:?}` waited for a create's store call")
+            })??;
         }
         drop(paused);
         let created = done_rx

@@ -58,7 +58,11 @@ pub(crate) struct Reservation<'a> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut creating = self.daemon.creating.lock().unwrap_or_else(|p| p.into_inner());
+        let mut creating = self
+            .daemon
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         creating.remove(&self.key);
     }
 }
@@ -80,11 +84,17 @@ impl Daemon {
             bail!("this node is uninstalling: it wires no new endpoints");
         }
         if s.endpoints.contains_key(&key) {
-            bail!("{} exists already; remove that endpoint first", describe(&key));
+            bail!(
+                "{} exists already; remove that endpoint first",
+                describe(&key)
+            );
         }
         let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         if !creating.insert(key.clone()) {
-            bail!("{} is being created; retry when that is done", describe(&key));
+            bail!(
+                "{} is being created; retry when that is done",
+                describe(&key)
+            );
         }
         Ok(Reservation { daemon: self, key })
     }
@@ -180,7 +190,12 @@ impl Daemon {
     ) -> Result<Option<LocalEndpoint>> {
         let record = {
             let mut s = self.state.lock().await;
-            if self.creating.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
+            if self
+                .creating
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(key)
+            {
                 bail!("{} is being created; retry in a moment", describe(key));
             }
             if missing_ok && !s.endpoints.contains_key(key) {

@@ -120,7 +120,9 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
             netns,
             missing_ok,
         } => {
-            let removed = d.remove_endpoint(&(netns, Some(network)), missing_ok).await?;
+            let removed = d
+                .remove_endpoint(&(netns, Some(network)), missing_ok)
+                .await?;
             serde_json::to_value(removed.map(|e| e.view()))?
         }
         request => cluster_request(request, &*d.store).await?,
