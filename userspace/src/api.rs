@@ -2,7 +2,7 @@
 //! per connection on a unix socket that only root can open.
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
-use crate::net::Ipv4Net;
+use crate::{model::Egress, net::Ipv4Net};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -55,6 +55,8 @@ pub enum Request {
         /// Route to peers on the same underlay subnet without encapsulation.
         #[serde(default)]
         direct: bool,
+        #[serde(default)]
+        egress: Egress,
     },
     NetworkLs(NoArgs),
     NetworkInspect {

@@ -52,6 +52,10 @@ pub struct Config {
     #[serde(default = "default_port")]
     pub vxlan_port: u16,
     pub pod_subnet: Option<Ipv4Net>,
+    /// How the static network's containers reach the outside (masquerade on unless
+    /// `[egress] masquerade = false`).
+    #[serde(default)]
+    pub egress: crate::model::Egress,
     #[serde(default)]
     pub decap: DecapMode,
     /// Unix socket of the local API; defaults to a per-node path.

@@ -77,6 +77,11 @@ const NEEDS: &[(&str, Provides, &str)] = &[
         Binary("tshark"),
         "VXLAN capture in the interoperability test",
     ),
+    (
+        "nftables",
+        Binary("nft"),
+        "the daemon's NAT table (masquerade) and its tests",
+    ),
     ("iperf3", Binary("iperf3"), "throughput benchmark"),
     ("sockperf", Binary("sockperf"), "latency benchmark"),
     (

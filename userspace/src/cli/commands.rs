@@ -9,7 +9,7 @@ use crate::{
     api::{self, EndpointView, NoArgs, Request},
     config::Config,
     daemon,
-    model::NetworkRecord,
+    model::{Egress, NetworkRecord},
 };
 
 /// Runs one command line.
@@ -70,6 +70,8 @@ fn network_request(cmd: NetworkCmd) -> Request {
             labels,
             allow_overlap,
             direct,
+            masquerade,
+            masquerade_except,
         } => Request::NetworkCreate {
             name,
             subnet,
@@ -78,6 +80,10 @@ fn network_request(cmd: NetworkCmd) -> Request {
             labels: labels.into_iter().collect(),
             allow_overlap,
             direct,
+            egress: Egress {
+                masquerade,
+                except: masquerade_except,
+            },
         },
         NetworkCmd::Ls => Request::NetworkLs(NoArgs {}),
         NetworkCmd::Inspect { name } => Request::NetworkInspect { name },
@@ -182,6 +188,7 @@ fn status(v: &Value) -> String {
         ("reachable", reachable),
         ("endpoints", v["endpoints"].to_string()),
         ("routes", v["routes"].to_string()),
+        ("egress", text("egress")),
     ]
     .iter()
     .map(|(k, v)| format!("{k:<10} {v}"))

@@ -100,6 +100,14 @@ pub enum NetworkCmd {
         /// host routing); VXLAN for the others.
         #[arg(long)]
         direct: bool,
+        /// Containers' traffic to destinations outside every oxlay network leaves with
+        /// the host's address (`--masquerade=false`: with the container's own).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+        masquerade: bool,
+        /// A destination range that keeps the container's address even with
+        /// masquerade on (e.g. a routed data-centre range); repeatable.
+        #[arg(long = "masquerade-except", value_name = "CIDR")]
+        masquerade_except: Vec<Ipv4Net>,
     },
     /// List networks.
     Ls,

@@ -26,7 +26,7 @@ use crate::{
     config::Config,
     datapath::Datapath,
     model::{self, HostRecord},
-    net::{netlink, Ipv4Net},
+    net::{self, netlink, Ipv4Net},
     plugins::docker::driver::{DaemonDriver, DockerState},
     reconcile::Snapshot,
     store::{embedded::EmbeddedStore, etcd::EtcdStore, Store},
@@ -154,6 +154,11 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// Where the daemon notes that it turned IPv4 forwarding on (for `oxlay uninstall`).
+fn forwarding_marker(config: &Config) -> std::path::PathBuf {
+    config.socket_path().with_extension("forwarding")
+}
+
 fn store_name(config: &Config) -> String {
     if config.store.etcd_endpoints.is_empty() {
         format!("embedded {}", config.store.path.display())
@@ -201,6 +206,8 @@ async fn start(
         datapath,
         endpoints: BTreeMap::new(),
         closing: false,
+        nat: None,
+        nat_unavailable: None,
         snapshot: Snapshot::default(),
         shadow: None,
         desired: None,
@@ -210,6 +217,11 @@ async fn start(
         map_failures: 0,
         last_reconcile_error: None,
     };
+    if let Err(e) = crate::net::nftables::available() {
+        warn!("{e:#}; until then containers reach only other containers");
+        state.nat_unavailable = Some(format!("{e:#}"));
+    }
+    net::forwarding::turn_on(&forwarding_marker(&config))?;
     let restored = async {
         state.docker = DockerState::load(&*store, &host.name).await?;
         state.adopt_endpoints(&*store, &host.name).await?;
@@ -316,6 +328,12 @@ impl Daemon {
             }
             let unpinned = s.datapath.unpin();
             std::fs::remove_file(&s.state_path).ok();
+            if s.nat_unavailable.is_none() {
+                if let Err(e) = net::nftables::remove() {
+                    warn!("removing the NAT table: {e:#}");
+                }
+            }
+            net::forwarding::restore(&forwarding_marker(&self.config));
             let bindings: Vec<String> = s.docker.networks.keys().cloned().collect();
             (removed, bindings, unpinned)
         };

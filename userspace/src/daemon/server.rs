@@ -141,6 +141,7 @@ async fn cluster_request(request: Request, store: &dyn Store) -> Result<Value> {
             labels,
             allow_overlap,
             direct,
+            egress,
         } => {
             let spec = NetworkSpec {
                 name,
@@ -150,6 +151,7 @@ async fn cluster_request(request: Request, store: &dyn Store) -> Result<Value> {
                 labels: parse_labels(labels)?,
                 allow_overlap,
                 direct,
+                egress,
             };
             serde_json::to_value(model::create_network(store, spec).await?)?
         }
@@ -192,6 +194,15 @@ async fn status(d: &Daemon) -> Value {
         v["map_update_failures"] = s.map_failures.into();
         v["last_reconcile_error"] = s.last_reconcile_error.clone().into();
         v["routes"] = s.datapath.routes().map(|r| r.len()).unwrap_or(0).into();
+        v["egress"] = match &s.nat_unavailable {
+            Some(why) => format!("no masquerade: {why}"),
+            None => format!(
+                "masquerade ({} subnets, nftables table ip {})",
+                s.nat.as_ref().map_or(0, |n| n.masquerade.len()),
+                crate::net::nftables::TABLE
+            ),
+        }
+        .into();
     }
     v
 }

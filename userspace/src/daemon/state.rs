@@ -30,6 +30,10 @@ pub(crate) struct State {
     pub(crate) endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
     /// Set when uninstalling begins: no endpoint is wired after that.
     pub(crate) closing: bool,
+    /// What oxlay's nftables table holds, as last written (None: write it).
+    pub(crate) nat: Option<reconcile::Nat>,
+    /// Why there is no NAT on this host (no `nft`), if so.
+    pub(crate) nat_unavailable: Option<String>,
     /// The store's routing records, listed at start and kept current by the watch.
     pub(crate) snapshot: Snapshot,
     /// What the maps hold, as last written (None: read them).
@@ -130,7 +134,38 @@ impl State {
         // The shadow holds exactly what was written, failed entries excepted.
         self.shadow = Some(shadow);
         self.desired = Some((base, want));
-        self.account(changes)
+        let maps = self.account(changes);
+        let nat = self.reconcile_nat();
+        maps.and(nat)
+    }
+
+    /// Brings oxlay's nftables table in step with the networks (only when what it
+    /// should hold changed, or after `forget_what_was_written`).
+    fn reconcile_nat(&mut self) -> Result<()> {
+        if self.nat_unavailable.is_some() {
+            return Ok(());
+        }
+        let want = reconcile::desired_nat(&self.config, &self.snapshot);
+        if self.nat.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        crate::net::nftables::apply(&want).inspect_err(|e| {
+            self.last_reconcile_error = Some(format!("{e:#}"));
+        })?;
+        info!(
+            "NAT: {} subnets masquerade to the outside (nftables table ip {})",
+            want.masquerade.len(),
+            crate::net::nftables::TABLE
+        );
+        self.nat = Some(want);
+        Ok(())
+    }
+
+    /// Makes the next reconcile compare with the kernel's own maps and rewrite the NAT
+    /// table (the drift check), not trust what was last written.
+    pub(crate) fn forget_what_was_written(&mut self) {
+        self.shadow = None;
+        self.nat = None;
     }
 
     /// Reconciles after changes of store blocks alone (`changed`: each block's store

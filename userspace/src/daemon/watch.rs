@@ -124,7 +124,7 @@ async fn follow(
                 continue;
             }
             _ = tokio::time::sleep_until(*due) => {
-                d.state.lock().await.shadow = None;
+                d.state.lock().await.forget_what_was_written();
                 *due = tokio::time::Instant::now() + resync.after(reconcile_logged(d, None).await);
                 continue;
             }

@@ -87,6 +87,7 @@ pub(super) async fn create_reserved(
         labels: spec.labels.clone(),
         direct: spec.direct,
         removing: false,
+        egress: spec.egress.clone(),
     };
     let created = store
         .compare_and_put(

@@ -21,6 +21,32 @@ pub struct HostRecord {
     pub vtep_mac: MacAddr,
 }
 
+/// How a network's containers reach destinations outside every oxlay network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Egress {
+    /// Leave with the host's address (masquerade), so that a network that knows no
+    /// container route answers. On unless switched off.
+    #[serde(default = "masquerade_default")]
+    pub masquerade: bool,
+    /// Destinations that keep the container's address all the same (routed
+    /// data-centre ranges).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<Ipv4Net>,
+}
+
+fn masquerade_default() -> bool {
+    true
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        Self {
+            masquerade: true,
+            except: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkRecord {
     pub name: String,
@@ -37,6 +63,9 @@ pub struct NetworkRecord {
     /// it gives its address back, so a removal and a create never both succeed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removing: bool,
+    /// Records written before egress existed masquerade, as new networks do.
+    #[serde(default)]
+    pub egress: Egress,
 }
 
 impl NetworkRecord {
@@ -102,6 +131,7 @@ pub struct NetworkSpec {
     /// Allow the subnet to overlap another network's (isolated by VNI anyway).
     pub allow_overlap: bool,
     pub direct: bool,
+    pub egress: Egress,
 }
 
 pub(super) fn decode<T: DeserializeOwned>(key: &str, value: &str) -> Result<T> {

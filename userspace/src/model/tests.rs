@@ -12,6 +12,7 @@ fn net(subnet: &str, block: u8) -> NetworkRecord {
         labels: BTreeMap::new(),
         direct: false,
         removing: false,
+        egress: Egress::default(),
     }
 }
 

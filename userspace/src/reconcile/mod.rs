@@ -4,13 +4,16 @@
 //!
 //! The flow, one file a stage: `snapshot` (the store's routing records, kept current
 //! from the watch) -> `desired` (a pure function: what the maps should hold) ->
-//! `apply` (the only code that writes a map; removals first, then additions).
+//! `apply` (the only code that writes a map; removals first, then additions). Beside
+//! the maps, `nat` computes the host's NAT (masquerade), which `net/nftables.rs` writes.
 mod apply;
 mod desired;
+mod nat;
 mod snapshot;
 
 pub use apply::*;
 pub use desired::*;
+pub use nat::{desired_nat, Nat};
 pub use snapshot::*;
 
 #[cfg(test)]

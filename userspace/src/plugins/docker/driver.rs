@@ -315,8 +315,9 @@ fn copy_labels_later(d: &Daemon, docker_id: String, network: String) {
     });
 }
 
-/// A network created on Docker's behalf: IPAM options `vni`, `block-prefix` and
-/// `direct` are oxlay's; the others become labels.
+/// A network created on Docker's behalf: IPAM options `vni`, `block-prefix`,
+/// `direct`, `masquerade` and `masquerade-except` (comma-separated CIDRs) are oxlay's;
+/// the others become labels.
 fn network_spec(
     name: &str,
     subnet: Option<Ipv4Net>,
@@ -346,6 +347,18 @@ fn network_spec(
                     .parse()
                     .map_err(|_| anyhow!("--ipam-opt direct={v}: use true or false"))?
             }
+            "masquerade" => {
+                spec.egress.masquerade = v
+                    .parse()
+                    .map_err(|_| anyhow!("--ipam-opt masquerade={v}: use true or false"))?
+            }
+            "masquerade-except" => {
+                spec.egress.except = v
+                    .split(',')
+                    .map(|c| c.trim().parse::<Ipv4Net>())
+                    .collect::<Result<_>>()
+                    .map_err(|e| anyhow!("--ipam-opt masquerade-except={v}: {e:#}"))?
+            }
             _ => {
                 spec.labels.insert(k.clone(), v.clone());
             }
@@ -366,18 +379,25 @@ mod tests {
             ("vni".to_owned(), "77".to_owned()),
             ("block-prefix".to_owned(), "26".to_owned()),
             ("direct".to_owned(), "true".to_owned()),
+            ("masquerade".to_owned(), "false".to_owned()),
+            ("masquerade-except".to_owned(), "10.0.0.0/8, 172.16.0.0/12".to_owned()),
             ("team".to_owned(), "a".to_owned()),
         ]);
         let spec = network_spec("blue", None, &options).unwrap();
         assert_eq!(spec.vni, Some(77));
         assert_eq!(spec.block_prefix, Some(26));
         assert!(spec.direct);
+        assert!(!spec.egress.masquerade);
+        let except: Vec<String> = spec.egress.except.iter().map(|c| c.to_string()).collect();
+        assert_eq!(except, ["10.0.0.0/8", "172.16.0.0/12"]);
         assert_eq!(spec.labels["team"], "a");
         assert_eq!(spec.labels["created-by"], "docker");
         for (k, v, says) in [
             ("vni", "x", "vni=x"),
             ("block-prefix", "-1", "block-prefix"),
             ("direct", "yes", "true or false"),
+            ("masquerade", "no", "masquerade=no"),
+            ("masquerade-except", "10.0.0.0/33", "masquerade-except"),
         ] {
             let bad = BTreeMap::from([(k.to_owned(), v.to_owned())]);
             let e = network_spec("blue", None, &bad).unwrap_err();

@@ -50,6 +50,7 @@ fn network(name: &str, vni: u32) -> NetworkRecord {
         labels: Default::default(),
         direct: false,
         removing: false,
+        egress: Default::default(),
     }
 }
 

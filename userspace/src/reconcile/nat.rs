@@ -1,0 +1,124 @@
+//! What the host's NAT should do for the containers (a pure function, like `desired`):
+//! traffic from an oxlay network to a destination outside every oxlay network leaves
+//! with the host's address, unless the network switched that off or the destination
+//! is one of its exceptions. `net/nftables.rs` writes it.
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::snapshot::Snapshot;
+use crate::{config::Config, model::Egress, net::Ipv4Net};
+
+/// The host's NAT, as oxlay wants it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Nat {
+    /// Every oxlay subnet: traffic between them is never translated.
+    pub overlay: BTreeSet<Ipv4Net>,
+    /// Masqueraded sources, each with the destinations that keep its address.
+    pub masquerade: BTreeMap<Ipv4Net, BTreeSet<Ipv4Net>>,
+}
+
+/// The NAT for the config's static network and every network in the store.
+pub fn desired_nat(config: &Config, snapshot: &Snapshot) -> Nat {
+    let mut overlay = Vec::new();
+    let mut masquerade = BTreeMap::new();
+    let mut add = |subnet: Ipv4Net, egress: &Egress, masquerade: &mut BTreeMap<_, _>| {
+        overlay.push(subnet);
+        if egress.masquerade {
+            let except: &mut Vec<Ipv4Net> = masquerade.entry(subnet).or_default();
+            except.extend(egress.except.iter().copied());
+        }
+    };
+    if let Some((_, subnet)) = config.static_network() {
+        add(subnet, &config.egress, &mut masquerade);
+        for peer in &config.peers {
+            overlay.push(peer.pod_subnet);
+        }
+    }
+    for net in snapshot.networks.values() {
+        add(net.subnet, &net.egress, &mut masquerade);
+    }
+    Nat {
+        overlay: outermost(overlay),
+        masquerade: masquerade
+            .into_iter()
+            .map(|(source, except)| (source, outermost(except)))
+            .collect(),
+    }
+}
+
+/// The subnets not inside another one: the same addresses, with no two overlapping
+/// (nftables' interval sets refuse overlapping elements, and networks may overlap).
+fn outermost(subnets: Vec<Ipv4Net>) -> BTreeSet<Ipv4Net> {
+    subnets
+        .iter()
+        .filter(|s| {
+            !subnets.iter().any(|o| {
+                o != *s && o.prefix_len() <= s.prefix_len() && o.contains(s.addr())
+            })
+        })
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NetworkRecord;
+
+    fn net(name: &str, subnet: &str, egress: Egress) -> NetworkRecord {
+        NetworkRecord {
+            name: name.into(),
+            vni: 1,
+            subnet: subnet.parse().unwrap(),
+            block_prefix: 24,
+            labels: Default::default(),
+            direct: false,
+            removing: false,
+            egress,
+        }
+    }
+
+    fn nets(s: &[&str]) -> BTreeSet<Ipv4Net> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn every_network_is_overlay_and_masquerades_unless_switched_off() {
+        let config: Config = "node_name = \"me\"\nunderlay_interface = \"eth0\"\nvni = 42\npod_subnet = \"10.244.1.0/24\"\n[[peers]]\nname = \"b\"\nunderlay_address = \"192.168.50.12\"\npod_subnet = \"10.244.2.0/24\"\n"
+            .parse()
+            .unwrap();
+        let routed = Egress {
+            masquerade: true,
+            except: vec!["172.16.0.0/12".parse().unwrap(), "172.16.5.0/24".parse().unwrap()],
+        };
+        let off = Egress {
+            masquerade: false,
+            except: vec![],
+        };
+        let snapshot = Snapshot::from_records(
+            vec![],
+            vec![
+                net("blue", "10.1.0.0/16", Egress::default()),
+                net("inner", "10.1.5.0/24", Egress::default()),
+                net("dc", "10.2.0.0/16", routed),
+                net("plain", "10.3.0.0/16", off),
+            ],
+            vec![],
+        );
+        let nat = desired_nat(&config, &snapshot);
+        assert_eq!(
+            nat.overlay,
+            nets(&["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16", "10.244.1.0/24", "10.244.2.0/24"]),
+            "overlapping subnets merge into the outer one"
+        );
+        let sources: Vec<String> = nat.masquerade.keys().map(|n| n.to_string()).collect();
+        assert_eq!(
+            sources,
+            ["10.1.0.0/16", "10.1.5.0/24", "10.2.0.0/16", "10.244.1.0/24"],
+            "the static network and every network but `plain` masquerade; peers' subnets are not ours"
+        );
+        assert_eq!(
+            nat.masquerade[&"10.2.0.0/16".parse().unwrap()],
+            nets(&["172.16.0.0/12"])
+        );
+    }
+}
