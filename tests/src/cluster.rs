@@ -109,11 +109,15 @@ impl StoreCluster {
 
     /// Like `start_daemon`, with extra environment variables (e.g. `OXLAY_FAULT`).
     pub fn start_daemon_with_env(&self, i: usize, env: &[(&str, &str)]) -> Result<Daemon> {
+        // The socket (and the state files beside it) stay where they are across
+        // restarts, as on a real host.
+        let socket = self._store_dir.path.join(format!("{}.sock", self.names[i]));
         let config = format!(
-            "node_name = \"{0}\"\nunderlay_interface = \"eth0\"\npin_path = \"/sys/fs/bpf/oxlay-test/{0}\"\n{1}\n{2}",
+            "api_socket = \"{3}\"\nnode_name = \"{0}\"\nunderlay_interface = \"eth0\"\npin_path = \"/sys/fs/bpf/oxlay-test/{0}\"\n{1}\n{2}",
             self.names[i],
             self.store_toml,
-            self.extra_toml.get(i).map(String::as_str).unwrap_or("")
+            self.extra_toml.get(i).map(String::as_str).unwrap_or(""),
+            socket.display()
         );
         let mut launcher = self.hosts[i].ns.command(oxlay_bin().to_str().unwrap());
         launcher.envs(env.iter().copied());

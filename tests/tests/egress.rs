@@ -46,7 +46,7 @@ fn outside_host(c: &mut StoreCluster) -> Result<Host> {
         anyhow::Ok(())
     });
     let (udp_up, udp_ready) = std::sync::mpsc::channel();
-    let _udp = host.ns.spawn(move || {
+    let _udp = host.ns.spawn(move || -> Result<()> {
         let sock = UdpSocket::bind((outside(), UDP_ECHO))?;
         udp_up.send(())?;
         let mut buf = [0u8; 64];
@@ -63,8 +63,11 @@ fn outside_host(c: &mut StoreCluster) -> Result<Host> {
 /// The address the outside saw for a TCP connection from `ns`.
 fn seen_over_tcp(ns: &Netns) -> Result<String> {
     ns.spawn(|| {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((outside(), WHOAMI)), Duration::from_secs(3))
-            .context("TCP to the outside")?;
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from((outside(), WHOAMI)),
+            Duration::from_secs(3),
+        )
+        .context("TCP to the outside")?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
         let mut line = [0u8; 32];
         let n = s.read(&mut line)?;
@@ -92,14 +95,19 @@ fn containers_reach_the_outside_with_the_hosts_address() -> Result<()> {
     let (a, _) = c.endpoint(0, "web", "egress-a", Some("10.70.0.5"))?;
     let host = c.hosts[0].addr.to_string();
 
-    ensure!(seen_over_tcp(&a)? == host, "TCP did not leave with the host's address");
+    ensure!(
+        seen_over_tcp(&a)? == host,
+        "TCP did not leave with the host's address"
+    );
     let (udp_seen, refused) = a
         .spawn(|| {
             let sock = UdpSocket::bind("0.0.0.0:0")?;
             sock.set_read_timeout(Some(Duration::from_secs(3)))?;
             sock.send_to(b"who", (outside(), UDP_ECHO))?;
             let mut buf = [0u8; 32];
-            let (n, _) = sock.recv_from(&mut buf).context("no UDP answer from the outside")?;
+            let (n, _) = sock
+                .recv_from(&mut buf)
+                .context("no UDP answer from the outside")?;
             let seen = String::from_utf8_lossy(&buf[..n]).into_owned();
             // A closed port answers with ICMP port unreachable, which must find its
             // way back through the NAT to this socket.
@@ -119,11 +127,20 @@ fn containers_reach_the_outside_with_the_hosts_address() -> Result<()> {
     );
     a.ping(OUTSIDE, 1).context("ICMP echo to the outside")?;
 
-    let table = c.hosts[0].ns.exec(&["nft", "list", "table", "ip", "oxlay"])?;
-    ensure!(table.contains("masquerade") && table.contains("10.70.0.0/16"), "{table}");
-    let status: serde_json::Value = serde_json::from_str(&c.daemons[0].cli(&["status", "--json"])?)?;
+    let table = c.hosts[0]
+        .ns
+        .exec(&["nft", "list", "table", "ip", "oxlay"])?;
     ensure!(
-        status["egress"].as_str().unwrap_or("").starts_with("masquerade"),
+        table.contains("masquerade") && table.contains("10.70.0.0/16"),
+        "{table}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&c.daemons[0].cli(&["status", "--json"])?)?;
+    ensure!(
+        status["egress"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("masquerade"),
         "status: {status}"
     );
     Ok(())
@@ -137,7 +154,12 @@ fn masquerade_is_switched_off_per_network_and_per_destination() -> Result<()> {
     let mut c = StoreCluster::new(2, false, 30)?;
     let out = outside_host(&mut c)?;
     network(&c, "dc", "10.71.0.0/16", &["--masquerade=false"])?;
-    network(&c, "ex", "10.72.0.0/16", &["--masquerade-except", "192.168.50.0/24"])?;
+    network(
+        &c,
+        "ex",
+        "10.72.0.0/16",
+        &["--masquerade-except", "192.168.50.0/24"],
+    )?;
     network(&c, "web", "10.73.0.0/16", &[])?;
     let (dc, _) = c.endpoint(0, "dc", "egress-dc", Some("10.71.0.5"))?;
     let (ex, _) = c.endpoint(0, "ex", "egress-ex", Some("10.72.0.5"))?;
@@ -149,7 +171,10 @@ fn masquerade_is_switched_off_per_network_and_per_destination() -> Result<()> {
     }
     // The masquerading network proves the server answers.
     ensure!(seen_over_tcp(&web)? == via, "web did not masquerade");
-    ensure!(seen_over_tcp(&dc)? == "10.71.0.5", "--masquerade=false translated anyway");
+    ensure!(
+        seen_over_tcp(&dc)? == "10.71.0.5",
+        "--masquerade=false translated anyway"
+    );
     ensure!(
         seen_over_tcp(&ex)? == "10.72.0.5",
         "--masquerade-except 192.168.50.0/24 translated anyway"
@@ -166,8 +191,12 @@ fn nat_is_kept_across_a_restart_and_gone_after_uninstall() -> Result<()> {
     let out = outside_host(&mut c)?;
     network(&c, "web", "10.74.0.0/16", &[])?;
     let (a, _) = c.endpoint(0, "web", "egress-r", Some("10.74.0.5"))?;
-    let forwarding = |c: &StoreCluster| c.hosts[0].ns.exec(&["sysctl", "-n", "net.ipv4.ip_forward"]);
-    ensure!(forwarding(&c)?.trim() == "1", "the daemon did not turn forwarding on");
+    let forwarding =
+        |c: &StoreCluster| c.hosts[0].ns.exec(&["sysctl", "-n", "net.ipv4.ip_forward"]);
+    ensure!(
+        forwarding(&c)?.trim() == "1",
+        "the daemon did not turn forwarding on"
+    );
 
     // A paced stream and a TCP connection through the NAT, across a restart.
     let stream = PacedUdp::start(&a, &out.ns, outside(), 9393)?;
@@ -197,18 +226,32 @@ fn nat_is_kept_across_a_restart_and_gone_after_uninstall() -> Result<()> {
     };
     echo(1).context("the connection through the NAT before the restart")?;
     c.daemons[0].stop()?;
-    let kept = c.hosts[0].ns.exec(&["nft", "list", "table", "ip", "oxlay"])?;
-    ensure!(kept.contains("masquerade"), "a stopped daemon flushed its NAT table: {kept}");
+    let kept = c.hosts[0]
+        .ns
+        .exec(&["nft", "list", "table", "ip", "oxlay"])?;
+    ensure!(
+        kept.contains("masquerade"),
+        "a stopped daemon flushed its NAT table: {kept}"
+    );
     c.restart_daemon(0)?;
     echo(2).context("the connection through the NAT after the restart")?;
     std::thread::sleep(Duration::from_millis(500));
     let (sent, first_lost, lost) = stream.stop()?;
     ensure!(sent > 500, "only {sent} datagrams sent");
-    ensure!(lost == 0, "{lost} of {sent} datagrams through the NAT lost across the restart: {first_lost:?}");
+    ensure!(
+        lost == 0,
+        "{lost} of {sent} datagrams through the NAT lost across the restart: {first_lost:?}"
+    );
 
     c.daemons[0].cli(&["uninstall"])?;
     let gone = c.hosts[0].ns.exec(&["nft", "list", "tables"])?;
-    ensure!(!gone.contains("oxlay"), "uninstall left the NAT table: {gone}");
-    ensure!(forwarding(&c)?.trim() == "0", "uninstall left forwarding on, which oxlay had turned on");
+    ensure!(
+        !gone.contains("oxlay"),
+        "uninstall left the NAT table: {gone}"
+    );
+    ensure!(
+        forwarding(&c)?.trim() == "0",
+        "uninstall left forwarding on, which oxlay had turned on"
+    );
     Ok(())
 }

@@ -11,13 +11,15 @@ const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Turns forwarding on if it is off; `marker` records that oxlay did.
 pub fn turn_on(marker: &Path) -> Result<()> {
-    let now = std::fs::read_to_string(IP_FORWARD).with_context(|| format!("cannot read {IP_FORWARD}"))?;
+    let now =
+        std::fs::read_to_string(IP_FORWARD).with_context(|| format!("cannot read {IP_FORWARD}"))?;
     if now.trim() == "1" {
         return Ok(());
     }
     std::fs::write(marker, "oxlay turned net.ipv4.ip_forward on\n")
         .with_context(|| format!("cannot write {}", marker.display()))?;
-    std::fs::write(IP_FORWARD, "1").with_context(|| format!("cannot turn on IPv4 forwarding ({IP_FORWARD})"))?;
+    std::fs::write(IP_FORWARD, "1")
+        .with_context(|| format!("cannot turn on IPv4 forwarding ({IP_FORWARD})"))?;
     info!("turned on IPv4 forwarding (net.ipv4.ip_forward=1): this host routes its containers' traffic to the outside; `oxlay uninstall` turns it off again");
     Ok(())
 }

@@ -4,9 +4,9 @@
 pub mod addr;
 pub mod ethtool;
 pub mod forwarding;
-pub mod nftables;
 pub mod netlink;
 pub mod netns;
+pub mod nftables;
 pub mod veth;
 
 pub use addr::{Ipv4Net, MacAddr};

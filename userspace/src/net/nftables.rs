@@ -10,7 +10,10 @@ use nftables::{
     batch::Batch,
     expr::{Expression, NamedExpression, Payload, PayloadField, Prefix, SetItem},
     helper::{self, NftablesError},
-    schema::{Chain, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table},
+    schema::{
+        Chain, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType,
+        SetTypeValue, Table,
+    },
     stmt::{Match, Operator, Statement},
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
 };
@@ -94,25 +97,42 @@ fn prefix(net: &Ipv4Net) -> Expression<'static> {
 }
 
 fn ip(field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: "ip".into(),
-        field: field.into(),
-    })))
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: "ip".into(),
+            field: field.into(),
+        },
+    )))
 }
 
-fn matches(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+fn matches(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
     Statement::Match(Match { left, right, op })
 }
 
 /// `ip saddr SOURCE ip daddr != @overlay [ip daddr != { EXCEPT }] masquerade`
-fn masquerade_rule(source: &Ipv4Net, except: &std::collections::BTreeSet<Ipv4Net>) -> Rule<'static> {
+fn masquerade_rule(
+    source: &Ipv4Net,
+    except: &std::collections::BTreeSet<Ipv4Net>,
+) -> Rule<'static> {
     let mut expr = vec![
         matches(ip("saddr"), Operator::EQ, prefix(source)),
-        matches(ip("daddr"), Operator::NEQ, Expression::String(format!("@{OVERLAY}").into())),
+        matches(
+            ip("daddr"),
+            Operator::NEQ,
+            Expression::String(format!("@{OVERLAY}").into()),
+        ),
     ];
     if !except.is_empty() {
         let items = except.iter().map(|n| SetItem::Element(prefix(n))).collect();
-        expr.push(matches(ip("daddr"), Operator::NEQ, Expression::Named(NamedExpression::Set(items))));
+        expr.push(matches(
+            ip("daddr"),
+            Operator::NEQ,
+            Expression::Named(NamedExpression::Set(items)),
+        ));
     }
     expr.push(Statement::Masquerade(None));
     Rule {
@@ -151,7 +171,10 @@ fn ruleset(nat: &Nat) -> Nftables<'static> {
 pub fn available() -> Result<()> {
     match std::process::Command::new("nft").arg("--version").output() {
         Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => bail!("`nft --version` failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        Ok(out) => bail!(
+            "`nft --version` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
         Err(e) => Err(explain(NftablesError::NftExecution {
             program: "nft".into(),
             inner: e,
@@ -182,7 +205,15 @@ mod tests {
             .collect();
         assert_eq!(
             verbs,
-            ["add table", "add set", "add chain", "flush set", "flush chain", "add element", "add rule"]
+            [
+                "add table",
+                "add set",
+                "add chain",
+                "flush set",
+                "flush chain",
+                "add element",
+                "add rule"
+            ]
         );
         let rule = cmds[6]["add"]["rule"]["expr"].to_string();
         for part in [

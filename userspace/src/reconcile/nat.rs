@@ -18,26 +18,29 @@ pub struct Nat {
 
 /// The NAT for the config's static network and every network in the store.
 pub fn desired_nat(config: &Config, snapshot: &Snapshot) -> Nat {
-    let mut overlay = Vec::new();
-    let mut masquerade = BTreeMap::new();
-    let mut add = |subnet: Ipv4Net, egress: &Egress, masquerade: &mut BTreeMap<_, _>| {
-        overlay.push(subnet);
-        if egress.masquerade {
-            let except: &mut Vec<Ipv4Net> = masquerade.entry(subnet).or_default();
+    // (subnet, its egress, whether it is one of this host's networks)
+    let mut networks: Vec<(Ipv4Net, Option<&Egress>)> = Vec::new();
+    if let Some((_, subnet)) = config.static_network() {
+        networks.push((subnet, Some(&config.egress)));
+        // Peers' pod subnets are the static network's too, but not this host's to
+        // masquerade.
+        networks.extend(config.peers.iter().map(|p| (p.pod_subnet, None)));
+    }
+    networks.extend(
+        snapshot
+            .networks
+            .values()
+            .map(|n| (n.subnet, Some(&n.egress))),
+    );
+    let mut masquerade: BTreeMap<Ipv4Net, Vec<Ipv4Net>> = BTreeMap::new();
+    for (subnet, egress) in &networks {
+        if let Some(egress) = egress.filter(|e| e.masquerade) {
+            let except = masquerade.entry(*subnet).or_default();
             except.extend(egress.except.iter().copied());
         }
-    };
-    if let Some((_, subnet)) = config.static_network() {
-        add(subnet, &config.egress, &mut masquerade);
-        for peer in &config.peers {
-            overlay.push(peer.pod_subnet);
-        }
-    }
-    for net in snapshot.networks.values() {
-        add(net.subnet, &net.egress, &mut masquerade);
     }
     Nat {
-        overlay: outermost(overlay),
+        overlay: outermost(networks.iter().map(|(s, _)| *s).collect()),
         masquerade: masquerade
             .into_iter()
             .map(|(source, except)| (source, outermost(except)))
@@ -51,9 +54,9 @@ fn outermost(subnets: Vec<Ipv4Net>) -> BTreeSet<Ipv4Net> {
     subnets
         .iter()
         .filter(|s| {
-            !subnets.iter().any(|o| {
-                o != *s && o.prefix_len() <= s.prefix_len() && o.contains(s.addr())
-            })
+            !subnets
+                .iter()
+                .any(|o| o != *s && o.prefix_len() <= s.prefix_len() && o.contains(s.addr()))
         })
         .copied()
         .collect()
@@ -88,7 +91,10 @@ mod tests {
             .unwrap();
         let routed = Egress {
             masquerade: true,
-            except: vec!["172.16.0.0/12".parse().unwrap(), "172.16.5.0/24".parse().unwrap()],
+            except: vec![
+                "172.16.0.0/12".parse().unwrap(),
+                "172.16.5.0/24".parse().unwrap(),
+            ],
         };
         let off = Egress {
             masquerade: false,
@@ -107,7 +113,13 @@ mod tests {
         let nat = desired_nat(&config, &snapshot);
         assert_eq!(
             nat.overlay,
-            nets(&["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16", "10.244.1.0/24", "10.244.2.0/24"]),
+            nets(&[
+                "10.1.0.0/16",
+                "10.2.0.0/16",
+                "10.3.0.0/16",
+                "10.244.1.0/24",
+                "10.244.2.0/24"
+            ]),
             "overlapping subnets merge into the outer one"
         );
         let sources: Vec<String> = nat.masquerade.keys().map(|n| n.to_string()).collect();
