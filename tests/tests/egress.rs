@@ -77,6 +77,18 @@ fn seen_over_tcp(ns: &Netns) -> Result<String> {
     .map_err(|_| anyhow::anyhow!("client thread panicked"))?
 }
 
+/// What host 0 says about its NAT, for failure messages.
+fn diagnosis(c: &StoreCluster) -> String {
+    let ns = &c.hosts[0].ns;
+    format!(
+        "ip_forward={:?}\nnft: {:?}\nroutes: {:?}\ndaemon log:\n{}",
+        ns.exec(&["sysctl", "-n", "net.ipv4.ip_forward"]),
+        ns.exec(&["nft", "list", "ruleset"]),
+        ns.ip(&["route"]),
+        c.daemons[0].log()
+    )
+}
+
 fn network(c: &StoreCluster, name: &str, subnet: &str, extra: &[&str]) -> Result<()> {
     let mut args = vec!["network", "create", name, "--subnet", subnet];
     args.extend(extra);
@@ -95,10 +107,8 @@ fn containers_reach_the_outside_with_the_hosts_address() -> Result<()> {
     let (a, _) = c.endpoint(0, "web", "egress-a", Some("10.70.0.5"))?;
     let host = c.hosts[0].addr.to_string();
 
-    ensure!(
-        seen_over_tcp(&a)? == host,
-        "TCP did not leave with the host's address"
-    );
+    let seen = seen_over_tcp(&a).with_context(|| diagnosis(&c))?;
+    ensure!(seen == host, "TCP left as {seen}, not {host}");
     let (udp_seen, refused) = a
         .spawn(|| {
             let sock = UdpSocket::bind("0.0.0.0:0")?;
@@ -170,7 +180,8 @@ fn masquerade_is_switched_off_per_network_and_per_destination() -> Result<()> {
         out.ns.ip(&["route", "add", net, "via", &via])?;
     }
     // The masquerading network proves the server answers.
-    ensure!(seen_over_tcp(&web)? == via, "web did not masquerade");
+    let seen = seen_over_tcp(&web).with_context(|| diagnosis(&c))?;
+    ensure!(seen == via, "web left as {seen}, not {via}");
     ensure!(
         seen_over_tcp(&dc)? == "10.71.0.5",
         "--masquerade=false translated anyway"

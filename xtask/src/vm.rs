@@ -5,12 +5,12 @@
 //! Each VM runs the kernel-program suite (BPF_PROG_TEST_RUN) and the end-to-end tests
 //! with real daemons: hosts and containers in namespaces on a bridge, cross-host
 //! traffic in both decap modes, SIGTERM/SIGKILL restarts and upgrades without loss,
-//! and uninstall. Before 6.6 these exercise the netlink (cls_bpf) attachment instead
+//! uninstall, and containers reaching an outside host through the NAT. Before 6.6 these exercise the netlink (cls_bpf) attachment instead
 //! of TCX links.
 //!
-//! The initramfs holds busybox, iproute2's `ip` and `tc`, bpftool, the `oxlay` binary, the test
-//! binaries, the C libraries they link and the kernel's modules for veth, bridge and
-//! clsact/cls_bpf. `/init` loads the modules, runs each suite, prints one
+//! The initramfs holds busybox, iproute2's `ip` and `tc`, bpftool, nft, the `oxlay`
+//! binary, the test binaries, the C libraries they link and the kernel's modules for
+//! veth, bridge, clsact/cls_bpf and (for egress) conntrack, NAT and nftables. `/init` loads the modules, runs each suite, prints one
 //! `VMTEST <suite> PASS|FAIL` line per suite and powers off. A kernel that is not
 //! installable is reported, not skipped silently.
 use std::{
@@ -39,6 +39,7 @@ const SUITES: &[(&str, &str, &str)] = &[
         "three_hosts sigterm_keeps_the_datapath_and_uninstall_removes_it",
     ),
     ("restart", "restart", ""),
+    ("egress", "egress", ""),
 ];
 
 /// Modules the end-to-end tests need (Debian builds them as modules), dependencies
@@ -50,6 +51,16 @@ const MODULES: &[&str] = &[
     "drivers/net/veth",
     "net/sched/sch_ingress",
     "net/sched/cls_bpf",
+    // Egress: conntrack, NAT and nftables' masquerade.
+    "lib/libcrc32c",
+    "net/ipv4/netfilter/nf_defrag_ipv4",
+    "net/ipv6/netfilter/nf_defrag_ipv6",
+    "net/netfilter/nf_conntrack",
+    "net/netfilter/nf_nat",
+    "net/netfilter/nfnetlink",
+    "net/netfilter/nf_tables",
+    "net/netfilter/nft_chain_nat",
+    "net/netfilter/nft_masq",
 ];
 
 const INIT_HEAD: &str = r#"#!/bin/sh
@@ -57,6 +68,9 @@ export PATH=/bin OXLAY_BIN=/bin/oxlay OXLAY_TEST_REQUIRE_ALL=1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# What udev would make: nft reads its input from /dev/stdin.
+ln -s /proc/self/fd /dev/fd; ln -s /proc/self/fd/0 /dev/stdin
+ln -s /proc/self/fd/1 /dev/stdout; ln -s /proc/self/fd/2 /dev/stderr
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
@@ -219,7 +233,8 @@ fn add_modules(tree: &Path, kernel_root: &Path) -> Result<()> {
     let builtin = std::fs::read_to_string(base.join("modules.builtin")).unwrap_or_default();
     for (i, module) in MODULES.iter().enumerate() {
         let name = module.rsplit('/').next().unwrap();
-        let target = modules.join(format!("{i}-{name}.ko"));
+        // Zero-padded: the shell loads them in glob (lexical) order.
+        let target = modules.join(format!("{i:02}-{name}.ko"));
         let plain = base.join(format!("kernel/{module}.ko"));
         let xz = base.join(format!("kernel/{module}.ko.xz"));
         if plain.exists() {
@@ -253,12 +268,13 @@ fn initramfs_tree(dir: &Path, tests: &[(String, PathBuf)], oxlay: &Path) -> Resu
         .context("busybox-static is missing")?;
     for applet in [
         "sh", "mount", "mkdir", "cat", "uname", "poweroff", "echo", "insmod", "nsenter", "ping",
-        "sysctl", "sleep", "kill",
+        "sysctl", "sleep", "kill", "ln",
     ] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
     }
-    // bpftool: the map-migration test pins maps the way an older build did.
-    for tool in ["ip", "tc", "bpftool"] {
+    // bpftool: the map-migration test pins maps the way an older build did; nft: the
+    // daemon's NAT table.
+    for tool in ["ip", "tc", "bpftool", "nft"] {
         add_executable(
             &tree,
             &Path::new("/usr/sbin").join(tool),

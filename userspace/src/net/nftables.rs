@@ -50,6 +50,10 @@ fn explain(e: NftablesError) -> anyhow::Error {
                 "oxlay needs the `nft` program to masquerade containers' traffic to the outside: install nftables (Debian, Ubuntu: apt install nftables)"
             )
         }
+        // The crate lets nft's own message through to the daemon's log.
+        NftablesError::NftFailed { stderr, .. } if stderr.trim().is_empty() => {
+            anyhow::anyhow!("nft refused oxlay's table (nft's message is just above in this log)")
+        }
         NftablesError::NftFailed { stderr, .. } => {
             anyhow::anyhow!("nft refused oxlay's table: {}", stderr.trim())
         }
