@@ -132,5 +132,12 @@ mod tests {
             nat.masquerade[&"10.2.0.0/16".parse().unwrap()],
             nets(&["172.16.0.0/12"])
         );
+        // The static network follows the config's [egress].
+        let quiet: Config = "node_name = \"me\"\nunderlay_interface = \"eth0\"\nvni = 42\npod_subnet = \"10.244.1.0/24\"\n[egress]\nmasquerade = false\n"
+            .parse()
+            .unwrap();
+        let nat = desired_nat(&quiet, &Snapshot::default());
+        assert_eq!(nat.overlay, nets(&["10.244.1.0/24"]));
+        assert!(nat.masquerade.is_empty());
     }
 }
