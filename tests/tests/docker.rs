@@ -314,3 +314,132 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     drop(dockers);
     Ok(())
 }
+
+/// `GET /index.html` from `ns` to `addr:port`; the body.
+fn http_get(ns: &oxlay_testbed::Netns, addr: &str, port: u16) -> Result<String> {
+    let to: std::net::SocketAddr = format!("{addr}:{port}").parse()?;
+    ns.spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+        let mut page = String::new();
+        s.read_to_string(&mut page)?;
+        Ok(page)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+}
+
+/// A UDP echo server inside the network namespace of process `pid` (the image has no
+/// UDP server of its own); answers until `stop` is set.
+fn udp_echo_in(pid: &str, port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(format!("/proc/{}/ns/net", pid.trim()))?;
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || -> Result<()> {
+        // SAFETY: ns is an open namespace file; setns changes only this thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        ready_tx.send(())?;
+        let mut buf = [0u8; 64];
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                sock.send_to(&buf[..n], from)?;
+            }
+        }
+        Ok(())
+    });
+    ready.recv_timeout(Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// `docker run -p` publishes ports on the container's host: a machine outside the
+/// overlay reaches the container through the host's address, over TCP and UDP; a
+/// container on another host does too, and one on the same host (hairpin). After
+/// `docker stop` the port answers no more.
+#[test]
+fn published_ports_lead_to_the_container() -> Result<()> {
+    if skip_without_root_or_etcd() {
+        return Ok(());
+    }
+    if let Some(why) = docker_missing() {
+        oxlay_testbed::skip(&why);
+        return Ok(());
+    }
+    let dirs = [DockerDirs::new("pa")?, DockerDirs::new("pb")?];
+    let extra: Vec<String> = dirs.iter().map(DockerDirs::oxlay_toml).collect();
+    let addrs: Vec<String> = (0..2)
+        .map(|i| format!("{UNDERLAY_PREFIX}.{}", 11 + i))
+        .collect();
+    let mut c = StoreCluster::with_config(&addrs, true, 10, extra)?;
+    let outside = c.underlay.add_host_at("outside", "192.168.50.100")?;
+    let mut dockers = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let d = Dockerd::start(&c.hosts[i], dir)?;
+        d.import_image()?;
+        create_network(&d, &["web"])?;
+        dockers.push(d);
+    }
+    let b = &dockers[1];
+    b.docker(&[
+        "run", "-d", "--name", "pub", "-p", "8080:8080", "-p", "5353:5353/udp", "--network",
+        "web", IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www",
+    ])?;
+    let host_b = c.hosts[1].addr.to_string();
+    let page = eventually(Duration::from_secs(10), || http_get(&outside.ns, &host_b, 8080))
+        .with_context(|| diagnose(&c, &dockers))?;
+    ensure!(page.contains(IMAGE_GREETING), "the outside got {page:?}");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    udp_echo_in(&b.docker(&["inspect", "-f", "{{.State.Pid}}", "pub"])?, 5353, stop.clone())?;
+    let to: std::net::SocketAddr = format!("{host_b}:5353").parse()?;
+    let echoed = outside
+        .ns
+        .spawn(move || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+            sock.send_to(b"published", to)?;
+            let mut buf = [0u8; 64];
+            let (n, _) = sock.recv_from(&mut buf)?;
+            Ok(buf[..n].to_vec())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    ensure!(echoed? == b"published", "the UDP port answered with something else");
+
+    start_idle(&dockers[0], "far", "web")?;
+    ensure!(
+        fetch(&dockers[0], "far", &host_b)?.contains(IMAGE_GREETING),
+        "a container on another host did not reach the published port"
+    );
+    start_idle(b, "near", "web")?;
+    ensure!(
+        fetch(b, "near", &host_b)?.contains(IMAGE_GREETING),
+        "a container on the same host did not reach the published port (hairpin)"
+    );
+
+    b.docker(&["stop", "-t", "1", "pub"])?;
+    eventually(Duration::from_secs(5), || {
+        ensure!(
+            http_get(&outside.ns, &host_b, 8080).is_err(),
+            "the port still answers after docker stop"
+        );
+        Ok(())
+    })?;
+    for (i, d) in dockers.iter().enumerate() {
+        for id in d.docker(&["ps", "-aq"])?.split_whitespace() {
+            d.docker(&["rm", "-f", id])?;
+        }
+        d.docker(&["network", "rm", "web"])?;
+        ensure!(
+            !c.hosts[i].ns.exec(&["nft", "list", "table", "ip", "oxlay"])?.contains("dnat"),
+            "a published port outlived its container on host {i}"
+        );
+    }
+    Ok(())
+}

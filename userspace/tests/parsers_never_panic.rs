@@ -64,6 +64,12 @@ impl docker::Driver for NullDriver {
     async fn endpoint_info(&self, _: &str, _: &str) -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::json!({}))
     }
+    async fn publish(&self, _: &str, _: &str, _: Vec<model::PublishedPort>) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn unpublish(&self, _: &str, _: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The plugin protocol's methods, and one it does not know.

@@ -121,6 +121,7 @@ mod tests {
                 labels: [("tier".to_owned(), "web".to_owned())].into(),
                 interface: None,
                 mac: None,
+                published: Vec::new(),
             },
             EndpointRecord {
                 network: "blue".into(),
@@ -130,6 +131,7 @@ mod tests {
                 labels: Default::default(),
                 interface: None,
                 mac: None,
+                published: Vec::new(),
             },
         ]);
         let lines: Vec<&str> = out.lines().collect();

@@ -84,6 +84,7 @@ impl State {
             // Not recorded in the store; only the CNI result right after creation
             // reports it.
             routes_only: None,
+            published: ep.published.clone(),
         };
         wiring::adopt(&mut self.datapath, &local)?;
         wiring::tune_adopted(&local).await;

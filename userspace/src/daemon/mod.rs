@@ -36,6 +36,7 @@ mod adopt;
 mod endpoints;
 mod health;
 mod lease;
+mod ports;
 mod server;
 mod state;
 mod watch;

@@ -141,11 +141,12 @@ impl State {
 
     /// Brings oxlay's nftables table in step with the networks (only when what it
     /// should hold changed, or after `forget_what_was_written`).
-    fn reconcile_nat(&mut self) -> Result<()> {
+    pub(crate) fn reconcile_nat(&mut self) -> Result<()> {
         if self.nat_unavailable.is_some() {
             return Ok(());
         }
-        let want = reconcile::desired_nat(&self.config, &self.snapshot);
+        let local: Vec<&LocalEndpoint> = self.endpoints.values().collect();
+        let want = reconcile::desired_nat(&self.config, &self.snapshot, &local);
         if self.nat.as_ref() == Some(&want) {
             return Ok(());
         }
@@ -153,8 +154,9 @@ impl State {
             self.last_reconcile_error = Some(format!("{e:#}"));
         })?;
         info!(
-            "NAT: {} subnets masquerade to the outside (nftables table ip {})",
+            "NAT: {} subnets masquerade to the outside, {} ports published (nftables table ip {})",
             want.masquerade.len(),
+            want.forwards.len(),
             crate::net::nftables::TABLE
         );
         self.nat = Some(want);

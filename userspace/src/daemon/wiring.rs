@@ -39,6 +39,7 @@ pub async fn attach(
             veth::ContainerRoute::Default => None,
             veth::ContainerRoute::Subnet(subnet) => Some(subnet),
         },
+        published: Vec::new(),
     };
     finish_attach(handle, datapath, record).await
 }
@@ -88,6 +89,7 @@ pub async fn attach_unplaced(
         mtu,
         // The runtime sets the container's routes (Docker: from the Join answer).
         routes_only: None,
+        published: Vec::new(),
     };
     finish_attach(handle, datapath, record).await
 }

@@ -127,6 +127,7 @@ pub async fn create_endpoint(
         labels,
         interface: None,
         mac: None,
+        published: Vec::new(),
     };
     if let Some(addr) = wanted {
         if !net.subnet.contains(addr) {

@@ -32,6 +32,10 @@ pub struct LocalEndpoint {
     /// (its first interface), else only this subnet.
     #[serde(default)]
     pub routes_only: Option<Ipv4Net>,
+    /// Ports of this host that lead to this endpoint (Docker's `-p`), kept in the
+    /// store's record too so that a restarted daemon finds them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<crate::model::PublishedPort>,
 }
 
 impl LocalEndpoint {
@@ -128,6 +132,7 @@ mod tests {
             container_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             mtu: 1450,
             routes_only: None,
+            published: Vec::new(),
         }
     }
 

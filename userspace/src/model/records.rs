@@ -118,6 +118,36 @@ pub struct EndpointRecord {
     pub interface: Option<String>,
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// Ports of this host that lead to the endpoint (`docker run -p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<PublishedPort>,
+}
+
+/// A port of the host that leads to a port of a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub proto: PortProto,
+    /// Only connections to this address of the host (all of its addresses if `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProto {
+    Tcp,
+    Udp,
+}
+
+impl PortProto {
+    pub fn name(self) -> &'static str {
+        match self {
+            PortProto::Tcp => "tcp",
+            PortProto::Udp => "udp",
+        }
+    }
 }
 
 /// What `network create` asks for.

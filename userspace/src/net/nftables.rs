@@ -3,29 +3,35 @@
 //! change replaces the table's contents in one transaction: a connection through NAT
 //! never meets a moment without rules, and the kernel's conntrack entries (the NAT
 //! bindings of open connections) are left alone, also across a daemon restart.
-use std::borrow::Cow;
+use std::{borrow::Cow, net::Ipv4Addr};
 
 use anyhow::{bail, Result};
 use nftables::{
     batch::Batch,
-    expr::{Expression, NamedExpression, Payload, PayloadField, Prefix, SetItem},
+    expr::{
+        Expression, Fib, FibFlag, FibResult, NamedExpression, Payload, PayloadField, Prefix,
+        SetItem, CT,
+    },
     helper::{self, NftablesError},
     schema::{
         Chain, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType,
         SetTypeValue, Table,
     },
-    stmt::{Match, Operator, Statement},
+    stmt::{Match, Operator, Statement, NAT},
     types::{NfChainPolicy, NfChainType, NfFamily, NfHook},
 };
 
-use crate::{net::Ipv4Net, reconcile::Nat};
+use crate::{model::PublishedPort, net::Ipv4Net, reconcile::Nat};
 
 /// The table's name (family `ip`): `nft list table ip oxlay` shows it.
 pub const TABLE: &str = "oxlay";
 const OVERLAY: &str = "overlay";
 const POSTROUTING: &str = "postrouting";
-/// nftables' `srcnat` priority.
+const PREROUTING: &str = "prerouting";
+const OUTPUT: &str = "output";
+/// nftables' `srcnat` and `dstnat` priorities.
 const SRCNAT: i32 = 100;
+const DSTNAT: i32 = -100;
 
 /// Makes the table hold `nat`, in one transaction.
 pub fn apply(nat: &Nat) -> Result<()> {
@@ -80,17 +86,32 @@ fn overlay_set() -> Set<'static> {
     }
 }
 
-fn postrouting() -> Chain<'static> {
+/// A NAT base chain of the table.
+fn nat_chain(name: &'static str, hook: NfHook, prio: i32) -> Chain<'static> {
     Chain {
         family: NfFamily::IP,
         table: TABLE.into(),
-        name: POSTROUTING.into(),
+        name: name.into(),
         _type: Some(NfChainType::NAT),
-        hook: Some(NfHook::Postrouting),
-        prio: Some(SRCNAT),
+        hook: Some(hook),
+        prio: Some(prio),
         policy: Some(NfChainPolicy::Accept),
         ..Default::default()
     }
+}
+
+/// Masquerade (to the outside; hairpin and overlay clients of published ports).
+fn postrouting() -> Chain<'static> {
+    nat_chain(POSTROUTING, NfHook::Postrouting, SRCNAT)
+}
+
+/// Published ports, for packets from elsewhere (`prerouting`) and from this host
+/// itself (`output`).
+fn port_chains() -> [Chain<'static>; 2] {
+    [
+        nat_chain(PREROUTING, NfHook::Prerouting, DSTNAT),
+        nat_chain(OUTPUT, NfHook::Output, DSTNAT),
+    ]
 }
 
 fn prefix(net: &Ipv4Net) -> Expression<'static> {
@@ -100,7 +121,7 @@ fn prefix(net: &Ipv4Net) -> Expression<'static> {
     }))
 }
 
-fn ip(field: &'static str) -> Expression<'static> {
+fn ip_field(field: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(
         PayloadField {
             protocol: "ip".into(),
@@ -117,15 +138,77 @@ fn matches(
     Statement::Match(Match { left, right, op })
 }
 
+fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> Rule<'static> {
+    Rule {
+        family: NfFamily::IP,
+        table: TABLE.into(),
+        chain: chain.into(),
+        expr: Cow::Owned(expr),
+        ..Default::default()
+    }
+}
+
+/// `(ip daddr HOST_IP | fib daddr type local) PROTO dport HOST_PORT dnat to ADDR:PORT`
+fn forward_rule(chain: &'static str, port: &PublishedPort, to: Ipv4Addr) -> Rule<'static> {
+    let to_host = match port.host_ip {
+        Some(ip) => matches(ip_field("daddr"), Operator::EQ, Expression::String(ip.to_string().into())),
+        None => matches(
+            Expression::Named(NamedExpression::Fib(Fib {
+                result: FibResult::Type,
+                flags: [FibFlag::Daddr].into_iter().collect(),
+            })),
+            Operator::EQ,
+            Expression::String("local".into()),
+        ),
+    };
+    let dport = Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
+        protocol: port.proto.name().into(),
+        field: "dport".into(),
+    })));
+    let dnat = Statement::DNAT(Some(NAT {
+        addr: Some(Expression::String(to.to_string().into())),
+        family: None,
+        port: Some(Expression::Number(u32::from(port.container_port))),
+        flags: None,
+    }));
+    rule(
+        chain,
+        vec![
+            to_host,
+            matches(dport, Operator::EQ, Expression::Number(u32::from(port.host_port))),
+            dnat,
+        ],
+    )
+}
+
+/// `ct status dnat ip saddr @overlay masquerade`: a container that reaches a published
+/// port (its own, hairpin, or another's) is answered through this host, whose
+/// conntrack undoes the DNAT.
+fn hairpin_rule() -> Rule<'static> {
+    let status = Expression::Named(NamedExpression::CT(CT {
+        key: "status".into(),
+        family: None,
+        dir: None,
+    }));
+    rule(
+        POSTROUTING,
+        vec![
+            matches(status, Operator::IN, Expression::String("dnat".into())),
+            matches(ip_field("saddr"), Operator::EQ, Expression::String(format!("@{OVERLAY}").into())),
+            Statement::Masquerade(None),
+        ],
+    )
+}
+
 /// `ip saddr SOURCE ip daddr != @overlay [ip daddr != { EXCEPT }] masquerade`
 fn masquerade_rule(
     source: &Ipv4Net,
     except: &std::collections::BTreeSet<Ipv4Net>,
 ) -> Rule<'static> {
     let mut expr = vec![
-        matches(ip("saddr"), Operator::EQ, prefix(source)),
+        matches(ip_field("saddr"), Operator::EQ, prefix(source)),
         matches(
-            ip("daddr"),
+            ip_field("daddr"),
             Operator::NEQ,
             Expression::String(format!("@{OVERLAY}").into()),
         ),
@@ -133,19 +216,13 @@ fn masquerade_rule(
     if !except.is_empty() {
         let items = except.iter().map(|n| SetItem::Element(prefix(n))).collect();
         expr.push(matches(
-            ip("daddr"),
+            ip_field("daddr"),
             Operator::NEQ,
             Expression::Named(NamedExpression::Set(items)),
         ));
     }
     expr.push(Statement::Masquerade(None));
-    Rule {
-        family: NfFamily::IP,
-        table: TABLE.into(),
-        chain: POSTROUTING.into(),
-        expr: Cow::Owned(expr),
-        ..Default::default()
-    }
+    rule(POSTROUTING, expr)
 }
 
 /// The transaction that makes the table hold `nat`: create what is missing, empty it,
@@ -154,9 +231,14 @@ fn ruleset(nat: &Nat) -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(table()));
     batch.add(NfListObject::Set(Box::new(overlay_set())));
-    batch.add(NfListObject::Chain(postrouting()));
+    let chains = [postrouting()].into_iter().chain(port_chains());
+    for chain in chains.clone() {
+        batch.add(NfListObject::Chain(chain));
+    }
     batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(overlay_set()))));
-    batch.add_cmd(NfCmd::Flush(FlushObject::Chain(postrouting())));
+    for chain in chains {
+        batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain)));
+    }
     if !nat.overlay.is_empty() {
         batch.add(NfListObject::Element(Element {
             family: NfFamily::IP,
@@ -165,8 +247,16 @@ fn ruleset(nat: &Nat) -> Nftables<'static> {
             elem: nat.overlay.iter().map(prefix).collect::<Vec<_>>().into(),
         }));
     }
+    if !nat.forwards.is_empty() {
+        batch.add(NfListObject::Rule(hairpin_rule()));
+    }
     for (source, except) in &nat.masquerade {
         batch.add(NfListObject::Rule(masquerade_rule(source, except)));
+    }
+    for (port, to) in &nat.forwards {
+        for chain in [PREROUTING, OUTPUT] {
+            batch.add(NfListObject::Rule(forward_rule(chain, port, *to)));
+        }
     }
     batch.to_nftables()
 }
@@ -207,19 +297,17 @@ mod tests {
                 format!("{verb} {}", obj.as_object().unwrap().keys().next().unwrap())
             })
             .collect();
-        assert_eq!(
-            verbs,
-            [
-                "add table",
-                "add set",
-                "add chain",
-                "flush set",
-                "flush chain",
-                "add element",
-                "add rule"
-            ]
-        );
-        let rule = cmds[6]["add"]["rule"]["expr"].to_string();
+        let chains = ["add chain"; 3];
+        let flushes = ["flush chain"; 3];
+        let want: Vec<&str> = ["add table", "add set"]
+            .into_iter()
+            .chain(chains)
+            .chain(["flush set"])
+            .chain(flushes)
+            .chain(["add element", "add rule"])
+            .collect();
+        assert_eq!(verbs, want);
+        let rule = cmds[10]["add"]["rule"]["expr"].to_string();
         for part in [
             r#""field":"saddr""#,
             r#""addr":"10.1.0.0","len":16"#,
@@ -228,6 +316,30 @@ mod tests {
             r#""masquerade""#,
         ] {
             assert!(rule.contains(part), "{part} missing in {rule}");
+        }
+    }
+
+    #[test]
+    fn published_ports_become_dnat_rules_and_a_hairpin_masquerade() {
+        let mut nat = Nat::default();
+        let port = PublishedPort {
+            proto: crate::model::PortProto::Udp,
+            host_ip: None,
+            host_port: 5353,
+            container_port: 53,
+        };
+        nat.forwards.insert((port, "10.1.0.5".parse().unwrap()));
+        let json = serde_json::to_value(ruleset(&nat)).unwrap().to_string();
+        for part in [
+            r#""chain":"prerouting""#,
+            r#""chain":"output""#,
+            r#""fib":{"#,
+            r#""protocol":"udp","field":"dport""#,
+            r#""right":5353"#,
+            r#""dnat":{"addr":"10.1.0.5","port":53}"#,
+            r#""ct":{"key":"status"}"#,
+        ] {
+            assert!(json.contains(part), "{part} missing in {json}");
         }
     }
 }

@@ -4,8 +4,14 @@
 //! is one of its exceptions. `net/nftables.rs` writes it.
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::net::Ipv4Addr;
+
 use super::snapshot::Snapshot;
-use crate::{config::Config, model::Egress, net::Ipv4Net};
+use crate::{
+    config::Config,
+    model::{local::LocalEndpoint, Egress, PublishedPort},
+    net::Ipv4Net,
+};
 
 /// The host's NAT, as oxlay wants it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -14,10 +20,13 @@ pub struct Nat {
     pub overlay: BTreeSet<Ipv4Net>,
     /// Masqueraded sources, each with the destinations that keep its address.
     pub masquerade: BTreeMap<Ipv4Net, BTreeSet<Ipv4Net>>,
+    /// Published ports: a port of this host and the container address it leads to.
+    pub forwards: BTreeSet<(PublishedPort, Ipv4Addr)>,
 }
 
-/// The NAT for the config's static network and every network in the store.
-pub fn desired_nat(config: &Config, snapshot: &Snapshot) -> Nat {
+/// The NAT for the config's static network, every network in the store and the
+/// ports the local endpoints publish.
+pub fn desired_nat(config: &Config, snapshot: &Snapshot, local: &[&LocalEndpoint]) -> Nat {
     // (subnet, its egress, whether it is one of this host's networks)
     let mut networks: Vec<(Ipv4Net, Option<&Egress>)> = Vec::new();
     if let Some((_, subnet)) = config.static_network() {
@@ -40,6 +49,10 @@ pub fn desired_nat(config: &Config, snapshot: &Snapshot) -> Nat {
         }
     }
     Nat {
+        forwards: local
+            .iter()
+            .flat_map(|ep| ep.published.iter().map(|p| (*p, ep.address)))
+            .collect(),
         overlay: outermost(networks.iter().map(|(s, _)| *s).collect()),
         masquerade: masquerade
             .into_iter()
@@ -110,7 +123,7 @@ mod tests {
             ],
             vec![],
         );
-        let nat = desired_nat(&config, &snapshot);
+        let nat = desired_nat(&config, &snapshot, &[]);
         assert_eq!(
             nat.overlay,
             nets(&[
@@ -136,7 +149,7 @@ mod tests {
         let quiet: Config = "node_name = \"me\"\nunderlay_interface = \"eth0\"\nvni = 42\npod_subnet = \"10.244.1.0/24\"\n[egress]\nmasquerade = false\n"
             .parse()
             .unwrap();
-        let nat = desired_nat(&quiet, &Snapshot::default());
+        let nat = desired_nat(&quiet, &Snapshot::default(), &[]);
         assert_eq!(nat.overlay, nets(&["10.244.1.0/24"]));
         assert!(nat.masquerade.is_empty());
     }

@@ -283,6 +283,26 @@ impl Driver for DaemonDriver {
         Ok(())
     }
 
+    async fn publish(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        ports: Vec<crate::model::PublishedPort>,
+    ) -> Result<()> {
+        let name = self.network_of(network_id).await?;
+        self.0.set_published(&endpoint_key(endpoint_id, &name), ports).await
+    }
+
+    async fn unpublish(&self, network_id: &str, endpoint_id: &str) -> Result<()> {
+        let name = self.network_of(network_id).await?;
+        let key = endpoint_key(endpoint_id, &name);
+        // Gone already (DeleteEndpoint came first): nothing is published.
+        if !self.0.state.lock().await.endpoints.contains_key(&key) {
+            return Ok(());
+        }
+        self.0.set_published(&key, Vec::new()).await
+    }
+
     async fn endpoint_info(&self, network_id: &str, endpoint_id: &str) -> Result<Value> {
         let name = self.network_of(network_id).await?;
         let s = self.0.state.lock().await;

@@ -25,6 +25,7 @@ use crate::net::{Ipv4Net, MacAddr};
 pub mod driver;
 pub mod engine;
 mod options;
+mod ports;
 mod wire;
 
 pub use wire::dispatch;
@@ -68,6 +69,15 @@ pub trait Driver: Send + Sync + 'static {
     async fn join(&self, network_id: &str, endpoint_id: &str, sandbox: &str) -> Result<String>;
     async fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<()>;
     async fn endpoint_info(&self, network_id: &str, endpoint_id: &str) -> Result<Value>;
+    /// `ProgramExternalConnectivity`: these ports of the host lead to the endpoint.
+    async fn publish(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        ports: Vec<crate::model::PublishedPort>,
+    ) -> Result<()>;
+    /// `RevokeExternalConnectivity`: they no longer do.
+    async fn unpublish(&self, network_id: &str, endpoint_id: &str) -> Result<()>;
 }
 
 /// `IpamDriver.RequestPool`, decoded.

@@ -62,6 +62,14 @@ impl Driver for Recorder {
     async fn endpoint_info(&self, _: &str, _: &str) -> Result<Value> {
         Ok(json!({}))
     }
+    async fn publish(&self, n: &str, e: &str, ports: Vec<crate::model::PublishedPort>) -> Result<()> {
+        self.0.lock().unwrap().push(format!("publish {n} {e} {ports:?}"));
+        Ok(())
+    }
+    async fn unpublish(&self, n: &str, e: &str) -> Result<()> {
+        self.0.lock().unwrap().push(format!("unpublish {n} {e}"));
+        Ok(())
+    }
 }
 
 async fn call(d: &Recorder, method: &str, body: &str) -> Value {

@@ -6,7 +6,10 @@ use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{Driver, NetworkRequest, PoolRequest};
+use super::{
+    ports::{published_ports, ConnectivityBody},
+    Driver, NetworkRequest, PoolRequest,
+};
 use crate::{
     model::local::GATEWAY,
     net::{Ipv4Net, MacAddr},
@@ -268,12 +271,19 @@ async fn network(
             driver.leave(&b.network_id, &b.endpoint_id).await?;
             json!({})
         }
-        // Nothing to do: oxlay's store tells hosts about each other, and containers
-        // reach outside through their host as they are.
-        "DiscoverNew"
-        | "DiscoverDelete"
-        | "ProgramExternalConnectivity"
-        | "RevokeExternalConnectivity" => json!({}),
+        "ProgramExternalConnectivity" => {
+            let b: ConnectivityBody = parse(method, body)?;
+            let ports = published_ports(&b.options)?;
+            driver.publish(&b.network_id, &b.endpoint_id, ports).await?;
+            json!({})
+        }
+        "RevokeExternalConnectivity" => {
+            let b: ConnectivityBody = parse(method, body)?;
+            driver.unpublish(&b.network_id, &b.endpoint_id).await?;
+            json!({})
+        }
+        // Nothing to do: oxlay's store tells hosts about each other.
+        "DiscoverNew" | "DiscoverDelete" => json!({}),
         _ => return Ok(None),
     }))
 }

@@ -75,6 +75,7 @@ fn local(vni: u32, addr: &str) -> LocalEndpoint {
         container_mac: MacAddr([2, 1, 1, 1, 1, 1]),
         mtu: 1450,
         routes_only: None,
+        published: Vec::new(),
     }
 }
 
