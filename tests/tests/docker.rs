@@ -333,7 +333,11 @@ fn http_get(ns: &oxlay_testbed::Netns, addr: &str, port: u16) -> Result<String> 
 
 /// A UDP echo server inside the network namespace of process `pid` (the image has no
 /// UDP server of its own); answers until `stop` is set.
-fn udp_echo_in(pid: &str, port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+fn udp_echo_in(
+    pid: &str,
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<()> {
     use std::os::fd::AsRawFd;
     let ns = std::fs::File::open(format!("/proc/{}/ns/net", pid.trim()))?;
     let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -386,16 +390,59 @@ fn published_ports_lead_to_the_container() -> Result<()> {
     }
     let b = &dockers[1];
     b.docker(&[
-        "run", "-d", "--name", "pub", "-p", "8080:8080", "-p", "5353:5353/udp", "--network",
-        "web", IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www",
+        "run",
+        "-d",
+        "--name",
+        "pub",
+        "-p",
+        "8080:8080",
+        "-p",
+        "5353:5353/udp",
+        // a host address of its own, and a range
+        "-p",
+        "192.168.50.12:8081:8080",
+        "-p",
+        "9000-9001:8080-8081",
+        "--network",
+        "web",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
     ])?;
     let host_b = c.hosts[1].addr.to_string();
-    let page = eventually(Duration::from_secs(10), || http_get(&outside.ns, &host_b, 8080))
-        .with_context(|| diagnose(&c, &dockers))?;
+    let page = eventually(Duration::from_secs(10), || {
+        http_get(&outside.ns, &host_b, 8080)
+    })
+    .with_context(|| diagnose(&c, &dockers))?;
     ensure!(page.contains(IMAGE_GREETING), "the outside got {page:?}");
+    for port in [8081, 9000] {
+        let page = http_get(&outside.ns, &host_b, port)?;
+        ensure!(page.contains(IMAGE_GREETING), "port {port} gave {page:?}");
+    }
+    // 8081 is bound to 192.168.50.12: on a second address of host B it is not
+    // published, while 8080 (all addresses) is.
+    c.hosts[1]
+        .ns
+        .ip(&["addr", "add", "192.168.50.112/24", "dev", "eth0"])?;
+    ensure!(
+        http_get(&outside.ns, "192.168.50.112", 8080)?.contains(IMAGE_GREETING),
+        "a port published on all addresses did not answer on the second one"
+    );
+    ensure!(
+        http_get(&outside.ns, "192.168.50.112", 8081).is_err(),
+        "a port bound to one host address answered on another"
+    );
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    udp_echo_in(&b.docker(&["inspect", "-f", "{{.State.Pid}}", "pub"])?, 5353, stop.clone())?;
+    udp_echo_in(
+        &b.docker(&["inspect", "-f", "{{.State.Pid}}", "pub"])?,
+        5353,
+        stop.clone(),
+    )?;
     let to: std::net::SocketAddr = format!("{host_b}:5353").parse()?;
     let echoed = outside
         .ns
@@ -410,7 +457,10 @@ fn published_ports_lead_to_the_container() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    ensure!(echoed? == b"published", "the UDP port answered with something else");
+    ensure!(
+        echoed? == b"published",
+        "the UDP port answered with something else"
+    );
 
     start_idle(&dockers[0], "far", "web")?;
     ensure!(
@@ -421,6 +471,17 @@ fn published_ports_lead_to_the_container() -> Result<()> {
     ensure!(
         fetch(b, "near", &host_b)?.contains(IMAGE_GREETING),
         "a container on the same host did not reach the published port (hairpin)"
+    );
+    ensure!(
+        fetch(b, "pub", &host_b)?.contains(IMAGE_GREETING),
+        "the container did not reach its own published port (hairpin)"
+    );
+    // A restarted oxlay keeps the ports (they are recorded with the endpoint).
+    c.restart_daemon(1)?;
+    let page = http_get(&outside.ns, &host_b, 8080).context("after an oxlay restart")?;
+    ensure!(
+        page.contains(IMAGE_GREETING),
+        "after an oxlay restart: {page:?}"
     );
 
     b.docker(&["stop", "-t", "1", "pub"])?;
@@ -437,7 +498,10 @@ fn published_ports_lead_to_the_container() -> Result<()> {
         }
         d.docker(&["network", "rm", "web"])?;
         ensure!(
-            !c.hosts[i].ns.exec(&["nft", "list", "table", "ip", "oxlay"])?.contains("dnat"),
+            !c.hosts[i]
+                .ns
+                .exec(&["nft", "list", "table", "ip", "oxlay"])?
+                .contains("dnat"),
             "a published port outlived its container on host {i}"
         );
     }

@@ -25,13 +25,24 @@ fn taken(s: &State, key: &EndpointKey, ports: &[PublishedPort]) -> Option<Publis
 impl Daemon {
     /// Makes `ports` the endpoint's published ports (none: unpublish): checked against
     /// the other endpoints', recorded in the store, then written to the NAT table.
-    pub(crate) async fn set_published(&self, key: &EndpointKey, ports: Vec<PublishedPort>) -> Result<()> {
+    pub(crate) async fn set_published(
+        &self,
+        key: &EndpointKey,
+        ports: Vec<PublishedPort>,
+    ) -> Result<()> {
         let (network, address) = {
             let s = self.state.lock().await;
             if let Some(p) = taken(&s, key, &ports) {
-                bail!("host port {}/{} is published by another container already", p.host_port, p.proto.name());
+                bail!(
+                    "host port {}/{} is published by another container already",
+                    p.host_port,
+                    p.proto.name()
+                );
             }
-            let ep = s.endpoints.get(key).with_context(|| format!("no endpoint {} on this host", key.0))?;
+            let ep = s
+                .endpoints
+                .get(key)
+                .with_context(|| format!("no endpoint {} on this host", key.0))?;
             (ep.network.clone(), ep.address)
         };
         if let Some(network) = &network {
@@ -44,9 +55,16 @@ impl Daemon {
         }
         let mut s = self.state.lock().await;
         if let Some(p) = taken(&s, key, &ports) {
-            bail!("host port {}/{} was published by another container meanwhile", p.host_port, p.proto.name());
+            bail!(
+                "host port {}/{} was published by another container meanwhile",
+                p.host_port,
+                p.proto.name()
+            );
         }
-        let ep = s.endpoints.get_mut(key).with_context(|| format!("endpoint {} went away", key.0))?;
+        let ep = s
+            .endpoints
+            .get_mut(key)
+            .with_context(|| format!("endpoint {} went away", key.0))?;
         ep.published = ports;
         let count = ep.published.len();
         s.save_static_endpoints()?;

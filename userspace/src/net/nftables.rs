@@ -151,7 +151,11 @@ fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> Rule<'static> {
 /// `(ip daddr HOST_IP | fib daddr type local) PROTO dport HOST_PORT dnat to ADDR:PORT`
 fn forward_rule(chain: &'static str, port: &PublishedPort, to: Ipv4Addr) -> Rule<'static> {
     let to_host = match port.host_ip {
-        Some(ip) => matches(ip_field("daddr"), Operator::EQ, Expression::String(ip.to_string().into())),
+        Some(ip) => matches(
+            ip_field("daddr"),
+            Operator::EQ,
+            Expression::String(ip.to_string().into()),
+        ),
         None => matches(
             Expression::Named(NamedExpression::Fib(Fib {
                 result: FibResult::Type,
@@ -161,10 +165,12 @@ fn forward_rule(chain: &'static str, port: &PublishedPort, to: Ipv4Addr) -> Rule
             Expression::String("local".into()),
         ),
     };
-    let dport = Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: port.proto.name().into(),
-        field: "dport".into(),
-    })));
+    let dport = Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: port.proto.name().into(),
+            field: "dport".into(),
+        },
+    )));
     let dnat = Statement::DNAT(Some(NAT {
         addr: Some(Expression::String(to.to_string().into())),
         family: None,
@@ -175,7 +181,11 @@ fn forward_rule(chain: &'static str, port: &PublishedPort, to: Ipv4Addr) -> Rule
         chain,
         vec![
             to_host,
-            matches(dport, Operator::EQ, Expression::Number(u32::from(port.host_port))),
+            matches(
+                dport,
+                Operator::EQ,
+                Expression::Number(u32::from(port.host_port)),
+            ),
             dnat,
         ],
     )
@@ -194,7 +204,11 @@ fn hairpin_rule() -> Rule<'static> {
         POSTROUTING,
         vec![
             matches(status, Operator::IN, Expression::String("dnat".into())),
-            matches(ip_field("saddr"), Operator::EQ, Expression::String(format!("@{OVERLAY}").into())),
+            matches(
+                ip_field("saddr"),
+                Operator::EQ,
+                Expression::String(format!("@{OVERLAY}").into()),
+            ),
             Statement::Masquerade(None),
         ],
     )
@@ -334,7 +348,7 @@ mod tests {
             r#""chain":"prerouting""#,
             r#""chain":"output""#,
             r#""fib":{"#,
-            r#""protocol":"udp","field":"dport""#,
+            r#""field":"dport","protocol":"udp""#,
             r#""right":5353"#,
             r#""dnat":{"addr":"10.1.0.5","port":53}"#,
             r#""ct":{"key":"status"}"#,

@@ -290,7 +290,9 @@ impl Driver for DaemonDriver {
         ports: Vec<crate::model::PublishedPort>,
     ) -> Result<()> {
         let name = self.network_of(network_id).await?;
-        self.0.set_published(&endpoint_key(endpoint_id, &name), ports).await
+        self.0
+            .set_published(&endpoint_key(endpoint_id, &name), ports)
+            .await
     }
 
     async fn unpublish(&self, network_id: &str, endpoint_id: &str) -> Result<()> {

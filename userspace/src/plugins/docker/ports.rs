@@ -62,7 +62,10 @@ pub(super) fn published_ports(options: &BTreeMap<String, Value>) -> Result<Vec<P
             let host_ip = match b.host_ip.as_str() {
                 "" | "0.0.0.0" => None,
                 ip => Some(ip.parse::<Ipv4Addr>().with_context(|| {
-                    format!("-p {ip}:{}: oxlay publishes on IPv4 addresses only", b.host_port)
+                    format!(
+                        "-p {ip}:{}: oxlay publishes on IPv4 addresses only",
+                        b.host_port
+                    )
                 })?),
             };
             Ok(PublishedPort {
@@ -94,7 +97,12 @@ mod tests {
         assert_eq!(
             got,
             [
-                PublishedPort { proto: PortProto::Tcp, host_ip: None, host_port: 8080, container_port: 80 },
+                PublishedPort {
+                    proto: PortProto::Tcp,
+                    host_ip: None,
+                    host_port: 8080,
+                    container_port: 80
+                },
                 PublishedPort {
                     proto: PortProto::Udp,
                     host_ip: Some("192.168.50.12".parse().unwrap()),
@@ -104,11 +112,22 @@ mod tests {
             ]
         );
         assert!(ports("{}").unwrap().is_empty());
-        assert!(ports(r#"{"com.docker.network.portmap": null}"#).unwrap().is_empty());
+        assert!(ports(r#"{"com.docker.network.portmap": null}"#)
+            .unwrap()
+            .is_empty());
         for (json, says) in [
-            (r#"{"com.docker.network.portmap": [{"Proto": 132, "Port": 1, "HostPort": 1}]}"#, "TCP and UDP"),
-            (r#"{"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 0}]}"#, "HOST_PORT"),
-            (r#"{"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostIP": "::", "HostPort": 1}]}"#, "IPv4"),
+            (
+                r#"{"com.docker.network.portmap": [{"Proto": 132, "Port": 1, "HostPort": 1}]}"#,
+                "TCP and UDP",
+            ),
+            (
+                r#"{"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 0}]}"#,
+                "HOST_PORT",
+            ),
+            (
+                r#"{"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostIP": "::", "HostPort": 1}]}"#,
+                "IPv4",
+            ),
             (r#"{"com.docker.network.portmap": "x"}"#, "port bindings"),
         ] {
             let e = format!("{:#}", ports(json).unwrap_err());

@@ -62,8 +62,16 @@ impl Driver for Recorder {
     async fn endpoint_info(&self, _: &str, _: &str) -> Result<Value> {
         Ok(json!({}))
     }
-    async fn publish(&self, n: &str, e: &str, ports: Vec<crate::model::PublishedPort>) -> Result<()> {
-        self.0.lock().unwrap().push(format!("publish {n} {e} {ports:?}"));
+    async fn publish(
+        &self,
+        n: &str,
+        e: &str,
+        ports: Vec<crate::model::PublishedPort>,
+    ) -> Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("publish {n} {e} {ports:?}"));
         Ok(())
     }
     async fn unpublish(&self, n: &str, e: &str) -> Result<()> {
@@ -167,6 +175,26 @@ async fn network_calls_carry_options_labels_and_routes() {
     assert!(!calls[0].contains("enable_ipv6"));
     assert_eq!(calls[1], "endpoint n1 e1 10.50.0.2 None");
     assert_eq!(calls[2], "join n1 e1 /var/run/docker/netns/abc");
+    // `docker run -p 8080:80`, then the container stops.
+    call(
+        &d,
+        "NetworkDriver.ProgramExternalConnectivity",
+        r#"{"NetworkID":"n1","EndpointID":"e1","Options":{"com.docker.network.portmap":
+           [{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}]}}"#,
+    )
+    .await;
+    call(
+        &d,
+        "NetworkDriver.RevokeExternalConnectivity",
+        r#"{"NetworkID":"n1","EndpointID":"e1"}"#,
+    )
+    .await;
+    let calls = d.0.lock().unwrap().clone();
+    assert_eq!(
+        calls[3],
+        "publish n1 e1 [PublishedPort { proto: Tcp, host_ip: None, host_port: 8080, container_port: 80 }]"
+    );
+    assert_eq!(calls[4], "unpublish n1 e1");
 }
 
 #[tokio::test]
