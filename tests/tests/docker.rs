@@ -419,6 +419,11 @@ fn published_ports_lead_to_the_container() -> Result<()> {
     })
     .with_context(|| diagnose(&c, &dockers))?;
     ensure!(page.contains(IMAGE_GREETING), "the outside got {page:?}");
+    let listed = c.daemons[1].cli(&["endpoints"])?;
+    ensure!(
+        listed.contains("8080->8080/tcp") && listed.contains("192.168.50.12:8081->8080/tcp"),
+        "oxlay endpoints does not show the published ports: {listed}"
+    );
     for port in [8081, 9000] {
         let page = http_get(&outside.ns, &host_b, port)?;
         ensure!(page.contains(IMAGE_GREETING), "port {port} gave {page:?}");

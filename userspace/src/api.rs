@@ -122,6 +122,9 @@ pub struct EndpointView {
     /// its first interface, the network's subnet for further ones).
     #[serde(default)]
     pub route: String,
+    /// Published ports, as `[HOST_IP:]HOST_PORT->PORT/PROTO`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

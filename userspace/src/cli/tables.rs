@@ -52,9 +52,12 @@ pub fn local_endpoints(endpoints: &[EndpointView]) -> String {
             e.mac.clone(),
             e.host_interface.clone(),
             e.mtu.to_string(),
+            e.published.join(","),
         ]
     });
-    let header = ["NETNS", "NETWORK", "ADDRESS", "MAC", "HOST-IF", "MTU"];
+    let header = [
+        "NETNS", "NETWORK", "ADDRESS", "MAC", "HOST-IF", "MTU", "PORTS",
+    ];
     table(&header, &[5], rows)
 }
 

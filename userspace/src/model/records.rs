@@ -141,6 +141,16 @@ pub enum PortProto {
     Udp,
 }
 
+impl std::fmt::Display for PublishedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        let (host, to, proto) = (self.host_port, self.container_port, self.proto.name());
+        write!(f, "{host}->{to}/{proto}")
+    }
+}
+
 impl PortProto {
     pub fn name(self) -> &'static str {
         match self {

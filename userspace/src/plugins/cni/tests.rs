@@ -23,6 +23,7 @@ fn view() -> EndpointView {
         container_interface: "eth0".into(),
         mtu: 1450,
         route: "0.0.0.0/0".into(),
+        published: Vec::new(),
     }
 }
 
