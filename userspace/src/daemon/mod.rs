@@ -209,6 +209,7 @@ async fn start(
         closing: false,
         nat: None,
         nat_unavailable: None,
+        nat_error: None,
         snapshot: Snapshot::default(),
         shadow: None,
         desired: None,
@@ -219,10 +220,10 @@ async fn start(
         last_reconcile_error: None,
     };
     if let Err(e) = crate::net::nftables::available() {
-        warn!("{e:#}; until then containers reach only other containers");
+        warn!("{e:#}; containers reach only other containers and `-p` publishes nothing (restart the daemon once nft is installed)");
         state.nat_unavailable = Some(format!("{e:#}"));
     }
-    net::forwarding::turn_on(&forwarding_marker(&config))?;
+    net::forwarding::turn_on(&forwarding_marker(&config));
     let restored = async {
         state.docker = DockerState::load(&*store, &host.name).await?;
         state.adopt_endpoints(&*store, &host.name).await?;
@@ -334,7 +335,10 @@ impl Daemon {
                     warn!("removing the NAT table: {e:#}");
                 }
             }
-            net::forwarding::restore(&forwarding_marker(&self.config));
+            let docker = self.config.docker.enabled.then_some(
+                "Docker runs on this host and its bridge networks need it; turn it off by hand if not",
+            );
+            net::forwarding::restore(&forwarding_marker(&self.config), docker);
             let bindings: Vec<String> = s.docker.networks.keys().cloned().collect();
             (removed, bindings, unpinned)
         };

@@ -22,6 +22,20 @@ fn taken(s: &State, key: &EndpointKey, ports: &[PublishedPort]) -> Option<Publis
         .copied()
 }
 
+/// Records `ports` as the published ports of the store's endpoint record.
+async fn record_ports(
+    store: &dyn crate::store::Store,
+    network: &str,
+    address: std::net::Ipv4Addr,
+    ports: &[PublishedPort],
+) -> Result<()> {
+    let mut record = model::endpoint(store, network, address)
+        .await?
+        .with_context(|| format!("the store has no endpoint {address} of {network}"))?;
+    record.published = ports.to_vec();
+    model::update_endpoint(store, &record).await
+}
+
 impl Daemon {
     /// Makes `ports` the endpoint's published ports (none: unpublish): checked against
     /// the other endpoints', recorded in the store, then written to the NAT table.
@@ -30,8 +44,14 @@ impl Daemon {
         key: &EndpointKey,
         ports: Vec<PublishedPort>,
     ) -> Result<()> {
-        let (network, address) = {
+        let (network, address, before) = {
             let s = self.state.lock().await;
+            if let (Some(why), false) = (&s.nat_unavailable, ports.is_empty()) {
+                bail!("this host cannot publish ports: {why}");
+            }
+            if s.closing {
+                bail!("this node is uninstalling");
+            }
             if let Some(p) = taken(&s, key, &ports) {
                 bail!(
                     "host port {}/{} is published by another container already",
@@ -43,18 +63,20 @@ impl Daemon {
                 .endpoints
                 .get(key)
                 .with_context(|| format!("no endpoint {} on this host", key.0))?;
-            (ep.network.clone(), ep.address)
+            (ep.network.clone(), ep.address, ep.published.clone())
         };
         if let Some(network) = &network {
-            let store = &*self.store;
-            let mut record = model::endpoint(store, network, address)
-                .await?
-                .with_context(|| format!("the store has no endpoint {address} of {network}"))?;
-            record.published = ports.clone();
-            model::update_endpoint(store, &record).await?;
+            record_ports(&*self.store, network, address, &ports).await?;
         }
         let mut s = self.state.lock().await;
         if let Some(p) = taken(&s, key, &ports) {
+            drop(s);
+            // Put the store's record back as it was, so that no restart adopts both.
+            if let Some(network) = &network {
+                if let Err(e) = record_ports(&*self.store, network, address, &before).await {
+                    log::warn!("restoring the ports of {address}: {e:#}");
+                }
+            }
             bail!(
                 "host port {}/{} was published by another container meanwhile",
                 p.host_port,
@@ -68,7 +90,11 @@ impl Daemon {
         ep.published = ports;
         let count = ep.published.len();
         s.save_static_endpoints()?;
-        s.reconcile_nat()?;
+        // On failure the ports stay recorded, and the watch loop retries the NAT.
+        if let Err(e) = s.reconcile_nat() {
+            s.retry.notify_one();
+            return Err(e);
+        }
         info!("endpoint {} {address}: {count} ports published", key.0);
         Ok(())
     }

@@ -194,11 +194,13 @@ async fn status(d: &Daemon) -> Value {
         v["map_update_failures"] = s.map_failures.into();
         v["last_reconcile_error"] = s.last_reconcile_error.clone().into();
         v["routes"] = s.datapath.routes().map(|r| r.len()).unwrap_or(0).into();
-        v["egress"] = match &s.nat_unavailable {
-            Some(why) => format!("no masquerade: {why}"),
-            None => format!(
-                "masquerade ({} subnets, nftables table ip {})",
-                s.nat.as_ref().map_or(0, |n| n.masquerade.len()),
+        v["egress"] = match (&s.nat_unavailable, &s.nat_error, &s.nat) {
+            (Some(why), _, _) => format!("no masquerade, no published ports: {why}"),
+            (None, Some(e), _) => format!("NAT table not written (retried): {e}"),
+            (None, None, nat) => format!(
+                "masquerade ({} subnets, {} published ports; nftables table ip {})",
+                nat.as_ref().map_or(0, |n| n.masquerade.len()),
+                nat.as_ref().map_or(0, |n| n.forwards.len()),
                 crate::net::nftables::TABLE
             ),
         }

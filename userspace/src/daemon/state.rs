@@ -34,6 +34,8 @@ pub(crate) struct State {
     pub(crate) nat: Option<reconcile::Nat>,
     /// Why there is no NAT on this host (no `nft`), if so.
     pub(crate) nat_unavailable: Option<String>,
+    /// The last failure to write the NAT table, until a write succeeds.
+    pub(crate) nat_error: Option<String>,
     /// The store's routing records, listed at start and kept current by the watch.
     pub(crate) snapshot: Snapshot,
     /// What the maps hold, as last written (None: read them).
@@ -111,6 +113,13 @@ impl State {
     /// what differs. Compares against the shadow of what was last written (no map
     /// dump); reads the kernel's maps when there is no shadow yet (start, drift check).
     pub(crate) async fn reconcile(&mut self) -> Result<()> {
+        // The NAT is reconciled whatever the maps' fate (it is cheap when unchanged).
+        let maps = self.reconcile_maps().await;
+        let nat = self.reconcile_nat();
+        maps.and(nat)
+    }
+
+    async fn reconcile_maps(&mut self) -> Result<()> {
         // Until this succeeds there is no desired state to update key by key.
         self.desired = None;
         let local: Vec<&LocalEndpoint> = self.endpoints.values().collect();
@@ -134,15 +143,15 @@ impl State {
         // The shadow holds exactly what was written, failed entries excepted.
         self.shadow = Some(shadow);
         self.desired = Some((base, want));
-        let maps = self.account(changes);
-        let nat = self.reconcile_nat();
-        maps.and(nat)
+        self.account(changes)
     }
 
     /// Brings oxlay's nftables table in step with the networks (only when what it
     /// should hold changed, or after `forget_what_was_written`).
+    /// Its own error stays in `nat_error` until a write succeeds (the maps' reconcile
+    /// clears `last_reconcile_error` on success; a NAT failure must not vanish with it).
     pub(crate) fn reconcile_nat(&mut self) -> Result<()> {
-        if self.nat_unavailable.is_some() {
+        if self.nat_unavailable.is_some() || self.closing {
             return Ok(());
         }
         let local: Vec<&LocalEndpoint> = self.endpoints.values().collect();
@@ -150,9 +159,14 @@ impl State {
         if self.nat.as_ref() == Some(&want) {
             return Ok(());
         }
-        crate::net::nftables::apply(&want).inspect_err(|e| {
-            self.last_reconcile_error = Some(format!("{e:#}"));
-        })?;
+        // nft is a short-lived child process; let the runtime move other tasks off
+        // this worker meanwhile.
+        let written = tokio::task::block_in_place(|| crate::net::nftables::apply(&want));
+        if let Err(e) = written {
+            self.nat_error = Some(format!("{e:#}"));
+            return Err(e);
+        }
+        self.nat_error = None;
         info!(
             "NAT: {} subnets masquerade to the outside, {} ports published (nftables table ip {})",
             want.masquerade.len(),
@@ -216,7 +230,10 @@ impl State {
         );
         self.shadow = Some(shadow);
         self.desired = Some((base, want));
-        self.account(changes)
+        let maps = self.account(changes);
+        // A NAT write that failed earlier is retried here too.
+        let nat = self.reconcile_nat();
+        maps.and(nat)
     }
 
     /// Logs what a reconcile changed and turns failed entries into an error (counted

@@ -3,7 +3,7 @@
 //! change replaces the table's contents in one transaction: a connection through NAT
 //! never meets a moment without rules, and the kernel's conntrack entries (the NAT
 //! bindings of open connections) are left alone, also across a daemon restart.
-use std::{borrow::Cow, net::Ipv4Addr};
+use std::{borrow::Cow, collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{bail, Result};
 use nftables::{
@@ -177,23 +177,25 @@ fn forward_rule(chain: &'static str, port: &PublishedPort, to: Ipv4Addr) -> Rule
         port: Some(Expression::Number(u32::from(port.container_port))),
         flags: None,
     }));
-    rule(
-        chain,
-        vec![
-            to_host,
-            matches(
-                dport,
-                Operator::EQ,
-                Expression::Number(u32::from(port.host_port)),
-            ),
-            dnat,
-        ],
-    )
+    let mut expr = vec![to_host];
+    if chain == OUTPUT {
+        // The kernel drops a packet from 127.0.0.1 that DNAT sends elsewhere
+        // (route_localnet): a loopback client would wait in vain; let it be refused.
+        let loopback: Ipv4Net = "127.0.0.0/8".parse().expect("a valid CIDR");
+        expr.push(matches(ip_field("daddr"), Operator::NEQ, prefix(&loopback)));
+    }
+    expr.push(matches(
+        dport,
+        Operator::EQ,
+        Expression::Number(u32::from(port.host_port)),
+    ));
+    expr.push(dnat);
+    rule(chain, expr)
 }
 
-/// `ct status dnat ip saddr @overlay masquerade`: a container that reaches a published
-/// port (its own, hairpin, or another's) is answered through this host, whose
-/// conntrack undoes the DNAT.
+/// `ct status dnat ip saddr @overlay ip daddr @overlay masquerade`: a container that
+/// reaches a published port (its own, hairpin, or another's) is answered through this
+/// host, whose conntrack undoes the DNAT.
 fn hairpin_rule() -> Rule<'static> {
     let status = Expression::Named(NamedExpression::CT(CT {
         key: "status".into(),
@@ -206,6 +208,11 @@ fn hairpin_rule() -> Rule<'static> {
             matches(status, Operator::IN, Expression::String("dnat".into())),
             matches(
                 ip_field("saddr"),
+                Operator::EQ,
+                Expression::String(format!("@{OVERLAY}").into()),
+            ),
+            matches(
+                ip_field("daddr"),
                 Operator::EQ,
                 Expression::String(format!("@{OVERLAY}").into()),
             ),
@@ -239,6 +246,31 @@ fn masquerade_rule(
     rule(POSTROUTING, expr)
 }
 
+/// One rule per source network, most specific first, so that a network inside another
+/// follows its own settings: `return` for one that keeps its address, masquerade else.
+fn egress_rules(nat: &Nat) -> Vec<Rule<'static>> {
+    let mut sources: Vec<(&Ipv4Net, Option<&BTreeSet<Ipv4Net>>)> = nat
+        .masquerade
+        .iter()
+        .map(|(s, except)| (s, Some(except)))
+        .chain(nat.keep.iter().map(|s| (s, None)))
+        .collect();
+    sources.sort_by_key(|(s, _)| (std::cmp::Reverse(s.prefix_len()), **s));
+    sources
+        .into_iter()
+        .map(|(source, except)| match except {
+            Some(except) => masquerade_rule(source, except),
+            None => rule(
+                POSTROUTING,
+                vec![
+                    matches(ip_field("saddr"), Operator::EQ, prefix(source)),
+                    Statement::Return(None),
+                ],
+            ),
+        })
+        .collect()
+}
+
 /// The transaction that makes the table hold `nat`: create what is missing, empty it,
 /// fill it.
 fn ruleset(nat: &Nat) -> Nftables<'static> {
@@ -264,8 +296,8 @@ fn ruleset(nat: &Nat) -> Nftables<'static> {
     if !nat.forwards.is_empty() {
         batch.add(NfListObject::Rule(hairpin_rule()));
     }
-    for (source, except) in &nat.masquerade {
-        batch.add(NfListObject::Rule(masquerade_rule(source, except)));
+    for rule in egress_rules(nat) {
+        batch.add(NfListObject::Rule(rule));
     }
     for (port, to) in &nat.forwards {
         for chain in [PREROUTING, OUTPUT] {
@@ -355,5 +387,24 @@ mod tests {
         ] {
             assert!(json.contains(part), "{part} missing in {json}");
         }
+    }
+
+    #[test]
+    fn a_network_inside_another_follows_its_own_settings() {
+        let mut nat = Nat::default();
+        nat.overlay.insert("10.1.0.0/16".parse().unwrap());
+        nat.masquerade
+            .insert("10.1.0.0/16".parse().unwrap(), BTreeSet::new());
+        nat.keep.insert("10.1.5.0/24".parse().unwrap());
+        let rules: Vec<String> = egress_rules(&nat)
+            .iter()
+            .map(|r| serde_json::to_string(&r.expr).unwrap())
+            .collect();
+        assert_eq!(rules.len(), 2);
+        assert!(
+            rules[0].contains(r#""len":24"#) && rules[0].contains("return"),
+            "the inner network's return comes first: {rules:?}"
+        );
+        assert!(rules[1].contains(r#""len":16"#) && rules[1].contains("masquerade"));
     }
 }

@@ -20,6 +20,11 @@ pub struct Nat {
     pub overlay: BTreeSet<Ipv4Net>,
     /// Masqueraded sources, each with the destinations that keep its address.
     pub masquerade: BTreeMap<Ipv4Net, BTreeSet<Ipv4Net>>,
+    /// Sources that keep their address (`--masquerade=false`). A network inside
+    /// another one with other settings keeps its own: rules go most specific first.
+    /// Networks with the same subnet and different settings: keeping wins (the host
+    /// cannot tell their packets apart by address).
+    pub keep: BTreeSet<Ipv4Net>,
     /// Published ports: a port of this host and the container address it leads to.
     pub forwards: BTreeSet<(PublishedPort, Ipv4Addr)>,
 }
@@ -41,9 +46,14 @@ pub fn desired_nat(config: &Config, snapshot: &Snapshot, local: &[&LocalEndpoint
             .values()
             .map(|n| (n.subnet, Some(&n.egress))),
     );
+    let keep: BTreeSet<Ipv4Net> = networks
+        .iter()
+        .filter(|(_, egress)| egress.is_some_and(|e| !e.masquerade))
+        .map(|(subnet, _)| *subnet)
+        .collect();
     let mut masquerade: BTreeMap<Ipv4Net, Vec<Ipv4Net>> = BTreeMap::new();
     for (subnet, egress) in &networks {
-        if let Some(egress) = egress.filter(|e| e.masquerade) {
+        if let Some(egress) = egress.filter(|e| e.masquerade && !keep.contains(subnet)) {
             let except = masquerade.entry(*subnet).or_default();
             except.extend(egress.except.iter().copied());
         }
@@ -54,6 +64,7 @@ pub fn desired_nat(config: &Config, snapshot: &Snapshot, local: &[&LocalEndpoint
             .flat_map(|ep| ep.published.iter().map(|p| (*p, ep.address)))
             .collect(),
         overlay: outermost(networks.iter().map(|(s, _)| *s).collect()),
+        keep,
         masquerade: masquerade
             .into_iter()
             .map(|(source, except)| (source, outermost(except)))
@@ -135,6 +146,7 @@ mod tests {
             ]),
             "overlapping subnets merge into the outer one"
         );
+        assert_eq!(nat.keep, nets(&["10.3.0.0/16"]));
         let sources: Vec<String> = nat.masquerade.keys().map(|n| n.to_string()).collect();
         assert_eq!(
             sources,

@@ -61,6 +61,10 @@ pub(super) fn published_ports(options: &BTreeMap<String, Value>) -> Result<Vec<P
             let _ = b.host_port_end;
             let host_ip = match b.host_ip.as_str() {
                 "" | "0.0.0.0" => None,
+                ip if ip.starts_with("127.") => anyhow::bail!(
+                    "-p {ip}:{}: oxlay cannot publish on loopback (the kernel drops what it would forward from there); use a host address",
+                    b.host_port
+                ),
                 ip => Some(ip.parse::<Ipv4Addr>().with_context(|| {
                     format!(
                         "-p {ip}:{}: oxlay publishes on IPv4 addresses only",
@@ -129,6 +133,7 @@ mod tests {
                 "IPv4",
             ),
             (r#"{"com.docker.network.portmap": "x"}"#, "port bindings"),
+            (r#"{"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostIP": "127.0.0.1", "HostPort": 1}]}"#, "loopback"),
         ] {
             let e = format!("{:#}", ports(json).unwrap_err());
             assert!(e.contains(says), "{json}: {e}");
