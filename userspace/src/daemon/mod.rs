@@ -155,6 +155,16 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// What containers' traffic to the outside needs from the host: `nft` for the NAT table
+/// (without it, the state says why) and IPv4 forwarding.
+fn prepare_egress(config: &Config, state: &mut State) {
+    if let Err(e) = crate::net::nftables::available() {
+        warn!("{e:#}; containers reach only other containers and `-p` publishes nothing (restart the daemon once nft is installed)");
+        state.nat_unavailable = Some(format!("{e:#}"));
+    }
+    net::forwarding::turn_on(&forwarding_marker(config));
+}
+
 /// Where the daemon notes that it turned IPv4 forwarding on (for `oxlay uninstall`).
 fn forwarding_marker(config: &Config) -> std::path::PathBuf {
     config.socket_path().with_extension("forwarding")
@@ -219,11 +229,7 @@ async fn start(
         map_failures: 0,
         last_reconcile_error: None,
     };
-    if let Err(e) = crate::net::nftables::available() {
-        warn!("{e:#}; containers reach only other containers and `-p` publishes nothing (restart the daemon once nft is installed)");
-        state.nat_unavailable = Some(format!("{e:#}"));
-    }
-    net::forwarding::turn_on(&forwarding_marker(&config));
+    prepare_egress(&config, &mut state);
     let restored = async {
         state.docker = DockerState::load(&*store, &host.name).await?;
         state.adopt_endpoints(&*store, &host.name).await?;

@@ -19,8 +19,8 @@ pub fn turn_on(marker: &Path) {
 }
 
 fn try_turn_on(marker: &Path) -> Result<()> {
-    let now = std::fs::read_to_string(IP_FORWARD)
-        .with_context(|| format!("cannot read {IP_FORWARD}"))?;
+    let now =
+        std::fs::read_to_string(IP_FORWARD).with_context(|| format!("cannot read {IP_FORWARD}"))?;
     if now.trim() == "1" {
         return Ok(());
     }

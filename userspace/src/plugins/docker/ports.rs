@@ -133,7 +133,10 @@ mod tests {
                 "IPv4",
             ),
             (r#"{"com.docker.network.portmap": "x"}"#, "port bindings"),
-            (r#"{"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostIP": "127.0.0.1", "HostPort": 1}]}"#, "loopback"),
+            (
+                r#"{"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostIP": "127.0.0.1", "HostPort": 1}]}"#,
+                "loopback",
+            ),
         ] {
             let e = format!("{:#}", ports(json).unwrap_err());
             assert!(e.contains(says), "{json}: {e}");
