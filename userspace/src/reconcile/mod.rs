@@ -5,7 +5,7 @@
 //! The flow, one file a stage: `snapshot` (the store's routing records, kept current
 //! from the watch) -> `desired` (a pure function: what the maps should hold) ->
 //! `apply` (the only code that writes a map; removals first, then additions). Beside
-//! the maps, `nat` computes the host's NAT (masquerade), which `net/nftables.rs` writes.
+//! the maps, `nat` computes the host's NAT (masquerade), which `net/nftables` writes.
 mod apply;
 mod desired;
 mod nat;

@@ -1,7 +1,7 @@
 //! What the host's NAT should do for the containers (a pure function, like `desired`):
 //! traffic from an oxlay network to a destination outside every oxlay network leaves
 //! with the host's address, unless the network switched that off or the destination
-//! is one of its exceptions. `net/nftables.rs` writes it.
+//! is one of its exceptions. `net/nftables` writes it.
 use std::collections::{BTreeMap, BTreeSet};
 
 use std::net::Ipv4Addr;
