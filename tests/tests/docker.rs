@@ -114,21 +114,47 @@ fn diagnose(c: &StoreCluster, dockers: &[Dockerd]) -> String {
     out
 }
 
-#[test]
-fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
+/// Two hosts sharing etcd, each with its own dockerd (the test image imported) and an
+/// oxlay daemon serving the Docker plugin. Fields drop in order: the engines first.
+struct DockerHosts {
+    dockers: Vec<Dockerd>,
+    c: StoreCluster,
+    dirs: [DockerDirs; 2],
+}
+
+/// `None` when dockerd is missing (the test is then skipped, saying why).
+fn docker_hosts(tag: &str) -> Result<Option<DockerHosts>> {
     if skip_without_root_or_etcd() {
-        return Ok(());
+        return Ok(None);
     }
     if let Some(why) = docker_missing() {
         oxlay_testbed::skip(&why);
-        return Ok(());
+        return Ok(None);
     }
-    let dirs = [DockerDirs::new("a")?, DockerDirs::new("b")?];
+    let dirs = [
+        DockerDirs::new(&format!("{tag}a"))?,
+        DockerDirs::new(&format!("{tag}b"))?,
+    ];
     let extra: Vec<String> = dirs.iter().map(DockerDirs::oxlay_toml).collect();
     let addrs: Vec<String> = (0..2)
         .map(|i| format!("{UNDERLAY_PREFIX}.{}", 11 + i))
         .collect();
-    let mut c = StoreCluster::with_config(&addrs, true, 10, extra)?;
+    let c = StoreCluster::with_config(&addrs, true, 10, extra)?;
+    let mut dockers = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let d = Dockerd::start(&c.hosts[i], dir)?;
+        d.import_image()?;
+        dockers.push(d);
+    }
+    Ok(Some(DockerHosts { dockers, c, dirs }))
+}
+
+#[test]
+fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
+    let Some(mut hosts) = docker_hosts("")? else {
+        return Ok(());
+    };
+    let DockerHosts { dockers, c, dirs } = &mut hosts;
     let socket = dirs[0].plugin_socket();
     let mode = std::fs::metadata(&socket)
         .with_context(|| format!("no plugin socket at {}", socket.display()))?;
@@ -137,12 +163,6 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
         "the plugin socket is open to others"
     );
 
-    let mut dockers = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let d = Dockerd::start(&c.hosts[i], dir)?;
-        d.import_image()?;
-        dockers.push(d);
-    }
 
     // The same command on both hosts: one oxlay network ("docker", as none is named).
     // IPAM options (--ipam-opt), driver options (-o) and labels (--label, read from
@@ -367,26 +387,13 @@ fn udp_echo_in(
 /// `docker stop` the port answers no more.
 #[test]
 fn published_ports_lead_to_the_container() -> Result<()> {
-    if skip_without_root_or_etcd() {
+    let Some(mut hosts) = docker_hosts("p")? else {
         return Ok(());
-    }
-    if let Some(why) = docker_missing() {
-        oxlay_testbed::skip(&why);
-        return Ok(());
-    }
-    let dirs = [DockerDirs::new("pa")?, DockerDirs::new("pb")?];
-    let extra: Vec<String> = dirs.iter().map(DockerDirs::oxlay_toml).collect();
-    let addrs: Vec<String> = (0..2)
-        .map(|i| format!("{UNDERLAY_PREFIX}.{}", 11 + i))
-        .collect();
-    let mut c = StoreCluster::with_config(&addrs, true, 10, extra)?;
+    };
+    let DockerHosts { dockers, c, .. } = &mut hosts;
     let outside = c.underlay.add_host_at("outside", "192.168.50.100")?;
-    let mut dockers = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let d = Dockerd::start(&c.hosts[i], dir)?;
-        d.import_image()?;
-        create_network(&d, &["web"])?;
-        dockers.push(d);
+    for d in dockers.iter() {
+        create_network(d, &["web"])?;
     }
     let b = &dockers[1];
     b.docker(&[
