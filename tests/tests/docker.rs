@@ -163,11 +163,10 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
         "the plugin socket is open to others"
     );
 
-
     // The same command on both hosts: one oxlay network ("docker", as none is named).
     // IPAM options (--ipam-opt), driver options (-o) and labels (--label, read from
     // dockerd) become its labels.
-    for d in &dockers {
+    for d in dockers.iter() {
         create_network(
             d,
             &[
@@ -238,8 +237,8 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
         "container MTU is not the overlay's: {link}"
     );
     let ping = dockers[0].docker(&["exec", "cli", "ping", "-c", "2", "-W", "2", &srv]);
-    ensure!(ping.is_ok(), "ping: {ping:?}\n{}", diagnose(&c, &dockers));
-    let page = fetch(&dockers[0], "cli", &srv).with_context(|| diagnose(&c, &dockers))?;
+    ensure!(ping.is_ok(), "ping: {ping:?}\n{}", diagnose(c, dockers));
+    let page = fetch(&dockers[0], "cli", &srv).with_context(|| diagnose(c, dockers))?;
     ensure!(page == IMAGE_GREETING, "fetched {page:?}");
     let decapsulated = c.daemons[1].counter("decapsulated")?;
     ensure!(decapsulated > 0, "host B decapsulated nothing");
@@ -252,14 +251,14 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     // An endpoint whose store record cannot be written is unwired whole (veth and map
     // entry), and Docker is told: the container does not start.
     c.restart_daemon_with_env(1, &[("OXLAY_FAULT", oxlay::fault::step::ENDPOINT_RECORD)])?;
-    let before = oxlay_links(&c, 1)?;
+    let before = oxlay_links(c, 1)?;
     let failed = start_idle(&dockers[1], "faulty", "web");
     ensure!(
         failed.is_err(),
         "a container started although its endpoint could not be recorded"
     );
     eventually(Duration::from_secs(10), || {
-        let links = oxlay_links(&c, 1)?;
+        let links = oxlay_links(c, 1)?;
         ensure!(links == before, "veths on B: {links:?}, before: {before:?}");
         Ok(())
     })
@@ -272,7 +271,7 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     // reachable again; removing it leaves nothing either.
     let nothing_left_on_b = || {
         eventually(Duration::from_secs(10), || {
-            let links = oxlay_links(&c, 1)?;
+            let links = oxlay_links(c, 1)?;
             ensure!(links.is_empty(), "veths left on B: {links:?}");
             let eps = c.daemons[1].cli(&["endpoints"])?;
             ensure!(!eps.contains("docker-"), "endpoints left on B: {eps}");
@@ -295,13 +294,13 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     // again afterwards.
     start_idle(&dockers[0], "idle", "web")?;
     ensure!(
-        oxlay_links(&c, 0)?.len() == 2,
+        oxlay_links(c, 0)?.len() == 2,
         "no veth for the idle container"
     );
     let host_a = &c.hosts[0];
     dockers[0].restart(host_a)?;
     eventually(Duration::from_secs(10), || {
-        let links = oxlay_links(&c, 0)?;
+        let links = oxlay_links(c, 0)?;
         ensure!(
             links.is_empty(),
             "veths left on A after dockerd restarted: {links:?}"
@@ -311,14 +310,14 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
     let srv2 = start_server(&dockers[1], "srv2")?;
     // (the stopped containers stay, without their networks, until removed)
     start_idle(&dockers[0], "cli2", "web")?;
-    let page = fetch(&dockers[0], "cli2", &srv2).with_context(|| diagnose(&c, &dockers))?;
+    let page = fetch(&dockers[0], "cli2", &srv2).with_context(|| diagnose(c, dockers))?;
     ensure!(
         page == IMAGE_GREETING,
         "after the dockerd restart: {page:?}"
     );
 
     // docker network rm leaves nothing behind either.
-    for d in &dockers {
+    for d in dockers.iter() {
         let ids = d.docker(&["ps", "-aq"])?;
         for id in ids.split_whitespace() {
             d.docker(&["rm", "-f", id])?;
@@ -326,12 +325,12 @@ fn docker_containers_on_two_hosts_talk_over_oxlay() -> Result<()> {
         d.docker(&["network", "rm", "web"])?;
     }
     for h in 0..2 {
-        let links = oxlay_links(&c, h)?;
+        let links = oxlay_links(c, h)?;
         ensure!(links.is_empty(), "veths left on host {h}: {links:?}");
     }
     let left = c.daemons[0].cli(&["endpoint", "ls"])?;
     ensure!(!left.contains("docker"), "endpoint records left: {left}");
-    drop(dockers);
+    dockers.clear();
     Ok(())
 }
 
@@ -424,7 +423,7 @@ fn published_ports_lead_to_the_container() -> Result<()> {
     let page = eventually(Duration::from_secs(10), || {
         http_get(&outside.ns, &host_b, 8080)
     })
-    .with_context(|| diagnose(&c, &dockers))?;
+    .with_context(|| diagnose(c, dockers))?;
     ensure!(page.contains(IMAGE_GREETING), "the outside got {page:?}");
     let listed = c.daemons[1].cli(&["endpoints"])?;
     ensure!(
