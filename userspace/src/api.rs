@@ -80,6 +80,9 @@ pub enum Request {
         labels: BTreeMap<String, String>,
         #[serde(default)]
         ifname: Option<String>,
+        /// Names the network's other containers find it by (oxlay's resolver).
+        #[serde(default)]
+        names: Vec<String>,
     },
     /// Endpoints of every host, from the store.
     EndpointLs {

@@ -3,7 +3,7 @@
 //! or the embedded store), `model` (what the store holds: hosts, networks, IPAM),
 //! `reconcile` (store + config + endpoints -> the maps; the only map writer),
 //! `datapath` (loading, attaching, typed maps), `daemon` (start-up, state, watch, API,
-//! endpoints) and `plugins` (Docker, CNI). The `oxlay` binary (main.rs) is a thin
+//! endpoints), `names` (the resolver) and `plugins` (Docker, CNI). The `oxlay` binary (main.rs) is a thin
 //! wrapper over this library.
 pub mod api;
 pub mod cli;
@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod fault;
 pub mod model;
+pub mod names;
 pub mod net;
 pub mod plugins;
 pub mod reconcile;

@@ -99,6 +99,7 @@ fn endpoint_request(cmd: EndpointCmd) -> Request {
             ip,
             labels,
             ifname,
+            names,
         } => Request::EndpointCreate {
             network,
             netns,
@@ -106,6 +107,7 @@ fn endpoint_request(cmd: EndpointCmd) -> Request {
             ip,
             labels: labels.into_iter().collect(),
             ifname,
+            names,
         },
         EndpointCmd::Ls { network } => Request::EndpointLs { network },
         EndpointCmd::Rm { network, netns } => Request::EndpointRm {
@@ -189,6 +191,7 @@ fn status(v: &Value) -> String {
         ("endpoints", v["endpoints"].to_string()),
         ("routes", v["routes"].to_string()),
         ("egress", text("egress")),
+        ("names", text("names")),
     ]
     .iter()
     .map(|(k, v)| format!("{k:<10} {v}"))

@@ -133,6 +133,9 @@ pub enum EndpointCmd {
         /// Interface name in the namespace (default eth0, then eth1, ...).
         #[arg(long)]
         ifname: Option<String>,
+        /// A name the network's other containers find it by (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
     /// List endpoints of all hosts.
     Ls {

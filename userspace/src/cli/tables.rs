@@ -101,10 +101,11 @@ pub fn store_endpoints(endpoints: &[EndpointRecord]) -> String {
             e.address.to_string(),
             e.host.clone(),
             e.sandbox.clone(),
+            e.names.join(","),
             labels(&e.labels),
         ]
     });
-    let header = ["NETWORK", "ADDRESS", "HOST", "SANDBOX", "LABELS"];
+    let header = ["NETWORK", "ADDRESS", "HOST", "SANDBOX", "NAMES", "LABELS"];
     table(&header, &[], rows)
 }
 
@@ -125,6 +126,7 @@ mod tests {
                 interface: None,
                 mac: None,
                 published: Vec::new(),
+                names: vec!["web-1".into()],
             },
             EndpointRecord {
                 network: "blue".into(),
@@ -135,6 +137,7 @@ mod tests {
                 interface: None,
                 mac: None,
                 published: Vec::new(),
+                names: Vec::new(),
             },
         ]);
         let lines: Vec<&str> = out.lines().collect();

@@ -36,6 +36,8 @@ pub(crate) struct NewEndpoint {
     pub(crate) ip: Option<Ipv4Addr>,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) ifname: Option<String>,
+    /// Names the network's other containers find it by.
+    pub(crate) names: Vec<String>,
 }
 
 /// What a sandbox's new interface routes: everything for its first one, else only its
@@ -128,6 +130,7 @@ impl Daemon {
             ip,
             labels,
             ifname,
+            names,
         } = new;
         let key = (sandbox.name.clone(), Some(network.clone()));
         let _reserved = self.reserve(key).await?;
@@ -162,6 +165,7 @@ impl Daemon {
         let wired = EndpointRecord {
             interface: Some(local.container_ifname.clone()),
             mac: Some(local.container_mac),
+            names,
             ..claim
         };
         let recorded = async {

@@ -36,6 +36,7 @@ mod adopt;
 mod endpoints;
 mod health;
 mod lease;
+mod names;
 mod ports;
 mod server;
 mod state;
@@ -63,6 +64,11 @@ pub(crate) struct Daemon {
     pub(crate) creating: std::sync::Mutex<std::collections::BTreeSet<EndpointKey>>,
     /// Signalled by the `uninstall` request.
     pub(crate) uninstall: Notify,
+    /// The names of the containers that share a network with this host's, and the
+    /// resolver that answers them (kept current by the watch).
+    pub(crate) resolver: Arc<crate::names::Resolver>,
+    /// Where the resolver answers, or why it does not.
+    pub(crate) names_status: std::sync::Mutex<String>,
 }
 
 /// The underlay as the config names it and the kernel knows it.
@@ -248,6 +254,11 @@ async fn start(
     // Every program of this build is attached and the maps are filled: maps an older
     // build used can go.
     state.datapath.remove_stale_pins();
+    let upstream = crate::names::Upstream::new(
+        config.names.upstream_servers()?,
+        "/etc/resolv.conf".into(),
+    );
+    let directory = crate::names::Directory::new(&host.name);
     Ok(Arc::new(Daemon {
         state: Mutex::new(state),
         config,
@@ -257,6 +268,8 @@ async fn start(
         health: Health::default(),
         creating: Default::default(),
         uninstall: Notify::new(),
+        resolver: Arc::new(crate::names::Resolver::new(directory, upstream)),
+        names_status: std::sync::Mutex::new("starting".into()),
     }))
 }
 
@@ -287,6 +300,7 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
         })
     });
     let watcher = tokio::spawn(watch::watch_store(daemon.clone()));
+    let resolver = names::start(&daemon).await;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let uninstall = loop {
@@ -309,6 +323,9 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
     };
     keepalive.abort();
     watcher.abort();
+    if let Some(resolver) = resolver {
+        resolver.abort();
+    }
     if let Some(plugin) = docker_plugin {
         plugin.abort();
         // Docker finds the plugin again when a daemon serves the socket anew.
@@ -335,6 +352,9 @@ impl Daemon {
                 }
             }
             let unpinned = s.datapath.unpin();
+            if let Err(e) = names::remove(self, &s.handle).await {
+                warn!("removing the resolver's address: {e:#}");
+            }
             std::fs::remove_file(&s.state_path).ok();
             if s.nat_unavailable.is_none() {
                 if let Err(e) = net::nftables::remove() {

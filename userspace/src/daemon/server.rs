@@ -102,7 +102,11 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
             ip,
             labels,
             ifname,
+            names,
         } => {
+            for name in &names {
+                crate::config::check_name("endpoint name", name)?;
+            }
             let new = NewEndpoint {
                 network,
                 sandbox: Sandbox {
@@ -112,6 +116,7 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
                 ip,
                 labels: parse_labels(labels)?,
                 ifname,
+                names,
             };
             serde_json::to_value(d.create_endpoint(new).await?.view())?
         }
@@ -194,6 +199,7 @@ async fn status(d: &Daemon) -> Value {
         v["map_update_failures"] = s.map_failures.into();
         v["last_reconcile_error"] = s.last_reconcile_error.clone().into();
         v["routes"] = s.datapath.routes().map(|r| r.len()).unwrap_or(0).into();
+        v["names"] = d.names_status().into();
         v["egress"] = match (&s.nat_unavailable, &s.nat_error, &s.nat) {
             (Some(why), _, _) => format!("no masquerade, no published ports: {why}"),
             (None, Some(e), _) => format!("NAT table not written (retried): {e}"),

@@ -93,6 +93,15 @@ pub(super) async fn watch_store(d: Arc<Daemon>) {
                 continue;
             }
         };
+        // Listed after the snapshot: the watch replays what changed in between.
+        match crate::names::Directory::list(&*d.store, &d.host.name).await {
+            Ok(directory) => *d.resolver.directory.write().unwrap_or_else(|e| e.into_inner()) = directory,
+            Err(e) => {
+                store_failed(&d.health, "listing", &e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
         let ok = reconcile_logged(&d, None).await;
         // A deadline, not a sleep per turn: events do not postpone it.
         let mut due = tokio::time::Instant::now() + resync.after(ok);
@@ -138,6 +147,12 @@ async fn follow(
             None => return,
         };
         let (batch, broken) = gather(first, &mut events).await;
+        {
+            let mut directory = d.resolver.directory.write().unwrap_or_else(|e| e.into_inner());
+            for event in batch.iter().filter(|e| crate::names::directory::tracks(e.key())) {
+                directory.apply(event);
+            }
+        }
         let routing = d.state.lock().await.apply_events(&batch);
         let ok = match routing {
             Routing::Unchanged => None,

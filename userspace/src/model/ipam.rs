@@ -128,6 +128,7 @@ pub async fn create_endpoint(
         interface: None,
         mac: None,
         published: Vec::new(),
+        names: Vec::new(),
     };
     if let Some(addr) = wanted {
         if !net.subnet.contains(addr) {

@@ -121,6 +121,10 @@ pub struct EndpointRecord {
     /// Ports of this host that lead to the endpoint (`docker run -p`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<PublishedPort>,
+    /// The names other containers of the network find it by (oxlay's resolver):
+    /// Docker's container name and aliases, CNI's container ID and pod name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// A port of the host that leads to a port of a container.

@@ -1,4 +1,5 @@
-//! rtnetlink plumbing: opening a handle, looking up links and addresses, deleting links.
+//! rtnetlink plumbing: opening a handle, looking up links and addresses, deleting links,
+//! the host's own addresses on lo.
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result};
@@ -119,6 +120,51 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<()> {
                 e => Err(e),
             })
             .with_context(|| format!("cannot delete interface {name}"))?;
+    }
+    Ok(())
+}
+
+/// Adds `address`/32 to the loopback link: an address of the host that its containers
+/// reach through any interface. Present already is fine (a restarted daemon).
+pub async fn add_local_address(handle: &Handle, address: Ipv4Addr) -> Result<()> {
+    let lo = link_by_name(handle, "lo")
+        .await?
+        .context("this network namespace has no loopback link")?;
+    handle
+        .address()
+        .add(lo.index, IpAddr::V4(address), 32)
+        .execute()
+        .await
+        .or_else(|e| match e {
+            rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST => Ok(()),
+            e => Err(e),
+        })
+        .with_context(|| format!("cannot add address {address} to lo"))
+}
+
+/// Removes `address` from the loopback link, if it is there.
+pub async fn remove_local_address(handle: &Handle, address: Ipv4Addr) -> Result<()> {
+    let Some(lo) = link_by_name(handle, "lo").await? else {
+        return Ok(());
+    };
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(lo.index)
+        .execute();
+    while let Some(msg) = addrs.try_next().await? {
+        if msg
+            .attributes
+            .contains(&AddressAttribute::Address(IpAddr::V4(address)))
+        {
+            handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .with_context(|| format!("cannot remove address {address} from lo"))?;
+            break;
+        }
     }
     Ok(())
 }

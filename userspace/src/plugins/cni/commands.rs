@@ -25,6 +25,7 @@ pub(super) async fn add(inv: &Invocation) -> Result<Value, CniError> {
     let socket = socket(&conf)?;
     let network = conf.network.clone().unwrap_or_else(|| conf.name.clone());
     let labels = BTreeMap::from([("cni.containerid".to_owned(), inv.container_id.clone())]);
+    let names = names(&conf, inv);
     let view: EndpointView = serde_json::from_value(
         call(
             &socket,
@@ -35,12 +36,41 @@ pub(super) async fn add(inv: &Invocation) -> Result<Value, CniError> {
                 ip: None,
                 labels,
                 ifname: Some(inv.ifname.clone()),
+                names,
             },
         )
         .await?,
     )
     .map_err(undecodable)?;
     Ok(result(&conf, inv, &view))
+}
+
+/// The names the endpoint goes by on oxlay's resolver: the container ID (and its first
+/// 12 characters, as runtimes show it), the pod name of `CNI_ARGS` and the `aliases`
+/// the runtime gives for this network. Those that are no DNS name are left out.
+pub(super) fn names(conf: &NetConf, inv: &Invocation) -> Vec<String> {
+    let short: String = inv.container_id.chars().take(12).collect();
+    let pod = inv
+        .args
+        .split(';')
+        .filter_map(|kv| kv.strip_prefix("K8S_POD_NAME="))
+        .map(str::to_owned);
+    let aliases = conf
+        .runtime_config
+        .as_ref()
+        .and_then(|rc| rc["aliases"][&conf.name].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| v.as_str().map(str::to_owned));
+    let mut names: Vec<String> = [inv.container_id.clone(), short]
+        .into_iter()
+        .chain(pod)
+        .chain(aliases)
+        .filter(|n| crate::config::check_name("name", n).is_ok())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The spec result for an endpoint, in the configuration's CNI version. Plugins earlier
@@ -90,6 +120,9 @@ pub(super) fn result(conf: &NetConf, inv: &Invocation, view: &EndpointView) -> V
         .filter(|d| !d.is_null())
     {
         out["dns"] = dns;
+    } else {
+        // oxlay's resolver: container names of the network, the host's for the rest.
+        out["dns"] = json!({ "nameservers": [crate::names::RESOLVER.to_string()] });
     }
     out
 }

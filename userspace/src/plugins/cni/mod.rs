@@ -69,6 +69,8 @@ pub struct Invocation {
     pub container_id: String,
     pub netns: String,
     pub ifname: String,
+    /// `CNI_ARGS`: `KEY=VALUE;...` (Kubernetes passes the pod's name here).
+    pub args: String,
     pub config: Vec<u8>,
 }
 
@@ -94,6 +96,7 @@ impl Invocation {
             container_id: var("CNI_CONTAINERID"),
             netns: var("CNI_NETNS"),
             ifname: var("CNI_IFNAME"),
+            args: var("CNI_ARGS"),
             config,
         })
     }
@@ -116,6 +119,9 @@ pub struct NetConf {
     prev_result: Option<Value>,
     #[serde(default)]
     dns: Option<Value>,
+    /// Capabilities the runtime fills in; oxlay reads `aliases` (names by network).
+    #[serde(default)]
+    runtime_config: Option<Value>,
 }
 
 pub fn parse_config(bytes: &[u8]) -> Result<NetConf, CniError> {

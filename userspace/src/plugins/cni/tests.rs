@@ -8,6 +8,7 @@ fn inv(command: &str, config: &str) -> Invocation {
         container_id: "c1".into(),
         netns: "/proc/1/ns/net".into(),
         ifname: "eth0".into(),
+        args: String::new(),
         config: config.as_bytes().to_vec(),
     }
 }

@@ -68,6 +68,52 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     #[serde(default)]
     pub docker: DockerConfig,
+    #[serde(default)]
+    pub names: NamesConfig,
+}
+
+/// oxlay's resolver: containers find each other by name at 169.254.1.1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamesConfig {
+    /// Answer containers' queries (on unless switched off).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Resolvers for names that are not containers' ("IP" or "IP:PORT"); by default
+    /// those of /etc/resolv.conf.
+    #[serde(default)]
+    pub upstream: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NamesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            upstream: Vec::new(),
+        }
+    }
+}
+
+impl NamesConfig {
+    /// The configured upstream resolvers as socket addresses (port 53 unless given).
+    pub fn upstream_servers(&self) -> Result<Vec<std::net::SocketAddr>> {
+        self.upstream
+            .iter()
+            .map(|s| {
+                s.parse::<std::net::SocketAddr>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "names.upstream {s:?} is not an address: use \"IP\" or \"IP:PORT\""
+                        )
+                    })
+            })
+            .collect()
+    }
 }
 
 /// Docker's network and IPAM driver plugin.
@@ -199,6 +245,7 @@ impl Config {
         if self.store.lease_ttl_secs < 2 {
             bail!("store.lease_ttl_secs must be at least 2 (etcd's minimum lease)");
         }
+        self.names.upstream_servers()?;
         if self.vxlan_port == 0 {
             bail!("vxlan_port must not be 0 (the standard VXLAN port is {VXLAN_PORT})");
         }
@@ -294,79 +341,4 @@ fn check_pod_subnet(what: &str, subnet: Ipv4Net) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-        node_name = "host-a"
-        underlay_interface = "eth0"
-        vni = 42
-        pod_subnet = "10.244.1.0/24"
-
-        [[peers]]
-        name = "host-b"
-        underlay_address = "192.168.50.12"
-        pod_subnet = "10.244.2.0/24"
-        vtep_mac = "02:00:00:00:00:0b"
-    "#;
-
-    /// GOOD with a top-level line added (before the [[peers]] tables).
-    fn with(extra: &str) -> String {
-        format!("{extra}\n{GOOD}")
-    }
-
-    fn err(text: &str) -> String {
-        format!("{:#}", text.parse::<Config>().unwrap_err())
-    }
-
-    #[test]
-    fn parses_defaults() {
-        let c: Config = GOOD.parse().unwrap();
-        assert_eq!(c.vxlan_port, 4789);
-        assert_eq!(c.decap, DecapMode::Tc);
-        assert_eq!(c.socket_path(), PathBuf::from("/run/oxlay/host-a.sock"));
-        assert_eq!(c.pin_path(), PathBuf::from("/sys/fs/bpf/oxlay/host-a"));
-        assert_eq!(c.peers[0].vtep_mac.unwrap().0, [2, 0, 0, 0, 0, 0x0b]);
-        assert_eq!(c.vtep_mac(), MacAddr::derived("host-a"));
-        assert_eq!(c.store, StoreConfig::default());
-        assert_eq!(
-            c.static_network(),
-            Some((42, "10.244.1.0/24".parse().unwrap()))
-        );
-    }
-
-    #[test]
-    fn store_only_config_needs_no_static_network() {
-        let c: Config = "node_name = \"a\"\nunderlay_interface = \"eth0\"\n[store]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n"
-            .parse()
-            .unwrap();
-        assert_eq!(c.static_network(), None);
-        assert_eq!(c.store.etcd_endpoints.len(), 1);
-        assert_eq!(c.store.lease_ttl_secs, 10);
-    }
-
-    #[test]
-    fn rejects_bad_input_with_a_reason() {
-        assert!(err(&GOOD.replace("vni = 42", "vni = 0")).contains("vni 0 is out of range"));
-        assert!(err(&GOOD.replace("vni = 42", "")).contains("go together"));
-        assert!(err(&format!("{GOOD}\n[store]\nlease_ttl_secs = 1")).contains("at least 2"));
-        assert!(err(&GOOD.replace("vni = 42", "vni = 16777216")).contains("out of range"));
-        assert!(err(&GOOD.replace("10.244.1.0/24", "10.244.1.0/33")).contains("prefix length"));
-        assert!(err(&GOOD.replace("10.244.1.0/24", "10.244.1.1/24")).contains("host bits"));
-        assert!(err(&GOOD.replace("10.244.1.0/24", "banana")).contains("CIDR"));
-        assert!(err(&GOOD.replace("10.244.2.0/24", "10.244.0.0/16")).contains("overlaps"));
-        assert!(err(&GOOD.replace("\"eth0\"", "\"\"")).contains("underlay_interface"));
-        assert!(err(&GOOD.replace("host-b", "host-a")).contains("appears twice"));
-        assert!(err(&with("colour = \"blue\"")).contains("unknown field"));
-        assert!(err(&GOOD.replace("02:00:00:00:00:0b", "zz")).contains("MAC"));
-        assert!(err(&GOOD.replace("node_name = \"host-a\"", "")).contains("node_name"));
-        assert!(err(&with("decap = \"ebpf\"")).contains("unknown variant"));
-        assert!(err(&GOOD.replace("host-a", "a/b")).contains("not valid"));
-    }
-
-    #[test]
-    fn container_mtu_leaves_room_for_vxlan() {
-        assert_eq!(Config::container_mtu(1500), 1450);
-        assert_eq!(Config::container_mtu(9000), 8950);
-    }
-}
+mod tests;

@@ -1,0 +1,66 @@
+//! The resolver on this host: its address on lo, its sockets, and what `oxlay status`
+//! says about it. The watch keeps its directory current (`watch`).
+use std::sync::Arc;
+
+use anyhow::Result;
+use log::{info, warn};
+
+use super::Daemon;
+use crate::{
+    names::{server, RESOLVER},
+    net::netlink,
+};
+
+/// Starts answering containers at [`RESOLVER`]:53, unless the config says not to. A
+/// failure (port 53 of that address taken) leaves names off, says why in the log and
+/// in `oxlay status`, and the rest of the daemon running.
+pub(super) async fn start(d: &Arc<Daemon>) -> Option<tokio::task::JoinHandle<()>> {
+    if !d.config.names.enabled {
+        d.set_names_status("off (names.enabled = false)".into());
+        return None;
+    }
+    let handle = d.state.lock().await.handle.clone();
+    let bound = async {
+        netlink::add_local_address(&handle, RESOLVER).await?;
+        server::bind().await
+    };
+    match bound.await {
+        Ok((udp, tcp)) => {
+            let upstream = d.resolver.upstream();
+            info!("names: answering containers at {RESOLVER}:53; other names go to {upstream:?}");
+            d.set_names_status(format!("{RESOLVER}:53"));
+            Some(tokio::spawn(server::serve(d.resolver.clone(), udp, tcp)))
+        }
+        Err(e) => {
+            warn!("names: not served: {e:#}");
+            d.set_names_status(format!("not served: {e:#}"));
+            None
+        }
+    }
+}
+
+/// Takes the resolver's address off lo (`oxlay uninstall`).
+pub(super) async fn remove(d: &Daemon, handle: &rtnetlink::Handle) -> Result<()> {
+    if d.config.names.enabled {
+        netlink::remove_local_address(handle, RESOLVER).await?;
+    }
+    Ok(())
+}
+
+impl Daemon {
+    fn set_names_status(&self, status: String) {
+        *self.names_status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    /// The resolver's line of `oxlay status`.
+    pub(super) fn names_status(&self) -> String {
+        let status = self
+            .names_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let directory = self.resolver.directory.read();
+        let count = directory.map(|d| d.len()).unwrap_or(0);
+        format!("{status} ({count} names)")
+    }
+}
