@@ -137,7 +137,7 @@ impl Dockerd {
         std::fs::copy("/usr/bin/busybox", root.join("bin/busybox"))
             .context("busybox-static is missing")?;
         for applet in [
-            "sh", "ip", "ping", "wget", "httpd", "sleep", "cat", "timeout",
+            "sh", "ip", "ping", "wget", "httpd", "sleep", "cat", "timeout", "nslookup",
         ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
         }
@@ -191,7 +191,8 @@ impl Dockerd {
         let script = format!(
             "mkdir -p /run/docker/plugins && mount --bind {plugins} /run/docker/plugins && \
              exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
-             --pidfile {d}/docker.pid --iptables=false --ip6tables=false --bridge=none",
+             --pidfile {d}/docker.pid --iptables=false --ip6tables=false --bridge=none \
+             --dns 169.254.1.1",
             plugins = plugins.display(),
             d = d.display(),
         );

@@ -16,6 +16,7 @@
 //!   (`Underlay`, `Host`).
 //! - `daemon`: the `oxlay` daemon under test and its CLI (`Daemon`, `NodeConfig`).
 //! - `etcd`: a real etcd server (`Etcd`).
+//! - `dns`: a real DNS server (`dns::Dnsmasq`) and lookups from a namespace.
 //! - `traffic`: checked traffic (`tcp_transfer`, `PacedUdp`).
 //! - `cluster`: ready clusters (`StoreCluster`, `Cluster`) and `eventually`.
 //! - `docker`, `containerd`: a real dockerd or containerd per host.
@@ -23,6 +24,7 @@ mod cluster;
 mod cmd;
 pub mod containerd;
 mod daemon;
+pub mod dns;
 pub mod docker;
 mod etcd;
 mod netns;

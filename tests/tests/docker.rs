@@ -8,6 +8,9 @@ use oxlay_testbed::{
     eventually, skip_without_root_or_etcd, StoreCluster, UNDERLAY_PREFIX,
 };
 
+/// An outside host on the underlay: not an oxlay host, no container route.
+const OUTSIDE: &str = "192.168.50.100";
+
 /// The address Docker gave `container` on `network`.
 fn address(d: &Dockerd, container: &str, network: &str) -> Result<String> {
     d.docker(&[
@@ -135,7 +138,10 @@ fn docker_hosts(tag: &str) -> Result<Option<DockerHosts>> {
         DockerDirs::new(&format!("{tag}a"))?,
         DockerDirs::new(&format!("{tag}b"))?,
     ];
-    let extra: Vec<String> = dirs.iter().map(DockerDirs::oxlay_toml).collect();
+    // Names that are not containers' go to the outside host's DNS server (the tests
+    // that need it start it).
+    let names = format!("[names]\nupstream = [\"{OUTSIDE}\"]\n");
+    let extra: Vec<String> = dirs.iter().map(|d| d.oxlay_toml() + &names).collect();
     let addrs: Vec<String> = (0..2)
         .map(|i| format!("{UNDERLAY_PREFIX}.{}", 11 + i))
         .collect();
@@ -514,6 +520,124 @@ fn published_ports_lead_to_the_container() -> Result<()> {
                 .exec(&["nft", "list", "table", "ip", "oxlay"])?
                 .contains("dnat"),
             "a published port outlived its container on host {i}"
+        );
+    }
+    Ok(())
+}
+
+/// A process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// `nslookup NAME` in container `client` (through Docker's embedded DNS, which asks
+/// oxlay's resolver for what it does not know): the addresses, or an error.
+fn resolve(d: &Dockerd, client: &str, name: &str) -> Result<Vec<String>> {
+    let out = d.docker(&["exec", client, "timeout", "5", "nslookup", "-type=a", name])?;
+    let found: Vec<String> = out
+        .split("Name:")
+        .skip(1)
+        .flat_map(|a| a.lines().filter_map(|l| l.strip_prefix("Address:")))
+        .map(|a| a.trim().to_owned())
+        .collect();
+    ensure!(!found.is_empty(), "{name} has no address: {out}");
+    Ok(found)
+}
+
+/// Containers find each other by name across hosts (their names and
+/// `--network-alias`es), only on the networks they share, until the container goes;
+/// other names resolve through the host's resolvers, so `wget` of an outside name
+/// works. All of it across an oxlay restart.
+#[test]
+fn docker_containers_find_each_other_by_name() -> Result<()> {
+    if oxlay_testbed::dns::skip_without_dnsmasq() {
+        return Ok(());
+    }
+    let Some(mut hosts) = docker_hosts("n")? else {
+        return Ok(());
+    };
+    let DockerHosts { dockers, c, .. } = &mut hosts;
+    let outside = c.underlay.add_host_at("outside", OUTSIDE)?;
+    let _dns = oxlay_testbed::dns::Dnsmasq::start_in(
+        &outside.ns,
+        OUTSIDE,
+        &[("mirror.outside.test", OUTSIDE)],
+    )?;
+    let www = oxlay_testbed::TempDir::new("outside-www")?;
+    std::fs::write(www.path.join("index.html"), "outside page")?;
+    let _web = KillOnDrop(
+        outside
+            .ns
+            .command("busybox")
+            .args(["httpd", "-f", "-p", &format!("{OUTSIDE}:8080"), "-h"])
+            .arg(&www.path)
+            .spawn()?,
+    );
+    for d in dockers.iter() {
+        create_network(d, &["--ipam-opt", "network=web", "web"])?;
+        create_network(d, &["--ipam-opt", "network=blue", "blue"])?;
+    }
+    let (a, b) = (&dockers[0], &dockers[1]);
+    b.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--network-alias",
+        "www",
+        "--network",
+        "web",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ])?;
+    let srv = address(b, "srv", "web")?;
+    start_idle(a, "client", "web")?;
+    start_idle(a, "stranger", "blue")?;
+
+    for name in ["srv", "www", "srv.web"] {
+        let found = eventually(Duration::from_secs(5), || resolve(a, "client", name))
+            .with_context(|| diagnose(c, dockers))?;
+        ensure!(found == [srv.clone()], "{name} is {found:?}, not {srv}");
+    }
+    ensure!(
+        fetch(a, "client", "srv")?.contains(IMAGE_GREETING),
+        "wget by name across hosts failed"
+    );
+    // The outside by name, from both networks: the stranger's resolver answers.
+    for client in ["client", "stranger"] {
+        let page = fetch(a, client, "mirror.outside.test")?;
+        ensure!(page.contains("outside page"), "{client} got {page:?}");
+    }
+    ensure!(
+        resolve(a, "stranger", "srv").is_err(),
+        "a container on blue resolves srv of web"
+    );
+
+    // A restarted oxlay answers the same.
+    c.restart_daemon(0)?;
+    let found = eventually(Duration::from_secs(5), || resolve(a, "client", "srv"))?;
+    ensure!(
+        found == [srv.clone()],
+        "after an oxlay restart srv is {found:?}"
+    );
+
+    b.docker(&["rm", "-f", "srv"])?;
+    let removed = std::time::Instant::now();
+    while resolve(a, "client", "srv").is_ok() {
+        ensure!(
+            removed.elapsed() < Duration::from_secs(2),
+            "srv still resolves {:?} after docker rm -f",
+            removed.elapsed()
         );
     }
     Ok(())

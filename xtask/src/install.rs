@@ -82,6 +82,11 @@ const NEEDS: &[(&str, Provides, &str)] = &[
         Binary("nft"),
         "the daemon's NAT table (masquerade) and its tests",
     ),
+    (
+        "dnsmasq-base",
+        Binary("dnsmasq"),
+        "the outside DNS server of the names tests",
+    ),
     ("iperf3", Binary("iperf3"), "throughput benchmark"),
     ("sockperf", Binary("sockperf"), "latency benchmark"),
     (

@@ -254,10 +254,8 @@ async fn start(
     // Every program of this build is attached and the maps are filled: maps an older
     // build used can go.
     state.datapath.remove_stale_pins();
-    let upstream = crate::names::Upstream::new(
-        config.names.upstream_servers()?,
-        "/etc/resolv.conf".into(),
-    );
+    let upstream =
+        crate::names::Upstream::new(config.names.upstream_servers()?, "/etc/resolv.conf".into());
     let directory = crate::names::Directory::new(&host.name);
     Ok(Arc::new(Daemon {
         state: Mutex::new(state),

@@ -2,11 +2,12 @@
 //! says about it. The watch keeps its directory current (`watch`).
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use log::{info, warn};
 
-use super::Daemon;
+use super::{Daemon, EndpointKey};
 use crate::{
+    model,
     names::{server, RESOLVER},
     net::netlink,
 };
@@ -62,5 +63,25 @@ impl Daemon {
         let directory = self.resolver.directory.read();
         let count = directory.map(|d| d.len()).unwrap_or(0);
         format!("{status} ({count} names)")
+    }
+}
+
+impl Daemon {
+    /// Makes `names` the names of a local endpoint, in its store record (the watch
+    /// brings them to every host's directory).
+    pub(crate) async fn set_names(&self, key: &EndpointKey, names: Vec<String>) -> Result<()> {
+        let (network, address) = {
+            let s = self.state.lock().await;
+            let ep = s
+                .endpoints
+                .get(key)
+                .with_context(|| format!("no endpoint {} on this host", key.0))?;
+            (ep.network.clone(), ep.address)
+        };
+        let network = network.context("endpoints of the static network have no names")?;
+        model::modify_endpoint(&*self.store, &network, address, &self.host.name, |r| {
+            r.names = names.clone()
+        })
+        .await
     }
 }

@@ -25,15 +25,15 @@ fn taken(s: &State, key: &EndpointKey, ports: &[PublishedPort]) -> Option<Publis
 /// Records `ports` as the published ports of the store's endpoint record.
 async fn record_ports(
     store: &dyn crate::store::Store,
+    host: &str,
     network: &str,
     address: std::net::Ipv4Addr,
     ports: &[PublishedPort],
 ) -> Result<()> {
-    let mut record = model::endpoint(store, network, address)
-        .await?
-        .with_context(|| format!("the store has no endpoint {address} of {network}"))?;
-    record.published = ports.to_vec();
-    model::update_endpoint(store, &record).await
+    model::modify_endpoint(store, network, address, host, |r| {
+        r.published = ports.to_vec()
+    })
+    .await
 }
 
 impl Daemon {
@@ -66,14 +66,16 @@ impl Daemon {
             (ep.network.clone(), ep.address, ep.published.clone())
         };
         if let Some(network) = &network {
-            record_ports(&*self.store, network, address, &ports).await?;
+            record_ports(&*self.store, &self.host.name, network, address, &ports).await?;
         }
         let mut s = self.state.lock().await;
         if let Some(p) = taken(&s, key, &ports) {
             drop(s);
             // Put the store's record back as it was, so that no restart adopts both.
             if let Some(network) = &network {
-                if let Err(e) = record_ports(&*self.store, network, address, &before).await {
+                if let Err(e) =
+                    record_ports(&*self.store, &self.host.name, network, address, &before).await
+                {
                     log::warn!("restoring the ports of {address}: {e:#}");
                 }
             }

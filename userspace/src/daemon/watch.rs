@@ -95,7 +95,12 @@ pub(super) async fn watch_store(d: Arc<Daemon>) {
         };
         // Listed after the snapshot: the watch replays what changed in between.
         match crate::names::Directory::list(&*d.store, &d.host.name).await {
-            Ok(directory) => *d.resolver.directory.write().unwrap_or_else(|e| e.into_inner()) = directory,
+            Ok(directory) => {
+                *d.resolver
+                    .directory
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = directory
+            }
             Err(e) => {
                 store_failed(&d.health, "listing", &e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -148,8 +153,15 @@ async fn follow(
         };
         let (batch, broken) = gather(first, &mut events).await;
         {
-            let mut directory = d.resolver.directory.write().unwrap_or_else(|e| e.into_inner());
-            for event in batch.iter().filter(|e| crate::names::directory::tracks(e.key())) {
+            let mut directory = d
+                .resolver
+                .directory
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            for event in batch
+                .iter()
+                .filter(|e| crate::names::directory::tracks(e.key()))
+            {
                 directory.apply(event);
             }
         }

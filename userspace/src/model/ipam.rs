@@ -275,28 +275,40 @@ pub(super) async fn ensure_block(
 }
 
 /// Records how an endpoint was wired (its interface and MAC). Only the claim this host
-/// made is updated: an endpoint removed meanwhile is not brought back (compare-and-put
-/// on the revision read).
+/// made is updated: an endpoint removed meanwhile is not brought back.
 pub async fn update_endpoint(store: &dyn Store, record: &EndpointRecord) -> Result<()> {
-    let key = endpoint_key(&record.network, record.address);
+    modify_endpoint(store, &record.network, record.address, &record.host, |r| {
+        *r = record.clone()
+    })
+    .await
+}
+
+/// Changes one field or another of the endpoint record of `address` on `network`,
+/// which `host` holds, as the store has it now: compare-and-put on the revision read,
+/// read again on a conflict, so that what others changed meanwhile (the ports, the
+/// names) is kept. An endpoint removed or taken over meanwhile is an error.
+pub async fn modify_endpoint(
+    store: &dyn Store,
+    network: &str,
+    address: Ipv4Addr,
+    host: &str,
+    change: impl Fn(&mut EndpointRecord),
+) -> Result<()> {
+    let key = endpoint_key(network, address);
     loop {
         let kv = store.get(&key).await?.with_context(|| {
-            format!(
-                "endpoint {} of network {} was removed meanwhile",
-                record.address, record.network
-            )
+            format!("endpoint {address} of network {network} was removed meanwhile")
         })?;
-        let current: EndpointRecord = decode(&kv.key, &kv.value)?;
-        if current.host != record.host {
+        let mut record: EndpointRecord = decode(&kv.key, &kv.value)?;
+        if record.host != host {
             bail!(
-                "address {} of network {} now belongs to {} on {}",
-                record.address,
-                record.network,
-                current.sandbox,
-                current.host
+                "address {address} of network {network} now belongs to {} on {}",
+                record.sandbox,
+                record.host
             );
         }
-        let value = serde_json::to_string(record)?;
+        change(&mut record);
+        let value = serde_json::to_string(&record)?;
         if store
             .compare_and_put(&key, kv.mod_revision, &value, None)
             .await?

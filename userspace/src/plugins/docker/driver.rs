@@ -269,13 +269,24 @@ impl Driver for DaemonDriver {
 
     async fn join(&self, network_id: &str, endpoint_id: &str, sandbox: &str) -> Result<String> {
         let name = self.network_of(network_id).await?;
-        let s = self.0.state.lock().await;
-        let ep = s
-            .endpoints
-            .get(&endpoint_key(endpoint_id, &name))
-            .with_context(|| format!("no endpoint {endpoint_id} on this host"))?;
-        info!("docker: {} joins sandbox {sandbox}", ep.netns);
-        Ok(ep.container_ifname.clone())
+        let key = endpoint_key(endpoint_id, &name);
+        let ifname = {
+            let s = self.0.state.lock().await;
+            let ep = s
+                .endpoints
+                .get(&key)
+                .with_context(|| format!("no endpoint {endpoint_id} on this host"))?;
+            info!("docker: {} joins sandbox {sandbox}", ep.netns);
+            ep.container_ifname.clone()
+        };
+        // Docker tells drivers no container names: they are read from dockerd.
+        super::names::record_later(
+            self.0.clone(),
+            network_id.to_owned(),
+            endpoint_id.to_owned(),
+            key,
+        );
+        Ok(ifname)
     }
 
     async fn leave(&self, _network_id: &str, _endpoint_id: &str) -> Result<()> {

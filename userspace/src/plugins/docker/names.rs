@@ -1,0 +1,113 @@
+//! Docker's names on oxlay's resolver. The plugin protocol tells a driver no container
+//! name, so after Join the daemon asks dockerd which container joined (the network's
+//! endpoints name it) and records its name and `--network-alias`es with the endpoint.
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use log::{info, warn};
+use serde_json::Value;
+
+use super::engine;
+use crate::daemon::{Daemon, EndpointKey};
+
+/// How long dockerd may take to list a joined container among its network's.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Records the names of the container that joined through `endpoint_id`, on a task of
+/// its own (dockerd answers only once the container has started, which waits for the
+/// Join to return).
+pub(crate) fn record_later(
+    d: Arc<Daemon>,
+    network_id: String,
+    endpoint_id: String,
+    key: EndpointKey,
+) {
+    tokio::spawn(async move {
+        let socket = d.config.docker.engine_socket.clone();
+        let recorded = async {
+            let names = container_names(&socket, &network_id, &endpoint_id).await?;
+            d.set_names(&key, names.clone()).await?;
+            anyhow::Ok(names)
+        };
+        match recorded.await {
+            Ok(names) => info!("docker: endpoint {} is {}", key.0, names.join(", ")),
+            Err(e) => warn!("docker: endpoint {} has no names: {e:#}", key.0),
+        }
+    });
+}
+
+/// The name and aliases of the container on `endpoint_id` of Docker network
+/// `network_id`, once dockerd lists it.
+async fn container_names(
+    socket: &std::path::Path,
+    network_id: &str,
+    endpoint_id: &str,
+) -> Result<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    let (network_name, container) = loop {
+        let network = engine::get(socket, &format!("/networks/{network_id}"))
+            .await?
+            .with_context(|| format!("dockerd does not know network {network_id}"))?;
+        if let Some(container) = joined(&network, endpoint_id) {
+            let name = network["Name"].as_str().unwrap_or_default().to_owned();
+            break (name, container);
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("dockerd lists no container on endpoint {endpoint_id}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let inspect = engine::get(socket, &format!("/containers/{container}/json"))
+        .await?
+        .with_context(|| format!("container {container} went away"))?;
+    Ok(names_of(&inspect, &network_name))
+}
+
+/// The ID of the container a network inspect lists on `endpoint_id`.
+fn joined(network: &Value, endpoint_id: &str) -> Option<String> {
+    network["Containers"]
+        .as_object()?
+        .iter()
+        .find(|(_, c)| c["EndpointID"].as_str() == Some(endpoint_id))
+        .map(|(id, _)| id.clone())
+}
+
+/// A container's name and its aliases on `network` (Docker adds the short ID), those
+/// that are DNS names.
+fn names_of(inspect: &Value, network: &str) -> Vec<String> {
+    let name = inspect["Name"].as_str().map(|n| n.trim_start_matches('/'));
+    let aliases = inspect["NetworkSettings"]["Networks"][network]["Aliases"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut names: Vec<String> = name
+        .into_iter()
+        .chain(aliases.iter().filter_map(Value::as_str))
+        .filter(|n| crate::config::check_name("name", n).is_ok())
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_joined_container_and_its_names_are_read_from_dockerd_answers() {
+        let network = json!({"Name": "web", "Containers": {
+            "c0ffee": {"Name": "other", "EndpointID": "e1"},
+            "beef": {"Name": "srv", "EndpointID": "e2"},
+        }});
+        assert_eq!(joined(&network, "e2").as_deref(), Some("beef"));
+        assert_eq!(joined(&network, "e3"), None);
+        let inspect = json!({"Name": "/srv", "NetworkSettings": {"Networks": {
+            "web": {"Aliases": ["www", "beef", "not a name", "srv"]},
+            "blue": {"Aliases": ["blue-only"]},
+        }}});
+        assert_eq!(names_of(&inspect, "web"), ["beef", "srv", "www"]);
+    }
+}
