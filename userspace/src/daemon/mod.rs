@@ -2,7 +2,8 @@
 //! keeps the maps in step with the store, the config and the local endpoints, serves
 //! the local API, and on `oxlay uninstall` removes everything it made.
 //!
-//! One file a concern: this file (start-up: from config to a running daemon),
+//! One file a concern: this file (start-up: from config to a running daemon), `egress`
+//! and `names` (what the host gives containers: forwarding, the resolver),
 //! `state` (what the tasks change, behind one lock), `adopt` (endpoints a previous
 //! daemon left), `endpoints` and `wiring` (creating and removing endpoints), `watch`
 //! (following the store), `server` (the local API), `lease` and `health` (the store
@@ -33,6 +34,7 @@ use crate::{
 };
 
 mod adopt;
+mod egress;
 mod endpoints;
 mod health;
 mod lease;
@@ -161,21 +163,6 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// What containers' traffic to the outside needs from the host: `nft` for the NAT table
-/// (without it, the state says why) and IPv4 forwarding.
-fn prepare_egress(config: &Config, state: &mut State) {
-    if let Err(e) = crate::net::nftables::available() {
-        warn!("{e:#}; containers reach only other containers and `-p` publishes nothing (restart the daemon once nft is installed)");
-        state.nat_unavailable = Some(format!("{e:#}"));
-    }
-    net::forwarding::turn_on(&forwarding_marker(config));
-}
-
-/// Where the daemon notes that it turned IPv4 forwarding on (for `oxlay uninstall`).
-fn forwarding_marker(config: &Config) -> std::path::PathBuf {
-    config.socket_path().with_extension("forwarding")
-}
-
 fn store_name(config: &Config) -> String {
     if config.store.etcd_endpoints.is_empty() {
         format!("embedded {}", config.store.path.display())
@@ -235,7 +222,7 @@ async fn start(
         map_failures: 0,
         last_reconcile_error: None,
     };
-    prepare_egress(&config, &mut state);
+    egress::prepare_egress(&config, &mut state);
     let restored = async {
         state.docker = DockerState::load(&*store, &host.name).await?;
         state.adopt_endpoints(&*store, &host.name).await?;
@@ -254,9 +241,7 @@ async fn start(
     // Every program of this build is attached and the maps are filled: maps an older
     // build used can go.
     state.datapath.remove_stale_pins();
-    let upstream =
-        crate::names::Upstream::new(config.names.upstream_servers()?, "/etc/resolv.conf".into());
-    let directory = crate::names::Directory::new(&host.name);
+    let resolver = names::resolver(&config, &host.name)?;
     Ok(Arc::new(Daemon {
         state: Mutex::new(state),
         config,
@@ -266,7 +251,7 @@ async fn start(
         health: Health::default(),
         creating: Default::default(),
         uninstall: Notify::new(),
-        resolver: Arc::new(crate::names::Resolver::new(directory, upstream)),
+        resolver,
         names_status: std::sync::Mutex::new("starting".into()),
     }))
 }
@@ -362,7 +347,7 @@ impl Daemon {
             let docker = self.config.docker.enabled.then_some(
                 "Docker runs on this host and its bridge networks need it; turn it off by hand if not",
             );
-            net::forwarding::restore(&forwarding_marker(&self.config), docker);
+            net::forwarding::restore(&egress::forwarding_marker(&self.config), docker);
             let bindings: Vec<String> = s.docker.networks.keys().cloned().collect();
             (removed, bindings, unpinned)
         };

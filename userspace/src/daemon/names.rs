@@ -7,10 +7,17 @@ use log::{info, warn};
 
 use super::{Daemon, EndpointKey};
 use crate::{
+    config::Config,
     model,
-    names::{server, RESOLVER},
+    names::{server, Directory, Resolver, Upstream, RESOLVER},
     net::netlink,
 };
+
+/// The resolver of host `host` (its directory filled by the watch).
+pub(super) fn resolver(config: &Config, host: &str) -> Result<Arc<Resolver>> {
+    let upstream = Upstream::new(config.names.upstream_servers()?, "/etc/resolv.conf".into());
+    Ok(Arc::new(Resolver::new(Directory::new(host), upstream)))
+}
 
 /// Starts answering containers at [`RESOLVER`]:53, unless the config says not to. A
 /// failure (port 53 of that address taken) leaves names off, says why in the log and

@@ -125,10 +125,7 @@ pub async fn create_endpoint(
         host: host.to_owned(),
         sandbox: sandbox.to_owned(),
         labels,
-        interface: None,
-        mac: None,
-        published: Vec::new(),
-        names: Vec::new(),
+        ..EndpointRecord::unwired()
     };
     if let Some(addr) = wanted {
         if !net.subnet.contains(addr) {

@@ -127,6 +127,23 @@ pub struct EndpointRecord {
     pub names: Vec<String>,
 }
 
+impl EndpointRecord {
+    /// A record with nothing set yet: the address claim's starting point.
+    pub fn unwired() -> Self {
+        Self {
+            network: String::new(),
+            address: Ipv4Addr::UNSPECIFIED,
+            host: String::new(),
+            sandbox: String::new(),
+            labels: BTreeMap::new(),
+            interface: None,
+            mac: None,
+            published: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+}
+
 /// A port of the host that leads to a port of a container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PublishedPort {
