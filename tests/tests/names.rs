@@ -87,6 +87,25 @@ fn containers_find_each_other_by_name_across_hosts() -> Result<()> {
         "srv resolves on blue"
     );
 
+    // Another machine of the underlay that routes the resolver's address to host 0
+    // is refused (the resolver relays for containers, not for the LAN).
+    outside.ns.ip(&[
+        "route",
+        "add",
+        &format!("{RESOLVER}/32"),
+        "via",
+        "192.168.50.11",
+    ])?;
+    let asked = lookup(&outside.ns, "mirror.outside.test", RESOLVER);
+    let why = format!(
+        "{:#}",
+        asked
+            .as_ref()
+            .err()
+            .context("the LAN used host 0's resolver")?
+    );
+    ensure!(why.contains("REFUSED"), "not refused but: {why}");
+
     // A restarted daemon answers the same.
     c.restart_daemon(0)?;
     let found = eventually(Duration::from_secs(5), || lookup(&client, "srv", RESOLVER))?;

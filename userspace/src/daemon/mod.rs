@@ -241,7 +241,7 @@ async fn start(
     // Every program of this build is attached and the maps are filled: maps an older
     // build used can go.
     state.datapath.remove_stale_pins();
-    let resolver = names::resolver(&config, &host.name)?;
+    let resolver = names::resolver(&config, &host.name, (underlay.subnet, underlay.address))?;
     Ok(Arc::new(Daemon {
         state: Mutex::new(state),
         config,

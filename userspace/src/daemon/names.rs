@@ -1,6 +1,6 @@
 //! The resolver on this host: its address on lo, its sockets, and what `oxlay status`
 //! says about it. The watch keeps its directory current (`watch`).
-use std::sync::Arc;
+use std::{net::Ipv4Addr, sync::Arc};
 
 use anyhow::{Context, Result};
 use log::{info, warn};
@@ -10,13 +10,22 @@ use crate::{
     config::Config,
     model,
     names::{server, Directory, Resolver, Upstream, RESOLVER},
-    net::netlink,
+    net::{netlink, Ipv4Net},
 };
 
-/// The resolver of host `host` (its directory filled by the watch).
-pub(super) fn resolver(config: &Config, host: &str) -> Result<Arc<Resolver>> {
+/// The resolver of host `host` (its directory filled by the watch), refusing the other
+/// machines of `underlay` (its subnet and this host's address on it).
+pub(super) fn resolver(
+    config: &Config,
+    host: &str,
+    underlay: (Ipv4Net, Ipv4Addr),
+) -> Result<Arc<Resolver>> {
     let upstream = Upstream::new(config.names.upstream_servers()?, "/etc/resolv.conf".into());
-    Ok(Arc::new(Resolver::new(Directory::new(host), upstream)))
+    Ok(Arc::new(Resolver::new(
+        Directory::new(host),
+        upstream,
+        underlay,
+    )))
 }
 
 /// Starts answering containers at [`RESOLVER`]:53, unless the config says not to. A

@@ -81,8 +81,20 @@ pub fn reply(directory: &Directory, source: Ipv4Addr, query: &[u8]) -> Reply {
 
 /// A SERVFAIL answer to `query` (its question kept), when no upstream answered.
 pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    error(query, ResponseCode::ServFail)
+}
+
+/// A REFUSED answer to `query`, for askers the resolver does not serve.
+pub fn refused(query: &[u8]) -> Option<Vec<u8>> {
+    error(query, ResponseCode::Refused)
+}
+
+fn error(query: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
-    let mut m = Message::error_msg(request.id(), request.op_code(), ResponseCode::ServFail);
+    if request.message_type() != MessageType::Query {
+        return None;
+    }
+    let mut m = Message::error_msg(request.id(), request.op_code(), code);
     m.set_recursion_desired(request.recursion_desired())
         .set_recursion_available(true);
     for question in request.queries() {
@@ -186,6 +198,9 @@ mod tests {
         assert_eq!(reply(&d, ASKER, &[]), Reply::Drop);
         let m = answer(reply(&d, ASKER, &[0x12, 0x34, 0xff]));
         assert_eq!((m.id(), m.response_code()), (0x1234, ResponseCode::FormErr));
+        assert_eq!(refused(&[1]), None);
+        let m = Message::from_vec(&refused(&query("srv", RecordType::A)).unwrap()).unwrap();
+        assert_eq!((m.id(), m.response_code()), (4242, ResponseCode::Refused));
         // A response is never answered (no loops between resolvers).
         let mut response = Message::from_vec(&query("srv", RecordType::A)).unwrap();
         response.set_message_type(MessageType::Response);

@@ -14,8 +14,11 @@ use tokio::{
     sync::Semaphore,
 };
 
+use crate::net::Ipv4Net;
+use std::net::Ipv4Addr;
+
 use super::{
-    answer::{reply, servfail, Reply},
+    answer::{refused, reply, servfail, Reply},
     directory::Directory,
     upstream::{read_framed, write_framed, Upstream},
     RESOLVER,
@@ -31,14 +34,18 @@ pub struct Resolver {
     pub directory: RwLock<Directory>,
     upstream: Upstream,
     relaying: Arc<Semaphore>,
+    /// The underlay's subnet and the host's address on it: other machines there reach
+    /// the resolver's address through this host, and are refused (no open resolver).
+    underlay: (Ipv4Net, Ipv4Addr),
 }
 
 impl Resolver {
-    pub fn new(directory: Directory, upstream: Upstream) -> Self {
+    pub fn new(directory: Directory, upstream: Upstream, underlay: (Ipv4Net, Ipv4Addr)) -> Self {
         Self {
             directory: RwLock::new(directory),
             upstream,
             relaying: Arc::new(Semaphore::new(MAX_RELAYED)),
+            underlay,
         }
     }
 
@@ -47,6 +54,10 @@ impl Resolver {
         let IpAddr::V4(source) = source.ip() else {
             return Reply::Forward;
         };
+        let (subnet, own) = self.underlay;
+        if subnet.contains(source) && source != own {
+            return refused(query).map_or(Reply::Drop, Reply::Answer);
+        }
         let directory = self.directory.read().unwrap_or_else(|e| e.into_inner());
         reply(&directory, source, query)
     }
