@@ -3,12 +3,14 @@
 use std::{
     io::Write,
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{ensure, Context, Result};
 use oxlay_testbed::{
     containerd::{self, Containerd},
-    oxlay_bin, skip_without_root, tcp_transfer, StoreCluster, TempDir,
+    dns::lookup,
+    eventually, oxlay_bin, skip_without_root, tcp_transfer, StoreCluster, TempDir,
 };
 use serde_json::{json, Value};
 
@@ -91,17 +93,16 @@ fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
     let mut results = Vec::new();
     for (i, ns) in containers.iter().enumerate() {
         let path = ns.path().display().to_string();
-        let (ok, r) = cni(
-            "ADD",
-            &format!("ctr-{i}"),
-            &path,
-            &conf(&c.daemons[i].socket),
-        )?;
+        let mut config = conf(&c.daemons[i].socket);
+        // The runtime's `aliases` capability names the container on the network.
+        config["runtimeConfig"] = json!({"aliases": {"blue": [format!("db-{i}")]}});
+        let (ok, r) = cni("ADD", &format!("ctr-{i}"), &path, &config)?;
         ensure!(ok, "ADD failed: {r}");
         ensure!(r["cniVersion"] == "1.0.0", "{r}");
         ensure!(r["interfaces"][0]["name"] == "eth0", "{r}");
         ensure!(r["interfaces"][0]["sandbox"] == path.as_str(), "{r}");
         ensure!(r["ips"][0]["gateway"] == "169.254.1.1", "{r}");
+        ensure!(r["dns"]["nameservers"][0] == "169.254.1.1", "{r}");
         let addr = r["ips"][0]["address"].as_str().unwrap_or("").to_owned();
         ensure!(addr.starts_with("10.77.") && addr.ends_with("/32"), "{r}");
         let shown = ns.ip(&["-o", "addr", "show", "eth0"])?;
@@ -118,6 +119,13 @@ fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
     let b = addr_of(&results[1])?;
     containers[0].ping(&b.to_string(), 2)?;
     tcp_transfer(&containers[0], &containers[1], b, 4 << 20)?;
+    // By its container ID and by its alias, at the nameserver the result gave.
+    for name in ["ctr-1", "db-1"] {
+        let found = eventually(Duration::from_secs(5), || {
+            lookup(&containers[0], name, "169.254.1.1")
+        })?;
+        ensure!(found == [b.to_string()], "{name} is {found:?}, not {b}");
+    }
 
     // CHECK agrees with the runtime's record, and catches a wrong one.
     let path_a = containers[0].path().display().to_string();
