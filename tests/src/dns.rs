@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::{prereq::skip, Netns};
 
@@ -83,4 +83,40 @@ pub fn lookup(ns: &Netns, name: &str, server: &str) -> Result<Vec<String>> {
         bail!("{name} has no address at {server}: {out}");
     }
     Ok(addresses)
+}
+
+/// Checks that a lookup failed because the name is unknown (NXDOMAIN, or REFUSED from a
+/// server that answers only its own names), not because nothing answered.
+pub fn ensure_unknown(name: &str, result: Result<Vec<String>>) -> Result<()> {
+    match result {
+        Ok(found) => bail!("{name} resolves to {found:?}"),
+        Err(e) => {
+            let why = format!("{e:#}");
+            ensure!(
+                why.contains("NXDOMAIN") || why.contains("REFUSED"),
+                "looking up {name} failed, but not as an unknown name: {why}"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Waits until `lookup` says the name is unknown; how long that took from `since` (as
+/// of the start of the lookup that said so). Fails after `limit`.
+pub fn time_until_unknown(
+    name: &str,
+    since: Instant,
+    limit: Duration,
+    mut lookup: impl FnMut() -> Result<Vec<String>>,
+) -> Result<Duration> {
+    loop {
+        let asked = since.elapsed();
+        let result = lookup();
+        if result.is_err() {
+            ensure_unknown(name, result)?;
+            return Ok(asked);
+        }
+        ensure!(asked < limit, "{name} still resolves after {asked:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

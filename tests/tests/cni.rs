@@ -90,13 +90,15 @@ fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
 
     // ADD on both hosts; the results are spec results and true.
     let containers = [c.hosts[0].container("ca")?, c.hosts[1].container("cb")?];
+    // A short ID and a real runtime's 64-character one.
+    let ids = ["ctr-0".to_owned(), format!("c1{}", "0123456789abcdef".repeat(4))[..64].to_owned()];
     let mut results = Vec::new();
     for (i, ns) in containers.iter().enumerate() {
         let path = ns.path().display().to_string();
         let mut config = conf(&c.daemons[i].socket);
         // The runtime's `aliases` capability names the container on the network.
         config["runtimeConfig"] = json!({"aliases": {"blue": [format!("db-{i}")]}});
-        let (ok, r) = cni("ADD", &format!("ctr-{i}"), &path, &config)?;
+        let (ok, r) = cni("ADD", &ids[i], &path, &config)?;
         ensure!(ok, "ADD failed: {r}");
         ensure!(r["cniVersion"] == "1.0.0", "{r}");
         ensure!(r["interfaces"][0]["name"] == "eth0", "{r}");
@@ -119,12 +121,15 @@ fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
     let b = addr_of(&results[1])?;
     containers[0].ping(&b.to_string(), 2)?;
     tcp_transfer(&containers[0], &containers[1], b, 4 << 20)?;
-    // By its container ID and by its alias, at the nameserver the result gave.
-    for name in ["ctr-1", "db-1"] {
+    // By its container ID (a 64-character one by its first 12 characters: a DNS label
+    // has at most 63) and by its alias, at the nameserver the result gave.
+    for name in ["ctr-0", &ids[1][..12], "db-1"] {
+        let (from, to) = if name == "ctr-0" { (1, 0) } else { (0, 1) };
+        let want = addr_of(&results[to])?;
         let found = eventually(Duration::from_secs(5), || {
-            lookup(&containers[0], name, "169.254.1.1")
+            lookup(&containers[from], name, "169.254.1.1")
         })?;
-        ensure!(found == [b.to_string()], "{name} is {found:?}, not {b}");
+        ensure!(found == [want.to_string()], "{name} is {found:?}, not {want}");
     }
 
     // CHECK agrees with the runtime's record, and catches a wrong one.
@@ -164,7 +169,7 @@ fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
     ensure!(!ok, "CHECK passed after DEL");
     let [_, cb] = containers;
     drop(cb);
-    let (ok, r) = cni("DEL", "ctr-1", "", &conf(&c.daemons[1].socket))?;
+    let (ok, r) = cni("DEL", &ids[1], "", &conf(&c.daemons[1].socket))?;
     ensure!(ok, "DEL without a namespace failed: {r}");
     for h in 0..2 {
         let links = c.hosts[h].ns.ip(&["-o", "link"])?;

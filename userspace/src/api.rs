@@ -128,6 +128,9 @@ pub struct EndpointView {
     /// Published ports, as `[HOST_IP:]HOST_PORT->PORT/PROTO`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<String>,
+    /// oxlay's resolver, when the daemon serves it (a runtime's nameserver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

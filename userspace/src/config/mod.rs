@@ -104,13 +104,18 @@ impl NamesConfig {
         self.upstream
             .iter()
             .map(|s| {
-                s.parse::<std::net::SocketAddr>()
+                let server = s
+                    .parse::<std::net::SocketAddr>()
                     .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
                     .map_err(|_| {
                         anyhow::anyhow!(
                             "names.upstream {s:?} is not an address: use \"IP\" or \"IP:PORT\""
                         )
-                    })
+                    })?;
+                if server.ip() == std::net::IpAddr::V4(crate::names::RESOLVER) {
+                    bail!("names.upstream {s:?} is oxlay's own resolver: name the host's resolvers");
+                }
+                Ok(server)
             })
             .collect()
     }

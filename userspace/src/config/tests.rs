@@ -72,3 +72,16 @@ fn container_mtu_leaves_room_for_vxlan() {
     assert_eq!(Config::container_mtu(1500), 1450);
     assert_eq!(Config::container_mtu(9000), 8950);
 }
+
+#[test]
+fn names_upstream_is_checked() {
+    let upstream = |list: &str| format!("{GOOD}\n[names]\nupstream = [{list}]\n");
+    let c: Config = upstream("\"192.0.2.53\", \"192.0.2.54:5353\"").parse().unwrap();
+    let servers = c.names.upstream_servers().unwrap();
+    let servers: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+    assert_eq!(servers, ["192.0.2.53:53", "192.0.2.54:5353"]);
+    let bad = err(&upstream("\"resolver\""));
+    assert!(bad.contains("not an address"), "{bad}");
+    let ours = err(&upstream("\"169.254.1.1\""));
+    assert!(ours.contains("oxlay's own resolver"), "{ours}");
+}

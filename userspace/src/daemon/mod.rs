@@ -70,7 +70,7 @@ pub(crate) struct Daemon {
     /// resolver that answers them (kept current by the watch).
     pub(crate) resolver: Arc<crate::names::Resolver>,
     /// Where the resolver answers, or why it does not.
-    pub(crate) names_status: std::sync::Mutex<String>,
+    pub(crate) names_status: std::sync::Mutex<names::NamesStatus>,
 }
 
 /// The underlay as the config names it and the kernel knows it.
@@ -252,7 +252,7 @@ async fn start(
         creating: Default::default(),
         uninstall: Notify::new(),
         resolver,
-        names_status: std::sync::Mutex::new("starting".into()),
+        names_status: std::sync::Mutex::new(names::NamesStatus::Starting),
     }))
 }
 
@@ -335,7 +335,7 @@ impl Daemon {
                 }
             }
             let unpinned = s.datapath.unpin();
-            if let Err(e) = names::remove(self, &s.handle).await {
+            if let Err(e) = names::remove(&s.handle).await {
                 warn!("removing the resolver's address: {e:#}");
             }
             std::fs::remove_file(&s.state_path).ok();

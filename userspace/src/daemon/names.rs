@@ -33,7 +33,7 @@ pub(super) fn resolver(
 /// in `oxlay status`, and the rest of the daemon running.
 pub(super) async fn start(d: &Arc<Daemon>) -> Option<tokio::task::JoinHandle<()>> {
     if !d.config.names.enabled {
-        d.set_names_status("off (names.enabled = false)".into());
+        d.set_names_status(NamesStatus::Off);
         return None;
     }
     let handle = d.state.lock().await.handle.clone();
@@ -45,40 +45,62 @@ pub(super) async fn start(d: &Arc<Daemon>) -> Option<tokio::task::JoinHandle<()>
         Ok((udp, tcp)) => {
             let upstream = d.resolver.upstream();
             info!("names: answering containers at {RESOLVER}:53; other names go to {upstream:?}");
-            d.set_names_status(format!("{RESOLVER}:53"));
+            d.set_names_status(NamesStatus::Serving);
             Some(tokio::spawn(server::serve(d.resolver.clone(), udp, tcp)))
         }
         Err(e) => {
             warn!("names: not served: {e:#}");
-            d.set_names_status(format!("not served: {e:#}"));
+            d.set_names_status(NamesStatus::Failed(format!("{e:#}")));
             None
         }
     }
 }
 
 /// Takes the resolver's address off lo (`oxlay uninstall`).
-pub(super) async fn remove(d: &Daemon, handle: &rtnetlink::Handle) -> Result<()> {
-    if d.config.names.enabled {
-        netlink::remove_local_address(handle, RESOLVER).await?;
+/// (Whatever the config says now: an earlier daemon may have served names.)
+pub(super) async fn remove(handle: &rtnetlink::Handle) -> Result<()> {
+    netlink::remove_local_address(handle, RESOLVER).await
+}
+
+/// Whether the resolver answers, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NamesStatus {
+    Starting,
+    Off,
+    Serving,
+    Failed(String),
+}
+
+impl std::fmt::Display for NamesStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NamesStatus::Starting => write!(f, "starting"),
+            NamesStatus::Off => write!(f, "off (names.enabled = false)"),
+            NamesStatus::Serving => write!(f, "{RESOLVER}:53"),
+            NamesStatus::Failed(why) => write!(f, "not served: {why}"),
+        }
     }
-    Ok(())
 }
 
 impl Daemon {
-    fn set_names_status(&self, status: String) {
+    fn set_names_status(&self, status: NamesStatus) {
         *self.names_status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    fn current_names_status(&self) -> NamesStatus {
+        let status = self.names_status.lock();
+        status.unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The resolver's line of `oxlay status`.
     pub(super) fn names_status(&self) -> String {
-        let status = self
-            .names_status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let directory = self.resolver.directory.read();
-        let count = directory.map(|d| d.len()).unwrap_or(0);
-        format!("{status} ({count} names)")
+        let count = self.resolver.directory().len();
+        format!("{} ({count} names)", self.current_names_status())
+    }
+
+    /// The resolver's address, when it answers (what a runtime gives containers).
+    pub(crate) fn resolver_address(&self) -> Option<Ipv4Addr> {
+        (self.current_names_status() == NamesStatus::Serving).then_some(RESOLVER)
     }
 }
 
@@ -95,7 +117,8 @@ impl Daemon {
             (ep.network.clone(), ep.address)
         };
         let network = network.context("endpoints of the static network have no names")?;
-        model::modify_endpoint(&*self.store, &network, address, &self.host.name, |r| {
+        let (host, sandbox) = (&self.host.name, Some(key.0.as_str()));
+        model::modify_endpoint(&*self.store, &network, address, host, sandbox, |r| {
             r.names = names.clone()
         })
         .await

@@ -26,11 +26,12 @@ fn taken(s: &State, key: &EndpointKey, ports: &[PublishedPort]) -> Option<Publis
 async fn record_ports(
     store: &dyn crate::store::Store,
     host: &str,
+    sandbox: &str,
     network: &str,
     address: std::net::Ipv4Addr,
     ports: &[PublishedPort],
 ) -> Result<()> {
-    model::modify_endpoint(store, network, address, host, |r| {
+    model::modify_endpoint(store, network, address, host, Some(sandbox), |r| {
         r.published = ports.to_vec()
     })
     .await
@@ -66,7 +67,7 @@ impl Daemon {
             (ep.network.clone(), ep.address, ep.published.clone())
         };
         if let Some(network) = &network {
-            record_ports(&*self.store, &self.host.name, network, address, &ports).await?;
+            record_ports(&*self.store, &self.host.name, &key.0, network, address, &ports).await?;
         }
         let mut s = self.state.lock().await;
         if let Some(p) = taken(&s, key, &ports) {
@@ -74,7 +75,7 @@ impl Daemon {
             // Put the store's record back as it was, so that no restart adopts both.
             if let Some(network) = &network {
                 if let Err(e) =
-                    record_ports(&*self.store, &self.host.name, network, address, &before).await
+                    record_ports(&*self.store, &self.host.name, &key.0, network, address, &before).await
                 {
                     log::warn!("restoring the ports of {address}: {e:#}");
                 }

@@ -16,7 +16,7 @@ use super::{
     store_name, Daemon, State,
 };
 use crate::{
-    api::{self, CounterView, Request, Response, RouteView},
+    api::{self, CounterView, EndpointView, Request, Response, RouteView},
     model::{self, NetworkSpec},
     net::MacAddr,
     store::Store,
@@ -118,7 +118,11 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
                 ifname,
                 names,
             };
-            serde_json::to_value(d.create_endpoint(new).await?.view())?
+            let view = EndpointView {
+                resolver: d.resolver_address(),
+                ..d.create_endpoint(new).await?.view()
+            };
+            serde_json::to_value(view)?
         }
         Request::EndpointRm {
             network,

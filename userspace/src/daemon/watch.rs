@@ -95,12 +95,7 @@ pub(super) async fn watch_store(d: Arc<Daemon>) {
         };
         // Listed after the snapshot: the watch replays what changed in between.
         match crate::names::Directory::list(&*d.store, &d.host.name).await {
-            Ok(directory) => {
-                *d.resolver
-                    .directory
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = directory
-            }
+            Ok(directory) => d.resolver.replace_directory(directory),
             Err(e) => {
                 store_failed(&d.health, "listing", &e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -153,17 +148,9 @@ async fn follow(
         };
         let (batch, broken) = gather(first, &mut events).await;
         {
-            let mut directory = d
-                .resolver
-                .directory
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
-            for event in batch
-                .iter()
-                .filter(|e| crate::names::directory::tracks(e.key()))
-            {
-                directory.apply(event);
-            }
+            let mut directory = d.resolver.directory_mut();
+            let names = batch.iter().filter(|e| crate::names::directory::tracks(e.key()));
+            names.for_each(|event| directory.apply(event));
         }
         let routing = d.state.lock().await.apply_events(&batch);
         let ok = match routing {

@@ -274,21 +274,23 @@ pub(super) async fn ensure_block(
 /// Records how an endpoint was wired (its interface and MAC). Only the claim this host
 /// made is updated: an endpoint removed meanwhile is not brought back.
 pub async fn update_endpoint(store: &dyn Store, record: &EndpointRecord) -> Result<()> {
-    modify_endpoint(store, &record.network, record.address, &record.host, |r| {
-        *r = record.clone()
-    })
+    // (The claim's sandbox is replaced: a Docker claim is made before its sandbox.)
+    let (network, address, host) = (&record.network, record.address, &record.host);
+    modify_endpoint(store, network, address, host, None, |r| *r = record.clone())
     .await
 }
 
 /// Changes one field or another of the endpoint record of `address` on `network`,
-/// which `host` holds, as the store has it now: compare-and-put on the revision read,
-/// read again on a conflict, so that what others changed meanwhile (the ports, the
-/// names) is kept. An endpoint removed or taken over meanwhile is an error.
+/// which `host` holds (for `sandbox`, when given), as the store has it now:
+/// compare-and-put on the revision read, read again on a conflict, so that what others
+/// changed meanwhile (the ports, the names) is kept. An endpoint removed, taken over or
+/// handed to another sandbox meanwhile is an error.
 pub async fn modify_endpoint(
     store: &dyn Store,
     network: &str,
     address: Ipv4Addr,
     host: &str,
+    sandbox: Option<&str>,
     change: impl Fn(&mut EndpointRecord),
 ) -> Result<()> {
     let key = endpoint_key(network, address);
@@ -297,7 +299,7 @@ pub async fn modify_endpoint(
             format!("endpoint {address} of network {network} was removed meanwhile")
         })?;
         let mut record: EndpointRecord = decode(&kv.key, &kv.value)?;
-        if record.host != host {
+        if record.host != host || sandbox.is_some_and(|s| s != record.sandbox) {
             bail!(
                 "address {address} of network {network} now belongs to {} on {}",
                 record.sandbox,

@@ -64,6 +64,7 @@ impl LocalEndpoint {
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "0.0.0.0/0".to_owned()),
             published: self.published.iter().map(|p| p.to_string()).collect(),
+            resolver: None,
         }
     }
 }

@@ -122,16 +122,22 @@ impl Directory {
         }
     }
 
-    /// The networks of this host's container at `source`. Networks may overlap: an
-    /// address that is a local endpoint of two networks asks for both.
-    fn networks_of(&self, source: Ipv4Addr) -> BTreeSet<&str> {
-        self.local_by_address
+    /// The network of this host's container at `source`. Networks may overlap: an
+    /// address that is a local endpoint of two networks does not tell which one asks,
+    /// and gets no network (names never cross networks).
+    fn network_of(&self, source: Ipv4Addr) -> Option<&str> {
+        let networks: BTreeSet<&str> = self
+            .local_by_address
             .get(&source)
             .into_iter()
             .flatten()
             .filter_map(|key| self.endpoints.get(key))
             .map(|e| e.network.as_str())
-            .collect()
+            .collect();
+        match networks.len() {
+            1 => networks.into_iter().next(),
+            _ => None,
+        }
     }
 
     /// What `qname` means to the container at `source`: a name on one of its
@@ -139,7 +145,7 @@ impl Directory {
     pub fn lookup(&self, source: Ipv4Addr, qname: &str) -> Lookup {
         let qname = normalise(qname);
         let mut found = BTreeSet::new();
-        for network in self.networks_of(source) {
+        if let Some(network) = self.network_of(source) {
             let bare = qname
                 .strip_suffix(network)
                 .and_then(|rest| rest.strip_suffix('.'));
@@ -245,6 +251,15 @@ mod tests {
         assert_eq!(d.lookup(addr("10.2.0.2"), "srv.web"), Lookup::NotOurs);
         // Not a container of this host: no network, no names.
         assert_eq!(d.lookup(addr("10.1.1.2"), "client"), Lookup::NotOurs);
+    }
+
+    #[test]
+    fn an_address_of_two_overlapping_networks_gets_neither_networks_names() {
+        let mut d = directory();
+        // blue's 10.2.0.2 is also a local endpoint of web (overlapping subnets).
+        d.apply(&endpoint("web", "10.2.0.2", "a", &[]));
+        assert_eq!(d.lookup(addr("10.2.0.2"), "srv"), Lookup::NotOurs);
+        assert_eq!(d.lookup(addr("10.2.0.2"), "blue-client"), Lookup::NotOurs);
     }
 
     #[test]

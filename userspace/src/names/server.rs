@@ -3,7 +3,10 @@
 //! of their own, a bounded number at a time.
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
     time::Duration,
 };
 
@@ -27,11 +30,18 @@ use super::{
 /// Queries relayed upstream at once; more are answered SERVFAIL (a flood from one
 /// container must not exhaust the daemon).
 const MAX_RELAYED: usize = 256;
-/// A TCP client that sends nothing for this long is let go.
+/// A TCP client that sends nothing for this long is let go; so is one that does not
+/// read its answer within it.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TCP clients served at once; more are closed at once (each holds a file descriptor
+/// the daemon needs for its own work).
+const MAX_TCP_CLIENTS: usize = 64;
 
 pub struct Resolver {
-    pub directory: RwLock<Directory>,
+    directory: RwLock<Directory>,
+    /// Whether the directory holds the store's names yet: until then every query is
+    /// answered SERVFAIL (a stub retries), not relayed (upstream would deny the name).
+    ready: AtomicBool,
     upstream: Upstream,
     relaying: Arc<Semaphore>,
     /// The underlay's subnet and the host's address on it: other machines there reach
@@ -43,6 +53,7 @@ impl Resolver {
     pub fn new(directory: Directory, upstream: Upstream, underlay: (Ipv4Net, Ipv4Addr)) -> Self {
         Self {
             directory: RwLock::new(directory),
+            ready: AtomicBool::new(false),
             upstream,
             relaying: Arc::new(Semaphore::new(MAX_RELAYED)),
             underlay,
@@ -58,8 +69,27 @@ impl Resolver {
         if subnet.contains(source) && source != own {
             return refused(query).map_or(Reply::Drop, Reply::Answer);
         }
-        let directory = self.directory.read().unwrap_or_else(|e| e.into_inner());
-        reply(&directory, source, query)
+        if !self.ready.load(Ordering::Acquire) {
+            return servfail(query).map_or(Reply::Drop, Reply::Answer);
+        }
+        reply(&self.directory(), source, query)
+    }
+
+    /// The directory, to read.
+    pub fn directory(&self) -> RwLockReadGuard<'_, Directory> {
+        self.directory.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The directory, to apply watch events to.
+    pub fn directory_mut(&self) -> RwLockWriteGuard<'_, Directory> {
+        self.directory.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts a directory listed from the store in place; the resolver answers names
+    /// from now on.
+    pub fn replace_directory(&self, directory: Directory) {
+        *self.directory_mut() = directory;
+        self.ready.store(true, Ordering::Release);
     }
 
     pub fn upstream(&self) -> Vec<SocketAddr> {
@@ -83,15 +113,21 @@ pub async fn bind() -> Result<(UdpSocket, TcpListener)> {
 pub async fn serve(resolver: Arc<Resolver>, udp: UdpSocket, tcp: TcpListener) {
     let udp = Arc::new(udp);
     let tcp_side = resolver.clone();
+    let clients = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
     let tcp_task = tokio::spawn(async move {
         loop {
             match tcp.accept().await {
                 Ok((stream, peer)) => {
+                    let Ok(client) = clients.clone().try_acquire_owned() else {
+                        debug!("names: too many tcp clients; {peer} closed");
+                        continue;
+                    };
                     let resolver = tcp_side.clone();
                     tokio::spawn(async move {
                         if let Err(e) = serve_tcp(&resolver, stream, peer).await {
                             debug!("names: tcp client {peer}: {e:#}");
                         }
+                        drop(client);
                     });
                 }
                 Err(e) => {
@@ -156,19 +192,21 @@ async fn serve_tcp(resolver: &Resolver, mut stream: TcpStream, peer: SocketAddr)
         let answer = match resolver.reply(peer, &query) {
             Reply::Answer(bytes) => Some(bytes),
             Reply::Drop => return Ok(()),
-            Reply::Forward => {
-                let _permit = resolver.relaying.acquire().await?;
-                match resolver.upstream.ask_tcp(&query).await {
+            Reply::Forward => match resolver.relaying.try_acquire() {
+                Ok(_permit) => match resolver.upstream.ask_tcp(&query).await {
                     Ok(answer) => Some(answer),
                     Err(e) => {
                         debug!("names: relaying a query from {peer}: {e:#}");
                         servfail(&query)
                     }
-                }
-            }
+                },
+                Err(_) => servfail(&query),
+            },
         };
         if let Some(bytes) = answer {
-            write_framed(&mut stream, &bytes).await?;
+            tokio::time::timeout(TCP_IDLE, write_framed(&mut stream, &bytes))
+                .await
+                .context("the client does not read its answer")??;
         }
     }
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use netlink_packet_route::{
-    address::AddressAttribute,
+    address::{AddressAttribute, AddressScope},
     link::{LinkAttribute, LinkMessage},
 };
 use rtnetlink::Handle;
@@ -130,10 +130,11 @@ pub async fn add_local_address(handle: &Handle, address: Ipv4Addr) -> Result<()>
     let lo = link_by_name(handle, "lo")
         .await?
         .context("this network namespace has no loopback link")?;
-    handle
-        .address()
-        .add(lo.index, IpAddr::V4(address), 32)
-        .execute()
+    let mut add = handle.address().add(lo.index, IpAddr::V4(address), 32);
+    // Scope host: never picked as the source of the host's own traffic to containers
+    // (a global address on lo would be, ahead of the underlay's).
+    add.message_mut().header.scope = AddressScope::Host;
+    add.execute()
         .await
         .or_else(|e| match e {
             rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST => Ok(()),

@@ -120,9 +120,9 @@ pub(super) fn result(conf: &NetConf, inv: &Invocation, view: &EndpointView) -> V
         .filter(|d| !d.is_null())
     {
         out["dns"] = dns;
-    } else {
+    } else if let Some(resolver) = view.resolver {
         // oxlay's resolver: container names of the network, the host's for the rest.
-        out["dns"] = json!({ "nameservers": [crate::names::RESOLVER.to_string()] });
+        out["dns"] = json!({ "nameservers": [resolver.to_string()] });
     }
     out
 }

@@ -25,6 +25,7 @@ fn view() -> EndpointView {
         mtu: 1450,
         route: "0.0.0.0/0".into(),
         published: Vec::new(),
+        resolver: Some("169.254.1.1".parse().unwrap()),
     }
 }
 
@@ -182,4 +183,34 @@ fn results_keep_what_earlier_plugins_reported() {
     assert_eq!(r["ips"][1]["address"], "10.1.0.2/32");
     assert_eq!(r["ips"][1]["interface"], 1);
     assert_eq!(r["dns"]["nameservers"][0], "1.1.1.1");
+}
+
+#[test]
+fn results_name_oxlays_resolver_only_when_it_answers() {
+    let conf = parse_config(br#"{"cniVersion":"1.0.0","name":"blue","type":"oxlay"}"#).unwrap();
+    let r = result(&conf, &inv("ADD", ""), &view());
+    assert_eq!(r["dns"]["nameservers"][0], "169.254.1.1");
+    let off = EndpointView {
+        resolver: None,
+        ..view()
+    };
+    let r = result(&conf, &inv("ADD", ""), &off);
+    assert!(r["dns"].is_null(), "{r}");
+}
+
+#[test]
+fn names_are_the_container_id_its_short_form_the_pod_and_the_aliases() {
+    let long = "0123456789abcdef".repeat(4);
+    let conf = parse_config(
+        br#"{"cniVersion":"1.0.0","name":"blue","type":"oxlay",
+             "runtimeConfig":{"aliases":{"blue":["db","not a name"],"red":["red-only"]}}}"#,
+    )
+    .unwrap();
+    let invocation = Invocation {
+        container_id: long.clone(),
+        args: "IgnoreUnknown=1;K8S_POD_NAME=web-0;K8S_POD_NAMESPACE=default".into(),
+        ..inv("ADD", "")
+    };
+    // The 64-character ID is no DNS label; its first 12 characters are.
+    assert_eq!(names(&conf, &invocation), ["0123456789ab", "db", "web-0"]);
 }

@@ -12,6 +12,8 @@ use crate::daemon::{Daemon, EndpointKey};
 
 /// How long dockerd may take to list a joined container among its network's.
 const JOIN_WAIT: Duration = Duration::from_secs(30);
+/// How long one answer of dockerd may take (a container's inspect waits for its start).
+const ENGINE_WAIT: Duration = Duration::from_secs(30);
 
 /// Records the names of the container that joined through `endpoint_id`, on a task of
 /// its own (dockerd answers only once the container has started, which waits for the
@@ -43,9 +45,14 @@ async fn container_names(
     network_id: &str,
     endpoint_id: &str,
 ) -> Result<Vec<String>> {
+    let get = |path: String| async move {
+        tokio::time::timeout(ENGINE_WAIT, engine::get(socket, &path))
+            .await
+            .with_context(|| format!("dockerd did not answer {path} in time"))?
+    };
     let deadline = tokio::time::Instant::now() + JOIN_WAIT;
     let (network_name, container) = loop {
-        let network = engine::get(socket, &format!("/networks/{network_id}"))
+        let network = get(format!("/networks/{network_id}"))
             .await?
             .with_context(|| format!("dockerd does not know network {network_id}"))?;
         if let Some(container) = joined(&network, endpoint_id) {
@@ -57,29 +64,36 @@ async fn container_names(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let inspect = engine::get(socket, &format!("/containers/{container}/json"))
+    let inspect = get(format!("/containers/{container}/json"))
         .await?
         .with_context(|| format!("container {container} went away"))?;
     Ok(names_of(&inspect, &network_name))
 }
 
-/// The ID of the container a network inspect lists on `endpoint_id`.
+/// The ID of the container a network inspect lists on `endpoint_id`. Until the
+/// container is attached, dockerd lists the endpoint under "ep-<endpoint ID>".
 fn joined(network: &Value, endpoint_id: &str) -> Option<String> {
     network["Containers"]
         .as_object()?
         .iter()
         .find(|(_, c)| c["EndpointID"].as_str() == Some(endpoint_id))
         .map(|(id, _)| id.clone())
+        .filter(|id| !id.starts_with("ep-"))
 }
 
 /// A container's name and its aliases on `network` (Docker adds the short ID), those
 /// that are DNS names.
 fn names_of(inspect: &Value, network: &str) -> Vec<String> {
     let name = inspect["Name"].as_str().map(|n| n.trim_start_matches('/'));
-    let aliases = inspect["NetworkSettings"]["Networks"][network]["Aliases"]
-        .as_array()
+    // Docker 20.10 lists the aliases (and the short ID) in Aliases; newer ones in
+    // DNSNames as well.
+    let on_network = &inspect["NetworkSettings"]["Networks"][network];
+    let aliases: Vec<Value> = ["Aliases", "DNSNames"]
+        .iter()
+        .filter_map(|field| on_network[field].as_array())
+        .flatten()
         .cloned()
-        .unwrap_or_default();
+        .collect();
     let mut names: Vec<String> = name
         .into_iter()
         .chain(aliases.iter().filter_map(Value::as_str))
@@ -104,10 +118,12 @@ mod tests {
         }});
         assert_eq!(joined(&network, "e2").as_deref(), Some("beef"));
         assert_eq!(joined(&network, "e3"), None);
+        let attaching = json!({"Containers": {"ep-e4": {"Name": "x", "EndpointID": "e4"}}});
+        assert_eq!(joined(&attaching, "e4"), None, "not attached yet");
         let inspect = json!({"Name": "/srv", "NetworkSettings": {"Networks": {
-            "web": {"Aliases": ["www", "beef", "not a name", "srv"]},
+            "web": {"Aliases": ["www", "beef", "not a name", "srv"], "DNSNames": ["srv", "w2"]},
             "blue": {"Aliases": ["blue-only"]},
         }}});
-        assert_eq!(names_of(&inspect, "web"), ["beef", "srv", "www"]);
+        assert_eq!(names_of(&inspect, "web"), ["beef", "srv", "w2", "www"]);
     }
 }
