@@ -91,7 +91,10 @@ fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
     // ADD on both hosts; the results are spec results and true.
     let containers = [c.hosts[0].container("ca")?, c.hosts[1].container("cb")?];
     // A short ID and a real runtime's 64-character one.
-    let ids = ["ctr-0".to_owned(), format!("c1{}", "0123456789abcdef".repeat(4))[..64].to_owned()];
+    let ids = [
+        "ctr-0".to_owned(),
+        format!("c1{}", "0123456789abcdef".repeat(4))[..64].to_owned(),
+    ];
     let mut results = Vec::new();
     for (i, ns) in containers.iter().enumerate() {
         let path = ns.path().display().to_string();
@@ -129,7 +132,10 @@ fn cni_add_check_del_as_runtimes_call_it() -> Result<()> {
         let found = eventually(Duration::from_secs(5), || {
             lookup(&containers[from], name, "169.254.1.1")
         })?;
-        ensure!(found == [want.to_string()], "{name} is {found:?}, not {want}");
+        ensure!(
+            found == [want.to_string()],
+            "{name} is {found:?}, not {want}"
+        );
     }
 
     // CHECK agrees with the runtime's record, and catches a wrong one.

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use oxlay_testbed::{
-    docker::{docker_missing, DockerDirs, Dockerd, IMAGE, IMAGE_GREETING},
     dns::{ensure_unknown, time_until_unknown},
+    docker::{docker_missing, DockerDirs, Dockerd, IMAGE, IMAGE_GREETING},
     eventually, skip_without_root_or_etcd, StoreCluster, UNDERLAY_PREFIX,
 };
 
@@ -636,6 +636,9 @@ fn docker_containers_find_each_other_by_name() -> Result<()> {
         Duration::from_secs(2),
         || resolve(a, "client", "srv"),
     )?;
-    ensure!(took < Duration::from_secs(2), "srv resolved {took:?} after docker rm -f");
+    ensure!(
+        took < Duration::from_secs(2),
+        "srv resolved {took:?} after docker rm -f"
+    );
     Ok(())
 }

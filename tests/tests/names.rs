@@ -113,7 +113,10 @@ fn containers_find_each_other_by_name_across_hosts() -> Result<()> {
     let took = time_until_unknown("srv", Instant::now(), Duration::from_secs(2), || {
         lookup(&client, "srv", RESOLVER)
     })?;
-    ensure!(took < Duration::from_secs(2), "srv resolved for {took:?} after it went");
+    ensure!(
+        took < Duration::from_secs(2),
+        "srv resolved for {took:?} after it went"
+    );
 
     // Uninstalled, the host no longer holds the resolver's address.
     let lo = c.hosts[0].ns.ip(&["-4", "addr", "show", "dev", "lo"])?;

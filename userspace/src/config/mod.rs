@@ -113,7 +113,9 @@ impl NamesConfig {
                         )
                     })?;
                 if server.ip() == std::net::IpAddr::V4(crate::names::RESOLVER) {
-                    bail!("names.upstream {s:?} is oxlay's own resolver: name the host's resolvers");
+                    bail!(
+                        "names.upstream {s:?} is oxlay's own resolver: name the host's resolvers"
+                    );
                 }
                 Ok(server)
             })

@@ -76,7 +76,9 @@ fn container_mtu_leaves_room_for_vxlan() {
 #[test]
 fn names_upstream_is_checked() {
     let upstream = |list: &str| format!("{GOOD}\n[names]\nupstream = [{list}]\n");
-    let c: Config = upstream("\"192.0.2.53\", \"192.0.2.54:5353\"").parse().unwrap();
+    let c: Config = upstream("\"192.0.2.53\", \"192.0.2.54:5353\"")
+        .parse()
+        .unwrap();
     let servers = c.names.upstream_servers().unwrap();
     let servers: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
     assert_eq!(servers, ["192.0.2.53:53", "192.0.2.54:5353"]);

@@ -67,15 +67,30 @@ impl Daemon {
             (ep.network.clone(), ep.address, ep.published.clone())
         };
         if let Some(network) = &network {
-            record_ports(&*self.store, &self.host.name, &key.0, network, address, &ports).await?;
+            record_ports(
+                &*self.store,
+                &self.host.name,
+                &key.0,
+                network,
+                address,
+                &ports,
+            )
+            .await?;
         }
         let mut s = self.state.lock().await;
         if let Some(p) = taken(&s, key, &ports) {
             drop(s);
             // Put the store's record back as it was, so that no restart adopts both.
             if let Some(network) = &network {
-                if let Err(e) =
-                    record_ports(&*self.store, &self.host.name, &key.0, network, address, &before).await
+                if let Err(e) = record_ports(
+                    &*self.store,
+                    &self.host.name,
+                    &key.0,
+                    network,
+                    address,
+                    &before,
+                )
+                .await
                 {
                     log::warn!("restoring the ports of {address}: {e:#}");
                 }

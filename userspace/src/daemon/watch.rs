@@ -149,7 +149,9 @@ async fn follow(
         let (batch, broken) = gather(first, &mut events).await;
         {
             let mut directory = d.resolver.directory_mut();
-            let names = batch.iter().filter(|e| crate::names::directory::tracks(e.key()));
+            let names = batch
+                .iter()
+                .filter(|e| crate::names::directory::tracks(e.key()));
             names.for_each(|event| directory.apply(event));
         }
         let routing = d.state.lock().await.apply_events(&batch);

@@ -276,8 +276,7 @@ pub(super) async fn ensure_block(
 pub async fn update_endpoint(store: &dyn Store, record: &EndpointRecord) -> Result<()> {
     // (The claim's sandbox is replaced: a Docker claim is made before its sandbox.)
     let (network, address, host) = (&record.network, record.address, &record.host);
-    modify_endpoint(store, network, address, host, None, |r| *r = record.clone())
-    .await
+    modify_endpoint(store, network, address, host, None, |r| *r = record.clone()).await
 }
 
 /// Changes one field or another of the endpoint record of `address` on `network`,
