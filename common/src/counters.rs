@@ -40,6 +40,7 @@ pub enum Counter {
     DropContainerNotIpv4,
     DropDirectOtherNetwork,
     DropUdpGsoTunnelState,
+    DropBadGre,
 }
 
 /// Name and meaning of one counter.
@@ -69,18 +70,18 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 25] = [
+pub const COUNTERS: [CounterInfo; 26] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
         Forward,
-        "container packets wrapped in VXLAN and sent to a peer host",
+        "container packets wrapped in VXLAN (or GRE) and sent to a peer host",
     ),
     row(
         Counter::Decapsulated,
         "decapsulated",
         Forward,
-        "VXLAN packets from a peer stripped and delivered to a local container",
+        "VXLAN (or GRE) packets from a peer stripped and delivered to a local container",
     ),
     row(
         Counter::DeliveredLocal,
@@ -219,6 +220,12 @@ pub const COUNTERS: [CounterInfo; 25] = [
         "drop_udp_gso_tunnel_state",
         Drop,
         "UDP GSO packet that reached TC decapsulation whole (virtual underlay): kernels up to 6.18 cannot reset its tunnel offload state, and the container's socket would lose it; use decap = \"xdp\" or turn GSO off on the underlay",
+    ),
+    row(
+        Counter::DropBadGre,
+        "drop_bad_gre",
+        Drop,
+        "Ethernet-over-GRE packet from a peer too short for its GRE header, without a key, or with a checksum, sequence number, routing or a version other than 0",
     ),
 ];
 

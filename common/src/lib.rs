@@ -122,6 +122,8 @@ pub enum RouteKind {
     /// Destination is on another host on the same underlay subnet, in a network marked
     /// direct: route the packet unencapsulated with `underlay_addr` as next hop.
     Direct = 3,
+    /// Another host over GRE (the network's `encap = gre`); otherwise as `Remote`.
+    RemoteGre = 4,
 }
 
 /// Network id of the table that direct routing uses on the receiving side: local
@@ -177,6 +179,12 @@ impl Route {
     pub const fn in_network(mut self, vni: u32) -> Self {
         let b = vni.to_be_bytes();
         self.vni = [b[1], b[2], b[3]];
+        self
+    }
+
+    /// Sent over GRE instead of VXLAN.
+    pub const fn over_gre(mut self) -> Self {
+        self.kind = RouteKind::RemoteGre as u8;
         self
     }
 

@@ -1,4 +1,5 @@
-//! Wire-format constants of VXLAN over IPv4 (RFC 7348).
+//! Wire-format constants of VXLAN over IPv4 (RFC 7348) and of Ethernet over GRE with a
+//! key (RFC 2890; what Linux's `gretap` sends).
 
 /// IANA's VXLAN port; the default.
 pub const VXLAN_PORT: u16 = 4789;
@@ -11,6 +12,17 @@ pub const VXLAN_LEN: usize = 8;
 /// Bytes added in front of the inner Ethernet frame: outer IPv4 + UDP + VXLAN + the
 /// inner Ethernet header that the container's frame keeps.
 pub const ENCAP_OVERHEAD: usize = IPV4_LEN + UDP_LEN + VXLAN_LEN + ETH_LEN;
+/// IPv4's protocol number for GRE.
+pub const IPPROTO_GRE: u8 = 47;
+/// GRE header with the key present: flags and version, protocol, key.
+pub const GRE_LEN: usize = 8;
+/// GRE flags and version with only the key present (K bit), version 0.
+pub const GRE_FLAGS_KEY: u16 = 0x2000;
+/// GRE protocol type of Transparent Ethernet Bridging: an Ethernet frame follows.
+pub const ETH_P_TEB: u16 = 0x6558;
+/// Bytes GRE adds in front of the inner Ethernet frame, with its Ethernet header:
+/// outer IPv4 + GRE + inner Ethernet (8 fewer than VXLAN: no UDP).
+pub const GRE_ENCAP_OVERHEAD: usize = IPV4_LEN + GRE_LEN + ETH_LEN;
 /// Outer UDP source ports carry flow entropy in this range (RFC 7348 section 5).
 pub const SRC_PORT_MIN: u16 = 49152;
 pub const SRC_PORT_MAX: u16 = 65535;
@@ -31,8 +43,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn overhead_is_fifty_bytes() {
+    fn overhead_is_fifty_bytes_and_gre_forty_two() {
         assert_eq!(ENCAP_OVERHEAD, 50);
+        assert_eq!(GRE_ENCAP_OVERHEAD, 42);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! VXLAN packets from peer hosts: strip the outer headers and deliver to the container.
+//! VXLAN and GRE packets from peer hosts: strip the outer headers and deliver to the
+//! container.
 //! The same classification runs under TC and XDP; only the packet surgery differs.
 //! In XDP mode, XDP strips the headers and TC (same interface) does the delivery.
 use aya_ebpf::{
@@ -11,12 +12,12 @@ use aya_ebpf::{
     EbpfContext,
 };
 use network_types::eth::EthHdr;
-use oxlay_common::{wire::ENCAP_OVERHEAD, Counter, Route, XdpDeliveryMeta};
+use oxlay_common::{wire::ETH_LEN, Counter, Route, XdpDeliveryMeta};
 
 use crate::{
     counters::count,
     maps,
-    parse::{classify_vxlan, write, Decap, ETH_P_IPV4, INNER_IP_OFF, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
+    parse::{classify, write, Decap, ETH_P_IPV4, GRE_INNER_ETH_OFF, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
 };
 
 /// The Ethernet header a decapsulated frame gets: from the container's gateway to it.
@@ -44,11 +45,12 @@ pub fn tc(ctx: &TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     if ctx.data() + VXLAN_CLASSIFY_LEN > ctx.data_end() {
-        // Headers may sit in paged data; make them linear. Failure just means the
-        // packet is short, which classification handles.
-        let _ = ctx.pull_data(VXLAN_CLASSIFY_LEN as u32);
+        // Headers may sit in paged data; make them linear (as much as there is: a GRE
+        // packet may be shorter). Failure just means the packet is short, which
+        // classification handles.
+        let _ = ctx.pull_data((VXLAN_CLASSIFY_LEN as u32).min(ctx.len()));
     }
-    match classify_vxlan(ctx.data(), ctx.data_end(), ctx.len() as usize, cfg) {
+    match classify(ctx.data(), ctx.data_end(), ctx.len() as usize, cfg) {
         Decap::Pass => {
             count(Counter::PassedToStack);
             TC_ACT_OK as i32
@@ -57,7 +59,7 @@ pub fn tc(ctx: &TcContext) -> i32 {
             count(reason);
             TC_ACT_SHOT as i32
         }
-        Decap::Deliver(route) => match tc_strip_and_deliver(ctx, &route) {
+        Decap::Deliver { route, strip } => match tc_strip_and_deliver(ctx, &route, strip) {
             Ok(action) => action,
             Err(reason) => {
                 count(reason);
@@ -89,12 +91,20 @@ fn xdp_delivery(ctx: &TcContext) -> Option<u32> {
     (m.magic == XdpDeliveryMeta::MAGIC).then_some(m.ifindex)
 }
 
-/// `BPF_F_ADJ_ROOM_DECAP_L4_UDP` (kernels after 6.18): the shrink also resets the
-/// tunnel GSO state (`SKB_GSO_UDP_TUNNEL`, `skb->encapsulation`) of a GSO packet.
+/// `BPF_F_ADJ_ROOM_DECAP_L4_UDP` and `_GRE` (kernels after 6.18): the shrink also
+/// resets the tunnel GSO state (`SKB_GSO_UDP_TUNNEL` or `SKB_GSO_GRE`,
+/// `skb->encapsulation`) of a GSO packet.
 const DECAP_L4_UDP: u64 = 1 << 10;
+const DECAP_L4_GRE: u64 = 1 << 9;
 
-fn tc_strip_and_deliver(ctx: &TcContext, route: &Route) -> Result<i32, Counter> {
-    let shrink = -(ENCAP_OVERHEAD as i32);
+/// Removes the `strip` bytes in front of the inner Ethernet header and delivers.
+fn tc_strip_and_deliver(ctx: &TcContext, route: &Route, strip: usize) -> Result<i32, Counter> {
+    let shrink = -(strip as i32);
+    let decap_l4 = if strip == GRE_INNER_ETH_OFF {
+        DECAP_L4_GRE
+    } else {
+        DECAP_L4_UDP
+    };
     // FIXED_GSO: the inner segments keep their size (without it the kernel grows
     // gso_size by the 50 bytes removed, wrong for a container that forwards, and it
     // refuses UDP GSO packets outright).
@@ -102,12 +112,12 @@ fn tc_strip_and_deliver(ctx: &TcContext, route: &Route) -> Result<i32, Counter> 
     let gso = is_gso(ctx);
     // A GSO packet (it reached us whole: a virtual underlay such as veth, or VM to
     // VM) keeps its tunnel GSO state unless the kernel can reset it.
-    let reset = gso && ctx.adjust_room(shrink, BPF_ADJ_ROOM_MAC, flags | DECAP_L4_UDP).is_ok();
+    let reset = gso && ctx.adjust_room(shrink, BPF_ADJ_ROOM_MAC, flags | decap_l4).is_ok();
     if !reset {
         // The stale state breaks the segmentation a UDP socket does on receive: the
         // datagrams would vanish in the container. Say so instead. (TCP takes the
         // packet whole.)
-        if gso && ctx.load::<u8>(INNER_IP_OFF + 9) == Ok(IPPROTO_UDP) {
+        if gso && ctx.load::<u8>(strip + ETH_LEN + 9) == Ok(IPPROTO_UDP) {
             return Err(Counter::DropUdpGsoTunnelState);
         }
         // DECAP_L3_IPV4 (6.3+) is refused by older kernels; there the shrink goes alone.
@@ -153,7 +163,7 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
     // SAFETY: plain helper call on this program's own context; with frags, the first
     // buffer (data..data_end) may be only part of the frame.
     let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
-    match classify_vxlan(ctx.data(), ctx.data_end(), frame_len, cfg) {
+    match classify(ctx.data(), ctx.data_end(), frame_len, cfg) {
         Decap::Pass => {
             count(Counter::PassedToStack);
             xdp_action::XDP_PASS
@@ -162,7 +172,7 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
             count(reason);
             xdp_action::XDP_DROP
         }
-        Decap::Deliver(route) => match xdp_strip_and_deliver(ctx, &route, ENCAP_OVERHEAD as i32) {
+        Decap::Deliver { route, strip } => match xdp_strip_and_deliver(ctx, &route, strip as i32) {
             Ok(action) => {
                 count(Counter::Decapsulated);
                 action
@@ -188,7 +198,7 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
 /// Removes `strip` bytes (the outer headers; 0 for a direct packet), addresses the frame
 /// to the container and leaves metadata for the TC program that delivers it.
 fn xdp_strip_and_deliver(ctx: &XdpContext, route: &Route, strip: i32) -> Result<u32, Counter> {
-    // Dropping the first 50 bytes leaves the inner Ethernet header at the front.
+    // Dropping the outer headers leaves the inner Ethernet header at the front.
     // SAFETY: plain helper call on this program's own context.
     if strip != 0 && unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, strip) } != 0 {
         return Err(Counter::DropAdjustRoomFailed);

@@ -1,16 +1,20 @@
-//! Packets leaving a container: local delivery, VXLAN encapsulation, or the host stack.
+//! Packets leaving a container: local delivery, VXLAN or GRE encapsulation, or the host
+//! stack.
 use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
-        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_GRE,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::{bpf_get_hash_recalc, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use oxlay_common::{
-    wire::{udp_src_port, ENCAP_OVERHEAD, ETH_LEN, IPV4_LEN, OUTER_TTL},
+    wire::{
+        udp_src_port, ENCAP_OVERHEAD, ETH_LEN, ETH_P_TEB, GRE_ENCAP_OVERHEAD, GRE_FLAGS_KEY,
+        IPPROTO_GRE, IPV4_LEN, OUTER_TTL,
+    },
     Counter, DatapathConfig, Route, RouteKind,
 };
 
@@ -36,6 +40,18 @@ struct VxlanHeaders {
 }
 const _: () = assert!(core::mem::size_of::<VxlanHeaders>() == ETH_LEN + ENCAP_OVERHEAD);
 
+/// Ethernet over GRE with the key (the network's VNI), as Linux's `gretap` sends it.
+#[repr(C)]
+struct GreHeaders {
+    outer_eth: EthHdr,
+    outer_ip: Ipv4Hdr,
+    gre_flags: [u8; 2],
+    gre_proto: [u8; 2],
+    gre_key: [u8; 4],
+    inner_eth: EthHdr,
+}
+const _: () = assert!(core::mem::size_of::<GreHeaders>() == ETH_LEN + GRE_ENCAP_OVERHEAD);
+
 /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header length, in the top byte.
 const fn encap_l2_len(len: u64) -> u64 {
     (len & 0xff) << 56
@@ -46,6 +62,13 @@ const fn encap_l2_len(len: u64) -> u64 {
 const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
     | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
     | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+    | encap_l2_len(ETH_LEN as u64);
+
+/// The same for GRE: GSO segments it as a GRE tunnel around Ethernet.
+const GRE_ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    | BPF_F_ADJ_ROOM_ENCAP_L4_GRE
     | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
     | encap_l2_len(ETH_LEN as u64);
 
@@ -110,7 +133,8 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size } as usize;
     let ip_len = ctx.len() as usize - ETH_LEN;
-    let mut flags = ENCAP_FLAGS;
+    let gre = route.kind == RouteKind::RemoteGre as u8;
+    let mut flags = if gre { GRE_ENCAP_FLAGS } else { ENCAP_FLAGS };
     if cfg.underlay_mtu != 0 {
         if gso_size == 0 {
             if !mtu::fits(ip_len, cfg.underlay_mtu) {
@@ -131,7 +155,11 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
             flags &= !(BPF_F_ADJ_ROOM_FIXED_GSO as u64);
         }
     }
-    encapsulate(ctx, &cfg, ep.net_id, &route, flags).map(Some)
+    if gre {
+        encapsulate_gre(ctx, &cfg, ep.net_id, &route, flags).map(Some)
+    } else {
+        encapsulate(ctx, &cfg, ep.net_id, &route, flags).map(Some)
+    }
 }
 
 /// IPv4 + L4 header bytes in front of each GSO segment's payload; a large value (so
@@ -205,22 +233,7 @@ fn encapsulate(
         .map_err(|_| Counter::DropAdjustRoomFailed)?;
 
     let ip_total = (ENCAP_OVERHEAD + inner_len) as u16;
-    let mut outer_ip = Ipv4Hdr {
-        vihl: 0x45,
-        tos: 0,
-        tot_len: ip_total.to_be_bytes(),
-        id: [0, 0],
-        frags: 0x4000u16.to_be_bytes(), // DF: containers' MTU leaves room for the headers
-        ttl: OUTER_TTL,
-        proto: IPPROTO_UDP,
-        check: [0, 0],
-        src_addr: cfg.underlay_addr,
-        dst_addr: route.underlay_addr,
-    };
-    // SAFETY: Ipv4Hdr is 20 bytes of plain u8 fields, so it can be viewed as [u8; 20].
-    let raw: &[u8; IPV4_LEN] = unsafe { &*(&outer_ip as *const Ipv4Hdr as *const [u8; IPV4_LEN]) };
-    outer_ip.check = checksum::ipv4_header(raw).to_be_bytes();
-
+    let outer_ip = outer_ipv4(cfg, route, IPPROTO_UDP, ip_total);
     let udp_len = ip_total - IPV4_LEN as u16;
     let headers = VxlanHeaders {
         // bpf_redirect_neigh fills in the outer MACs from the underlay's neighbour table.
@@ -246,8 +259,71 @@ fn encapsulate(
     if !write(ctx.data(), ctx.data_end(), 0, headers) {
         return Err(Counter::DropHeaderWriteFailed);
     }
+    Ok(send_to_peer(cfg))
+}
+
+/// Another host over GRE: push outer IPv4 + GRE (key = the network's VNI).
+#[inline(always)]
+fn encapsulate_gre(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    vni: u32,
+    route: &Route,
+    flags: u64,
+) -> Result<i32, Counter> {
+    let inner_len = ctx.len() as usize - ETH_LEN;
+    ctx.adjust_room(GRE_ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
+        .map_err(|_| Counter::DropAdjustRoomFailed)?;
+    let ip_total = (GRE_ENCAP_OVERHEAD + inner_len) as u16;
+    let headers = GreHeaders {
+        outer_eth: EthHdr {
+            dst_addr: [0; 6],
+            src_addr: [0; 6],
+            ether_type: ETH_P_IPV4.to_be(),
+        },
+        outer_ip: outer_ipv4(cfg, route, IPPROTO_GRE, ip_total),
+        gre_flags: GRE_FLAGS_KEY.to_be_bytes(),
+        gre_proto: ETH_P_TEB.to_be_bytes(),
+        gre_key: vni.to_be_bytes(),
+        inner_eth: EthHdr {
+            dst_addr: route.dst_mac,
+            src_addr: cfg.vtep_mac,
+            ether_type: ETH_P_IPV4.to_be(),
+        },
+    };
+    if !write(ctx.data(), ctx.data_end(), 0, headers) {
+        return Err(Counter::DropHeaderWriteFailed);
+    }
+    Ok(send_to_peer(cfg))
+}
+
+/// The outer IPv4 header from this host to the route's peer, its checksum set.
+#[inline(always)]
+fn outer_ipv4(cfg: &DatapathConfig, route: &Route, proto: u8, total_len: u16) -> Ipv4Hdr {
+    let mut ip = Ipv4Hdr {
+        vihl: 0x45,
+        tos: 0,
+        tot_len: total_len.to_be_bytes(),
+        id: [0, 0],
+        frags: 0x4000u16.to_be_bytes(), // DF: containers' MTU leaves room for the headers
+        ttl: OUTER_TTL,
+        proto,
+        check: [0, 0],
+        src_addr: cfg.underlay_addr,
+        dst_addr: route.underlay_addr,
+    };
+    // SAFETY: Ipv4Hdr is 20 bytes of plain u8 fields, so it can be viewed as [u8; 20].
+    let raw: &[u8; IPV4_LEN] = unsafe { &*(&ip as *const Ipv4Hdr as *const [u8; IPV4_LEN]) };
+    ip.check = checksum::ipv4_header(raw).to_be_bytes();
+    ip
+}
+
+/// Counts the packet and sends it out of the underlay; `bpf_redirect_neigh` fills in
+/// the outer MACs from the underlay's neighbour table.
+#[inline(always)]
+fn send_to_peer(cfg: &DatapathConfig) -> i32 {
     count(Counter::Encapsulated);
     // SAFETY: plain helper call with no parameters struct; an unknown ifindex makes the
     // kernel drop the packet.
-    Ok(unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+    (unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) }) as i32
 }

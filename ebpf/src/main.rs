@@ -4,18 +4,20 @@
 //!   container ──veth──▶ [oxlay_from_container]  TC ingress on the host-side veth
 //!                          │ route lookup (LPM: network, inner dst)
 //!                          ├─ local  ─▶ rewrite MACs, bpf_redirect_peer ─▶ other container
-//!                          ├─ remote ─▶ push outer IPv4/UDP/VXLAN, bpf_redirect_neigh ─▶ underlay
+//!                          ├─ remote ─▶ push outer IPv4/UDP/VXLAN (or IPv4/GRE), bpf_redirect_neigh ─▶ underlay
 //!                          └─ other  ─▶ host stack
 //!
 //!   underlay ─▶ [oxlay_decap_tc] TC ingress  or  [oxlay_decap_xdp] XDP
-//!                          │ UDP to the VXLAN port, for this host? else ─▶ host stack
-//!                          │ known peer, I flag, known VNI, inner IPv4, local endpoint?
-//!                          └─ strip 50 bytes, rewrite MACs, bpf_redirect_peer ─▶ container
+//!                          │ UDP to the VXLAN port (or Ethernet over GRE from a peer),
+//!                          │ for this host? else ─▶ host stack
+//!                          │ known peer, I flag (GRE: key only), known VNI, inner IPv4,
+//!                          │ local endpoint?
+//!                          └─ strip 50 (GRE: 42) bytes, rewrite MACs, bpf_redirect_peer ─▶ container
 //!                             (XDP strips and marks the frame; TC on the same device delivers)
 //! ```
 //!
-//! Parses: outer Ethernet, IPv4 (options only to reject them), UDP, VXLAN, inner Ethernet
-//! and IPv4. Each entry point is a thin wrapper; the logic lives in one module per concern.
+//! Parses: outer Ethernet, IPv4 (options only to reject them), UDP, VXLAN, GRE, inner
+//! Ethernet and IPv4. Each entry point is a thin wrapper; the logic lives in one module per concern.
 #![no_std]
 #![no_main]
 

@@ -1,7 +1,11 @@
-//! Bounds-checked header access and the VXLAN classification shared by TC and XDP.
+//! Bounds-checked header access and the classification of underlay packets (VXLAN,
+//! GRE, direct) shared by TC and XDP.
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use oxlay_common::{
-    wire::{ETH_LEN, IPV4_LEN, UDP_LEN, VXLAN_FLAG_VNI, VXLAN_LEN},
+    wire::{
+        ETH_LEN, ETH_P_TEB, GRE_FLAGS_KEY, GRE_LEN, IPPROTO_GRE, IPV4_LEN, UDP_LEN,
+        VNI_MAX, VXLAN_FLAG_VNI, VXLAN_LEN,
+    },
     Counter, DatapathConfig, Route, RouteKind, DIRECT_NET_ID,
 };
 
@@ -16,8 +20,12 @@ pub const OUTER_UDP_OFF: usize = OUTER_IP_OFF + IPV4_LEN;
 pub const VXLAN_OFF: usize = OUTER_UDP_OFF + UDP_LEN;
 pub const INNER_ETH_OFF: usize = VXLAN_OFF + VXLAN_LEN;
 pub const INNER_IP_OFF: usize = INNER_ETH_OFF + ETH_LEN;
-/// Bytes that must be linear to classify a VXLAN packet.
+/// Bytes that must be linear to classify a VXLAN packet (a GRE one needs fewer).
 pub const VXLAN_CLASSIFY_LEN: usize = INNER_IP_OFF + IPV4_LEN;
+/// The same for Ethernet over GRE with a key.
+const GRE_OFF: usize = OUTER_IP_OFF + IPV4_LEN;
+pub const GRE_INNER_ETH_OFF: usize = GRE_OFF + GRE_LEN;
+pub const GRE_INNER_IP_OFF: usize = GRE_INNER_ETH_OFF + ETH_LEN;
 
 /// A pointer to a `T` at `offset`, if the packet holds all of it.
 #[inline(always)]
@@ -60,16 +68,17 @@ pub enum Decap {
     Pass,
     /// VXLAN for this host that must not be delivered, with the reason.
     Drop(Counter),
-    /// Strip the outer headers and deliver to this local route.
-    Deliver(Route),
+    /// Strip the outer headers (the inner Ethernet header starts at `strip`) and
+    /// deliver to this local route.
+    Deliver { route: Route, strip: usize },
     /// An unencapsulated packet from a direct peer: deliver as it is.
     DeliverDirect(Route),
 }
 
 /// Decides what to do with a frame that arrived on the underlay.
-#[inline(always)]
 /// `frame_len` is the whole frame's length (the linear part may be shorter).
-pub fn classify_vxlan(
+#[inline(always)]
+pub fn classify(
     data: usize,
     data_end: usize,
     frame_len: usize,
@@ -87,9 +96,22 @@ pub fn classify_vxlan(
     if ip.dst_addr != cfg.underlay_addr {
         return classify_direct(&ip);
     }
-    if ip.proto != IPPROTO_UDP {
-        return Decap::Pass;
+    match ip.proto {
+        IPPROTO_UDP => classify_vxlan(data, data_end, frame_len, cfg, &ip),
+        IPPROTO_GRE => classify_gre(data, data_end, frame_len, &ip),
+        _ => Decap::Pass,
     }
+}
+
+/// A UDP packet to this host: VXLAN if to the VXLAN port.
+#[inline(always)]
+fn classify_vxlan(
+    data: usize,
+    data_end: usize,
+    frame_len: usize,
+    cfg: &DatapathConfig,
+    ip: &Ipv4Hdr,
+) -> Decap {
     // UDP sits after the IPv4 header, options included; mask keeps the offset bounded.
     let ihl = (ip.vihl & 0x0f) as usize;
     let frag = u16::from_be_bytes(ip.frags);
@@ -129,14 +151,8 @@ pub fn classify_vxlan(
     if vni == DIRECT_NET_ID {
         return drop(Counter::DropUnknownVni);
     }
-    let Some(inner_eth) = read::<EthHdr>(data, data_end, INNER_ETH_OFF) else {
-        return drop(Counter::DropTruncatedInner);
-    };
-    if u16::from_be(inner_eth.ether_type) != ETH_P_IPV4 {
-        return drop(Counter::DropInnerNotIpv4);
-    }
-    let Some(inner_ip) = read::<Ipv4Hdr>(data, data_end, INNER_IP_OFF) else {
-        return drop(Counter::DropTruncatedInner);
+    let Some(inner_ip) = inner_ipv4(data, data_end, INNER_ETH_OFF) else {
+        return drop(inner_failure(data, data_end, INNER_ETH_OFF));
     };
     // The lengths must agree (a truncated frame was reported as such above): IPv4
     // within the frame (Ethernet may pad), UDP = IPv4 - 20.
@@ -144,19 +160,100 @@ pub fn classify_vxlan(
     if ip_len + ETH_LEN > frame_len || u16::from_be_bytes(udp.len) as usize + IPV4_LEN != ip_len {
         return drop(Counter::DropBadLength);
     }
-    // A peer may only speak for the addresses it owns: its blocks in this network. (A
-    // route naming the sender as owner also proves it a known peer.)
+    match deliverable(peer, vni, &inner_ip) {
+        Ok(route) => Decap::Deliver {
+            route,
+            strip: INNER_ETH_OFF,
+        },
+        Err(reason) => drop(reason),
+    }
+}
+
+/// A GRE packet to this host: oxlay's when it carries Ethernet (TEB) from a peer. GRE
+/// from another address, or carrying something else, is the host's own (its own
+/// tunnels, if it has any).
+#[inline(always)]
+fn classify_gre(data: usize, data_end: usize, frame_len: usize, ip: &Ipv4Hdr) -> Decap {
+    let peer = ip.src_addr;
+    if !maps::is_peer(peer) {
+        return Decap::Pass;
+    }
+    // GRE sits after the IPv4 header, options included; the mask keeps it bounded.
+    let ihl = (ip.vihl & 0x0f) as usize;
+    let Some(gre) = read::<[u8; GRE_LEN]>(data, data_end, OUTER_IP_OFF + ihl * 4) else {
+        return Decap::Drop(Counter::DropBadGre);
+    };
+    if u16::from_be_bytes([gre[2], gre[3]]) != ETH_P_TEB {
+        return Decap::Pass;
+    }
+    // From here on the packet claims to be oxlay's GRE: drop, never pass, on failure.
+    if ihl != 5 {
+        return Decap::Drop(Counter::DropOuterIpOptions);
+    }
+    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        return Decap::Drop(Counter::DropOuterFragment);
+    }
+    // Only the key, as `gretap ... key N` sends it: no checksum, sequence or routing.
+    if u16::from_be_bytes([gre[0], gre[1]]) != GRE_FLAGS_KEY {
+        return Decap::Drop(Counter::DropBadGre);
+    }
+    let key = u32::from_be_bytes([gre[4], gre[5], gre[6], gre[7]]);
+    let drop = |reason| Decap::Drop(unless_unknown(peer, Some(key), reason));
+    if key == DIRECT_NET_ID || key > VNI_MAX {
+        return Decap::Drop(Counter::DropUnknownVni);
+    }
+    let Some(inner_ip) = inner_ipv4(data, data_end, GRE_INNER_ETH_OFF) else {
+        return drop(inner_failure(data, data_end, GRE_INNER_ETH_OFF));
+    };
+    if u16::from_be_bytes(ip.tot_len) as usize + ETH_LEN > frame_len {
+        return drop(Counter::DropBadLength);
+    }
+    match deliverable(peer, key, &inner_ip) {
+        Ok(route) => Decap::Deliver {
+            route,
+            strip: GRE_INNER_ETH_OFF,
+        },
+        Err(reason) => drop(reason),
+    }
+}
+
+/// The inner IPv4 header of an encapsulated frame whose Ethernet header is at `eth_off`.
+#[inline(always)]
+fn inner_ipv4(data: usize, data_end: usize, eth_off: usize) -> Option<Ipv4Hdr> {
+    let inner_eth = read::<EthHdr>(data, data_end, eth_off)?;
+    if u16::from_be(inner_eth.ether_type) != ETH_P_IPV4 {
+        return None;
+    }
+    read::<Ipv4Hdr>(data, data_end, eth_off + ETH_LEN)
+}
+
+/// Why `inner_ipv4` found nothing: not IPv4, or too short.
+#[inline(always)]
+fn inner_failure(data: usize, data_end: usize, eth_off: usize) -> Counter {
+    match read::<EthHdr>(data, data_end, eth_off) {
+        Some(eth) if u16::from_be(eth.ether_type) != ETH_P_IPV4 => Counter::DropInnerNotIpv4,
+        _ => Counter::DropTruncatedInner,
+    }
+}
+
+/// The local route to deliver an inner packet from `peer` in network `vni` to, or why
+/// not. A peer may only speak for the addresses it owns: its blocks in this network (a
+/// route naming the sender as owner also proves it a known peer). Delivery is by inner
+/// IP; the inner destination MAC is whatever the peer chose (a local route in this
+/// network also proves the network present here).
+#[inline(always)]
+fn deliverable(peer: [u8; 4], vni: u32, inner_ip: &Ipv4Hdr) -> Result<Route, Counter> {
     match maps::route(vni, inner_ip.src_addr) {
         Some(r)
-            if (r.kind == RouteKind::Remote as u8 || r.kind == RouteKind::Direct as u8)
+            if (r.kind == RouteKind::Remote as u8
+                || r.kind == RouteKind::RemoteGre as u8
+                || r.kind == RouteKind::Direct as u8)
                 && r.underlay_addr == peer => {}
-        _ => return drop(Counter::DropSpoofedPeerSource),
+        _ => return Err(Counter::DropSpoofedPeerSource),
     }
-    // Delivery is by inner IP; the inner destination MAC is whatever the peer chose. (A
-    // local route in this network also proves the network present here.)
     match maps::route(vni, inner_ip.dst_addr) {
-        Some(r) if r.kind == RouteKind::Local as u8 => Decap::Deliver(*r),
-        _ => drop(Counter::DropNoLocalEndpoint),
+        Some(r) if r.kind == RouteKind::Local as u8 => Ok(*r),
+        _ => Err(Counter::DropNoLocalEndpoint),
     }
 }
 

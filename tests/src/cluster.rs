@@ -189,6 +189,18 @@ impl Cluster {
         decap: &str,
         mtu: u32,
     ) -> Result<Self> {
+        Self::with_config(hosts, containers_per_host, decap, mtu, "")
+    }
+
+    /// Like `with_mtu`, with `extra` (top-level TOML, e.g. `encap = "gre"`) in every
+    /// node's config.
+    pub fn with_config(
+        hosts: usize,
+        containers_per_host: usize,
+        decap: &str,
+        mtu: u32,
+        extra: &str,
+    ) -> Result<Self> {
         let mut underlay = Underlay::new()?;
         underlay.mtu = mtu;
         underlay
@@ -222,8 +234,9 @@ impl Cluster {
                 vni: 42,
                 peers,
             };
-            configs.push((names[i].clone(), cfg.toml()));
-            daemons.push(Daemon::start(host, &names[i], &cfg.toml())?);
+            let toml = format!("{extra}\n{}", cfg.toml());
+            daemons.push(Daemon::start(host, &names[i], &toml)?);
+            configs.push((names[i].clone(), toml));
         }
         let mut containers = Vec::new();
         for (i, host) in hs.iter().enumerate() {

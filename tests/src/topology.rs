@@ -154,6 +154,35 @@ impl Host {
         Ok(c)
     }
 
+    /// Sets up the kernel's `gretap` device towards one peer: key 42, address
+    /// `<pod_subnet>.0/32`, MTU 1450 (an oxlay container's), and a route to the peer's
+    /// /24 pod subnet through a permanent neighbour with the peer's VTEP MAC. Needs the
+    /// `ip_gre` module (in the VMs of `cargo xtask vm-test`).
+    pub fn linux_gretap(
+        &self,
+        vtep_mac: &str,
+        pod_net: [u8; 3],
+        (peer, peer_net, peer_mac): (Ipv4Addr, [u8; 3], &str),
+    ) -> Result<()> {
+        let ns = &self.ns;
+        let (local, remote) = (self.addr.to_string(), peer.to_string());
+        ns.ip(&[
+            "link", "add", "gretap0", "address", vtep_mac, "type", "gretap", "local", &local,
+            "remote", &remote, "key", "42",
+        ])?;
+        ns.ip(&["link", "set", "gretap0", "mtu", "1450", "up"])?;
+        let net = |n: [u8; 3]| format!("{}.{}.{}", n[0], n[1], n[2]);
+        ns.ip(&["addr", "add", &format!("{}.0/32", net(pod_net)), "dev", "gretap0"])?;
+        let gw = format!("{}.0", net(peer_net));
+        ns.ip(&[
+            "route", "add", &format!("{gw}/24"), "via", &gw, "dev", "gretap0", "onlink",
+        ])?;
+        ns.ip(&[
+            "neigh", "add", &gw, "lladdr", peer_mac, "dev", "gretap0", "nud", "permanent",
+        ])?;
+        ns.sysctl("net.ipv4.ip_forward", "1")
+    }
+
     /// Sets up the kernel's `vxlan` device the way flannel does: `nolearning`, port
     /// 4789, VNI 42, address `<pod_subnet>.0/32`, and for each peer (underlay address,
     /// its /24 pod subnet's first three octets, its VTEP MAC) a route, a permanent

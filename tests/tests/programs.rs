@@ -35,6 +35,9 @@ const OTHER_DIRECT_CONTAINER: [u8; 4] = [10, 244, 6, 7];
 /// test_run gives the program a packet on `lo` (ifindex 1): the endpoint is registered
 /// there, as if lo were a container's host-side veth.
 const TEST_RUN_IFINDEX: u32 = 1;
+/// A block of the peer reached over GRE (same network: encapsulation is per route).
+const GRE_BLOCK: &str = "10.244.8.0/24";
+const GRE_CONTAINER: [u8; 4] = [10, 244, 8, 2];
 
 struct Fixture {
     dp: Datapath,
@@ -80,6 +83,11 @@ fn fixture() -> Result<Option<Fixture>> {
         VNI,
         Ipv4Net::new(LOCAL_CONTAINER.into(), 32)?,
         Route::local(LOCAL_IFINDEX, LOCAL_MAC, GATEWAY_MAC),
+    )?;
+    dp.set_route(
+        VNI,
+        GRE_BLOCK.parse()?,
+        Route::remote(PEER_UNDERLAY, PEER_VTEP).over_gre(),
     )?;
     // Another peer's block: the known peer must not speak for it.
     dp.set_route(
@@ -273,6 +281,38 @@ fn vxlan_frame(from: [u8; 4], flags: u8, vni: u32, inner_dst: [u8; 4]) -> (Vec<u
     )
 }
 
+/// A GRE header: flags and version, protocol type, key (no checksum or sequence).
+fn gre(flags: u16, proto: u16, key: u32) -> Vec<u8> {
+    [flags.to_be_bytes(), proto.to_be_bytes()]
+        .concat()
+        .into_iter()
+        .chain(key.to_be_bytes())
+        .collect()
+}
+
+/// Ethernet over GRE from `from` with GRE header `header`, carrying an IPv4/UDP packet
+/// from the peer's container to `inner_dst`; and that inner packet.
+fn gre_frame(from: [u8; 4], header: &[u8], frags: u16, inner_dst: [u8; 4]) -> (Vec<u8>, Vec<u8>) {
+    let inner_ip = ipv4(REMOTE_CONTAINER, inner_dst, 17, 0x4000, &udp(40000, 7777, b"hi back"));
+    let payload = [
+        header.to_vec(),
+        eth([0x02, 1, 2, 3, 4, 5], PEER_VTEP, 0x0800),
+        inner_ip.clone(),
+    ]
+    .concat();
+    let frame = [
+        eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800),
+        ipv4(from, OUR_UNDERLAY, 47, frags, &payload),
+    ]
+    .concat();
+    (frame, inner_ip)
+}
+
+/// The GRE frame the known peer sends to the local container in the test network.
+fn good_gre(header: &[u8], inner_dst: [u8; 4]) -> Vec<u8> {
+    gre_frame(PEER_UNDERLAY, header, 0x4000, inner_dst).0
+}
+
 fn outer(src: [u8; 4], dst: [u8; 4], dport: u16, frags: u16, udp_payload: &[u8]) -> Vec<u8> {
     [
         eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800),
@@ -358,6 +398,40 @@ fn encap_matches_independently_built_headers() -> Result<()> {
         "8 flows got only {} source ports: {ports:?}",
         ports.len()
     );
+    Ok(())
+}
+
+/// GRE: outer IPv4 (protocol 47) + GRE with the VNI as key + the inner Ethernet frame,
+/// byte for byte what Linux's `gretap ... key 42` sends.
+#[test]
+fn gre_encap_matches_independently_built_headers() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    let frame = container_frame(GRE_CONTAINER);
+    let out = f.run(
+        prog::FROM_CONTAINER,
+        &frame,
+        TC_ACT_REDIRECT,
+        "encapsulated",
+    )?;
+    let inner = [eth(PEER_VTEP, OUR_VTEP, 0x0800), frame[14..].to_vec()].concat();
+    let payload = [gre(0x2000, 0x6558, VNI), inner].concat();
+    let mut expected = eth([0; 6], [0; 6], 0x0800);
+    expected.extend(ipv4(OUR_UNDERLAY, PEER_UNDERLAY, 47, 0x4000, &payload));
+    assert_eq!(out.len(), frame.len() + 42);
+    assert_eq!(out, expected, "GRE frame differs");
+    Ok(())
+}
+
+#[test]
+fn gre_decap_delivers_the_inner_packet_in_both_modes() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    let (frame, inner_ip) = gre_frame(PEER_UNDERLAY, &gre(0x2000, 0x6558, VNI), 0x4000, LOCAL_CONTAINER);
+    let out = f.run(prog::DECAP_TC, &frame, TC_ACT_REDIRECT, "decapsulated")?;
+    let delivered = [eth(LOCAL_MAC, GATEWAY_MAC, 0x0800), inner_ip].concat();
+    assert_eq!(out, delivered);
+    let out = f.run(prog::DECAP_XDP, &frame, XDP_PASS, "decapsulated")?;
+    let meta = [0x6f78_6c79u32.to_ne_bytes(), LOCAL_IFINDEX.to_ne_bytes()].concat();
+    assert_eq!(out, [meta, delivered].concat());
     Ok(())
 }
 
@@ -799,6 +873,52 @@ fn hostile_cases() -> Vec<HostileCase> {
             spoofed_inner([10, 244, 3, 3]),
         ),
     ]
+    .into_iter()
+    .chain(hostile_gre_cases())
+    .collect()
+}
+
+/// Every Ethernet-over-GRE packet from a peer that must not be delivered.
+fn hostile_gre_cases() -> Vec<HostileCase> {
+    let key = |k| gre(0x2000, 0x6558, k);
+    let full = good_gre(&key(VNI), LOCAL_CONTAINER);
+    let arp_inner = [
+        eth([0x02, 0, 0, 0, 0, 0x11], [0x02, 0, 0, 0, 0, 0x12], 0x0800),
+        ipv4(
+            PEER_UNDERLAY,
+            OUR_UNDERLAY,
+            47,
+            0x4000,
+            &[key(VNI), eth([0xff; 6], PEER_VTEP, 0x0806), vec![0; 28]].concat(),
+        ),
+    ]
+    .concat();
+    let mut options = full.clone();
+    options[14] = 0x46; // IHL 6: one word of options before GRE
+    options.splice(34..34, [1u8, 1, 1, 0]);
+    let spoofed = {
+        let inner_ip = ipv4([10, 244, 3, 3], LOCAL_CONTAINER, 17, 0x4000, &udp(1, 2, b"spoof"));
+        let payload = [key(VNI), eth([2; 6], PEER_VTEP, 0x0800), inner_ip].concat();
+        let ip = ipv4(PEER_UNDERLAY, OUR_UNDERLAY, 47, 0x4000, &payload);
+        [eth([2; 6], [4; 6], 0x0800), ip].concat()
+    };
+    vec![
+        ("GRE with a checksum", "drop_bad_gre", good_gre(&gre(0xa000, 0x6558, VNI), LOCAL_CONTAINER)),
+        ("GRE with a sequence number", "drop_bad_gre", good_gre(&gre(0x3000, 0x6558, VNI), LOCAL_CONTAINER)),
+        ("GRE without a key", "drop_bad_gre", good_gre(&gre(0x0000, 0x6558, VNI), LOCAL_CONTAINER)),
+        ("GRE version 1", "drop_bad_gre", good_gre(&gre(0x2001, 0x6558, VNI), LOCAL_CONTAINER)),
+        ("GRE truncated in its header", "drop_bad_gre", full[..14 + 20 + 6].to_vec()),
+        ("GRE unknown key", "drop_unknown_vni", good_gre(&key(43), LOCAL_CONTAINER)),
+        ("GRE key 0", "drop_unknown_vni", good_gre(&key(0), LOCAL_CONTAINER)),
+        ("GRE key above 2^24-1", "drop_unknown_vni", good_gre(&key(1 << 24), LOCAL_CONTAINER)),
+        ("GRE inner ARP", "drop_inner_not_ipv4", arp_inner),
+        ("GRE truncated in inner IPv4", "drop_truncated_inner", full[..56 + 12].to_vec()),
+        ("GRE no such container", "drop_no_local_endpoint", good_gre(&key(VNI), [10, 244, 1, 99])),
+        ("GRE inner source of another peer's block", "drop_spoofed_peer_source", spoofed),
+        ("GRE outer first fragment", "drop_outer_fragment", gre_frame(PEER_UNDERLAY, &key(VNI), 0x2000, LOCAL_CONTAINER).0),
+        ("GRE outer IP options", "drop_outer_ip_options", options),
+        ("GRE IPv4 length beyond the frame", "drop_bad_length", with_ip_len(&full, 1400)),
+    ]
 }
 
 /// `frame` with the big-endian u16 at `offset` set to `value`.
@@ -868,6 +988,15 @@ fn passing_cases() -> Vec<(&'static str, Vec<u8>)> {
                 .collect(),
         ),
         ("Ethernet only", eth([2; 6], [4; 6], 0x0800)),
+        // GRE that is not oxlay's: the host's own tunnels, if it has any.
+        (
+            "Ethernet over GRE from an address that is no peer",
+            gre_frame([192, 168, 50, 99], &gre(0x2000, 0x6558, VNI), 0x4000, LOCAL_CONTAINER).0,
+        ),
+        (
+            "IPv4 over GRE from a peer",
+            gre_frame(PEER_UNDERLAY, &gre(0x2000, 0x0800, VNI), 0x4000, LOCAL_CONTAINER).0,
+        ),
     ]
 }
 

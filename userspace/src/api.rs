@@ -57,6 +57,8 @@ pub enum Request {
         direct: bool,
         #[serde(default)]
         egress: Egress,
+        #[serde(default)]
+        encap: crate::model::Encap,
     },
     NetworkLs(NoArgs),
     NetworkInspect {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: oxlay (both decap modes) against plain host routing ("host-gw")
+//! `cargo xtask bench`: oxlay (both decap modes, and GRE) against plain host routing ("host-gw")
 //! and the kernel's vxlan device, in one run, interleaved, three regimes (wire-size
 //! frames between hosts, the headline; veth super-packets; per packet), plus the
 //! programs' ns/packet under test-run. Prints a table of ratios (medians with their
@@ -16,8 +16,8 @@ use oxlay_testbed::{sh, Cluster, Daemon, Host, Netns, Underlay};
 
 use crate::{demo::catch_interrupt, step};
 
-/// The four ways of connecting two containers on two hosts.
-const VARIANTS: [&str; 4] = ["host-gw", "linux-vxlan", "oxlay-tc", "oxlay-xdp"];
+/// The ways of connecting two containers on two hosts.
+const VARIANTS: [&str; 5] = ["host-gw", "linux-vxlan", "oxlay-tc", "oxlay-xdp", "oxlay-gre"];
 /// Every variant's containers use this MTU, so all carry the same bytes per packet.
 const MTU: u32 = 1450;
 
@@ -34,8 +34,12 @@ struct Setup {
 impl Setup {
     fn new(variant: &str) -> Result<Self> {
         match variant {
-            "oxlay-tc" | "oxlay-xdp" => {
-                let mut c = Cluster::new(2, 1, variant.trim_start_matches("oxlay-"))?;
+            "oxlay-tc" | "oxlay-xdp" | "oxlay-gre" => {
+                let mut c = match variant {
+                    // GRE with TC decapsulation, the default mode.
+                    "oxlay-gre" => Cluster::with_config(2, 1, "tc", 1500, "encap = \"gre\"")?,
+                    _ => Cluster::new(2, 1, variant.trim_start_matches("oxlay-"))?,
+                };
                 let server = c.containers[1].pop().unwrap();
                 let client = c.containers[0].pop().unwrap();
                 Ok(Self {
@@ -480,7 +484,8 @@ pub fn run(
         "Measured by `cargo xtask bench` on {} ({} CPUs), kernel {}. Two hosts, one container each, \
          all variants at container MTU {MTU}, interleaved {rounds} rounds of {seconds} s; medians shown. \
          host-gw: plain routing between hosts, no encapsulation. linux-vxlan: the kernel's vxlan device, \
-         flannel-style. oxlay-tc / oxlay-xdp: oxlay's eBPF datapath with TC or XDP decapsulation.\n",
+         flannel-style. oxlay-tc / oxlay-xdp: oxlay's eBPF datapath with TC or XDP decapsulation. \
+         oxlay-gre: oxlay's datapath with GRE instead of VXLAN (TC decapsulation).\n",
         sh(&["date", "-u", "+%Y-%m-%d"])?.trim(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         sh(&["uname", "-r"])?.trim()

@@ -20,6 +20,7 @@ fn color(variant: &str) -> RGBColor {
         "host-gw" => RGBColor(140, 140, 140),
         "linux-vxlan" => RGBColor(230, 140, 40),
         "oxlay-tc" => RGBColor(40, 100, 200),
+        "oxlay-gre" => RGBColor(150, 80, 170),
         _ => RGBColor(60, 160, 90),
     }
 }

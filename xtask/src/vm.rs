@@ -5,12 +5,13 @@
 //! Each VM runs the kernel-program suite (BPF_PROG_TEST_RUN) and the end-to-end tests
 //! with real daemons: hosts and containers in namespaces on a bridge, cross-host
 //! traffic in both decap modes, SIGTERM/SIGKILL restarts and upgrades without loss,
-//! uninstall, and containers reaching an outside host through the NAT. Before 6.6 these exercise the netlink (cls_bpf) attachment instead
+//! uninstall, containers reaching an outside host through the NAT, and oxlay's GRE
+//! with the kernel's gretap device (the machine's kernel has no GRE module). Before 6.6 these exercise the netlink (cls_bpf) attachment instead
 //! of TCX links.
 //!
 //! The initramfs holds busybox, iproute2's `ip` and `tc`, bpftool, nft, the `oxlay`
 //! binary, the test binaries, the C libraries they link and the kernel's modules for
-//! veth, bridge, clsact/cls_bpf and (for egress) conntrack, NAT and nftables. `/init` loads the modules, runs each suite, prints one
+//! veth, bridge, clsact/cls_bpf, (for egress) conntrack, NAT and nftables, and GRE. `/init` loads the modules, runs each suite, prints one
 //! `VMTEST <suite> PASS|FAIL` line per suite and powers off. A kernel that is not
 //! installable is reported, not skipped silently.
 use std::{
@@ -40,6 +41,12 @@ const SUITES: &[(&str, &str, &str)] = &[
     ),
     ("restart", "restart", ""),
     ("egress", "egress", ""),
+    // The kernel's gretap on the other side needs ip_gre, which the machine lacks.
+    (
+        "gre",
+        "gre",
+        "--include-ignored interoperates_with_the_linux_gretap_device",
+    ),
 ];
 
 /// Modules the end-to-end tests need (Debian builds them as modules), dependencies
@@ -61,6 +68,10 @@ const MODULES: &[&str] = &[
     "net/netfilter/nf_tables",
     "net/netfilter/nft_chain_nat",
     "net/netfilter/nft_masq",
+    // GRE: the kernel's gretap device that oxlay interoperates with.
+    "net/ipv4/gre",
+    "net/ipv4/ip_tunnel",
+    "net/ipv4/ip_gre",
 ];
 
 const INIT_HEAD: &str = r#"#!/bin/sh

@@ -72,6 +72,7 @@ fn network_request(cmd: NetworkCmd) -> Request {
             direct,
             masquerade,
             masquerade_except,
+            encap,
         } => Request::NetworkCreate {
             name,
             subnet,
@@ -84,6 +85,7 @@ fn network_request(cmd: NetworkCmd) -> Request {
                 masquerade,
                 except: masquerade_except,
             },
+            encap,
         },
         NetworkCmd::Ls => Request::NetworkLs(NoArgs {}),
         NetworkCmd::Inspect { name } => Request::NetworkInspect { name },

@@ -108,6 +108,10 @@ pub enum NetworkCmd {
         /// masquerade on (e.g. a routed data-centre range); repeatable.
         #[arg(long = "masquerade-except", value_name = "CIDR")]
         masquerade_except: Vec<Ipv4Net>,
+        /// Between hosts: vxlan (the default) or gre (Ethernet over GRE, key = VNI, as
+        /// Linux's gretap).
+        #[arg(long, default_value = "vxlan", value_name = "vxlan|gre")]
+        encap: crate::model::Encap,
     },
     /// List networks.
     Ls,

@@ -86,7 +86,11 @@ pub fn networks(networks: &[NetworkRecord]) -> String {
             n.vni.to_string(),
             n.subnet.to_string(),
             format!("/{}", n.block_prefix),
-            if n.direct { "direct" } else { "vxlan" }.to_owned(),
+            match n.direct {
+                // Direct to peers on the underlay subnet, encapsulated to the others.
+                true => format!("direct+{}", n.encap.name()),
+                false => n.encap.name().to_owned(),
+            },
             labels(&n.labels),
         ]
     });

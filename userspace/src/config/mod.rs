@@ -56,6 +56,9 @@ pub struct Config {
     /// `[egress] masquerade = false`).
     #[serde(default)]
     pub egress: crate::model::Egress,
+    /// How the static network's packets travel to its peers: "vxlan" or "gre".
+    #[serde(default)]
+    pub encap: crate::model::Encap,
     #[serde(default)]
     pub decap: DecapMode,
     /// Unix socket of the local API; defaults to a per-node path.

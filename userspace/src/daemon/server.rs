@@ -151,6 +151,7 @@ async fn cluster_request(request: Request, store: &dyn Store) -> Result<Value> {
             allow_overlap,
             direct,
             egress,
+            encap,
         } => {
             let spec = NetworkSpec {
                 name,
@@ -161,6 +162,7 @@ async fn cluster_request(request: Request, store: &dyn Store) -> Result<Value> {
                 allow_overlap,
                 direct,
                 egress,
+                encap,
             };
             serde_json::to_value(model::create_network(store, spec).await?)?
         }

@@ -88,6 +88,7 @@ pub(super) async fn create_reserved(
         direct: spec.direct,
         removing: false,
         egress: spec.egress.clone(),
+        encap: spec.encap,
     };
     let created = store
         .compare_and_put(

@@ -13,6 +13,7 @@ fn net(subnet: &str, block: u8) -> NetworkRecord {
         direct: false,
         removing: false,
         egress: Egress::default(),
+        encap: Default::default(),
     }
 }
 

@@ -12,7 +12,7 @@ use super::snapshot::Snapshot;
 use crate::{
     config::Config,
     model::local::LocalEndpoint,
-    model::BlockRecord,
+    model::{BlockRecord, Encap},
     net::{Ipv4Net, MacAddr},
 };
 
@@ -62,14 +62,14 @@ impl Desired {
 
 /// The writes of a route to a peer's block: direct when asked for and the peer is on
 /// our underlay subnet (also entered in the direct table, where received packets'
-/// sources are checked), else VXLAN.
+/// sources are checked), else the network's encapsulation.
 fn peer_writes(
     me: &Me,
     vni: u32,
     block: Ipv4Net,
     underlay: Ipv4Addr,
     vtep_mac: MacAddr,
-    direct: bool,
+    (direct, encap): (bool, Encap),
 ) -> Vec<(RouteKey, Route, Write)> {
     if direct && me.underlay_subnet.contains(underlay) {
         let route = Route::direct(underlay.octets());
@@ -79,11 +79,12 @@ fn peer_writes(
             ((DIRECT_NET_ID, block), route.in_network(vni), Write::Set),
         ]
     } else {
-        vec![(
-            (vni, block),
-            Route::remote(underlay.octets(), vtep_mac.0),
-            Write::Keep,
-        )]
+        let route = Route::remote(underlay.octets(), vtep_mac.0);
+        let route = match encap {
+            Encap::Vxlan => route,
+            Encap::Gre => route.over_gre(),
+        };
+        vec![((vni, block), route, Write::Keep)]
     }
 }
 
@@ -112,7 +113,7 @@ fn block_writes(
             block.block,
             host.underlay_address,
             host.vtep_mac,
-            net.direct,
+            (net.direct, net.encap),
         );
     }
     if net.direct {
@@ -174,7 +175,7 @@ pub fn desired_base(
                 peer.pod_subnet,
                 peer.underlay_address,
                 mac,
-                peer.direct,
+                (peer.direct, config.encap),
             );
             for (key, route, how) in writes {
                 d.write(key, route, how);

@@ -101,6 +101,7 @@ mod tests {
             direct: false,
             removing: false,
             egress,
+            encap: Default::default(),
         }
     }
 

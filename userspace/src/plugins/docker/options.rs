@@ -6,8 +6,8 @@ use anyhow::{anyhow, Result};
 use crate::{model::NetworkSpec, net::Ipv4Net};
 
 /// A network created on Docker's behalf: IPAM options `vni`, `block-prefix`,
-/// `direct`, `masquerade` and `masquerade-except` (comma-separated CIDRs) are oxlay's;
-/// the others become labels.
+/// `direct`, `masquerade`, `masquerade-except` (comma-separated CIDRs) and `encap`
+/// (vxlan or gre) are oxlay's; the others become labels.
 pub(super) fn network_spec(
     name: &str,
     subnet: Option<Ipv4Net>,
@@ -36,6 +36,11 @@ pub(super) fn network_spec(
                 spec.direct = v
                     .parse()
                     .map_err(|_| anyhow!("--ipam-opt direct={v}: use true or false"))?
+            }
+            "encap" => {
+                spec.encap = v
+                    .parse()
+                    .map_err(|e| anyhow!("--ipam-opt encap={v}: {e:#}"))?
             }
             "masquerade" => {
                 spec.egress.masquerade = v
