@@ -172,13 +172,34 @@ impl Host {
         ])?;
         ns.ip(&["link", "set", "gretap0", "mtu", "1450", "up"])?;
         let net = |n: [u8; 3]| format!("{}.{}.{}", n[0], n[1], n[2]);
-        ns.ip(&["addr", "add", &format!("{}.0/32", net(pod_net)), "dev", "gretap0"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}.0/32", net(pod_net)),
+            "dev",
+            "gretap0",
+        ])?;
         let gw = format!("{}.0", net(peer_net));
         ns.ip(&[
-            "route", "add", &format!("{gw}/24"), "via", &gw, "dev", "gretap0", "onlink",
+            "route",
+            "add",
+            &format!("{gw}/24"),
+            "via",
+            &gw,
+            "dev",
+            "gretap0",
+            "onlink",
         ])?;
         ns.ip(&[
-            "neigh", "add", &gw, "lladdr", peer_mac, "dev", "gretap0", "nud", "permanent",
+            "neigh",
+            "add",
+            &gw,
+            "lladdr",
+            peer_mac,
+            "dev",
+            "gretap0",
+            "nud",
+            "permanent",
         ])?;
         ns.sysctl("net.ipv4.ip_forward", "1")
     }

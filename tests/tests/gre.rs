@@ -10,17 +10,37 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use oxlay_testbed::{
-    sh, skip_without_root, tcp_transfer, Daemon, NodeConfig, Netns, StoreCluster, TempDir,
-    Underlay,
+    sh, skip_without_root, tcp_transfer, Daemon, Netns, NodeConfig, StoreCluster, TempDir, Underlay,
 };
 
 const MB: u64 = 1024 * 1024;
 
 /// Captures up to `count` GRE packets on the underlay bridge for `secs`; the file.
-fn capture_gre(ul: &Underlay, file: &std::path::Path, count: u32, secs: u32) -> Result<std::process::Child> {
+fn capture_gre(
+    ul: &Underlay,
+    file: &std::path::Path,
+    count: u32,
+    secs: u32,
+) -> Result<std::process::Child> {
     let child = Command::new("ip")
-        .args(["netns", "exec", &ul.ns.name, "tshark", "-q", "-i", "br0", "-f", "ip proto 47"])
-        .args(["-a", &format!("duration:{secs}"), "-c", &count.to_string(), "-w"])
+        .args([
+            "netns",
+            "exec",
+            &ul.ns.name,
+            "tshark",
+            "-q",
+            "-i",
+            "br0",
+            "-f",
+            "ip proto 47",
+        ])
+        .args([
+            "-a",
+            &format!("duration:{secs}"),
+            "-c",
+            &count.to_string(),
+            "-w",
+        ])
         .arg(file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -35,9 +55,24 @@ fn gre_networks_carry_traffic_between_oxlay_hosts() -> Result<()> {
         return Ok(());
     }
     let c = StoreCluster::new(2, false, 30)?;
-    c.daemons[0].cli(&["network", "create", "g", "--subnet", "10.79.0.0/16", "--encap", "gre"])?;
+    c.daemons[0].cli(&[
+        "network",
+        "create",
+        "g",
+        "--subnet",
+        "10.79.0.0/16",
+        "--encap",
+        "gre",
+    ])?;
     let listed = c.daemons[0].cli(&["network", "ls"])?;
-    ensure!(listed.contains(" gre "), "network ls does not show gre: {listed}");
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("g "))
+        .unwrap_or_default();
+    ensure!(
+        row.split_whitespace().nth(4) == Some("gre"),
+        "network ls does not show gre: {listed}"
+    );
     let (a, a_addr) = c.endpoint(0, "g", "gre-a", None)?;
     let (b, b_addr) = c.endpoint(1, "g", "gre-b", None)?;
 
@@ -51,12 +86,31 @@ fn gre_networks_carry_traffic_between_oxlay_hosts() -> Result<()> {
     tcp_transfer(&b, &a, a_addr, 16 * MB)?;
 
     let fields = sh(&[
-        "tshark", "-r", file.to_str().unwrap(), "-T", "fields", "-E", "separator=,",
-        "-E", "aggregator=/", "-e", "ip.proto", "-e", "gre.flags_and_version", "-e",
-        "gre.proto", "-e", "gre.key", "-e", "icmp.type",
+        "tshark",
+        "-r",
+        file.to_str().unwrap(),
+        "-T",
+        "fields",
+        "-E",
+        "separator=,",
+        "-E",
+        "aggregator=/",
+        "-e",
+        "ip.proto",
+        "-e",
+        "gre.flags_and_version",
+        "-e",
+        "gre.proto",
+        "-e",
+        "gre.key",
+        "-e",
+        "icmp.type",
     ])?;
     let lines: Vec<&str> = fields.lines().collect();
-    ensure!(lines.len() == 4, "expected 4 GRE packets, captured: {fields}");
+    ensure!(
+        lines.len() == 4,
+        "expected 4 GRE packets, captured: {fields}"
+    );
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
         ensure!(f[0].starts_with("47"), "not GRE: {line}");
@@ -109,7 +163,13 @@ fn interoperates_with_the_linux_gretap_device() -> Result<()> {
     cb.ping("10.244.1.2", 2)?;
     tcp_transfer(&ca, &cb, "10.244.2.2".parse()?, 16 * MB)?;
     tcp_transfer(&cb, &ca, "10.244.1.2".parse()?, 16 * MB)?;
-    let (out, into) = (daemon.counter("encapsulated")?, daemon.counter("decapsulated")?);
-    ensure!(out >= 2 && into >= 2, "encapsulated {out}, decapsulated {into}");
+    let (out, into) = (
+        daemon.counter("encapsulated")?,
+        daemon.counter("decapsulated")?,
+    );
+    ensure!(
+        out >= 2 && into >= 2,
+        "encapsulated {out}, decapsulated {into}"
+    );
     Ok(())
 }

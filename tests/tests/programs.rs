@@ -293,7 +293,13 @@ fn gre(flags: u16, proto: u16, key: u32) -> Vec<u8> {
 /// Ethernet over GRE from `from` with GRE header `header`, carrying an IPv4/UDP packet
 /// from the peer's container to `inner_dst`; and that inner packet.
 fn gre_frame(from: [u8; 4], header: &[u8], frags: u16, inner_dst: [u8; 4]) -> (Vec<u8>, Vec<u8>) {
-    let inner_ip = ipv4(REMOTE_CONTAINER, inner_dst, 17, 0x4000, &udp(40000, 7777, b"hi back"));
+    let inner_ip = ipv4(
+        REMOTE_CONTAINER,
+        inner_dst,
+        17,
+        0x4000,
+        &udp(40000, 7777, b"hi back"),
+    );
     let payload = [
         header.to_vec(),
         eth([0x02, 1, 2, 3, 4, 5], PEER_VTEP, 0x0800),
@@ -425,7 +431,12 @@ fn gre_encap_matches_independently_built_headers() -> Result<()> {
 #[test]
 fn gre_decap_delivers_the_inner_packet_in_both_modes() -> Result<()> {
     let Some(f) = fixture()? else { return Ok(()) };
-    let (frame, inner_ip) = gre_frame(PEER_UNDERLAY, &gre(0x2000, 0x6558, VNI), 0x4000, LOCAL_CONTAINER);
+    let (frame, inner_ip) = gre_frame(
+        PEER_UNDERLAY,
+        &gre(0x2000, 0x6558, VNI),
+        0x4000,
+        LOCAL_CONTAINER,
+    );
     let out = f.run(prog::DECAP_TC, &frame, TC_ACT_REDIRECT, "decapsulated")?;
     let delivered = [eth(LOCAL_MAC, GATEWAY_MAC, 0x0800), inner_ip].concat();
     assert_eq!(out, delivered);
@@ -897,27 +908,85 @@ fn hostile_gre_cases() -> Vec<HostileCase> {
     options[14] = 0x46; // IHL 6: one word of options before GRE
     options.splice(34..34, [1u8, 1, 1, 0]);
     let spoofed = {
-        let inner_ip = ipv4([10, 244, 3, 3], LOCAL_CONTAINER, 17, 0x4000, &udp(1, 2, b"spoof"));
+        let inner_ip = ipv4(
+            [10, 244, 3, 3],
+            LOCAL_CONTAINER,
+            17,
+            0x4000,
+            &udp(1, 2, b"spoof"),
+        );
         let payload = [key(VNI), eth([2; 6], PEER_VTEP, 0x0800), inner_ip].concat();
         let ip = ipv4(PEER_UNDERLAY, OUR_UNDERLAY, 47, 0x4000, &payload);
         [eth([2; 6], [4; 6], 0x0800), ip].concat()
     };
     vec![
-        ("GRE with a checksum", "drop_bad_gre", good_gre(&gre(0xa000, 0x6558, VNI), LOCAL_CONTAINER)),
-        ("GRE with a sequence number", "drop_bad_gre", good_gre(&gre(0x3000, 0x6558, VNI), LOCAL_CONTAINER)),
-        ("GRE without a key", "drop_bad_gre", good_gre(&gre(0x0000, 0x6558, VNI), LOCAL_CONTAINER)),
-        ("GRE version 1", "drop_bad_gre", good_gre(&gre(0x2001, 0x6558, VNI), LOCAL_CONTAINER)),
-        ("GRE truncated in its header", "drop_bad_gre", full[..14 + 20 + 6].to_vec()),
-        ("GRE unknown key", "drop_unknown_vni", good_gre(&key(43), LOCAL_CONTAINER)),
-        ("GRE key 0", "drop_unknown_vni", good_gre(&key(0), LOCAL_CONTAINER)),
-        ("GRE key above 2^24-1", "drop_unknown_vni", good_gre(&key(1 << 24), LOCAL_CONTAINER)),
+        (
+            "GRE with a checksum",
+            "drop_bad_gre",
+            good_gre(&gre(0xa000, 0x6558, VNI), LOCAL_CONTAINER),
+        ),
+        (
+            "GRE with a sequence number",
+            "drop_bad_gre",
+            good_gre(&gre(0x3000, 0x6558, VNI), LOCAL_CONTAINER),
+        ),
+        (
+            "GRE without a key",
+            "drop_bad_gre",
+            good_gre(&gre(0x0000, 0x6558, VNI), LOCAL_CONTAINER),
+        ),
+        (
+            "GRE version 1",
+            "drop_bad_gre",
+            good_gre(&gre(0x2001, 0x6558, VNI), LOCAL_CONTAINER),
+        ),
+        (
+            "GRE truncated in its header",
+            "drop_bad_gre",
+            full[..14 + 20 + 6].to_vec(),
+        ),
+        (
+            "GRE unknown key",
+            "drop_unknown_vni",
+            good_gre(&key(43), LOCAL_CONTAINER),
+        ),
+        (
+            "GRE key 0",
+            "drop_unknown_vni",
+            good_gre(&key(0), LOCAL_CONTAINER),
+        ),
+        (
+            "GRE key above 2^24-1",
+            "drop_unknown_vni",
+            good_gre(&key(1 << 24), LOCAL_CONTAINER),
+        ),
         ("GRE inner ARP", "drop_inner_not_ipv4", arp_inner),
-        ("GRE truncated in inner IPv4", "drop_truncated_inner", full[..56 + 12].to_vec()),
-        ("GRE no such container", "drop_no_local_endpoint", good_gre(&key(VNI), [10, 244, 1, 99])),
-        ("GRE inner source of another peer's block", "drop_spoofed_peer_source", spoofed),
-        ("GRE outer first fragment", "drop_outer_fragment", gre_frame(PEER_UNDERLAY, &key(VNI), 0x2000, LOCAL_CONTAINER).0),
+        (
+            "GRE truncated in inner IPv4",
+            "drop_truncated_inner",
+            full[..56 + 12].to_vec(),
+        ),
+        (
+            "GRE no such container",
+            "drop_no_local_endpoint",
+            good_gre(&key(VNI), [10, 244, 1, 99]),
+        ),
+        (
+            "GRE inner source of another peer's block",
+            "drop_spoofed_peer_source",
+            spoofed,
+        ),
+        (
+            "GRE outer first fragment",
+            "drop_outer_fragment",
+            gre_frame(PEER_UNDERLAY, &key(VNI), 0x2000, LOCAL_CONTAINER).0,
+        ),
         ("GRE outer IP options", "drop_outer_ip_options", options),
-        ("GRE IPv4 length beyond the frame", "drop_bad_length", with_ip_len(&full, 1400)),
+        (
+            "GRE IPv4 length beyond the frame",
+            "drop_bad_length",
+            with_ip_len(&full, 1400),
+        ),
     ]
 }
 
@@ -991,11 +1060,23 @@ fn passing_cases() -> Vec<(&'static str, Vec<u8>)> {
         // GRE that is not oxlay's: the host's own tunnels, if it has any.
         (
             "Ethernet over GRE from an address that is no peer",
-            gre_frame([192, 168, 50, 99], &gre(0x2000, 0x6558, VNI), 0x4000, LOCAL_CONTAINER).0,
+            gre_frame(
+                [192, 168, 50, 99],
+                &gre(0x2000, 0x6558, VNI),
+                0x4000,
+                LOCAL_CONTAINER,
+            )
+            .0,
         ),
         (
             "IPv4 over GRE from a peer",
-            gre_frame(PEER_UNDERLAY, &gre(0x2000, 0x0800, VNI), 0x4000, LOCAL_CONTAINER).0,
+            gre_frame(
+                PEER_UNDERLAY,
+                &gre(0x2000, 0x0800, VNI),
+                0x4000,
+                LOCAL_CONTAINER,
+            )
+            .0,
         ),
     ]
 }

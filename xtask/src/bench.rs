@@ -17,7 +17,13 @@ use oxlay_testbed::{sh, Cluster, Daemon, Host, Netns, Underlay};
 use crate::{demo::catch_interrupt, step};
 
 /// The ways of connecting two containers on two hosts.
-const VARIANTS: [&str; 5] = ["host-gw", "linux-vxlan", "oxlay-tc", "oxlay-xdp", "oxlay-gre"];
+const VARIANTS: [&str; 5] = [
+    "host-gw",
+    "linux-vxlan",
+    "oxlay-tc",
+    "oxlay-xdp",
+    "oxlay-gre",
+];
 /// Every variant's containers use this MTU, so all carry the same bytes per packet.
 const MTU: u32 = 1450;
 

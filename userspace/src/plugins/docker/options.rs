@@ -79,12 +79,14 @@ mod tests {
                 "masquerade-except".to_owned(),
                 "10.0.0.0/8, 172.16.0.0/12".to_owned(),
             ),
+            ("encap".to_owned(), "gre".to_owned()),
             ("team".to_owned(), "a".to_owned()),
         ]);
         let spec = network_spec("blue", None, &options).unwrap();
         assert_eq!(spec.vni, Some(77));
         assert_eq!(spec.block_prefix, Some(26));
         assert!(spec.direct);
+        assert_eq!(spec.encap, crate::model::Encap::Gre);
         assert!(!spec.egress.masquerade);
         let except: Vec<String> = spec.egress.except.iter().map(|c| c.to_string()).collect();
         assert_eq!(except, ["10.0.0.0/8", "172.16.0.0/12"]);
@@ -96,6 +98,7 @@ mod tests {
             ("direct", "yes", "true or false"),
             ("masquerade", "no", "masquerade=no"),
             ("masquerade-except", "10.0.0.0/33", "masquerade-except"),
+            ("encap", "geneve", "use vxlan or gre"),
         ] {
             let bad = BTreeMap::from([(k.to_owned(), v.to_owned())]);
             let e = network_spec("blue", None, &bad).unwrap_err();

@@ -70,7 +70,22 @@ fn only_networks_with_local_endpoints_are_accepted_and_routed() {
         .routes
         .contains_key(&(DIRECT_NET_ID, "10.10.0.1/32".parse().unwrap())));
     assert!(!d.networks.contains(&DIRECT_NET_ID));
+    // A direct GRE network: the far block by GRE, the near one still direct.
+    snapshot.networks.get_mut("blue").unwrap().encap = model::Encap::Gre;
+    let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
+    assert_eq!(d.routes[&(100, "10.10.1.0/24".parse().unwrap())], near);
+    assert_eq!(
+        d.routes[&(100, "10.10.9.0/24".parse().unwrap())],
+        Route::remote([192, 168, 60, 9], [2, 0, 0, 0, 0, 9]).over_gre()
+    );
     snapshot.networks.get_mut("blue").unwrap().direct = false;
+    let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
+    assert_eq!(
+        d.routes[&(100, "10.10.1.0/24".parse().unwrap())].kind,
+        oxlay_common::RouteKind::RemoteGre as u8,
+        "a GRE network's peers are reached by GRE"
+    );
+    snapshot.networks.get_mut("blue").unwrap().encap = model::Encap::Vxlan;
 
     // Without local endpoints: nothing accepted, nothing routed, peers still known.
     let d = desired(&me(), &config(), &snapshot, &[]).unwrap();

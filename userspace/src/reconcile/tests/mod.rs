@@ -51,6 +51,7 @@ fn network(name: &str, vni: u32) -> NetworkRecord {
         direct: false,
         removing: false,
         egress: Default::default(),
+        encap: Default::default(),
     }
 }
 
