@@ -154,7 +154,8 @@ impl Host {
         Ok(c)
     }
 
-    /// Sets up the kernel's `gretap` device towards one peer: key 42, address
+    /// Sets up the kernel's `gretap` device (`gtap1`: `ip_gre` makes a `gretap0` of its
+    /// own in every namespace) towards one peer: key 42, address
     /// `<pod_subnet>.0/32`, MTU 1450 (an oxlay container's), and a route to the peer's
     /// /24 pod subnet through a permanent neighbour with the peer's VTEP MAC. Needs the
     /// `ip_gre` module (in the VMs of `cargo xtask vm-test`).
@@ -167,17 +168,17 @@ impl Host {
         let ns = &self.ns;
         let (local, remote) = (self.addr.to_string(), peer.to_string());
         ns.ip(&[
-            "link", "add", "gretap0", "address", vtep_mac, "type", "gretap", "local", &local,
+            "link", "add", "gtap1", "address", vtep_mac, "type", "gretap", "local", &local,
             "remote", &remote, "key", "42",
         ])?;
-        ns.ip(&["link", "set", "gretap0", "mtu", "1450", "up"])?;
+        ns.ip(&["link", "set", "gtap1", "mtu", "1450", "up"])?;
         let net = |n: [u8; 3]| format!("{}.{}.{}", n[0], n[1], n[2]);
         ns.ip(&[
             "addr",
             "add",
             &format!("{}.0/32", net(pod_net)),
             "dev",
-            "gretap0",
+            "gtap1",
         ])?;
         let gw = format!("{}.0", net(peer_net));
         ns.ip(&[
@@ -187,7 +188,7 @@ impl Host {
             "via",
             &gw,
             "dev",
-            "gretap0",
+            "gtap1",
             "onlink",
         ])?;
         ns.ip(&[
@@ -197,7 +198,7 @@ impl Host {
             "lladdr",
             peer_mac,
             "dev",
-            "gretap0",
+            "gtap1",
             "nud",
             "permanent",
         ])?;

@@ -64,7 +64,7 @@ enum Cmd {
         regime: Option<String>,
         /// Only these variants (repeatable); host-gw and linux-vxlan always run, as the
         /// baselines of the ratios.
-        #[arg(long = "variant", value_parser = ["oxlay-tc", "oxlay-xdp"])]
+        #[arg(long = "variant", value_parser = ["oxlay-tc", "oxlay-xdp", "oxlay-gre"])]
         variants: Vec<String>,
     },
 }

@@ -70,26 +70,49 @@ fn only_networks_with_local_endpoints_are_accepted_and_routed() {
         .routes
         .contains_key(&(DIRECT_NET_ID, "10.10.0.1/32".parse().unwrap())));
     assert!(!d.networks.contains(&DIRECT_NET_ID));
-    // A direct GRE network: the far block by GRE, the near one still direct.
-    snapshot.networks.get_mut("blue").unwrap().encap = model::Encap::Gre;
-    let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
-    assert_eq!(d.routes[&(100, "10.10.1.0/24".parse().unwrap())], near);
-    assert_eq!(
-        d.routes[&(100, "10.10.9.0/24".parse().unwrap())],
-        Route::remote([192, 168, 60, 9], [2, 0, 0, 0, 0, 9]).over_gre()
-    );
     snapshot.networks.get_mut("blue").unwrap().direct = false;
-    let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
-    assert_eq!(
-        d.routes[&(100, "10.10.1.0/24".parse().unwrap())].kind,
-        oxlay_common::RouteKind::RemoteGre as u8,
-        "a GRE network's peers are reached by GRE"
-    );
-    snapshot.networks.get_mut("blue").unwrap().encap = model::Encap::Vxlan;
 
     // Without local endpoints: nothing accepted, nothing routed, peers still known.
     let d = desired(&me(), &config(), &snapshot, &[]).unwrap();
     assert!(d.networks.is_empty() && d.routes.is_empty() && d.endpoints.is_empty());
+}
+
+/// A GRE network's peers are reached by GRE; a direct GRE network's near peers still
+/// directly.
+#[test]
+fn gre_networks_route_their_peers_over_gre() {
+    let mut gre = network("blue", 100);
+    gre.encap = model::Encap::Gre;
+    let far = HostRecord {
+        underlay_address: Ipv4Addr::new(192, 168, 60, 9),
+        ..host("far", 9)
+    };
+    let snapshot = |direct: bool| {
+        let net = NetworkRecord {
+            direct,
+            ..gre.clone()
+        };
+        Snapshot::from_records(
+            vec![host("me", 11), host("b", 12), far.clone()],
+            vec![net],
+            vec![
+                block("blue", "10.10.0.0/24", "me"),
+                block("blue", "10.10.1.0/24", "b"),
+                block("blue", "10.10.9.0/24", "far"),
+            ],
+        )
+    };
+    let ep = local(100, "10.10.0.1");
+    let route = |d: &Desired, cidr: &str| d.routes[&(100, cidr.parse().unwrap())];
+    let d = desired(&me(), &config(), &snapshot(false), &[&ep]).unwrap();
+    let over_gre = Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]).over_gre();
+    assert_eq!(route(&d, "10.10.1.0/24"), over_gre);
+    let d = desired(&me(), &config(), &snapshot(true), &[&ep]).unwrap();
+    assert_eq!(route(&d, "10.10.1.0/24"), Route::direct([192, 168, 50, 12]));
+    assert_eq!(
+        route(&d, "10.10.9.0/24"),
+        Route::remote([192, 168, 60, 9], [2, 0, 0, 0, 0, 9]).over_gre()
+    );
 }
 
 /// The direct table names the network of every direct network's blocks, also of
