@@ -11,6 +11,8 @@ pub mod step {
     pub const ENDPOINT_RECORD: &str = "endpoint-record";
     /// Reading an endpoint's network from the store while adopting it at start.
     pub const ADOPT_NETWORK_READ: &str = "adopt-network-read";
+    /// Reading a Docker container's names after it joined (as if oxlay restarted first).
+    pub const DOCKER_NAMES: &str = "docker-names";
 }
 
 /// Fails when `OXLAY_FAULT` names `step` and it has not failed yet in this process.

@@ -271,6 +271,7 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
     let docker = daemon.config.docker.clone();
     let docker_plugin = docker.enabled.then(|| {
         let driver = Arc::new(DaemonDriver(daemon.clone()));
+        crate::plugins::docker::names::recover_later(daemon.clone());
         let socket = docker.socket.clone();
         info!(
             "serving the Docker network and IPAM driver \"oxlay\" on {}",

@@ -24,7 +24,7 @@ use crate::net::{Ipv4Net, MacAddr};
 
 pub mod driver;
 pub mod engine;
-mod names;
+pub(crate) mod names;
 mod options;
 mod ports;
 mod wire;
