@@ -219,7 +219,7 @@ pub const COUNTERS: [CounterInfo; 26] = [
         Counter::DropUdpGsoTunnelState,
         "drop_udp_gso_tunnel_state",
         Drop,
-        "UDP GSO packet that reached TC decapsulation whole (virtual underlay): kernels up to 6.18 cannot reset its tunnel offload state, and the container's socket would lose it; use decap = \"xdp\" or turn GSO off on the underlay",
+        "UDP GSO packet that reached TC decapsulation whole (a virtual underlay, or GRE coalesced by the underlay's GRO): kernels up to 6.18 cannot reset its tunnel offload state, and the container's socket would lose it; use decap = \"xdp\" or turn GSO (GRO for GRE) off on the underlay",
     ),
     row(
         Counter::DropBadGre,

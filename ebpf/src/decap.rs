@@ -17,7 +17,7 @@ use oxlay_common::{wire::ETH_LEN, Counter, Route, XdpDeliveryMeta};
 use crate::{
     counters::count,
     maps,
-    parse::{classify, write, Decap, ETH_P_IPV4, GRE_INNER_ETH_OFF, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
+    parse::{classify, write, Decap, ETH_P_IPV4, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
 };
 
 /// The Ethernet header a decapsulated frame gets: from the container's gateway to it.
@@ -59,7 +59,7 @@ pub fn tc(ctx: &TcContext) -> i32 {
             count(reason);
             TC_ACT_SHOT as i32
         }
-        Decap::Deliver { route, strip } => match tc_strip_and_deliver(ctx, &route, strip) {
+        Decap::Deliver { route, strip, gre } => match tc_strip_and_deliver(ctx, &route, strip, gre) {
             Ok(action) => action,
             Err(reason) => {
                 count(reason);
@@ -97,21 +97,24 @@ fn xdp_delivery(ctx: &TcContext) -> Option<u32> {
 const DECAP_L4_UDP: u64 = 1 << 10;
 const DECAP_L4_GRE: u64 = 1 << 9;
 
-/// Removes the `strip` bytes in front of the inner Ethernet header and delivers.
-fn tc_strip_and_deliver(ctx: &TcContext, route: &Route, strip: usize) -> Result<i32, Counter> {
+/// Removes the `strip` bytes in front of the inner Ethernet header (GRE's or VXLAN's
+/// outer headers) and delivers.
+fn tc_strip_and_deliver(
+    ctx: &TcContext,
+    route: &Route,
+    strip: usize,
+    gre: bool,
+) -> Result<i32, Counter> {
     let shrink = -(strip as i32);
-    let decap_l4 = if strip == GRE_INNER_ETH_OFF {
-        DECAP_L4_GRE
-    } else {
-        DECAP_L4_UDP
-    };
+    let decap_l4 = if gre { DECAP_L4_GRE } else { DECAP_L4_UDP };
     // FIXED_GSO: the inner segments keep their size (without it the kernel grows
     // gso_size by the 50 bytes removed, wrong for a container that forwards, and it
     // refuses UDP GSO packets outright).
     let flags = BPF_F_ADJ_ROOM_FIXED_GSO as u64 | BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64;
     let gso = is_gso(ctx);
-    // A GSO packet (it reached us whole: a virtual underlay such as veth, or VM to
-    // VM) keeps its tunnel GSO state unless the kernel can reset it.
+    // A GSO packet (it reached us whole: a virtual underlay such as veth, VM to VM, or
+    // for GRE any underlay, whose GRO coalesces GRE) keeps its tunnel GSO state unless
+    // the kernel can reset it.
     let reset = gso && ctx.adjust_room(shrink, BPF_ADJ_ROOM_MAC, flags | decap_l4).is_ok();
     if !reset {
         // The stale state breaks the segmentation a UDP socket does on receive: the
@@ -172,7 +175,7 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
             count(reason);
             xdp_action::XDP_DROP
         }
-        Decap::Deliver { route, strip } => match xdp_strip_and_deliver(ctx, &route, strip as i32) {
+        Decap::Deliver { route, strip, .. } => match xdp_strip_and_deliver(ctx, &route, strip as i32) {
             Ok(action) => {
                 count(Counter::Decapsulated);
                 action

@@ -151,7 +151,8 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
                 return Ok(Some(mtu::too_big(ctx, &eth, &ip, cfg.underlay_mtu)));
             }
             // TCP segments of this size would not fit once encapsulated (a container
-            // MTU above underlay - 50): let the kernel cut them 50 bytes shorter.
+            // MTU above underlay - 50): let the kernel cut them shorter by the headers
+            // it adds (50 bytes, or GRE's 42).
             flags &= !(BPF_F_ADJ_ROOM_FIXED_GSO as u64);
         }
     }

@@ -68,9 +68,13 @@ pub enum Decap {
     Pass,
     /// VXLAN for this host that must not be delivered, with the reason.
     Drop(Counter),
-    /// Strip the outer headers (the inner Ethernet header starts at `strip`) and
-    /// deliver to this local route.
-    Deliver { route: Route, strip: usize },
+    /// Strip the outer headers (the inner Ethernet header starts at `strip`; `gre`:
+    /// they are GRE's, else VXLAN's) and deliver to this local route.
+    Deliver {
+        route: Route,
+        strip: usize,
+        gre: bool,
+    },
     /// An unencapsulated packet from a direct peer: deliver as it is.
     DeliverDirect(Route),
 }
@@ -164,6 +168,7 @@ fn classify_vxlan(
         Ok(route) => Decap::Deliver {
             route,
             strip: INNER_ETH_OFF,
+            gre: false,
         },
         Err(reason) => drop(reason),
     }
@@ -178,19 +183,27 @@ fn classify_gre(data: usize, data_end: usize, frame_len: usize, ip: &Ipv4Hdr) ->
     if !maps::is_peer(peer) {
         return Decap::Pass;
     }
-    // GRE sits after the IPv4 header, options included; the mask keeps it bounded.
-    let ihl = (ip.vihl & 0x0f) as usize;
-    let Some(gre) = read::<[u8; GRE_LEN]>(data, data_end, OUTER_IP_OFF + ihl * 4) else {
-        return Decap::Drop(Counter::DropBadGre);
-    };
-    if u16::from_be_bytes([gre[2], gre[3]]) != ETH_P_TEB {
+    let frags = u16::from_be_bytes(ip.frags);
+    if frags & 0x1fff != 0 {
+        // A later fragment has no GRE header to look at (as for VXLAN).
         return Decap::Pass;
     }
+    // GRE sits after the IPv4 header, options included; the mask keeps it bounded.
+    // Its first 4 bytes say what it carries; only then is it oxlay's business.
+    let ihl = (ip.vihl & 0x0f) as usize;
+    let gre_off = OUTER_IP_OFF + ihl * 4;
+    match read::<[u8; 4]>(data, data_end, gre_off) {
+        Some(base) if u16::from_be_bytes([base[2], base[3]]) == ETH_P_TEB => {}
+        _ => return Decap::Pass,
+    }
     // From here on the packet claims to be oxlay's GRE: drop, never pass, on failure.
+    let Some(gre) = read::<[u8; GRE_LEN]>(data, data_end, gre_off) else {
+        return Decap::Drop(Counter::DropBadGre);
+    };
     if ihl != 5 {
         return Decap::Drop(Counter::DropOuterIpOptions);
     }
-    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+    if frags & 0x2000 != 0 {
         return Decap::Drop(Counter::DropOuterFragment);
     }
     // Only the key, as `gretap ... key N` sends it: no checksum, sequence or routing.
@@ -205,13 +218,17 @@ fn classify_gre(data: usize, data_end: usize, frame_len: usize, ip: &Ipv4Hdr) ->
     let Some(inner_ip) = inner_ipv4(data, data_end, GRE_INNER_ETH_OFF) else {
         return drop(inner_failure(data, data_end, GRE_INNER_ETH_OFF));
     };
-    if u16::from_be_bytes(ip.tot_len) as usize + ETH_LEN > frame_len {
+    // The outer length within the frame (Ethernet may pad), and long enough for the
+    // headers read above.
+    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip_len + ETH_LEN > frame_len || ip_len < GRE_INNER_IP_OFF - ETH_LEN + IPV4_LEN {
         return drop(Counter::DropBadLength);
     }
     match deliverable(peer, key, &inner_ip) {
         Ok(route) => Decap::Deliver {
             route,
             strip: GRE_INNER_ETH_OFF,
+            gre: true,
         },
         Err(reason) => drop(reason),
     }

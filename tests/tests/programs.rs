@@ -987,6 +987,11 @@ fn hostile_gre_cases() -> Vec<HostileCase> {
             "drop_bad_length",
             with_ip_len(&full, 1400),
         ),
+        (
+            "GRE IPv4 length shorter than its headers",
+            "drop_bad_length",
+            with_ip_len(&full, 40),
+        ),
     ]
 }
 
@@ -1078,6 +1083,14 @@ fn passing_cases() -> Vec<(&'static str, Vec<u8>)> {
             )
             .0,
         ),
+        (
+            "a later fragment of GRE from a peer",
+            gre_frame(PEER_UNDERLAY, &gre(0x2000, 0x6558, VNI), 0x0010, LOCAL_CONTAINER).0,
+        ),
+        ("a short GRE header carrying IPv4, from a peer", {
+            let ip = ipv4(PEER_UNDERLAY, OUR_UNDERLAY, 47, 0x4000, &[0, 0, 0x08, 0x00]);
+            [eth([2; 6], [4; 6], 0x0800), ip].concat()
+        }),
     ]
 }
 

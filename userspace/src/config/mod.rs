@@ -248,6 +248,9 @@ impl Config {
                 }
                 check_pod_subnet("pod_subnet", subnet)?;
             }
+            (None, None) if self.encap != crate::model::Encap::Vxlan => bail!(
+                "encap is the static network's (with vni and pod_subnet); a network in the store takes `oxlay network create --encap gre`"
+            ),
             (None, None) if self.peers.is_empty() => {}
             (None, None) => bail!("peers need a static network: set vni and pod_subnet too"),
             _ => bail!("vni and pod_subnet go together: set both for a static network, or neither"),

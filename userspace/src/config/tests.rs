@@ -87,3 +87,12 @@ fn names_upstream_is_checked() {
     let ours = err(&upstream("\"169.254.1.1\""));
     assert!(ours.contains("oxlay's own resolver"), "{ours}");
 }
+
+#[test]
+fn encap_is_for_the_static_network() {
+    let c: Config = format!("encap = \"gre\"\n{GOOD}").parse().unwrap();
+    assert_eq!(c.encap, crate::model::Encap::Gre);
+    let alone = "node_name = \"a\"\nunderlay_interface = \"eth0\"\nencap = \"gre\"\n";
+    assert!(err(alone).contains("--encap gre"), "{}", err(alone));
+    assert!(err(&with("encap = \"geneve\"")).contains("geneve"));
+}

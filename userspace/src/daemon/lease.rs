@@ -134,6 +134,7 @@ mod tests {
             name: "a".into(),
             underlay_address: Ipv4Addr::new(192, 168, 50, 11),
             vtep_mac: MacAddr([2, 0, 0, 0, 0, 11]),
+            gre: true,
         }
     }
 

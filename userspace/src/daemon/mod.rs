@@ -196,6 +196,7 @@ async fn start(
         name: config.node_name.clone(),
         underlay_address: underlay.address,
         vtep_mac: config.vtep_mac(),
+        gre: true,
     };
     let lease = Arc::new(lease::HostLease::new(
         store.clone(),

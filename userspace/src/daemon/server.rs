@@ -236,7 +236,13 @@ fn routes(s: &State) -> Result<Vec<RouteView>> {
             RouteView {
                 vni: r.net_id,
                 destination: r.dest.to_string(),
-                kind: if local { "local" } else { "remote" }.to_owned(),
+                kind: match r.route.kind {
+                    k if k == RouteKind::Local as u8 => "local",
+                    k if k == RouteKind::Direct as u8 => "direct",
+                    k if k == RouteKind::RemoteGre as u8 => "remote-gre",
+                    _ => "remote",
+                }
+                .to_owned(),
                 via: if local {
                     names
                         .get(&r.route.ifindex)

@@ -19,6 +19,10 @@ pub struct HostRecord {
     pub name: String,
     pub underlay_address: Ipv4Addr,
     pub vtep_mac: MacAddr,
+    /// The host's datapath takes GRE. Daemons from before GRE leave it out: every
+    /// host sends them VXLAN, also on GRE networks, until they are upgraded.
+    #[serde(default)]
+    pub gre: bool,
 }
 
 /// How a network's containers reach destinations outside every oxlay network.

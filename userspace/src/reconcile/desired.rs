@@ -113,7 +113,8 @@ fn block_writes(
             block.block,
             host.underlay_address,
             host.vtep_mac,
-            (net.direct, net.encap),
+            // A host from before GRE gets VXLAN (which every host takes).
+            (net.direct, if host.gre { net.encap } else { Encap::Vxlan }),
         );
     }
     if net.direct {

@@ -113,6 +113,17 @@ fn gre_networks_route_their_peers_over_gre() {
         route(&d, "10.10.9.0/24"),
         Route::remote([192, 168, 60, 9], [2, 0, 0, 0, 0, 9]).over_gre()
     );
+    // A host whose daemon predates GRE (its record says nothing) gets VXLAN.
+    let mut old = snapshot(false);
+    old.hosts.get_mut("b").unwrap().gre = false;
+    let d = desired(&me(), &config(), &old, &[&ep]).unwrap();
+    let vxlan = Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 12]);
+    assert_eq!(route(&d, "10.10.1.0/24"), vxlan);
+    let record: HostRecord = serde_json::from_str(
+        r#"{"name":"b","underlay_address":"192.168.50.12","vtep_mac":"02:00:00:00:00:0c"}"#,
+    )
+    .unwrap();
+    assert!(!record.gre, "a record without the field is a host without GRE");
 }
 
 /// The direct table names the network of every direct network's blocks, also of

@@ -38,6 +38,7 @@ fn host(name: &str, last: u8) -> HostRecord {
         name: name.into(),
         underlay_address: Ipv4Addr::new(192, 168, 50, last),
         vtep_mac: MacAddr([2, 0, 0, 0, 0, last]),
+        gre: true,
     }
 }
 
