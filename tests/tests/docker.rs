@@ -632,14 +632,27 @@ fn docker_containers_find_each_other_by_name() -> Result<()> {
     // A container whose names oxlay could not read when it joined (as if oxlay had
     // restarted in between) gets them when oxlay starts again.
     c.restart_daemon_with_env(1, &[("OXLAY_FAULT", oxlay::fault::step::DOCKER_NAMES)])?;
-    b.docker(&["run", "-d", "--name", "late", "--network", "web", IMAGE, "sleep", "600"])?;
+    b.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "late",
+        "--network",
+        "web",
+        IMAGE,
+        "sleep",
+        "600",
+    ])?;
     let late = address(b, "late", "web")?;
     std::thread::sleep(Duration::from_secs(1));
     ensure_unknown("late (its names not read)", resolve(a, "client", "late"))?;
     c.restart_daemon(1)?;
     let found = eventually(Duration::from_secs(5), || resolve(a, "client", "late"))
         .with_context(|| diagnose(c, dockers))?;
-    ensure!(found == [late], "late is {found:?} after oxlay read its names at start");
+    ensure!(
+        found == [late],
+        "late is {found:?} after oxlay read its names at start"
+    );
 
     b.docker(&["rm", "-f", "srv"])?;
     let took = time_until_unknown(

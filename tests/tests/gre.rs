@@ -81,7 +81,9 @@ fn gre_networks_carry_traffic_between_oxlay_hosts() -> Result<()> {
     let pcap = TempDir::new("pcap")?;
     let file = pcap.path.join("gre.pcap");
     let decapsulated = || -> Result<Vec<u64>> {
-        (0..2).map(|h| c.daemons[h].counter("decapsulated")).collect()
+        (0..2)
+            .map(|h| c.daemons[h].counter("decapsulated"))
+            .collect()
     };
     let before = decapsulated()?;
     let mut capture = capture_gre(&c.underlay, &file, 4, 20)?;
@@ -91,24 +93,50 @@ fn gre_networks_carry_traffic_between_oxlay_hosts() -> Result<()> {
     let after = decapsulated()?;
     for h in 0..2 {
         // Two pings: two requests decapsulated on b, two replies on a.
-        ensure!(after[h] - before[h] >= 2, "host {h} decapsulated {before:?} -> {after:?}");
+        ensure!(
+            after[h] - before[h] >= 2,
+            "host {h} decapsulated {before:?} -> {after:?}"
+        );
     }
     tcp_transfer(&a, &b, b_addr, 16 * MB)?;
     tcp_transfer(&b, &a, a_addr, 16 * MB)?;
 
     let fields = sh(&[
-        "tshark", "-r", file.to_str().unwrap(), "-T", "fields", "-E", "separator=,",
-        "-E", "aggregator=/", "-e", "ip.proto", "-e", "gre.flags_and_version", "-e",
-        "gre.proto", "-e", "gre.key", "-e", "icmp.type",
+        "tshark",
+        "-r",
+        file.to_str().unwrap(),
+        "-T",
+        "fields",
+        "-E",
+        "separator=,",
+        "-E",
+        "aggregator=/",
+        "-e",
+        "ip.proto",
+        "-e",
+        "gre.flags_and_version",
+        "-e",
+        "gre.proto",
+        "-e",
+        "gre.key",
+        "-e",
+        "icmp.type",
     ])?;
     let lines: Vec<&str> = fields.lines().collect();
-    ensure!(lines.len() == 4, "expected 4 GRE packets, captured: {fields}");
+    ensure!(
+        lines.len() == 4,
+        "expected 4 GRE packets, captured: {fields}"
+    );
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
         ensure!(f[0].starts_with("47"), "not GRE: {line}");
         ensure!(f[1] == "0x2000", "GRE flags (only the key) in {line}");
         ensure!(f[2] == "0x6558", "GRE protocol (Ethernet) in {line}");
-        ensure!(f[3] == vni, "GRE key (the network's VNI {vni}) in {line}");
+        let key = u32::from_str_radix(f[3].trim_start_matches("0x"), 16).ok();
+        ensure!(
+            key.map(|k| k.to_string()) == Some(vni.clone()),
+            "GRE key (the network's VNI {vni}) in {line}"
+        );
         ensure!(!f[4].is_empty(), "no inner ICMP dissected in {line}");
     }
     Ok(())

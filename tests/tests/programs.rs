@@ -1085,7 +1085,13 @@ fn passing_cases() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "a later fragment of GRE from a peer",
-            gre_frame(PEER_UNDERLAY, &gre(0x2000, 0x6558, VNI), 0x0010, LOCAL_CONTAINER).0,
+            gre_frame(
+                PEER_UNDERLAY,
+                &gre(0x2000, 0x6558, VNI),
+                0x0010,
+                LOCAL_CONTAINER,
+            )
+            .0,
         ),
         ("a short GRE header carrying IPv4, from a peer", {
             let ip = ipv4(PEER_UNDERLAY, OUR_UNDERLAY, 47, 0x4000, &[0, 0, 0x08, 0x00]);

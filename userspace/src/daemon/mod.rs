@@ -192,12 +192,7 @@ async fn start(
         }
         e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh")
     })?;
-    let host = HostRecord {
-        name: config.node_name.clone(),
-        underlay_address: underlay.address,
-        vtep_mac: config.vtep_mac(),
-        gre: true,
-    };
+    let host = host_record(&config, underlay);
     let lease = Arc::new(lease::HostLease::new(
         store.clone(),
         host.clone(),
@@ -255,6 +250,16 @@ async fn start(
         resolver,
         names_status: std::sync::Mutex::new(names::NamesStatus::Starting),
     }))
+}
+
+/// How this host appears to the others in the store.
+fn host_record(config: &Config, underlay: &Underlay) -> HostRecord {
+    HostRecord {
+        name: config.node_name.clone(),
+        underlay_address: underlay.address,
+        vtep_mac: config.vtep_mac(),
+        gre: true,
+    }
 }
 
 /// Runs the daemon's tasks (lease renewal, the store watch, the Docker plugin, the

@@ -71,7 +71,11 @@ pub(crate) fn recover_later(d: Arc<Daemon>) {
                 let found = container_names(&socket, docker_id, short, Duration::ZERO).await;
                 if let Ok(names) = found {
                     match d.set_names(&key, names.clone()).await {
-                        Ok(()) => info!("docker: endpoint {} is {} (read at start)", key.0, names.join(", ")),
+                        Ok(()) => info!(
+                            "docker: endpoint {} is {} (read at start)",
+                            key.0,
+                            names.join(", ")
+                        ),
                         Err(e) => warn!("docker: endpoint {} has no names: {e:#}", key.0),
                     }
                     break;
@@ -119,7 +123,11 @@ async fn container_names(
 /// `endpoint_id`. Until the container is attached, dockerd lists the endpoint under
 /// "ep-<endpoint ID>".
 fn joined(network: &Value, endpoint_id: &str) -> Option<String> {
-    let ours = |c: &Value| c["EndpointID"].as_str().is_some_and(|e| e.starts_with(endpoint_id));
+    let ours = |c: &Value| {
+        c["EndpointID"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(endpoint_id))
+    };
     network["Containers"]
         .as_object()?
         .iter()
@@ -166,7 +174,11 @@ mod tests {
         assert_eq!(joined(&network, "e2").as_deref(), Some("beef"));
         assert_eq!(joined(&network, "e3"), None);
         let long = json!({"Containers": {"cafe": {"EndpointID": "0123456789abcdef"}}});
-        assert_eq!(joined(&long, "0123456789ab").as_deref(), Some("cafe"), "by prefix");
+        assert_eq!(
+            joined(&long, "0123456789ab").as_deref(),
+            Some("cafe"),
+            "by prefix"
+        );
         let attaching = json!({"Containers": {"ep-e4": {"Name": "x", "EndpointID": "e4"}}});
         assert_eq!(joined(&attaching, "e4"), None, "not attached yet");
         let inspect = json!({"Name": "/srv", "NetworkSettings": {"Networks": {

@@ -123,7 +123,10 @@ fn gre_networks_route_their_peers_over_gre() {
         r#"{"name":"b","underlay_address":"192.168.50.12","vtep_mac":"02:00:00:00:00:0c"}"#,
     )
     .unwrap();
-    assert!(!record.gre, "a record without the field is a host without GRE");
+    assert!(
+        !record.gre,
+        "a record without the field is a host without GRE"
+    );
 }
 
 /// The direct table names the network of every direct network's blocks, also of
