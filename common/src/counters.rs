@@ -41,6 +41,11 @@ pub enum Counter {
     DropDirectOtherNetwork,
     DropUdpGsoTunnelState,
     DropBadGre,
+    L2Switched,
+    L2ToWire,
+    L2FromWire,
+    L2Flooded,
+    DropL2NoParent,
 }
 
 /// Name and meaning of one counter.
@@ -70,7 +75,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 26] = [
+pub const COUNTERS: [CounterInfo; 31] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -226,6 +231,36 @@ pub const COUNTERS: [CounterInfo; 26] = [
         "drop_bad_gre",
         Drop,
         "Ethernet-over-GRE packet from a peer too short for its GRE header, without a key, or with a checksum, sequence number, routing or a version other than 0",
+    ),
+    row(
+        Counter::L2Switched,
+        "l2_switched",
+        Forward,
+        "layer-2 frames from a container delivered straight to another container of its network on this host",
+    ),
+    row(
+        Counter::L2ToWire,
+        "l2_to_wire",
+        Forward,
+        "layer-2 frames from a container sent out of its network's parent NIC (tagged with its VLAN, if any)",
+    ),
+    row(
+        Counter::L2FromWire,
+        "l2_from_wire",
+        Forward,
+        "frames from a parent NIC delivered to the local container they were addressed to",
+    ),
+    row(
+        Counter::L2Flooded,
+        "l2_flooded",
+        Forward,
+        "broadcast and multicast frames of a layer-2 network copied to its local containers (and the wire or the host)",
+    ),
+    row(
+        Counter::DropL2NoParent,
+        "drop_l2_no_parent",
+        Drop,
+        "frame from a container of a layer-2 network that has no parent NIC on this host (its [l2] parent is not set up)",
     ),
 ];
 

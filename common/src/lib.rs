@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod counters;
+pub mod l2;
 pub mod wire;
 
 pub use counters::{Counter, CounterInfo, CounterKind, COUNTERS, COUNTER_COUNT};
@@ -30,6 +31,9 @@ pub mod map_names {
     pub const PEERS: &str = "OXLAY_PEERS";
     pub const NETWORKS: &str = "OXLAY_NETWORKS";
     pub const COUNTERS: &str = "OXLAY_COUNTERS";
+    pub const L2_FDB: &str = "OXLAY_L2_FDB";
+    pub const L2_NETWORKS: &str = "OXLAY_L2_NETWORKS";
+    pub const L2_VLANS: &str = "OXLAY_L2_VLANS";
 }
 
 /// Name of every program in the eBPF object.
@@ -42,6 +46,8 @@ pub mod program_names {
     pub const DECAP_XDP: &str = "oxlay_decap_xdp";
     /// TC ingress on the underlay interface in XDP mode: delivers what XDP stripped.
     pub const XDP_DELIVER_TC: &str = "oxlay_xdp_deliver_tc";
+    /// TC ingress on a layer-2 network's parent NIC: frames for local containers.
+    pub const L2_FROM_WIRE: &str = "oxlay_l2_from_wire";
     /// Programs that do nothing: the baselines of the per-packet benchmarks.
     pub const NOOP_TC: &str = "oxlay_noop_tc";
     pub const NOOP_XDP: &str = "oxlay_noop_xdp";
@@ -63,6 +69,10 @@ pub mod limits {
     pub const MAX_PEERS: u32 = 16_384;
     /// Networks (VNIs) present on this host.
     pub const MAX_NETWORKS: u32 = 4_096;
+    /// Local containers of layer-2 networks (their MACs), as many as endpoints.
+    pub const MAX_L2_MACS: u32 = MAX_ENDPOINTS;
+    /// Layer-2 networks on this host, and their (parent, VLAN) pairs: one per VLAN.
+    pub const MAX_L2_NETWORKS: u32 = 4_096;
 }
 
 /// Datapath settings that are the same for every packet; one entry in an array map.
@@ -210,7 +220,9 @@ pub struct Endpoint {
     pub addr: [u8; 4],
     /// The container's MAC.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// [`l2::ENDPOINT_L2`] for an endpoint of a layer-2 network.
+    pub flags: u8,
+    pub _pad: u8,
 }
 
 /// A peer host whose VXLAN packets are accepted, keyed by its underlay IPv4 address.
@@ -263,6 +275,12 @@ mod pod {
     unsafe impl aya::Pod for Route {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for l2::L2Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for l2::L2Network {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for l2::L2Vlan {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Peer {}
     // SAFETY: as above.

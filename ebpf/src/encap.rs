@@ -15,11 +15,12 @@ use oxlay_common::{
         udp_src_port, ENCAP_OVERHEAD, ETH_LEN, ETH_P_TEB, GRE_ENCAP_OVERHEAD, GRE_FLAGS_KEY,
         IPPROTO_GRE, IPV4_LEN, OUTER_TTL,
     },
+    l2::ENDPOINT_L2,
     Counter, DatapathConfig, Route, RouteKind,
 };
 
 use crate::{
-    arp,
+    arp, l2,
     counters::count,
     maps, mtu,
     checksum,
@@ -101,6 +102,10 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
     let Some(ep) = maps::endpoint(ifindex) else {
         return Ok(None);
     };
+    // A layer-2 network's containers are switched by MAC, ARP included.
+    if ep.flags & ENDPOINT_L2 != 0 {
+        return Ok(Some(l2::from_container(ctx, &eth, ep, ifindex)));
+    }
     if ether_type == arp::ETH_P_ARP {
         return arp::respond(ctx, &eth, ep);
     }

@@ -26,6 +26,7 @@ mod checksum;
 mod counters;
 mod decap;
 mod encap;
+mod l2;
 mod maps;
 mod mtu;
 mod parse;
@@ -51,6 +52,12 @@ pub fn oxlay_decap_tc(ctx: TcContext) -> i32 {
 #[xdp(frags)]
 pub fn oxlay_decap_xdp(ctx: XdpContext) -> u32 {
     decap::xdp(&ctx)
+}
+
+/// TC ingress on a layer-2 network's parent NIC: frames for its local containers.
+#[classifier]
+pub fn oxlay_l2_from_wire(ctx: TcContext) -> i32 {
+    l2::from_wire(&ctx)
 }
 
 /// With `oxlay_decap_xdp`: delivers what it stripped (see `XdpDeliveryMeta` for why).

@@ -5,6 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
 };
 use oxlay_common::{
+    l2::{L2Key, L2Network, L2Vlan},
     limits, DatapathConfig, Endpoint, Network, Peer, Route, RouteDest, COUNTER_COUNT,
 };
 
@@ -28,6 +29,19 @@ pub static OXLAY_PEERS: HashMap<[u8; 4], Peer> = HashMap::pinned(limits::MAX_PEE
 /// VNI -> network present on this host.
 #[map]
 pub static OXLAY_NETWORKS: HashMap<u32, Network> = HashMap::pinned(limits::MAX_NETWORKS, 0);
+
+/// (layer-2 network, MAC) -> host-side veth of the local container with that MAC.
+#[map]
+pub static OXLAY_L2_FDB: HashMap<L2Key, u32> = HashMap::pinned(limits::MAX_L2_MACS, 0);
+
+/// Layer-2 network id -> its parent NIC, VLAN and local containers.
+#[map]
+pub static OXLAY_L2_NETWORKS: HashMap<u32, L2Network> =
+    HashMap::pinned(limits::MAX_L2_NETWORKS, 0);
+
+/// (parent NIC, VLAN) -> the layer-2 network there.
+#[map]
+pub static OXLAY_L2_VLANS: HashMap<L2Vlan, u32> = HashMap::pinned(limits::MAX_L2_NETWORKS, 0);
 
 /// Per-CPU packet counters, indexed by `oxlay_common::Counter`.
 #[map]
@@ -58,4 +72,35 @@ pub fn is_peer(underlay_addr: [u8; 4]) -> bool {
 #[inline(always)]
 pub fn has_network(vni: u32) -> bool {
     OXLAY_NETWORKS.get_ptr(vni).is_some()
+}
+
+/// The host-side veth of the local container with `mac` on layer-2 network `net_id`.
+#[inline(always)]
+pub fn l2_port(net_id: u32, mac: [u8; 6]) -> Option<u32> {
+    let key = L2Key {
+        net_id,
+        mac,
+        _pad: [0; 2],
+    };
+    // SAFETY: the value is a plain u32 copied out; userspace replaces entries whole.
+    unsafe { OXLAY_L2_FDB.get(&key) }.copied()
+}
+
+#[inline(always)]
+pub fn l2_network(net_id: u32) -> Option<&'static L2Network> {
+    // SAFETY: the value is only read; userspace replaces entries whole, so a concurrent
+    // update gives the old or the new network.
+    unsafe { OXLAY_L2_NETWORKS.get(&net_id) }
+}
+
+/// The layer-2 network on VLAN `vlan` (0: untagged) of parent NIC `ifindex`.
+#[inline(always)]
+pub fn l2_network_on(ifindex: u32, vlan: u16) -> Option<u32> {
+    let key = L2Vlan {
+        ifindex,
+        vlan,
+        _pad: 0,
+    };
+    // SAFETY: the value is a plain u32 copied out.
+    unsafe { OXLAY_L2_VLANS.get(&key) }.copied()
 }

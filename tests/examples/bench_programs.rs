@@ -64,7 +64,8 @@ fn measure(pins: &std::path::Path, routes: u32) -> Result<serde_json::Value> {
             net_id: 42,
             addr: [10, 244, 1, 2],
             mac: [2, 0, 0, 0, 0, 2], // the source MAC of eth() below: anti-spoofing checks it
-            _pad: [0; 2],
+            flags: 0,
+            _pad: 0,
         },
     )?;
 

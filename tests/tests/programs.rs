@@ -129,7 +129,8 @@ fn fixture() -> Result<Option<Fixture>> {
             net_id: VNI,
             addr: SRC_CONTAINER,
             mac: SRC_MAC,
-            _pad: [0; 2],
+            flags: 0,
+            _pad: 0,
         },
     )?;
     Ok(Some(Fixture { dp, _pins: pins }))

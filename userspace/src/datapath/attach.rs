@@ -181,6 +181,7 @@ pub(super) fn netlink_handle(program: &str) -> Option<TcHandle> {
         program_names::DECAP_TC => 1,
         program_names::XDP_DELIVER_TC => 2,
         program_names::FROM_CONTAINER => 3,
+        program_names::L2_FROM_WIRE => 4,
         _ => return None,
     };
     Some(TcHandle::new(0, minor))

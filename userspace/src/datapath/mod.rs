@@ -7,6 +7,7 @@ use aya::{Ebpf, EbpfLoader};
 use oxlay_common::program_names;
 
 mod attach;
+mod l2_maps;
 mod maps;
 pub mod pins;
 mod test_run;
@@ -83,6 +84,7 @@ impl Datapath {
         for name in [
             program_names::FROM_CONTAINER,
             program_names::DECAP_TC,
+            program_names::L2_FROM_WIRE,
             program_names::XDP_DELIVER_TC,
             program_names::NOOP_TC,
             program_names::BENCH_FROM_CONTAINER_HASHED,

@@ -15,16 +15,22 @@ use anyhow::{Context, Result};
 use aya::maps::{
     lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues,
 };
-use oxlay_common::{map_names, Endpoint, Network, Peer, Route, RouteDest, MAP_LAYOUT_VERSION};
+use oxlay_common::{
+    l2::{L2Key, L2Network, L2Vlan},
+    map_names, Endpoint, Network, Peer, Route, RouteDest, MAP_LAYOUT_VERSION,
+};
 
 /// Every map of the object, by the name the programs use.
-pub const MAPS: [&str; 6] = [
+pub const MAPS: [&str; 9] = [
     map_names::CONFIG,
     map_names::ROUTES,
     map_names::ENDPOINTS,
     map_names::PEERS,
     map_names::NETWORKS,
     map_names::COUNTERS,
+    map_names::L2_FDB,
+    map_names::L2_NETWORKS,
+    map_names::L2_VLANS,
 ];
 
 /// A map as the object defines it.
@@ -144,6 +150,9 @@ pub fn migrate(name: &str, old: &Path, new: &mut Map) -> Result<Result<usize, St
         map_names::ENDPOINTS => copy_hash::<u32, Endpoint>(&old_map, new)?,
         map_names::PEERS => copy_hash::<[u8; 4], Peer>(&old_map, new)?,
         map_names::NETWORKS => copy_hash::<u32, Network>(&old_map, new)?,
+        map_names::L2_FDB => copy_hash::<L2Key, u32>(&old_map, new)?,
+        map_names::L2_NETWORKS => copy_hash::<u32, L2Network>(&old_map, new)?,
+        map_names::L2_VLANS => copy_hash::<L2Vlan, u32>(&old_map, new)?,
         map_names::COUNTERS => {
             let from: PerCpuArray<_, u64> = PerCpuArray::try_from(&old_map)?;
             let mut to: PerCpuArray<_, u64> = PerCpuArray::try_from(&mut *new)?;

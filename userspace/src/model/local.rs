@@ -45,7 +45,8 @@ impl LocalEndpoint {
             net_id: self.vni,
             addr: self.address.octets(),
             mac: self.container_mac.0,
-            _pad: [0; 2],
+            flags: 0,
+            _pad: 0,
         }
     }
 

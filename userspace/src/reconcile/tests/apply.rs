@@ -7,7 +7,8 @@ fn apply_removes_before_adding_so_a_full_map_takes_the_new_routes() {
         net_id: 100,
         addr: [10, 10, 0, last],
         mac: [2, 0, 0, 0, 0, last],
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
     };
     let mut maps = FakeMaps {
         route_capacity: 2,

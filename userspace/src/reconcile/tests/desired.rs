@@ -29,7 +29,8 @@ fn only_networks_with_local_endpoints_are_accepted_and_routed() {
         net_id: 100,
         addr: [10, 10, 0, 1],
         mac: [2, 1, 1, 1, 1, 1],
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
     };
     assert_eq!(d.endpoints, BTreeMap::from([(9, entry)]));
     assert_eq!(

@@ -1,0 +1,176 @@
+//! Layer-2 networks: the programs are the switch. A container's frame goes to another
+//! local container of its network by destination MAC, or out of the network's parent
+//! NIC as it is (tagged with the network's VLAN); a frame from the parent goes to the
+//! local container it is addressed to; broadcast and multicast reach every local
+//! container of the network and the wire (from a container) or the host (from the
+//! wire). Everything else on the parent is the host's, untouched.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{
+        bpf_clone_redirect, bpf_redirect, bpf_redirect_peer, bpf_skb_vlan_pop, bpf_skb_vlan_push,
+    },
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use oxlay_common::{
+    l2::{L2Network, MAX_L2_PORTS},
+    wire::ETH_LEN,
+    Counter, Endpoint,
+};
+
+use crate::{
+    arp::ETH_P_ARP,
+    counters::count,
+    maps,
+    parse::{read, ETH_P_IPV4},
+};
+
+const ETH_P_8021Q: u16 = 0x8100;
+/// ARP sender hardware and protocol addresses, from the start of the frame.
+const ARP_SHA_OFF: usize = ETH_LEN + 8;
+const ARP_SPA_OFF: usize = ETH_LEN + 14;
+
+/// Whether a MAC is a group address (broadcast or multicast).
+#[inline(always)]
+fn is_group(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 != 0
+}
+
+/// A frame from container `ep` (its host-side veth `ifindex`) on a layer-2 network.
+pub fn from_container(ctx: &TcContext, eth: &EthHdr, ep: &Endpoint, ifindex: u32) -> i32 {
+    match try_from_container(ctx, eth, ep, ifindex) {
+        Ok(action) => action,
+        Err(reason) => {
+            count(reason);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+fn try_from_container(
+    ctx: &TcContext,
+    eth: &EthHdr,
+    ep: &Endpoint,
+    ifindex: u32,
+) -> Result<i32, Counter> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    // A container speaks only with its own MAC and address, in IPv4 and in ARP (a
+    // probe's sender address is 0.0.0.0).
+    if eth.src_addr != ep.mac {
+        return Err(Counter::DropSpoofedSource);
+    }
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    let tagged = unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    match u16::from_be(eth.ether_type) {
+        _ if tagged => return Err(Counter::DropContainerNotIpv4),
+        ETH_P_IPV4 => {
+            let ip = read::<Ipv4Hdr>(data, data_end, ETH_LEN).ok_or(Counter::DropTruncatedInner)?;
+            if ip.src_addr != ep.addr {
+                return Err(Counter::DropSpoofedSource);
+            }
+        }
+        ETH_P_ARP => {
+            let sha = read::<[u8; 6]>(data, data_end, ARP_SHA_OFF);
+            let spa = read::<[u8; 4]>(data, data_end, ARP_SPA_OFF);
+            match (sha, spa) {
+                (Some(sha), Some(spa)) if sha == ep.mac && (spa == ep.addr || spa == [0; 4]) => {}
+                _ => return Err(Counter::DropSpoofedSource),
+            }
+        }
+        _ => return Err(Counter::DropContainerNotIpv4),
+    }
+    let net = maps::l2_network(ep.net_id).ok_or(Counter::DropL2NoParent)?;
+    let dst = eth.dst_addr;
+    if is_group(&dst) {
+        flood(ctx, net, ifindex);
+        count(Counter::L2Flooded);
+        return to_wire(ctx, net);
+    }
+    if let Some(port) = maps::l2_port(ep.net_id, dst) {
+        count(Counter::L2Switched);
+        // SAFETY: plain helper call; an unknown ifindex makes the kernel drop it.
+        return Ok(unsafe { bpf_redirect_peer(port, 0) } as i32);
+    }
+    count(Counter::L2ToWire);
+    to_wire(ctx, net)
+}
+
+/// Sends the frame out of the network's parent NIC, with its VLAN tag.
+#[inline(always)]
+fn to_wire(ctx: &TcContext, net: &L2Network) -> Result<i32, Counter> {
+    if net.vlan != 0 {
+        // SAFETY: plain helper call on this program's own packet.
+        let pushed = unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), net.vlan) };
+        if pushed != 0 {
+            return Err(Counter::DropHeaderWriteFailed);
+        }
+    }
+    // SAFETY: plain helper call; an unknown ifindex makes the kernel drop it.
+    Ok(unsafe { bpf_redirect(net.parent_ifindex, 0) } as i32)
+}
+
+/// Copies the frame to every local container of `net` but the one on `except` (the
+/// sender's veth). A copy that cannot be made is that container's loss, not the
+/// others'.
+#[inline(always)]
+fn flood(ctx: &TcContext, net: &L2Network, except: u32) {
+    let len = (net.ports_len as usize).min(MAX_L2_PORTS);
+    for i in 0..MAX_L2_PORTS {
+        if i >= len {
+            break;
+        }
+        let port = net.ports[i];
+        if port != except {
+            // SAFETY: plain helper call on this program's own packet; the copy goes out
+            // of the container's host-side veth, into the container.
+            unsafe { bpf_clone_redirect(ctx.skb.skb, port, 0) };
+        }
+    }
+}
+
+/// A frame from a parent NIC: to the local container it is for, or to every local
+/// container of its network (and the host) if broadcast; the host's otherwise.
+pub fn from_wire(ctx: &TcContext) -> i32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let Some(eth) = read::<EthHdr>(data, data_end, 0) else {
+        return TC_ACT_OK as i32;
+    };
+    // The kernel takes the VLAN tag off before TC ingress: it is in the skb.
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    let (ifindex, tagged, tci) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.ifindex, skb.vlan_present != 0, skb.vlan_tci)
+    };
+    let vlan = if tagged { tci & 0x0fff } else { 0 };
+    let Some(net_id) = maps::l2_network_on(ifindex, vlan) else {
+        return TC_ACT_OK as i32;
+    };
+    if is_group(&eth.dst_addr) {
+        let Some(net) = maps::l2_network(net_id) else {
+            return TC_ACT_OK as i32;
+        };
+        // The copies go untagged; the host gets the frame as it came.
+        // SAFETY: plain helper calls on this program's own packet.
+        if tagged && unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
+            return TC_ACT_OK as i32;
+        }
+        flood(ctx, net, 0);
+        count(Counter::L2Flooded);
+        if tagged {
+            // SAFETY: as above.
+            unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), tci) };
+        }
+        return TC_ACT_OK as i32;
+    }
+    let Some(port) = maps::l2_port(net_id, eth.dst_addr) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: plain helper call on this program's own packet.
+    if tagged && unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
+        count(Counter::DropHeaderWriteFailed);
+        return TC_ACT_SHOT as i32;
+    }
+    count(Counter::L2FromWire);
+    // SAFETY: plain helper call; the frame leaves by the container's host-side veth.
+    unsafe { bpf_redirect(port, 0) as i32 }
+}

@@ -1,0 +1,64 @@
+//! The maps of layer-2 networks: which local container has which MAC, each network's
+//! parent NIC, VLAN and local containers, and which network a (parent, VLAN) is.
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use oxlay_common::{
+    l2::{L2Key, L2Network, L2Vlan},
+    map_names,
+};
+
+use super::{maps::ignore_missing, Datapath};
+
+impl Datapath {
+    /// Network `net_id` switches frames for MAC `mac` to host-side veth `ifindex`.
+    pub fn set_l2_port(&mut self, net_id: u32, mac: [u8; 6], ifindex: u32) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, L2Key, u32> = self.map_mut(map_names::L2_FDB)?;
+        let key = L2Key {
+            net_id,
+            mac,
+            _pad: [0; 2],
+        };
+        map.insert(key, ifindex, 0)
+            .context("cannot add the container's MAC to the layer-2 map")
+    }
+
+    pub fn remove_l2_port(&mut self, net_id: u32, mac: [u8; 6]) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, L2Key, u32> = self.map_mut(map_names::L2_FDB)?;
+        let key = L2Key {
+            net_id,
+            mac,
+            _pad: [0; 2],
+        };
+        ignore_missing(map.remove(&key)).context("cannot remove a MAC from the layer-2 map")
+    }
+
+    /// Layer-2 network `net_id` on this host, and the (parent, VLAN) that is it.
+    pub fn set_l2_network(&mut self, net_id: u32, network: L2Network) -> Result<()> {
+        let vlan = L2Vlan {
+            ifindex: network.parent_ifindex,
+            vlan: network.vlan,
+            _pad: 0,
+        };
+        let mut nets: BpfHashMap<&mut MapData, u32, L2Network> =
+            self.map_mut(map_names::L2_NETWORKS)?;
+        nets.insert(net_id, network, 0)
+            .context("cannot add the layer-2 network")?;
+        let mut vlans: BpfHashMap<&mut MapData, L2Vlan, u32> = self.map_mut(map_names::L2_VLANS)?;
+        vlans
+            .insert(vlan, net_id, 0)
+            .context("cannot add the layer-2 network's VLAN")
+    }
+
+    pub fn remove_l2_network(&mut self, net_id: u32, parent_ifindex: u32, vlan: u16) -> Result<()> {
+        let key = L2Vlan {
+            ifindex: parent_ifindex,
+            vlan,
+            _pad: 0,
+        };
+        let mut vlans: BpfHashMap<&mut MapData, L2Vlan, u32> = self.map_mut(map_names::L2_VLANS)?;
+        ignore_missing(vlans.remove(&key)).context("cannot remove a layer-2 VLAN")?;
+        let mut nets: BpfHashMap<&mut MapData, u32, L2Network> =
+            self.map_mut(map_names::L2_NETWORKS)?;
+        ignore_missing(nets.remove(&net_id)).context("cannot remove a layer-2 network")
+    }
+}
