@@ -16,7 +16,7 @@ use oxlay_common::{
         IPPROTO_GRE, IPV4_LEN, OUTER_TTL,
     },
     l2::ENDPOINT_L2,
-    Counter, DatapathConfig, Route, RouteKind,
+    Counter, DatapathConfig, Endpoint, Route, RouteKind,
 };
 
 use crate::{
@@ -74,7 +74,19 @@ const GRE_ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
     | encap_l2_len(ETH_LEN as u64);
 
 pub fn from_container(ctx: &TcContext) -> i32 {
-    match try_from_container(ctx) {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(ep) = maps::endpoint(ifindex) else {
+        count(Counter::PassedToStack);
+        return TC_ACT_OK as i32;
+    };
+    // A layer-2 network's containers are switched by MAC, ARP included. (Dispatched
+    // here, not inside the overlay's path: LLVM merged that path's return with this
+    // one's into code the verifier rejects.)
+    if ep.flags & ENDPOINT_L2 != 0 {
+        return l2::from_container(ctx, ep, ifindex);
+    }
+    match try_from_container(ctx, ep) {
         Ok(Some(action)) => action,
         Ok(None) => {
             count(Counter::PassedToStack);
@@ -88,7 +100,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 }
 
 /// `Ok(None)`: not for the overlay, let the stack have it.
-fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
+fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<Option<i32>, Counter> {
     let Some(cfg) = maps::config() else {
         return Ok(None);
     };
@@ -97,15 +109,6 @@ fn try_from_container(ctx: &TcContext) -> Result<Option<i32>, Counter> {
         return Ok(None);
     };
     let ether_type = u16::from_be(eth.ether_type);
-    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(ep) = maps::endpoint(ifindex) else {
-        return Ok(None);
-    };
-    // A layer-2 network's containers are switched by MAC, ARP included.
-    if ep.flags & ENDPOINT_L2 != 0 {
-        return Ok(Some(l2::from_container(ctx, &eth, ep, ifindex)));
-    }
     if ether_type == arp::ETH_P_ARP {
         return arp::respond(ctx, &eth, ep);
     }

@@ -37,8 +37,12 @@ fn is_group(mac: &[u8; 6]) -> bool {
 }
 
 /// A frame from container `ep` (its host-side veth `ifindex`) on a layer-2 network.
-pub fn from_container(ctx: &TcContext, eth: &EthHdr, ep: &Endpoint, ifindex: u32) -> i32 {
-    match try_from_container(ctx, eth, ep, ifindex) {
+pub fn from_container(ctx: &TcContext, ep: &Endpoint, ifindex: u32) -> i32 {
+    let Some(eth) = read::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
+        count(Counter::DropTruncatedInner);
+        return TC_ACT_SHOT as i32;
+    };
+    match try_from_container(ctx, &eth, ep, ifindex) {
         Ok(action) => action,
         Err(reason) => {
             count(reason);
@@ -141,6 +145,7 @@ pub fn from_wire(ctx: &TcContext) -> i32 {
         let skb = &*ctx.skb.skb;
         (skb.ifindex, skb.vlan_present != 0, skb.vlan_tci)
     };
+    let tci = tci as u16;
     let vlan = if tagged { tci & 0x0fff } else { 0 };
     let Some(net_id) = maps::l2_network_on(ifindex, vlan) else {
         return TC_ACT_OK as i32;

@@ -123,13 +123,16 @@ fn arp(src_mac: [u8; 6], sha: [u8; 6], spa: [u8; 4]) -> Vec<u8> {
     frame
 }
 
+/// (what it is, the frame, the verdict, the counters that go up).
+type Case = (&'static str, Vec<u8>, u32, BTreeMap<&'static str, u64>);
+
 #[test]
 fn containers_are_switched_by_mac_and_speak_only_as_themselves() -> Result<()> {
     let Some(f) = fixture()? else { return Ok(()) };
     let neighbour = ipv4_frame(NEIGHBOUR_MAC, MY_MAC, ME, [192, 168, 60, 11]);
     let outside = ipv4_frame(OUTSIDE_MAC, MY_MAC, ME, [192, 168, 60, 1]);
     let one = |name| BTreeMap::from([(name, 1)]);
-    let cases: Vec<(&str, Vec<u8>, u32, BTreeMap<&str, u64>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "to a local container",
             neighbour,
