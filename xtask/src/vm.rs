@@ -34,6 +34,7 @@ const KERNELS: &[(&str, &str)] = &[
 /// The suites each VM runs: (name, test binary, libtest arguments).
 const SUITES: &[(&str, &str, &str)] = &[
     ("programs", "programs", ""),
+    ("l2-programs", "l2_programs", ""),
     (
         "overlay",
         "overlay",
