@@ -29,6 +29,24 @@ struct ArpIpv4 {
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 
+/// Whether an ARP frame from container `ep` is well-formed IPv4-over-Ethernet ARP (a
+/// request or a reply) that speaks as the container: its MAC, and its address or
+/// 0.0.0.0 (a duplicate-address probe).
+#[inline(always)]
+pub fn sent_as(ctx: &TcContext, ep: &Endpoint) -> bool {
+    let Some(arp) = read::<ArpIpv4>(ctx.data(), ctx.data_end(), ETH_LEN) else {
+        return false;
+    };
+    let oper = u16::from_be_bytes(arp.oper);
+    u16::from_be_bytes(arp.htype) == 1
+        && u16::from_be_bytes(arp.ptype) == 0x0800
+        && arp.hlen == 6
+        && arp.plen == 4
+        && (oper == ARP_REQUEST || oper == ARP_REPLY)
+        && arp.sha == ep.mac
+        && (arp.spa == ep.addr || arp.spa == [0; 4])
+}
+
 /// Answers the container's ARP request in place and sends it back to the container.
 /// `Ok(None)` for other ARP (probes, announcements, replies, other protocols): the stack
 /// has it. ARP claiming another address or MAC is spoofing, dropped like IPv4 is.

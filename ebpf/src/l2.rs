@@ -7,7 +7,7 @@
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::{
-        bpf_clone_redirect, bpf_redirect, bpf_redirect_peer, bpf_skb_vlan_pop, bpf_skb_vlan_push,
+        bpf_clone_redirect, bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push,
     },
     programs::TcContext,
 };
@@ -19,16 +19,16 @@ use oxlay_common::{
 };
 
 use crate::{
-    arp::ETH_P_ARP,
+    arp::{self, ETH_P_ARP},
     counters::count,
     maps,
     parse::{read, ETH_P_IPV4},
 };
 
 const ETH_P_8021Q: u16 = 0x8100;
-/// ARP sender hardware and protocol addresses, from the start of the frame.
-const ARP_SHA_OFF: usize = ETH_LEN + 8;
-const ARP_SPA_OFF: usize = ETH_LEN + 14;
+/// Link-local group addresses 01:80:c2:00:00:0x (STP, LLDP, pause): a switch keeps
+/// them to itself, and so does this one.
+const LINK_LOCAL_GROUP: [u8; 5] = [0x01, 0x80, 0xc2, 0x00, 0x00];
 
 /// Whether a MAC is a group address (broadcast or multicast).
 #[inline(always)]
@@ -73,14 +73,8 @@ fn try_from_container(
                 return Err(Counter::DropSpoofedSource);
             }
         }
-        ETH_P_ARP => {
-            let sha = read::<[u8; 6]>(data, data_end, ARP_SHA_OFF);
-            let spa = read::<[u8; 4]>(data, data_end, ARP_SPA_OFF);
-            match (sha, spa) {
-                (Some(sha), Some(spa)) if sha == ep.mac && (spa == ep.addr || spa == [0; 4]) => {}
-                _ => return Err(Counter::DropSpoofedSource),
-            }
-        }
+        ETH_P_ARP if arp::sent_as(ctx, ep) => {}
+        ETH_P_ARP => return Err(Counter::DropSpoofedSource),
         _ => return Err(Counter::DropContainerNotIpv4),
     }
     let net = maps::l2_network(ep.net_id).ok_or(Counter::DropL2NoParent)?;
@@ -90,10 +84,16 @@ fn try_from_container(
         count(Counter::L2Flooded);
         return to_wire(ctx, net);
     }
-    if let Some(port) = maps::l2_port(ep.net_id, dst) {
-        count(Counter::L2Switched);
-        // SAFETY: plain helper call; an unknown ifindex makes the kernel drop it.
-        return Ok(unsafe { bpf_redirect_peer(port, 0) } as i32);
+    match maps::l2_port(ep.net_id, dst) {
+        // Out of the other container's host-side veth, so that its end takes the frame
+        // as addressed to it (a redirect into its namespace would keep this veth's
+        // "other host" mark, which kernels before 6.15 drop).
+        Some(port) if port != ifindex => {
+            count(Counter::L2Switched);
+            // SAFETY: plain helper call; an unknown ifindex makes the kernel drop it.
+            return Ok(unsafe { bpf_redirect(port, 0) } as i32);
+        }
+        _ => {}
     }
     count(Counter::L2ToWire);
     to_wire(ctx, net)
@@ -118,12 +118,14 @@ fn to_wire(ctx: &TcContext, net: &L2Network) -> Result<i32, Counter> {
 /// others'.
 #[inline(always)]
 fn flood(ctx: &TcContext, net: &L2Network, except: u32) {
-    let len = (net.ports_len as usize).min(MAX_L2_PORTS);
+    // A copy on the stack: userspace may replace the entry meanwhile, and the old
+    // value's memory be reused at once.
+    let (ports, len) = (net.ports, (net.ports_len as usize).min(MAX_L2_PORTS));
     for i in 0..MAX_L2_PORTS {
         if i >= len {
             break;
         }
-        let port = net.ports[i];
+        let port = ports[i];
         if port != except {
             // SAFETY: plain helper call on this program's own packet; the copy goes out
             // of the container's host-side veth, into the container.
@@ -141,15 +143,29 @@ pub fn from_wire(ctx: &TcContext) -> i32 {
     };
     // The kernel takes the VLAN tag off before TC ingress: it is in the skb.
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
-    let (ifindex, tagged, tci) = unsafe {
+    let (ifindex, tagged, tci, tag_proto) = unsafe {
         let skb = &*ctx.skb.skb;
-        (skb.ifindex, skb.vlan_present != 0, skb.vlan_tci)
+        (skb.ifindex, skb.vlan_present != 0, skb.vlan_tci as u16, skb.vlan_proto)
     };
-    let tci = tci as u16;
+    // 802.1Q only (an 802.1ad outer tag is not a network of ours).
+    if tagged && tag_proto != (ETH_P_8021Q.to_be() as u32) {
+        return TC_ACT_OK as i32;
+    }
     let vlan = if tagged { tci & 0x0fff } else { 0 };
     let Some(net_id) = maps::l2_network_on(ifindex, vlan) else {
         return TC_ACT_OK as i32;
     };
+    // Containers get IPv4 and ARP, untagged; not a switch's own link-local groups.
+    let ether_type = u16::from_be(eth.ether_type);
+    let carried = ether_type == ETH_P_IPV4 || ether_type == ETH_P_ARP;
+    if !carried || eth.dst_addr[..5] == LINK_LOCAL_GROUP {
+        return TC_ACT_OK as i32;
+    }
+    // A frame from a local container's MAC came back (a reflecting switch) or is forged:
+    // never the container's to receive.
+    if maps::l2_port(net_id, eth.src_addr).is_some() {
+        return TC_ACT_OK as i32;
+    }
     if is_group(&eth.dst_addr) {
         let Some(net) = maps::l2_network(net_id) else {
             return TC_ACT_OK as i32;
@@ -161,9 +177,11 @@ pub fn from_wire(ctx: &TcContext) -> i32 {
         }
         flood(ctx, net, 0);
         count(Counter::L2Flooded);
-        if tagged {
-            // SAFETY: as above.
-            unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), tci) };
+        // SAFETY: as above.
+        if tagged && unsafe { bpf_skb_vlan_push(ctx.skb.skb, tag_proto as u16, tci) } != 0 {
+            // Untagged, it would reach the host as the untagged network's: drop it.
+            count(Counter::DropHeaderWriteFailed);
+            return TC_ACT_SHOT as i32;
         }
         return TC_ACT_OK as i32;
     }

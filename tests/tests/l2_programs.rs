@@ -182,6 +182,22 @@ fn containers_are_switched_by_mac_and_speak_only_as_themselves() -> Result<()> {
             TC_ACT_SHOT,
             one("drop_container_not_ipv4"),
         ),
+        (
+            "to its own MAC (not back into itself)",
+            ipv4_frame(MY_MAC, MY_MAC, ME, ME),
+            TC_ACT_REDIRECT,
+            one("l2_to_wire"),
+        ),
+        (
+            "ARP that is neither request nor reply",
+            {
+                let mut f = arp(MY_MAC, MY_MAC, ME);
+                f[21] = 3;
+                f
+            },
+            TC_ACT_SHOT,
+            one("drop_spoofed_source"),
+        ),
     ];
     let mut failures = Vec::new();
     for (what, frame, verdict, counters) in cases {
@@ -239,6 +255,15 @@ fn frames_from_the_wire_reach_their_container_and_the_rest_is_the_hosts() -> Res
     );
     let (verdict, changed) = f.run(prog::L2_FROM_WIRE, &to_host)?;
     assert_eq!((verdict, changed), (TC_ACT_OK, BTreeMap::new()));
+    // From a local container's MAC (a reflecting switch, or forged), not IPv4 or ARP,
+    // or to a switch's link-local group: the host's, untouched.
+    let looped = ipv4_frame(NEIGHBOUR_MAC, NEIGHBOUR_MAC, [192, 168, 60, 11], [192, 168, 60, 11]);
+    let ipv6 = [eth(NEIGHBOUR_MAC, OUTSIDE_MAC, 0x86dd), vec![0x60; 40]].concat();
+    let lldp = [eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], OUTSIDE_MAC, 0x0806), vec![0; 28]].concat();
+    for frame in [looped, ipv6, lldp] {
+        let (verdict, changed) = f.run(prog::L2_FROM_WIRE, &frame)?;
+        assert_eq!((verdict, changed), (TC_ACT_OK, BTreeMap::new()));
+    }
     // A container's MAC on the tagged network is not reachable untagged.
     let wrong_vlan = ipv4_frame(MY_MAC, OUTSIDE_MAC, [192, 168, 60, 1], ME);
     let (verdict, changed) = f.run(prog::L2_FROM_WIRE, &wrong_vlan)?;
