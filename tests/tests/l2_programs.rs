@@ -257,9 +257,18 @@ fn frames_from_the_wire_reach_their_container_and_the_rest_is_the_hosts() -> Res
     assert_eq!((verdict, changed), (TC_ACT_OK, BTreeMap::new()));
     // From a local container's MAC (a reflecting switch, or forged), not IPv4 or ARP,
     // or to a switch's link-local group: the host's, untouched.
-    let looped = ipv4_frame(NEIGHBOUR_MAC, NEIGHBOUR_MAC, [192, 168, 60, 11], [192, 168, 60, 11]);
+    let looped = ipv4_frame(
+        NEIGHBOUR_MAC,
+        NEIGHBOUR_MAC,
+        [192, 168, 60, 11],
+        [192, 168, 60, 11],
+    );
     let ipv6 = [eth(NEIGHBOUR_MAC, OUTSIDE_MAC, 0x86dd), vec![0x60; 40]].concat();
-    let lldp = [eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], OUTSIDE_MAC, 0x0806), vec![0; 28]].concat();
+    let lldp = [
+        eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], OUTSIDE_MAC, 0x0806),
+        vec![0; 28],
+    ]
+    .concat();
     for frame in [looped, ipv6, lldp] {
         let (verdict, changed) = f.run(prog::L2_FROM_WIRE, &frame)?;
         assert_eq!((verdict, changed), (TC_ACT_OK, BTreeMap::new()));
