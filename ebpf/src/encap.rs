@@ -245,12 +245,7 @@ fn encapsulate(
     let outer_ip = outer_ipv4(cfg, route, IPPROTO_UDP, ip_total);
     let udp_len = ip_total - IPV4_LEN as u16;
     let headers = VxlanHeaders {
-        // bpf_redirect_neigh fills in the outer MACs from the underlay's neighbour table.
-        outer_eth: EthHdr {
-            dst_addr: [0; 6],
-            src_addr: [0; 6],
-            ether_type: ETH_P_IPV4.to_be(),
-        },
+        outer_eth: OUTER_ETH,
         outer_ip,
         outer_udp: UdpHdr {
             src: udp_src_port(flow_hash).to_be_bytes(),
@@ -259,11 +254,7 @@ fn encapsulate(
             check: [0, 0], // allowed over IPv4 (RFC 7348), as every VXLAN peer does
         },
         vxlan: VxlanHdr::new(vni),
-        inner_eth: EthHdr {
-            dst_addr: route.dst_mac,
-            src_addr: cfg.vtep_mac,
-            ether_type: ETH_P_IPV4.to_be(),
-        },
+        inner_eth: inner_eth(cfg, route),
     };
     if !write(ctx.data(), ctx.data_end(), 0, headers) {
         return Err(Counter::DropHeaderWriteFailed);
@@ -285,25 +276,35 @@ fn encapsulate_gre(
         .map_err(|_| Counter::DropAdjustRoomFailed)?;
     let ip_total = (GRE_ENCAP_OVERHEAD + inner_len) as u16;
     let headers = GreHeaders {
-        outer_eth: EthHdr {
-            dst_addr: [0; 6],
-            src_addr: [0; 6],
-            ether_type: ETH_P_IPV4.to_be(),
-        },
+        outer_eth: OUTER_ETH,
         outer_ip: outer_ipv4(cfg, route, IPPROTO_GRE, ip_total),
         gre_flags: GRE_FLAGS_KEY.to_be_bytes(),
         gre_proto: ETH_P_TEB.to_be_bytes(),
         gre_key: vni.to_be_bytes(),
-        inner_eth: EthHdr {
-            dst_addr: route.dst_mac,
-            src_addr: cfg.vtep_mac,
-            ether_type: ETH_P_IPV4.to_be(),
-        },
+        inner_eth: inner_eth(cfg, route),
     };
     if !write(ctx.data(), ctx.data_end(), 0, headers) {
         return Err(Counter::DropHeaderWriteFailed);
     }
     Ok(send_to_peer(cfg))
+}
+
+/// The outer Ethernet header: `bpf_redirect_neigh` fills in the MACs from the
+/// underlay's neighbour table.
+const OUTER_ETH: EthHdr = EthHdr {
+    dst_addr: [0; 6],
+    src_addr: [0; 6],
+    ether_type: ETH_P_IPV4.to_be(),
+};
+
+/// The inner Ethernet header: from this host's VTEP MAC to the peer's.
+#[inline(always)]
+fn inner_eth(cfg: &DatapathConfig, route: &Route) -> EthHdr {
+    EthHdr {
+        dst_addr: route.dst_mac,
+        src_addr: cfg.vtep_mac,
+        ether_type: ETH_P_IPV4.to_be(),
+    }
 }
 
 /// The outer IPv4 header from this host to the route's peer, its checksum set.

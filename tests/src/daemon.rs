@@ -128,6 +128,17 @@ impl Daemon {
         sandbox: &Netns,
         ip: Option<&str>,
     ) -> Result<(String, Ipv4Addr)> {
+        self.create_named_endpoint(network, sandbox, ip, &[])
+    }
+
+    /// Like `create_endpoint`, with names the network's containers find it by.
+    pub fn create_named_endpoint(
+        &self,
+        network: &str,
+        sandbox: &Netns,
+        ip: Option<&str>,
+        names: &[&str],
+    ) -> Result<(String, Ipv4Addr)> {
         let mut args = vec![
             "endpoint",
             "create",
@@ -138,6 +149,9 @@ impl Daemon {
         ];
         if let Some(ip) = ip {
             args.extend(["--ip", ip]);
+        }
+        for name in names {
+            args.extend(["--name", name]);
         }
         let out = self.cli(&args)?;
         // "created endpoint NETNS on NETWORK (vni N): eth0 as ADDRESS (MAC, ...) via ..."

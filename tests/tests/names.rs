@@ -23,25 +23,8 @@ fn named(
     names: &[&str],
 ) -> Result<(Netns, String)> {
     let ns = Netns::new(role)?;
-    let mut args = vec![
-        "endpoint",
-        "create",
-        "--network",
-        network,
-        "--netns",
-        &ns.name,
-    ];
-    for name in names {
-        args.extend(["--name", name]);
-    }
-    let out = c.daemons[h].cli(&args)?;
-    let address = out
-        .split(" as ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .with_context(|| format!("no address in: {out}"))?
-        .to_owned();
-    Ok((ns, address))
+    let (_, address) = c.daemons[h].create_named_endpoint(network, &ns, None, names)?;
+    Ok((ns, address.to_string()))
 }
 
 fn diagnosis(c: &StoreCluster) -> String {
