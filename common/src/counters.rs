@@ -46,6 +46,7 @@ pub enum Counter {
     L2FromWire,
     L2Flooded,
     DropL2NoParent,
+    L2ToHost,
 }
 
 /// Name and meaning of one counter.
@@ -75,7 +76,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 31] = [
+pub const COUNTERS: [CounterInfo; 32] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -261,6 +262,12 @@ pub const COUNTERS: [CounterInfo; 31] = [
         "drop_l2_no_parent",
         Drop,
         "frame from a container of a layer-2 network that has no parent NIC on this host (its [l2] parent is not set up)",
+    ),
+    row(
+        Counter::L2ToHost,
+        "l2_to_host",
+        Forward,
+        "packets from a container of a layer-2 network to its gateway on the host's side of the veth, 169.254.1.1 (oxlay's resolver)",
     ),
 ];
 

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use oxlay_common::{
     l2::{L2Network, MAX_L2_PORTS},
-    wire::ETH_LEN,
+    wire::{ETH_LEN, GATEWAY},
     Counter, Endpoint,
 };
 
@@ -71,6 +71,11 @@ fn try_from_container(
             let ip = read::<Ipv4Hdr>(data, data_end, ETH_LEN).ok_or(Counter::DropTruncatedInner)?;
             if ip.src_addr != ep.addr {
                 return Err(Counter::DropSpoofedSource);
+            }
+            // The host's side of the veth (oxlay's resolver): the host's to take.
+            if ip.dst_addr == GATEWAY {
+                count(Counter::L2ToHost);
+                return Ok(TC_ACT_OK as i32);
             }
         }
         ETH_P_ARP if arp::sent_as(ctx, ep) => {}

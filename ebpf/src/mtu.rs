@@ -8,12 +8,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-use oxlay_common::{wire::ENCAP_OVERHEAD, wire::ETH_LEN, Counter};
+// The ICMP error comes from the gateway containers route through.
+use oxlay_common::{wire::ENCAP_OVERHEAD, wire::ETH_LEN, wire::GATEWAY, Counter};
 
 use crate::{checksum, counters::count};
 
-/// The gateway address containers route through; the ICMP error comes from it.
-const GATEWAY: [u8; 4] = [169, 254, 1, 1];
 const IPPROTO_ICMP: u8 = 1;
 /// Bytes of the offending packet quoted in the error: its IPv4 header and 8 more.
 const QUOTE: usize = 28;

@@ -59,6 +59,9 @@ pub enum Request {
         egress: Egress,
         #[serde(default)]
         encap: crate::model::Encap,
+        /// A layer-2 network (`--mode l2`).
+        #[serde(default)]
+        l2: Option<crate::model::L2Settings>,
     },
     NetworkLs(NoArgs),
     NetworkInspect {

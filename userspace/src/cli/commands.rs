@@ -1,15 +1,18 @@
 //! What each command does: one request to the node's daemon, then its answer printed
 //! as a sentence, a table, or (`--json`) as the daemon sent it.
-use anyhow::Result;
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{tables, Cli, Command, EndpointCmd, NetworkCmd};
+use super::{tables, Cli, Command, EndpointCmd, NetworkCmd, NetworkMode};
 use crate::{
     api::{self, EndpointView, NoArgs, Request},
     config::Config,
     daemon,
-    model::{Egress, NetworkRecord},
+    model::{Egress, L2Settings, NetworkRecord},
+    net::Ipv4Net,
 };
 
 /// Runs one command line.
@@ -22,7 +25,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let request = match command {
         Command::Daemon { config } => return daemon::run(Config::load(&config)?).await,
         Command::Uninstall => return uninstall(&target.socket()?).await,
-        command => request(command),
+        command => request(command)?,
     };
     let answer = api::call(&target.socket()?, &request).await?;
     if json {
@@ -34,9 +37,9 @@ pub async fn run(cli: Cli) -> Result<()> {
 }
 
 /// The API request a command makes (every command but `daemon` and `uninstall`).
-fn request(command: Command) -> Request {
+fn request(command: Command) -> Result<Request> {
     let all = NoArgs {};
-    match command {
+    Ok(match command {
         Command::Attach {
             netns,
             address,
@@ -52,16 +55,16 @@ fn request(command: Command) -> Request {
         Command::Stats => Request::Stats(all),
         Command::Hosts => Request::Hosts(all),
         Command::Status => Request::Status(all),
-        Command::Network(cmd) => network_request(cmd),
+        Command::Network(cmd) => network_request(cmd)?,
         Command::Endpoint(cmd) => endpoint_request(cmd),
         Command::Daemon { .. } | Command::Uninstall => {
             unreachable!("handled in run: they make no single request")
         }
-    }
+    })
 }
 
-fn network_request(cmd: NetworkCmd) -> Request {
-    match cmd {
+fn network_request(cmd: NetworkCmd) -> Result<Request> {
+    Ok(match cmd {
         NetworkCmd::Create {
             name,
             subnet,
@@ -73,6 +76,10 @@ fn network_request(cmd: NetworkCmd) -> Request {
             masquerade,
             masquerade_except,
             encap,
+            mode,
+            gateway,
+            ip_range,
+            vlan,
         } => Request::NetworkCreate {
             name,
             subnet,
@@ -86,10 +93,34 @@ fn network_request(cmd: NetworkCmd) -> Request {
                 except: masquerade_except,
             },
             encap,
+            l2: l2_settings(mode, gateway, ip_range, vlan)?,
         },
         NetworkCmd::Ls => Request::NetworkLs(NoArgs {}),
         NetworkCmd::Inspect { name } => Request::NetworkInspect { name },
         NetworkCmd::Rm { name } => Request::NetworkRm { name },
+    })
+}
+
+/// The layer-2 part of `network create`: only with `--mode l2`, which needs a gateway.
+fn l2_settings(
+    mode: NetworkMode,
+    gateway: Option<Ipv4Addr>,
+    ip_range: Option<Ipv4Net>,
+    vlan: Option<u16>,
+) -> Result<Option<L2Settings>> {
+    match (mode, gateway) {
+        (NetworkMode::L2, Some(gateway)) => Ok(Some(L2Settings {
+            gateway,
+            ip_range,
+            vlan: vlan.unwrap_or(0),
+        })),
+        (NetworkMode::L2, None) => {
+            bail!("--mode l2 needs --gateway: the LAN router's address, the containers' default gateway")
+        }
+        (NetworkMode::Overlay, _) if gateway.is_some() || ip_range.is_some() || vlan.is_some() => {
+            bail!("--gateway, --ip-range and --vlan are for layer-2 networks: add --mode l2")
+        }
+        (NetworkMode::Overlay, _) => Ok(None),
     }
 }
 

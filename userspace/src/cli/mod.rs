@@ -112,6 +112,19 @@ pub enum NetworkCmd {
         /// Linux's gretap).
         #[arg(long, default_value = "vxlan", value_name = "vxlan|gre")]
         encap: crate::model::Encap,
+        /// overlay (the default) or l2: the LAN's subnet on each host's `[l2] parent`
+        /// NIC, containers' frames on the wire as they are (needs --subnet, --gateway).
+        #[arg(long, default_value = "overlay", value_name = "overlay|l2")]
+        mode: NetworkMode,
+        /// Layer-2 networks: the LAN router, the containers' default gateway.
+        #[arg(long)]
+        gateway: Option<Ipv4Addr>,
+        /// Layer-2 networks: the part of the subnet oxlay hands out (default: all).
+        #[arg(long, value_name = "CIDR")]
+        ip_range: Option<Ipv4Net>,
+        /// Layer-2 networks: the 802.1Q VLAN id on the wire (default: untagged).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
+        vlan: Option<u16>,
     },
     /// List networks.
     Ls,
@@ -119,6 +132,13 @@ pub enum NetworkCmd {
     Inspect { name: String },
     /// Remove a network (refused while it has endpoints).
     Rm { name: String },
+}
+
+/// What kind of network `network create` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkMode {
+    Overlay,
+    L2,
 }
 
 #[derive(Subcommand)]

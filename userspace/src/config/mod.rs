@@ -73,6 +73,17 @@ pub struct Config {
     pub docker: DockerConfig,
     #[serde(default)]
     pub names: NamesConfig,
+    #[serde(default)]
+    pub l2: L2Config,
+}
+
+/// Layer-2 networks (`oxlay network create --mode l2`): the NIC on the LAN they share.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L2Config {
+    /// The second NIC, on the LAN of the layer-2 networks (not the underlay): their
+    /// containers' frames leave by it as they are. No layer-2 networks without it.
+    pub parent: Option<String>,
 }
 
 /// oxlay's resolver: containers find each other by name at 169.254.1.1.
@@ -259,6 +270,14 @@ impl Config {
             bail!("store.lease_ttl_secs must be at least 2 (etcd's minimum lease)");
         }
         self.names.upstream_servers()?;
+        if let Some(parent) = &self.l2.parent {
+            if parent.is_empty() || parent.len() > 15 {
+                bail!("l2.parent {parent:?} is not a valid interface name (1 to 15 characters)");
+            }
+            if *parent == self.underlay_interface {
+                bail!("l2.parent {parent:?} is the underlay interface: layer-2 networks take a NIC of their own (the second one, on their LAN)");
+            }
+        }
         if self.vxlan_port == 0 {
             bail!("vxlan_port must not be 0 (the standard VXLAN port is {VXLAN_PORT})");
         }

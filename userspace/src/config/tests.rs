@@ -96,3 +96,17 @@ fn encap_is_for_the_static_network() {
     assert!(err(alone).contains("--encap gre"), "{}", err(alone));
     assert!(err(&with("encap = \"geneve\"")).contains("geneve"));
 }
+
+#[test]
+fn l2_parent_is_a_second_nic() {
+    let c: Config = format!("{GOOD}\n[l2]\nparent = \"eth1\"\n")
+        .parse()
+        .unwrap();
+    assert_eq!(c.l2.parent.as_deref(), Some("eth1"));
+    let e = err(&format!("{GOOD}\n[l2]\nparent = \"eth0\"\n"));
+    assert!(e.contains("is the underlay interface"), "{e}");
+    let e = err(&format!(
+        "{GOOD}\n[l2]\nparent = \"a-very-long-interface\"\n"
+    ));
+    assert!(e.contains("not a valid interface name"), "{e}");
+}

@@ -36,7 +36,7 @@ impl State {
             };
             ep.host_ifindex = link.index;
             ep.host_mac = link.mac;
-            wiring::adopt(&mut self.datapath, &ep)?;
+            wiring::adopt(&self.handle, &mut self.datapath, &ep).await?;
             wiring::tune_adopted(&ep).await;
             info!(
                 "adopted static endpoint {} {} on {}",
@@ -80,13 +80,14 @@ impl State {
             host_mac: link.mac,
             container_ifname: interface,
             container_mac: mac,
-            mtu: self.container_mtu,
+            mtu: self.mtu_on(net),
             // Not recorded in the store; only the CNI result right after creation
             // reports it.
             routes_only: None,
             published: ep.published.clone(),
+            l2: net.l2.is_some(),
         };
-        wiring::adopt(&mut self.datapath, &local)?;
+        wiring::adopt(&self.handle, &mut self.datapath, &local).await?;
         wiring::tune_adopted(&local).await;
         info!(
             "adopted endpoint {} {} on {}",

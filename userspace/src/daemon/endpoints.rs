@@ -16,7 +16,7 @@ use crate::{
         EndpointRecord,
     },
     net::{
-        veth::{ContainerRoute, EndpointSpec},
+        veth::{ContainerRoute, EndpointSpec, Lan},
         Ipv4Net,
     },
     store::Store,
@@ -119,7 +119,13 @@ impl Daemon {
             name: netns.clone(),
             netns,
         };
-        add_local_endpoint(&mut s, None, vni, sandbox, address, ifname, route).await
+        let target = Target {
+            network: None,
+            vni,
+            lan: None,
+            mtu: s.container_mtu,
+        };
+        add_local_endpoint(&mut s, target, sandbox, address, ifname, route).await
     }
 
     /// Gives a sandbox an interface on a store network: claim, wire, record.
@@ -139,21 +145,18 @@ impl Daemon {
         let (host, lease) = (&self.host.name, self.lease.current());
         let claim =
             model::create_endpoint(store, host, lease, &network, &sandbox.name, ip, labels).await?;
-        let wired = {
+        let wired = async {
             let mut s = self.state.lock().await;
             let route = container_route(&s, &sandbox.name, net.subnet);
-            let address = claim.address;
-            add_local_endpoint(
-                &mut s,
-                Some(network.clone()),
-                net.vni,
-                sandbox,
-                address,
-                ifname,
-                route,
-            )
-            .await
-        };
+            let target = Target {
+                network: Some(network.clone()),
+                vni: net.vni,
+                lan: s.lan_for(&net)?,
+                mtu: s.mtu_on(&net),
+            };
+            add_local_endpoint(&mut s, target, sandbox, claim.address, ifname, route).await
+        }
+        .await;
         let local = match wired {
             Ok(local) => local,
             Err(e) => {
@@ -214,11 +217,20 @@ impl Daemon {
     }
 }
 
+/// The network a new endpoint goes on, as wiring needs it.
+struct Target {
+    /// None: the static network.
+    network: Option<String>,
+    vni: u32,
+    /// On a layer-2 network: how the container meets the LAN.
+    lan: Option<Lan>,
+    mtu: u32,
+}
+
 /// Wires an endpoint into a namespace and records it (see [`record_local_endpoint`]).
 async fn add_local_endpoint(
     s: &mut State,
-    network: Option<String>,
-    vni: u32,
+    target: Target,
     sandbox: Sandbox,
     address: Ipv4Addr,
     ifname: Option<String>,
@@ -228,6 +240,12 @@ async fn add_local_endpoint(
         name: netns,
         netns: netns_path,
     } = sandbox;
+    let Target {
+        network,
+        vni,
+        lan,
+        mtu,
+    } = target;
     let key = (netns.clone(), network.clone());
     if s.closing {
         bail!("this node is uninstalling: it wires no new endpoints");
@@ -246,8 +264,9 @@ async fn add_local_endpoint(
         sandbox: netns,
         container_ifname: ifname,
         address,
-        mtu: s.container_mtu,
+        mtu,
         gateway: GATEWAY,
+        lan,
     };
     let record = wiring::attach(&s.handle, &mut s.datapath, network, vni, spec).await?;
     record_local_endpoint(s, key, record).await

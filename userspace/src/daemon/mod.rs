@@ -37,6 +37,7 @@ mod adopt;
 mod egress;
 mod endpoints;
 mod health;
+mod l2;
 mod lease;
 mod names;
 mod ports;
@@ -198,8 +199,19 @@ async fn start(
         host.clone(),
         Duration::from_secs(config.store.lease_ttl_secs),
     ));
+    let mut datapath = datapath;
+    let l2_mtu = match l2::attach_parent(&handle, &config, &mut datapath).await {
+        Ok(mtu) => mtu,
+        Err(e) => {
+            if fresh {
+                datapath.unpin().ok();
+            }
+            return Err(e);
+        }
+    };
     let mut state = State {
         container_mtu: Config::container_mtu(underlay.link.mtu),
+        l2_mtu,
         state_path: config.socket_path().with_extension("endpoints.json"),
         config: config.clone(),
         handle,

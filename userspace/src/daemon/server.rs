@@ -152,6 +152,7 @@ async fn cluster_request(request: Request, store: &dyn Store) -> Result<Value> {
             direct,
             egress,
             encap,
+            l2,
         } => {
             let spec = NetworkSpec {
                 name,
@@ -163,6 +164,7 @@ async fn cluster_request(request: Request, store: &dyn Store) -> Result<Value> {
                 direct,
                 egress,
                 encap,
+                l2,
             };
             serde_json::to_value(model::create_network(store, spec).await?)?
         }

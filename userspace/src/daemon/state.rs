@@ -27,6 +27,8 @@ pub(crate) struct State {
     pub(crate) handle: Handle,
     pub(crate) datapath: Datapath,
     pub(crate) container_mtu: u32,
+    /// The `[l2] parent` NIC's MTU: layer-2 containers' (None: no parent).
+    pub(crate) l2_mtu: Option<u32>,
     pub(crate) endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
     /// Set when uninstalling begins: no endpoint is wired after that.
     pub(crate) closing: bool,
@@ -126,6 +128,7 @@ impl State {
         let me = reconcile::Me {
             name: &self.config.node_name,
             underlay_subnet: self.underlay_subnet,
+            l2_parent: self.datapath.l2_parent(),
         };
         let base = reconcile::desired_base(&me, &self.config, &self.snapshot, &local)?;
         let want = reconcile::with_blocks(&me, &self.snapshot, &base);
@@ -199,6 +202,7 @@ impl State {
         let me = reconcile::Me {
             name: &self.config.node_name,
             underlay_subnet: self.underlay_subnet,
+            l2_parent: self.datapath.l2_parent(),
         };
         let keys: std::collections::BTreeSet<reconcile::RouteKey> = changed
             .iter()
@@ -277,7 +281,12 @@ impl State {
             return false;
         };
         let route = Ipv4Net::new(ep.address, 32).map(|dest| (ep.vni, dest));
-        shadow.endpoints.get(&ep.host_ifindex) == Some(&ep.map_entry())
+        let entry = shadow.endpoints.get(&ep.host_ifindex) == Some(&ep.map_entry());
+        if ep.l2 {
+            let port = shadow.l2_ports.get(&(ep.vni, ep.container_mac.0));
+            return entry && port == Some(&ep.host_ifindex);
+        }
+        entry
             && route.is_ok_and(|key| {
                 shadow.routes.get(&key)
                     == Some(&Route::local(

@@ -2,7 +2,7 @@
 //! host's end, and unwiring it again.
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rtnetlink::Handle;
 
 use crate::{
@@ -40,6 +40,7 @@ pub async fn attach(
             veth::ContainerRoute::Subnet(subnet) => Some(subnet),
         },
         published: Vec::new(),
+        l2: spec.lan.is_some(),
     };
     finish_attach(handle, datapath, record).await
 }
@@ -54,6 +55,8 @@ pub struct UnplacedSpec {
     /// The runtime's MAC for the container's end; the kernel's otherwise.
     pub mac: Option<MacAddr>,
     pub mtu: u32,
+    /// On a layer-2 network.
+    pub l2: bool,
 }
 
 /// Like `attach`, for a runtime that moves the container's end of the veth into its
@@ -70,6 +73,7 @@ pub async fn attach_unplaced(
         address,
         mac,
         mtu,
+        l2,
     } = spec;
     let host_ifname = host_ifname(&sandbox, Some(&network));
     // The container's end keeps this name until the runtime moves it.
@@ -90,29 +94,54 @@ pub async fn attach_unplaced(
         // The runtime sets the container's routes (Docker: from the Join answer).
         routes_only: None,
         published: Vec::new(),
+        l2,
     };
     finish_attach(handle, datapath, record).await
 }
 
-/// Attaches the container-egress program to the host-side veth; on failure, removes
-/// what was made. The endpoint's map entries come from reconciling (the only map
-/// writer) once the caller records it.
+/// Attaches the container-egress program to the host-side veth and, on a layer-2
+/// network, makes the parent NIC take the container's MAC; on failure, removes what
+/// was made. The endpoint's map entries come from reconciling (the only map writer)
+/// once the caller records it.
 async fn finish_attach(
     handle: &Handle,
     datapath: &mut Datapath,
     record: LocalEndpoint,
 ) -> Result<LocalEndpoint> {
-    if let Err(e) = datapath.attach_endpoint(&record.host_ifname) {
+    let attached = async {
+        datapath.attach_endpoint(&record.host_ifname)?;
+        if record.l2 {
+            let parent = datapath.l2_parent().context(NO_PARENT)?;
+            netlink::add_unicast_filter(handle, parent, record.container_mac).await?;
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = attached.await {
         let _ = detach(handle, datapath, &record).await;
         return Err(e);
     }
     Ok(record)
 }
 
+/// Why a layer-2 endpoint cannot be made on this host.
+pub const NO_PARENT: &str =
+    "this host has no layer-2 parent NIC: set `[l2] parent = \"eth1\"` (the NIC on the network's LAN) in its config and restart the daemon";
+
 /// Takes over an endpoint whose interfaces already exist: attaches the program (its
-/// map entries, pinned by the previous daemon, are kept until reconciling).
-pub fn adopt(datapath: &mut Datapath, ep: &LocalEndpoint) -> Result<()> {
-    datapath.attach_endpoint(&ep.host_ifname)
+/// map entries, pinned by the previous daemon, are kept until reconciling) and makes
+/// sure a layer-2 container's MAC is in the parent NIC's filter.
+pub async fn adopt(handle: &Handle, datapath: &mut Datapath, ep: &LocalEndpoint) -> Result<()> {
+    datapath.attach_endpoint(&ep.host_ifname)?;
+    match datapath.l2_parent() {
+        Some(parent) if ep.l2 => {
+            netlink::add_unicast_filter(handle, parent, ep.container_mac).await?;
+        }
+        // Its frames are dropped and counted (drop_l2_no_parent) until the config
+        // names the parent again; the rest of the host carries on.
+        None if ep.l2 => log::warn!("layer-2 endpoint {} {}: {NO_PARENT}", ep.netns, ep.address),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Gives an adopted endpoint (perhaps made by an older oxlay) the offloads a new one
@@ -145,5 +174,8 @@ pub async fn detach(
     record: &LocalEndpoint,
 ) -> Result<()> {
     datapath.detach_endpoint(&record.host_ifname);
+    if let Some(parent) = datapath.l2_parent().filter(|_| record.l2) {
+        netlink::remove_unicast_filter(handle, parent, record.container_mac).await?;
+    }
     netlink::delete_link(handle, &record.host_ifname).await
 }

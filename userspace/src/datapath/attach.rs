@@ -49,6 +49,20 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the layer-2 switch's receive side to the `[l2] parent` NIC: frames for
+    /// local containers go to them, the rest to the host untouched.
+    pub fn attach_l2_parent(&mut self, interface: &str, ifindex: u32) -> Result<()> {
+        self.attach_tc(program_names::L2_FROM_WIRE, interface)
+            .with_context(|| format!("cannot attach the layer-2 program to {interface}"))?;
+        self.l2_parent = Some((interface.to_owned(), ifindex));
+        Ok(())
+    }
+
+    /// The `[l2] parent` NIC's ifindex, once its program is attached.
+    pub fn l2_parent(&self) -> Option<u32> {
+        self.l2_parent.as_ref().map(|(_, index)| *index)
+    }
+
     /// Attaches the container-egress program to a container's host-side veth (or takes
     /// over the link a previous daemon pinned there).
     pub fn attach_endpoint(&mut self, host_ifname: &str) -> Result<()> {

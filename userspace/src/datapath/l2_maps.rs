@@ -22,6 +22,25 @@ impl Datapath {
             .context("cannot add the container's MAC to the layer-2 map")
     }
 
+    /// Every (network id, MAC) -> host-side veth entry.
+    pub fn l2_ports(&self) -> Result<Vec<((u32, [u8; 6]), u32)>> {
+        let map: BpfHashMap<&MapData, L2Key, u32> = self.map(map_names::L2_FDB)?;
+        map.iter()
+            .map(|kv| {
+                let (key, ifindex) = kv.context("cannot read the layer-2 map")?;
+                Ok(((key.net_id, key.mac), ifindex))
+            })
+            .collect()
+    }
+
+    /// Every layer-2 network entry.
+    pub fn l2_networks(&self) -> Result<Vec<(u32, L2Network)>> {
+        let map: BpfHashMap<&MapData, u32, L2Network> = self.map(map_names::L2_NETWORKS)?;
+        map.iter()
+            .map(|kv| kv.context("cannot read the layer-2 networks map"))
+            .collect()
+    }
+
     pub fn remove_l2_port(&mut self, net_id: u32, mac: [u8; 6]) -> Result<()> {
         let mut map: BpfHashMap<&mut MapData, L2Key, u32> = self.map_mut(map_names::L2_FDB)?;
         let key = L2Key {

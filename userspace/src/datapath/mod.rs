@@ -28,6 +28,8 @@ pub struct Datapath {
     pub(super) pin_dir: PathBuf,
     /// The underlay interface decapsulation was attached to.
     pub(super) decap_interface: Option<String>,
+    /// The `[l2] parent` NIC (name, ifindex), once its program is attached.
+    pub(super) l2_parent: Option<(String, u32)>,
     /// Pins of maps an older build used, removed once this build is attached.
     pub(super) stale_pins: Vec<PathBuf>,
 }
@@ -108,6 +110,7 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             decap_interface: None,
+            l2_parent: None,
             stale_pins,
         })
     }
@@ -133,6 +136,9 @@ impl Datapath {
             for program in [program_names::DECAP_TC, program_names::XDP_DELIVER_TC] {
                 self.unpin_link(program, interface);
             }
+        }
+        if let Some((interface, _)) = &self.l2_parent {
+            self.unpin_link(program_names::L2_FROM_WIRE, interface);
         }
         match std::fs::remove_dir_all(&self.pin_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -91,12 +91,14 @@ pub(super) fn block_hosts(block: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
     (first + 1..last).map(Ipv4Addr::from)
 }
 
-/// Every block of `net`'s subnet, in address order.
+/// Every block of `net`'s pool (its subnet, or a layer-2 network's range), in address
+/// order.
 /// Empty for a record whose block size does not fit its subnet (records are validated
 /// when read; this never underflows either way).
 pub(super) fn tiles(net: &NetworkRecord) -> impl Iterator<Item = Ipv4Net> + '_ {
-    let start = u32::from(net.subnet.addr());
-    let count = match net.block_prefix.checked_sub(net.subnet.prefix_len()) {
+    let pool = net.pool();
+    let start = u32::from(pool.addr());
+    let count = match net.block_prefix.checked_sub(pool.prefix_len()) {
         Some(bits) if net.block_prefix <= 32 => 1u64 << bits,
         _ => 0,
     };
@@ -128,11 +130,17 @@ pub async fn create_endpoint(
         ..EndpointRecord::unwired()
     };
     if let Some(addr) = wanted {
-        if !net.subnet.contains(addr) {
+        if !net.pool().contains(addr) {
             bail!(
-                "address {addr} is outside network {} ({})",
+                "address {addr} is outside network {}'s addresses ({})",
                 net.name,
-                net.subnet
+                net.pool()
+            );
+        }
+        if !net.assignable(addr) {
+            bail!(
+                "address {addr} is network {}'s gateway and is not handed out",
+                net.name
             );
         }
         let block = tiles(&net)
@@ -156,7 +164,8 @@ pub async fn create_endpoint(
             .map(|e| e.address)
             .collect();
         for b in all_blocks_now.iter().filter(|b| b.host == host) {
-            for addr in block_hosts(b.block).filter(|a| !used.contains(a)) {
+            let free = |a: &Ipv4Addr| !used.contains(a) && net.assignable(*a);
+            for addr in block_hosts(b.block).filter(free) {
                 record.address = addr;
                 if claim_address(store, &record).await? {
                     return confirm_claim(store, record).await;

@@ -10,6 +10,8 @@ pub const HOSTS: &str = "/oxlay/hosts/";
 pub const NETWORKS: &str = "/oxlay/networks/";
 pub const VNIS: &str = "/oxlay/vnis/";
 pub const BLOCKS: &str = "/oxlay/blocks/";
+/// Which layer-2 network each VLAN is (0: untagged): L2_VLANS/<vlan> holds its name.
+pub const L2_VLANS: &str = "/oxlay/l2vlans/";
 pub const ENDPOINTS: &str = "/oxlay/endpoints/";
 /// Which oxlay network each host's Docker networks are: DOCKER/<host>/<docker id>.
 pub const DOCKER: &str = "/oxlay/docker/";

@@ -36,6 +36,9 @@ pub struct LocalEndpoint {
     /// store's record too so that a restarted daemon finds them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<crate::model::PublishedPort>,
+    /// On a layer-2 network: switched by MAC onto the `[l2] parent` NIC, not routed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub l2: bool,
 }
 
 impl LocalEndpoint {
@@ -45,7 +48,11 @@ impl LocalEndpoint {
             net_id: self.vni,
             addr: self.address.octets(),
             mac: self.container_mac.0,
-            flags: 0,
+            flags: if self.l2 {
+                oxlay_common::l2::ENDPOINT_L2
+            } else {
+                0
+            },
             _pad: 0,
         }
     }
@@ -136,6 +143,7 @@ mod tests {
             mtu: 1450,
             routes_only: None,
             published: Vec::new(),
+            l2: false,
         }
     }
 

@@ -1,16 +1,15 @@
 //! Networks: creation (a VNI and a subnet claimed with compare-and-put), labels, and
 //! removal (refused while endpoints remain).
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use super::{
-    keys::{BLOCKS, ENDPOINTS, NETWORKS, SUBNETS, VNIS},
-    records::{
-        decode, decode_network, list, EndpointRecord, NetworkRecord, NetworkSpec, MAX_BLOCK_PREFIX,
-    },
-    DEFAULT_POOL, FIRST_AUTO_VNI,
+    keys::{BLOCKS, ENDPOINTS, NETWORKS, VNIS},
+    l2::{self, L2_BLOCK_PREFIX},
+    records::{decode_network, list, EndpointRecord, NetworkRecord, NetworkSpec, MAX_BLOCK_PREFIX},
+    subnets::{release_subnet, reserve_subnet, subnet_registry},
+    FIRST_AUTO_VNI,
 };
 use crate::{net::Ipv4Net, store::Store};
 
@@ -49,6 +48,7 @@ pub async fn find_network(store: &dyn Store, name: &str) -> Result<Option<Networ
 /// failed step undoes the ones before it.
 pub async fn create_network(store: &dyn Store, spec: NetworkSpec) -> Result<NetworkRecord> {
     crate::config::check_name("network name", &spec.name)?;
+    check_l2_spec(&spec)?;
     if store
         .get(&format!("{NETWORKS}{}", spec.name))
         .await?
@@ -71,14 +71,28 @@ pub(super) async fn create_reserved(
     spec: &NetworkSpec,
     subnet: Ipv4Net,
 ) -> Result<NetworkRecord> {
-    let block_prefix = spec.block_prefix.unwrap_or(24.max(subnet.prefix_len()));
-    if block_prefix < subnet.prefix_len() || block_prefix > MAX_BLOCK_PREFIX {
+    let pool = spec.l2.map_or(subnet, |l2| l2.pool(subnet));
+    let default_block = if spec.l2.is_some() {
+        L2_BLOCK_PREFIX
+    } else {
+        24
+    };
+    let block_prefix = spec
+        .block_prefix
+        .unwrap_or(default_block.max(pool.prefix_len()));
+    if block_prefix < pool.prefix_len() || block_prefix > MAX_BLOCK_PREFIX {
         bail!(
-            "block size /{block_prefix} does not fit subnet {subnet}: use /{} to /{MAX_BLOCK_PREFIX}",
-            subnet.prefix_len()
+            "block size /{block_prefix} does not fit {pool}: use /{} to /{MAX_BLOCK_PREFIX}",
+            pool.prefix_len()
         );
     }
     let vni = claim_vni(store, &spec.name, spec.vni).await?;
+    if let Some(settings) = &spec.l2 {
+        if let Err(e) = l2::claim_vlan(store, &spec.name, settings.vlan).await {
+            store.delete(&format!("{VNIS}{vni}")).await?;
+            return Err(e);
+        }
+    }
     let record = NetworkRecord {
         name: spec.name.clone(),
         vni,
@@ -89,6 +103,7 @@ pub(super) async fn create_reserved(
         removing: false,
         egress: spec.egress.clone(),
         encap: spec.encap,
+        l2: spec.l2,
     };
     let created = store
         .compare_and_put(
@@ -100,135 +115,27 @@ pub(super) async fn create_reserved(
         .await;
     if !matches!(created, Ok(Some(_))) {
         store.delete(&format!("{VNIS}{vni}")).await?;
+        if let Some(settings) = &spec.l2 {
+            l2::release_vlan(store, &spec.name, settings.vlan).await?;
+        }
         created?;
         bail!("network {} already exists", spec.name);
     }
     Ok(record)
 }
 
-/// One network's entry in the subnet registry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct SubnetEntry {
-    subnet: Ipv4Net,
-    #[serde(default)]
-    direct: bool,
-}
-
-pub(super) type SubnetRegistry = BTreeMap<String, SubnetEntry>;
-
-/// The subnet registry and its revision (0 when absent). A store from before the
-/// registry existed gets one built from its network records.
-pub(super) async fn subnet_registry(store: &dyn Store) -> Result<(SubnetRegistry, i64)> {
-    match store.get(SUBNETS).await? {
-        Some(kv) => Ok((decode(&kv.key, &kv.value)?, kv.mod_revision)),
-        None => {
-            let built = networks(store)
-                .await?
-                .into_iter()
-                .map(|n| {
-                    let entry = SubnetEntry {
-                        subnet: n.subnet,
-                        direct: n.direct,
-                    };
-                    (n.name, entry)
-                })
-                .collect();
-            Ok((built, 0))
-        }
+/// A layer-2 network needs the LAN's subnet and takes none of the overlay's options.
+fn check_l2_spec(spec: &NetworkSpec) -> Result<()> {
+    let Some(settings) = &spec.l2 else {
+        return Ok(());
+    };
+    let Some(subnet) = spec.subnet else {
+        bail!("a layer-2 network is the LAN's subnet: give it with --subnet (and --gateway)");
+    };
+    if spec.direct || spec.encap != super::Encap::Vxlan {
+        bail!("--direct and --encap are for overlay networks: a layer-2 network's frames go onto the LAN as they are");
     }
-}
-
-/// Checks `spec` against the other networks' subnets and records its subnet, all in
-/// one compare-and-put on the registry (retried when another create got there first).
-pub(super) async fn reserve_subnet(store: &dyn Store, spec: &NetworkSpec) -> Result<Ipv4Net> {
-    loop {
-        let (mut registry, revision) = subnet_registry(store).await?;
-        if registry.contains_key(&spec.name) {
-            bail!(
-                "network {0} already exists or is being created (if `oxlay network ls` does not show it, a create stopped half-way: `oxlay network rm {0}` clears it)",
-                spec.name
-            );
-        }
-        let subnet = match spec.subnet {
-            Some(s) => {
-                check_overlap(&registry, s, spec)?;
-                s
-            }
-            None => free_subnet(registry.values().map(|e| e.subnet))?,
-        };
-        let entry = SubnetEntry {
-            subnet,
-            direct: spec.direct,
-        };
-        registry.insert(spec.name.clone(), entry);
-        let value = serde_json::to_string(&registry)?;
-        if store
-            .compare_and_put(SUBNETS, revision, &value, None)
-            .await?
-            .is_some()
-        {
-            return Ok(subnet);
-        }
-    }
-}
-
-pub(super) fn check_overlap(
-    registry: &SubnetRegistry,
-    s: Ipv4Net,
-    spec: &NetworkSpec,
-) -> Result<()> {
-    // Direct networks share one table on the receiving side: never overlapping.
-    if spec.direct {
-        if let Some((name, other)) = registry
-            .iter()
-            .find(|(_, e)| e.direct && e.subnet.overlaps(&s))
-        {
-            bail!(
-                "subnet {s} overlaps direct network {name} ({}): direct networks cannot overlap each other",
-                other.subnet
-            );
-        }
-    }
-    if !spec.allow_overlap {
-        if let Some((name, other)) = registry.iter().find(|(_, e)| e.subnet.overlaps(&s)) {
-            bail!(
-                "subnet {s} overlaps network {name} ({}); pick another or pass --allow-overlap (networks stay isolated by VNI)",
-                other.subnet
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Takes a network's subnet out of the registry.
-pub(super) async fn release_subnet(store: &dyn Store, name: &str) -> Result<()> {
-    loop {
-        let (mut registry, revision) = subnet_registry(store).await?;
-        if registry.remove(name).is_none() && revision != 0 {
-            return Ok(());
-        }
-        let value = serde_json::to_string(&registry)?;
-        if store
-            .compare_and_put(SUBNETS, revision, &value, None)
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
-    }
-}
-
-pub(super) fn free_subnet(existing: impl Iterator<Item = Ipv4Net> + Clone) -> Result<Ipv4Net> {
-    let pool: Ipv4Net = DEFAULT_POOL.parse()?;
-    let start = u32::from(pool.addr());
-    let count = 1u32 << (16 - pool.prefix_len());
-    for i in 0..count {
-        let candidate = Ipv4Net::new(Ipv4Addr::from(start + (i << 16)), 16)?;
-        if !existing.clone().any(|n| n.overlaps(&candidate)) {
-            return Ok(candidate);
-        }
-    }
-    bail!("no free /16 left in the default pool {DEFAULT_POOL}: give --subnet")
+    settings.check(subnet)
 }
 
 pub(super) async fn claim_vni(
@@ -358,6 +265,9 @@ pub async fn remove_network(store: &dyn Store, name: &str) -> Result<()> {
             store.delete(&b.key).await?;
         }
         store.delete(&format!("{VNIS}{}", net.vni)).await?;
+        if let Some(settings) = &net.l2 {
+            l2::release_vlan(store, name, settings.vlan).await?;
+        }
         release_subnet(store, name).await?;
         // The record last: while it exists, the removal can be finished.
         store.delete(&key).await?;

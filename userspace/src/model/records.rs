@@ -4,6 +4,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use super::l2::L2Settings;
 use crate::{
     net::{Ipv4Net, MacAddr},
     store::Store,
@@ -110,9 +111,27 @@ pub struct NetworkRecord {
     /// Records written before GRE existed are VXLAN.
     #[serde(default, skip_serializing_if = "Encap::is_vxlan")]
     pub encap: Encap,
+    /// A layer-2 network (`--mode l2`) on each host's `[l2] parent` NIC; an overlay
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<L2Settings>,
 }
 
 impl NetworkRecord {
+    /// The addresses hosts lease blocks of: a layer-2 network's range, else the subnet.
+    pub fn pool(&self) -> Ipv4Net {
+        match &self.l2 {
+            Some(l2) => l2.pool(self.subnet),
+            None => self.subnet,
+        }
+    }
+
+    /// Whether the IPAM may hand `address` out: a layer-2 network's gateway is the
+    /// LAN router's.
+    pub fn assignable(&self, address: Ipv4Addr) -> bool {
+        self.l2.is_none_or(|l2| l2.gateway != address)
+    }
+
     /// Checks what the code that reads a record relies on (a store may hold a record
     /// written by hand or by another version).
     pub fn validate(&self) -> Result<()> {
@@ -124,13 +143,17 @@ impl NetworkRecord {
                 self.vni
             );
         }
-        if self.block_prefix < self.subnet.prefix_len() || self.block_prefix > MAX_BLOCK_PREFIX {
+        if let Some(l2) = &self.l2 {
+            l2.check(self.subnet)
+                .with_context(|| format!("network {}", self.name))?;
+        }
+        let pool = self.pool();
+        if self.block_prefix < pool.prefix_len() || self.block_prefix > MAX_BLOCK_PREFIX {
             bail!(
-                "network {}: block size /{} does not fit subnet {} (/{}..=/{MAX_BLOCK_PREFIX})",
+                "network {}: block size /{} does not fit {pool} (/{}..=/{MAX_BLOCK_PREFIX})",
                 self.name,
                 self.block_prefix,
-                self.subnet,
-                self.subnet.prefix_len()
+                pool.prefix_len()
             );
         }
         Ok(())
@@ -238,6 +261,8 @@ pub struct NetworkSpec {
     pub direct: bool,
     pub egress: Egress,
     pub encap: Encap,
+    /// A layer-2 network (`--mode l2`).
+    pub l2: Option<L2Settings>,
 }
 
 pub(super) fn decode<T: DeserializeOwned>(key: &str, value: &str) -> Result<T> {

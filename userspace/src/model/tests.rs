@@ -1,10 +1,11 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use super::*;
+use super::{subnets::free_subnet, *};
 use crate::store::Store;
 
 fn net(subnet: &str, block: u8) -> NetworkRecord {
     NetworkRecord {
+        l2: None,
         name: "n".into(),
         vni: 1,
         subnet: subnet.parse().unwrap(),

@@ -169,3 +169,46 @@ pub async fn remove_local_address(handle: &Handle, address: Ipv4Addr) -> Result<
     }
     Ok(())
 }
+
+/// Makes NIC `ifindex` take frames for `mac` (a layer-2 container's): the MAC joins
+/// its unicast filter, as macvlan's do (`bridge fdb add MAC dev NIC self`); a NIC
+/// without room, or without filtering, goes promiscuous by itself, and back once the
+/// list empties. Already there is fine.
+pub async fn add_unicast_filter(handle: &Handle, ifindex: u32, mac: MacAddr) -> Result<()> {
+    use netlink_packet_route::neighbour::NeighbourFlags;
+    let added = handle
+        .neighbours()
+        .add_bridge(ifindex, &mac.0)
+        .flags(NeighbourFlags::Own)
+        .execute()
+        .await;
+    match added {
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
+        other => other.with_context(|| format!("cannot add {mac} to the parent NIC's filter")),
+    }
+}
+
+/// Takes `mac` out of NIC `ifindex`'s unicast filter; not there (or the NIC gone) is
+/// fine.
+pub async fn remove_unicast_filter(handle: &Handle, ifindex: u32, mac: MacAddr) -> Result<()> {
+    use netlink_packet_route::{
+        neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
+        AddressFamily,
+    };
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Bridge;
+    message.header.ifindex = ifindex;
+    message.header.state = NeighbourState::Permanent;
+    message.header.flags = NeighbourFlags::Own;
+    message
+        .attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+    match handle.neighbours().del(message).execute().await {
+        Err(rtnetlink::Error::NetlinkError(m))
+            if [-libc::ENOENT, -libc::ENODEV].contains(&m.raw_code()) =>
+        {
+            Ok(())
+        }
+        other => other.with_context(|| format!("cannot remove {mac} from the parent NIC's filter")),
+    }
+}

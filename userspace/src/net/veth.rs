@@ -32,6 +32,15 @@ pub enum ContainerRoute {
     Subnet(crate::net::Ipv4Net),
 }
 
+/// A layer-2 network's container: on the LAN's subnet, through the LAN's router.
+#[derive(Clone, Copy, Debug)]
+pub struct Lan {
+    /// The subnet's prefix length: the container reaches the LAN directly.
+    pub prefix_len: u8,
+    /// The LAN router (the default route, on a container's first interface).
+    pub router: Ipv4Addr,
+}
+
 /// Everything needed to wire a container's interface.
 pub struct EndpointSpec {
     pub route: ContainerRoute,
@@ -44,6 +53,8 @@ pub struct EndpointSpec {
     pub address: Ipv4Addr,
     pub mtu: u32,
     pub gateway: Ipv4Addr,
+    /// On a layer-2 network (the gateway then serves only the resolver).
+    pub lan: Option<Lan>,
 }
 
 /// Creates the veth, moves one end into the container and configures both ends:
@@ -119,6 +130,7 @@ async fn wire_endpoint(
         gateway_mac: host.mac,
         mtu: spec.mtu,
         route: spec.route,
+        lan: spec.lan,
     };
     let container_mac = in_netns(&spec.netns, move |h| async move {
         configure_container(&h, &container).await
@@ -242,6 +254,7 @@ struct ContainerSide {
     gateway_mac: MacAddr,
     mtu: u32,
     route: ContainerRoute,
+    lan: Option<Lan>,
 }
 
 async fn configure_container(h: &Handle, c: &ContainerSide) -> Result<MacAddr> {
@@ -293,11 +306,17 @@ async fn configure_container(h: &Handle, c: &ContainerSide) -> Result<MacAddr> {
 }
 
 /// Gives the container's interface its address, the gateway's permanent neighbour
-/// entry and the route through the gateway (default, or only `route`'s subnet).
+/// entry and the route through the gateway (default, or only `route`'s subnet). On a
+/// layer-2 network: the subnet's address, the gateway for itself alone, and the
+/// default route through the LAN's router.
 async fn address_and_route(h: &Handle, index: u32, c: &ContainerSide) -> Result<()> {
     let (address, gateway, gateway_mac, route) = (c.address, c.gateway, c.gateway_mac, c.route);
     h.address()
-        .add(index, IpAddr::V4(address), 32)
+        .add(
+            index,
+            IpAddr::V4(address),
+            c.lan.map_or(32, |l| l.prefix_len),
+        )
         .execute()
         .await
         .with_context(|| format!("cannot add address {address} in the container"))?;
@@ -309,6 +328,9 @@ async fn address_and_route(h: &Handle, index: u32, c: &ContainerSide) -> Result<
         .execute()
         .await
         .context("cannot add the gateway neighbour in the container")?;
+    if let Some(lan) = c.lan {
+        return lan_routes(h, index, c.gateway, lan, route).await;
+    }
     let mut via_gateway = RouteMessageBuilder::<Ipv4Addr>::new();
     if let ContainerRoute::Subnet(subnet) = route {
         via_gateway = via_gateway.destination_prefix(subnet.addr(), subnet.prefix_len());
@@ -325,5 +347,48 @@ async fn address_and_route(h: &Handle, index: u32, c: &ContainerSide) -> Result<
         .execute()
         .await
         .context("cannot add the route via the gateway in the container")?;
+    Ok(())
+}
+
+/// A layer-2 container's routes: the gateway (the host's side, the resolver) on the
+/// link, and on its first interface the default route through the LAN's router (the
+/// subnet's own route comes with the address).
+async fn lan_routes(
+    h: &Handle,
+    index: u32,
+    gateway: Ipv4Addr,
+    lan: Lan,
+    route: ContainerRoute,
+) -> Result<()> {
+    h.route()
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(gateway, 32)
+                .output_interface(index)
+                .scope(netlink_packet_route::route::RouteScope::Link)
+                .build(),
+        )
+        .replace()
+        .execute()
+        .await
+        .context("cannot add the route to the gateway in the container")?;
+    if let ContainerRoute::Default = route {
+        h.route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(lan.router)
+                    .output_interface(index)
+                    .build(),
+            )
+            .replace()
+            .execute()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot add the default route via {} in the container",
+                    lan.router
+                )
+            })?;
+    }
     Ok(())
 }

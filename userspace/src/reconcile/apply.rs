@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use oxlay_common::{Endpoint, Route};
 
-use super::desired::{Desired, RouteKey};
+use oxlay_common::l2::L2Network;
+
+use super::desired::{Desired, L2PortKey, RouteKey};
 use crate::{
     datapath::{Datapath, RouteEntry},
     net::Ipv4Net,
@@ -27,6 +29,13 @@ pub trait RoutingMaps {
     fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>>;
     fn set_endpoint(&mut self, host_ifindex: u32, endpoint: Endpoint) -> Result<()>;
     fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()>;
+    fn l2_ports(&self) -> Result<Vec<(L2PortKey, u32)>>;
+    fn set_l2_port(&mut self, key: L2PortKey, ifindex: u32) -> Result<()>;
+    fn remove_l2_port(&mut self, key: L2PortKey) -> Result<()>;
+    fn l2_networks(&self) -> Result<Vec<(u32, L2Network)>>;
+    fn set_l2_network(&mut self, net_id: u32, network: L2Network) -> Result<()>;
+    /// `old` is what the entry holds (its parent and VLAN key the VLAN map).
+    fn remove_l2_network(&mut self, net_id: u32, old: &L2Network) -> Result<()>;
 
     /// Everything the maps hold now (a shadow lends its own copy).
     fn current(&self) -> Result<std::borrow::Cow<'_, Desired>> {
@@ -70,6 +79,24 @@ impl RoutingMaps for Datapath {
     }
     fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()> {
         Datapath::remove_endpoint(self, host_ifindex)
+    }
+    fn l2_ports(&self) -> Result<Vec<(L2PortKey, u32)>> {
+        Datapath::l2_ports(self)
+    }
+    fn set_l2_port(&mut self, (net_id, mac): L2PortKey, ifindex: u32) -> Result<()> {
+        Datapath::set_l2_port(self, net_id, mac, ifindex)
+    }
+    fn remove_l2_port(&mut self, (net_id, mac): L2PortKey) -> Result<()> {
+        Datapath::remove_l2_port(self, net_id, mac)
+    }
+    fn l2_networks(&self) -> Result<Vec<(u32, L2Network)>> {
+        Datapath::l2_networks(self)
+    }
+    fn set_l2_network(&mut self, net_id: u32, network: L2Network) -> Result<()> {
+        Datapath::set_l2_network(self, net_id, network)
+    }
+    fn remove_l2_network(&mut self, net_id: u32, old: &L2Network) -> Result<()> {
+        Datapath::remove_l2_network(self, net_id, old.parent_ifindex, old.vlan)
     }
 }
 
@@ -152,6 +179,37 @@ impl<M: RoutingMaps> RoutingMaps for Shadowed<'_, M> {
         self.shadow.endpoints.remove(&host_ifindex);
         Ok(())
     }
+    fn l2_ports(&self) -> Result<Vec<(L2PortKey, u32)>> {
+        Ok(self.shadow.l2_ports.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn set_l2_port(&mut self, key: L2PortKey, ifindex: u32) -> Result<()> {
+        self.maps.set_l2_port(key, ifindex)?;
+        self.shadow.l2_ports.insert(key, ifindex);
+        Ok(())
+    }
+    fn remove_l2_port(&mut self, key: L2PortKey) -> Result<()> {
+        self.maps.remove_l2_port(key)?;
+        self.shadow.l2_ports.remove(&key);
+        Ok(())
+    }
+    fn l2_networks(&self) -> Result<Vec<(u32, L2Network)>> {
+        Ok(self
+            .shadow
+            .l2_networks
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
+    }
+    fn set_l2_network(&mut self, net_id: u32, network: L2Network) -> Result<()> {
+        self.maps.set_l2_network(net_id, network)?;
+        self.shadow.l2_networks.insert(net_id, network);
+        Ok(())
+    }
+    fn remove_l2_network(&mut self, net_id: u32, old: &L2Network) -> Result<()> {
+        self.maps.remove_l2_network(net_id, old)?;
+        self.shadow.l2_networks.remove(&net_id);
+        Ok(())
+    }
 }
 
 /// The shadow of maps as they are now (read once from the kernel).
@@ -165,6 +223,8 @@ pub fn read_shadow<M: RoutingMaps + ?Sized>(maps: &M) -> Result<Desired> {
             .map(|r| ((r.net_id, r.dest), r.route))
             .collect(),
         endpoints: maps.endpoints()?.into_iter().collect(),
+        l2_ports: maps.l2_ports()?.into_iter().collect(),
+        l2_networks: maps.l2_networks()?.into_iter().collect(),
     })
 }
 
@@ -228,6 +288,11 @@ struct Plan {
     new_peers: Vec<Ipv4Addr>,
     new_endpoints: Vec<(u32, Endpoint)>,
     new_routes: Vec<(RouteKey, Route)>,
+    stale_l2_ports: Vec<L2PortKey>,
+    /// Networks gone, or whose parent or VLAN changed (their VLAN entry goes too).
+    stale_l2_networks: Vec<(u32, L2Network)>,
+    new_l2_networks: Vec<(u32, L2Network)>,
+    new_l2_ports: Vec<(L2PortKey, u32)>,
 }
 
 impl Plan {
@@ -255,14 +320,38 @@ impl Plan {
                 .filter(|(k, e)| have.endpoints.get(k) != Some(e))
                 .map(|(k, e)| (*k, *e))
                 .collect(),
-            new_routes: want
-                .routes
-                .iter()
-                .filter(|(k, r)| have.routes.get(k) != Some(r))
-                .map(|(k, r)| (*k, *r))
+            new_routes: changed(&have.routes, &want.routes),
+            stale_l2_ports: have
+                .l2_ports
+                .keys()
+                .filter(|k| !want.l2_ports.contains_key(k))
+                .copied()
                 .collect(),
+            stale_l2_networks: have
+                .l2_networks
+                .iter()
+                .filter(|(id, old)| {
+                    want.l2_networks.get(id).is_none_or(|new| {
+                        (new.parent_ifindex, new.vlan) != (old.parent_ifindex, old.vlan)
+                    })
+                })
+                .map(|(id, old)| (*id, *old))
+                .collect(),
+            new_l2_networks: changed(&have.l2_networks, &want.l2_networks),
+            new_l2_ports: changed(&have.l2_ports, &want.l2_ports),
         }
     }
+}
+
+/// The entries of `want` that `have` lacks or holds with another value.
+fn changed<K: Ord + Copy, V: PartialEq + Copy>(
+    have: &std::collections::BTreeMap<K, V>,
+    want: &std::collections::BTreeMap<K, V>,
+) -> Vec<(K, V)> {
+    want.iter()
+        .filter(|(k, v)| have.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect()
 }
 
 /// Brings the maps to `want`, touching only entries that differ. Stale entries go
@@ -276,6 +365,12 @@ pub fn apply(maps: &mut impl RoutingMaps, want: &Desired) -> Result<Changes> {
     let mut c = Changes::default();
     for (net_id, dest) in plan.stale_routes {
         c.record(maps.remove_route(net_id, dest), true);
+    }
+    for key in plan.stale_l2_ports {
+        c.record(maps.remove_l2_port(key), true);
+    }
+    for (net_id, old) in plan.stale_l2_networks {
+        c.record(maps.remove_l2_network(net_id, &old), true);
     }
     for ifindex in plan.stale_endpoints {
         c.record(maps.remove_endpoint(ifindex), true);
@@ -298,6 +393,13 @@ pub fn apply(maps: &mut impl RoutingMaps, want: &Desired) -> Result<Changes> {
     }
     for ((net_id, dest), route) in plan.new_routes {
         c.record(maps.set_route(net_id, dest, route), false);
+    }
+    // A network before the ports a broadcast of it reaches.
+    for (net_id, network) in plan.new_l2_networks {
+        c.record(maps.set_l2_network(net_id, network), false);
+    }
+    for (key, ifindex) in plan.new_l2_ports {
+        c.record(maps.set_l2_port(key, ifindex), false);
     }
     Ok(c)
 }

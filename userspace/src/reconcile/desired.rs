@@ -6,7 +6,10 @@ use std::{
 };
 
 use anyhow::Result;
-use oxlay_common::{Endpoint, Route, DIRECT_NET_ID};
+use oxlay_common::{
+    l2::{L2Network, MAX_L2_PORTS},
+    Endpoint, Route, DIRECT_NET_ID,
+};
 
 use super::snapshot::Snapshot;
 use crate::{
@@ -27,13 +30,22 @@ pub struct Desired {
     /// The local endpoints by their host-side veth's ifindex (what encapsulation checks
     /// a container's packets against).
     pub endpoints: BTreeMap<u32, Endpoint>,
+    /// Layer-2 networks' local containers: (network id, MAC) -> host-side veth.
+    pub l2_ports: BTreeMap<L2PortKey, u32>,
+    /// Layer-2 networks with containers here: parent NIC, VLAN, local ports.
+    pub l2_networks: BTreeMap<u32, L2Network>,
 }
+
+/// A layer-2 container by its network id and MAC.
+pub type L2PortKey = (u32, [u8; 6]);
 
 /// This host as routing sees it.
 pub struct Me<'a> {
     pub name: &'a str,
     /// The underlay subnet: direct routing reaches only peers inside it.
     pub underlay_subnet: Ipv4Net,
+    /// The `[l2] parent` NIC's ifindex, if this host has one.
+    pub l2_parent: Option<u32>,
 }
 
 /// How a route write lands: `Set` replaces what a key holds, `Keep` fills only an
@@ -193,7 +205,10 @@ pub fn desired_base(
             .filter(|n| n.direct)
             .map(|n| n.vni),
     );
-    for ep in local {
+    for ep in local.iter().filter(|ep| ep.l2) {
+        add_l2_endpoint(&mut d, me, snapshot, ep);
+    }
+    for ep in local.iter().filter(|ep| !ep.l2) {
         d.networks.insert(ep.vni);
         d.endpoints.insert(ep.host_ifindex, ep.map_entry());
         let route = Route::local(ep.host_ifindex, ep.container_mac.0, ep.host_mac.0);
@@ -213,6 +228,34 @@ pub fn desired_base(
             .map(|(_, h)| h.underlay_address),
     );
     Ok(d)
+}
+
+/// A layer-2 container: its endpoint entry, its port, and its network's entry (when
+/// this host has a parent NIC and the store the network), which lists it for
+/// broadcasts. No route: it is switched by MAC, not routed.
+fn add_l2_endpoint(d: &mut Desired, me: &Me, snapshot: &Snapshot, ep: &LocalEndpoint) {
+    d.endpoints.insert(ep.host_ifindex, ep.map_entry());
+    d.l2_ports
+        .insert((ep.vni, ep.container_mac.0), ep.host_ifindex);
+    let settings = ep
+        .network
+        .as_ref()
+        .and_then(|n| snapshot.networks.get(n))
+        .and_then(|n| n.l2);
+    let (Some(parent), Some(settings)) = (me.l2_parent, settings) else {
+        // Its frames are dropped and counted (drop_l2_no_parent).
+        return;
+    };
+    let net = d.l2_networks.entry(ep.vni).or_insert(L2Network {
+        parent_ifindex: parent,
+        vlan: settings.vlan,
+        ..Default::default()
+    });
+    // The daemon refuses more (see `State::lan_for`); a broadcast reaches these.
+    if (net.ports_len as usize) < MAX_L2_PORTS {
+        net.ports[net.ports_len as usize] = ep.host_ifindex;
+        net.ports_len += 1;
+    }
 }
 
 /// The routes a change of the block at store key `key` can touch: those its record

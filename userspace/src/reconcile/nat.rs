@@ -40,10 +40,13 @@ pub fn desired_nat(config: &Config, snapshot: &Snapshot, local: &[&LocalEndpoint
         // masquerade.
         networks.extend(config.peers.iter().map(|p| (p.pod_subnet, None)));
     }
+    // Layer-2 networks are the LAN's: their traffic never passes the host's NAT, and
+    // an overlay container's traffic to the LAN leaves with the host's address.
     networks.extend(
         snapshot
             .networks
             .values()
+            .filter(|n| n.l2.is_none())
             .map(|n| (n.subnet, Some(&n.egress))),
     );
     let keep: BTreeSet<Ipv4Net> = networks
@@ -59,8 +62,11 @@ pub fn desired_nat(config: &Config, snapshot: &Snapshot, local: &[&LocalEndpoint
         }
     }
     Nat {
+        // A layer-2 container answers through the LAN's router, not the host: it is
+        // reached at its own address, not through a port of the host.
         forwards: local
             .iter()
+            .filter(|ep| !ep.l2)
             .flat_map(|ep| ep.published.iter().map(|p| (*p, ep.address)))
             .collect(),
         overlay: outermost(networks.iter().map(|(s, _)| *s).collect()),
@@ -93,6 +99,7 @@ mod tests {
 
     fn net(name: &str, subnet: &str, egress: Egress) -> NetworkRecord {
         NetworkRecord {
+            l2: None,
             name: name.into(),
             vni: 1,
             subnet: subnet.parse().unwrap(),

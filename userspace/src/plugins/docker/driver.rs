@@ -221,7 +221,8 @@ impl Driver for DaemonDriver {
                 sandbox: key.0.clone(),
                 address,
                 mac,
-                mtu: s.container_mtu,
+                mtu: s.mtu_on(&net),
+                l2: s.lan_for(&net)?.is_some(),
             };
             let s = &mut *s;
             let wired = wiring::attach_unplaced(&s.handle, &mut s.datapath, spec).await?;

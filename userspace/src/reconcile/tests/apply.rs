@@ -22,6 +22,8 @@ fn apply_removes_before_adding_so_a_full_map_takes_the_new_routes() {
     maps.endpoints.insert(10, endpoint(10));
     // The host of 10.10.2.0/24 left and 10.10.3.0/24 arrived: the map is full.
     let want = Desired {
+        l2_ports: BTreeMap::new(),
+        l2_networks: BTreeMap::new(),
         networks: BTreeSet::from([100]),
         peers: BTreeSet::from([Ipv4Addr::new(192, 168, 50, 12)]),
         routes: BTreeMap::from([
@@ -66,6 +68,8 @@ fn apply_carries_on_past_a_failed_entry_and_reports_it() {
         ..Default::default()
     };
     let want = Desired {
+        l2_ports: BTreeMap::new(),
+        l2_networks: BTreeMap::new(),
         networks: BTreeSet::from([100]),
         peers: BTreeSet::new(),
         routes: BTreeMap::from([

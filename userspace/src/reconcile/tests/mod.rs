@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Result;
-use oxlay_common::{Endpoint, Route, DIRECT_NET_ID};
+use oxlay_common::{l2::L2Network, Endpoint, Route, DIRECT_NET_ID};
 
 use super::*;
 use crate::{
@@ -30,6 +30,7 @@ fn me() -> Me<'static> {
     Me {
         name: "me",
         underlay_subnet: "192.168.50.0/24".parse().unwrap(),
+        l2_parent: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn network(name: &str, vni: u32) -> NetworkRecord {
         removing: false,
         egress: Default::default(),
         encap: Default::default(),
+        l2: None,
     }
 }
 
@@ -66,6 +68,7 @@ fn block(network: &str, cidr: &str, host: &str) -> BlockRecord {
 
 fn local(vni: u32, addr: &str) -> LocalEndpoint {
     LocalEndpoint {
+        l2: false,
         network: Some("blue".into()),
         vni,
         netns: "c1".into(),
@@ -89,12 +92,41 @@ struct FakeMaps {
     peers: BTreeSet<Ipv4Addr>,
     routes: BTreeMap<(u32, Ipv4Net), Route>,
     endpoints: BTreeMap<u32, Endpoint>,
+    l2_ports: BTreeMap<L2PortKey, u32>,
+    l2_networks: BTreeMap<u32, L2Network>,
     route_capacity: usize,
     refuse: BTreeSet<(u32, Ipv4Net)>,
     log: Vec<String>,
 }
 
 impl RoutingMaps for FakeMaps {
+    fn l2_ports(&self) -> Result<Vec<(L2PortKey, u32)>> {
+        Ok(self.l2_ports.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn set_l2_port(&mut self, key: L2PortKey, ifindex: u32) -> Result<()> {
+        self.log.push(format!("+l2port {} {ifindex}", key.0));
+        self.l2_ports.insert(key, ifindex);
+        Ok(())
+    }
+    fn remove_l2_port(&mut self, key: L2PortKey) -> Result<()> {
+        self.log.push(format!("-l2port {}", key.0));
+        self.l2_ports.remove(&key);
+        Ok(())
+    }
+    fn l2_networks(&self) -> Result<Vec<(u32, L2Network)>> {
+        Ok(self.l2_networks.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn set_l2_network(&mut self, net_id: u32, network: L2Network) -> Result<()> {
+        self.log
+            .push(format!("+l2net {net_id} vlan {}", network.vlan));
+        self.l2_networks.insert(net_id, network);
+        Ok(())
+    }
+    fn remove_l2_network(&mut self, net_id: u32, old: &L2Network) -> Result<()> {
+        self.log.push(format!("-l2net {net_id} vlan {}", old.vlan));
+        self.l2_networks.remove(&net_id);
+        Ok(())
+    }
     fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>> {
         Ok(self.endpoints.iter().map(|(k, v)| (*k, *v)).collect())
     }
