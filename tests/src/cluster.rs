@@ -62,6 +62,18 @@ impl StoreCluster {
         lease_ttl_secs: u64,
         extra_toml: Vec<String>,
     ) -> Result<Self> {
+        Self::with_setup(addrs, etcd, lease_ttl_secs, extra_toml, |_| Ok(()))
+    }
+
+    /// Like `with_config`, with `setup` run on the hosts before their daemons start
+    /// (e.g. to give them a second NIC).
+    pub fn with_setup(
+        addrs: &[String],
+        etcd: bool,
+        lease_ttl_secs: u64,
+        extra_toml: Vec<String>,
+        setup: impl FnOnce(&[Host]) -> Result<()>,
+    ) -> Result<Self> {
         let hosts = addrs.len();
         let mut underlay = Underlay::new()?;
         let dir = TempDir::new("store")?;
@@ -95,6 +107,7 @@ impl StoreCluster {
             names: (0..hosts).map(|i| format!("s{i}-{tag}")).collect(),
             _store_dir: dir,
         };
+        setup(&c.hosts)?;
         for i in 0..hosts {
             let d = c.start_daemon(i)?;
             c.daemons.push(d);

@@ -16,6 +16,7 @@
 //!   (`Underlay`, `Host`).
 //! - `daemon`: the `oxlay` daemon under test and its CLI (`Daemon`, `NodeConfig`).
 //! - `etcd`: a real etcd server (`Etcd`).
+//! - `lan`: a second segment for layer-2 networks, and machines on it (`Lan`).
 //! - `dns`: a real DNS server (`dns::Dnsmasq`) and lookups from a namespace.
 //! - `traffic`: checked traffic (`tcp_transfer`, `PacedUdp`).
 //! - `cluster`: ready clusters (`StoreCluster`, `Cluster`) and `eventually`.
@@ -27,6 +28,7 @@ mod daemon;
 pub mod dns;
 pub mod docker;
 mod etcd;
+mod lan;
 mod netns;
 mod prereq;
 mod tempdir;
@@ -37,6 +39,7 @@ pub use cluster::{eventually, Cluster, StoreCluster};
 pub use cmd::{private_mounts_command, run, sh};
 pub use daemon::{oxlay_bin, Daemon, NodeConfig};
 pub use etcd::{free_port, Etcd};
+pub use lan::Lan;
 pub use netns::{remove_stale, Netns, PREFIX};
 pub use prereq::{
     has_etcd, is_root, skip, skip_without_etcd, skip_without_root, skip_without_root_or_etcd,

@@ -23,7 +23,7 @@ impl Datapath {
     }
 
     /// Every (network id, MAC) -> host-side veth entry.
-    pub fn l2_ports(&self) -> Result<Vec<((u32, [u8; 6]), u32)>> {
+    pub fn l2_ports(&self) -> Result<Vec<(crate::reconcile::L2PortKey, u32)>> {
         let map: BpfHashMap<&MapData, L2Key, u32> = self.map(map_names::L2_FDB)?;
         map.iter()
             .map(|kv| {

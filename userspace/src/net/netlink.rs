@@ -184,7 +184,9 @@ pub async fn add_unicast_filter(handle: &Handle, ifindex: u32, mac: MacAddr) -> 
         .await;
     match added {
         Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
-        other => other.with_context(|| format!("cannot add {mac} to the parent NIC's filter")),
+        other => other.with_context(|| {
+            format!("cannot add {mac} to the filter of the parent NIC (ifindex {ifindex})")
+        }),
     }
 }
 

@@ -1,0 +1,339 @@
+//! Layer-2 networks end to end: two oxlay hosts whose second NIC (`eth1`, their
+//! `[l2] parent`) is on a LAN with a router (192.168.77.1) that is not an oxlay host.
+//! Containers get LAN addresses from the distributed IPAM (never the router's), talk
+//! to each other on one host and across hosts, to the router and beyond it, and the
+//! router reaches them; a VLAN network is isolated from the untagged one; spoofed
+//! frames are dropped and counted; a daemon restart loses nothing; `oxlay uninstall`
+//! leaves the NIC as it was.
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{ensure, Context, Result};
+use oxlay_testbed::{
+    eventually, sh, skip_without_root, tcp_transfer, Lan, Netns, PacedUdp, StoreCluster,
+};
+
+const ROUTER: &str = "192.168.77.1";
+/// An address beyond the router (on its loopback): reached by the default route.
+const BEYOND: &str = "198.51.100.1";
+/// VLAN 100's router: on this machine's kernel (no 802.1Q devices) none answers.
+const VLAN_GATEWAY: &str = "192.168.78.1";
+
+/// A LAN set up for layer-2 networks.
+struct LanCluster {
+    c: StoreCluster,
+    lan: Lan,
+    router: Netns,
+    /// Host 0's `eth1` before its daemon started (see `nic_state`).
+    nic_before: String,
+}
+
+/// Two hosts with `eth1` on a LAN, the router on it, and network `lan` (untagged,
+/// addresses handed out from 192.168.77.0/25, whose first is the router's).
+fn lan_cluster() -> Result<LanCluster> {
+    let mut lan = Lan::new()?;
+    let addrs: Vec<String> = ["192.168.50.11", "192.168.50.12"].map(String::from).into();
+    let extra = vec!["[l2]\nparent = \"eth1\"\n".to_owned(); 2];
+    let mut nic_before = String::new();
+    let c = StoreCluster::with_setup(&addrs, false, 10, extra, |hosts| {
+        hosts.iter().try_for_each(|h| lan.plug(&h.ns, "eth1"))?;
+        nic_before = nic_state(&hosts[0].ns)?;
+        Ok(())
+    })?;
+    let router = lan.machine("router", &format!("{ROUTER}/24"), None)?;
+    router.ip(&["addr", "add", &format!("{BEYOND}/32"), "dev", "lo"])?;
+    c.daemons[0].cli(&[
+        "network",
+        "create",
+        "lan",
+        "--mode",
+        "l2",
+        "--subnet",
+        "192.168.77.0/24",
+        "--gateway",
+        ROUTER,
+        "--ip-range",
+        "192.168.77.0/25",
+    ])?;
+    Ok(LanCluster {
+        c,
+        lan,
+        router,
+        nic_before,
+    })
+}
+
+fn counter(c: &StoreCluster, host: usize, name: &str) -> u64 {
+    c.daemons[host].counter(name).unwrap_or(0)
+}
+
+#[test]
+fn l2_containers_are_on_the_lan() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    // (Every part is bound: one left to `..` would be dropped here, and the LAN with it.)
+    let LanCluster {
+        c,
+        router,
+        lan: _lan,
+        ..
+    } = lan_cluster()?;
+    let (a, a_ip) = c.endpoint(0, "lan", "l2a", None)?;
+    let (b, b_ip) = c.endpoint(0, "lan", "l2b", None)?;
+    let (far, far_ip) = c.endpoint(1, "lan", "l2far", None)?;
+    for ip in [a_ip, b_ip, far_ip] {
+        let in_range = ip.octets()[..3] == [192, 168, 77] && ip.octets()[3] < 128;
+        ensure!(
+            in_range && ip.to_string() != ROUTER,
+            "{ip} is not a free address of the range"
+        );
+    }
+    // On the LAN's subnet, through the LAN's router: no encapsulation, no routing.
+    let addr = a.ip(&["-4", "addr", "show", "eth0"])?;
+    ensure!(
+        addr.contains(&format!("{a_ip}/24")),
+        "container address: {addr}"
+    );
+    let routes = a.ip(&["route", "show", "default"])?;
+    ensure!(
+        routes.contains(&format!("via {ROUTER}")),
+        "default route: {routes}"
+    );
+
+    let switched = counter(&c, 0, "l2_switched");
+    let (to_wire, from_wire) = (counter(&c, 0, "l2_to_wire"), counter(&c, 1, "l2_from_wire"));
+    a.ping(&b_ip.to_string(), 3)?;
+    tcp_transfer(&a, &b, b_ip, 4 << 20).context("same host")?;
+    ensure!(
+        counter(&c, 0, "l2_switched") > switched,
+        "same-host frames were not switched"
+    );
+    a.ping(&far_ip.to_string(), 3)?;
+    tcp_transfer(&a, &far, far_ip, 4 << 20).context("across hosts")?;
+    tcp_transfer(&far, &a, a_ip, 4 << 20).context("across hosts, back")?;
+    ensure!(
+        counter(&c, 0, "l2_to_wire") > to_wire,
+        "nothing went onto the wire"
+    );
+    ensure!(
+        counter(&c, 1, "l2_from_wire") > from_wire,
+        "nothing came from the wire"
+    );
+    ensure!(counter(&c, 0, "l2_flooded") > 0, "ARP was not flooded");
+
+    // The router (not an oxlay host) and what lies beyond it, both ways.
+    for (from, ip) in [(&a, a_ip), (&far, far_ip)] {
+        from.ping(ROUTER, 2)?;
+        from.ping(BEYOND, 2)?;
+        router.ping(&ip.to_string(), 2)?;
+        tcp_transfer(&router, from, ip, 2 << 20).context("router to a container")?;
+        tcp_transfer(from, &router, ROUTER.parse()?, 2 << 20).context("container to router")?;
+    }
+    Ok(())
+}
+
+#[test]
+fn l2_vlans_isolate_and_spoofing_is_dropped() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    let LanCluster {
+        c, mut lan, router, ..
+    } = lan_cluster()?;
+    c.daemons[0].cli(&[
+        "network",
+        "create",
+        "lan100",
+        "--mode",
+        "l2",
+        "--subnet",
+        "192.168.78.0/24",
+        "--gateway",
+        VLAN_GATEWAY,
+        "--vlan",
+        "100",
+    ])?;
+    let taken = c.daemons[0].cli(&[
+        "network",
+        "create",
+        "again",
+        "--mode",
+        "l2",
+        "--subnet",
+        "192.168.79.0/24",
+        "--gateway",
+        "192.168.79.1",
+        "--vlan",
+        "100",
+    ]);
+    ensure!(taken.is_err(), "a second network on VLAN 100 was accepted");
+    let (v0, _) = c.endpoint(0, "lan100", "l2v0", None)?;
+    let (_v1, v1_ip) = c.endpoint(1, "lan100", "l2v1", None)?;
+    let (untagged, _) = c.endpoint(1, "lan", "l2u", None)?;
+    // Across the wire tagged 100, and only tagged.
+    let file = std::env::temp_dir().join(format!("oxlay-l2-vlan-{}.pcap", std::process::id()));
+    let mut capture = capture_lan(&lan, "icmp or vlan", &file)?;
+    v0.ping(&v1_ip.to_string(), 2)?;
+    ensure!(capture.wait()?.success(), "tshark failed");
+    let frames = sh(&[
+        "tshark",
+        "-r",
+        file.to_str().unwrap(),
+        "-T",
+        "fields",
+        "-e",
+        "vlan.id",
+        "-Y",
+        "icmp",
+    ])?;
+    std::fs::remove_file(&file).ok();
+    let ids: Vec<&str> = frames.lines().collect();
+    ensure!(
+        ids.len() >= 4 && ids.iter().all(|id| *id == "100"),
+        "ICMP on the LAN: VLAN ids {ids:?}"
+    );
+
+    // An untagged machine with an address of VLAN 100's subnet: up on the untagged LAN
+    // (the router reaches it), deaf to VLAN 100 and unheard there.
+    let impostor = lan.machine("impostor", "192.168.78.250/24", None)?;
+    impostor.ip(&["addr", "add", "192.168.77.250/24", "dev", "eth1"])?;
+    router.ping("192.168.77.250", 1)?;
+    ensure!(
+        impostor.ping(&v1_ip.to_string(), 1).is_err(),
+        "untagged reached VLAN 100"
+    );
+    // Straight onto the LAN, as if the subnets were one: still another VLAN.
+    untagged.ip(&["route", "add", "192.168.78.0/24", "dev", "eth0"])?;
+    ensure!(
+        untagged.ping(&v1_ip.to_string(), 1).is_err(),
+        "network lan reached lan100"
+    );
+    spoofing_is_dropped(&c)
+}
+
+/// Another address, another MAC: dropped at the container's veth, counted.
+fn spoofing_is_dropped(c: &StoreCluster) -> Result<()> {
+    let (a, a_ip) = c.endpoint(0, "lan", "l2spoof", None)?;
+    a.ping(ROUTER, 1)?;
+    let spoofed = counter(c, 0, "drop_spoofed_source");
+    let other: Ipv4Addr = Ipv4Addr::from(u32::from(a_ip) + 50);
+    a.ip(&["addr", "add", &format!("{other}/32"), "dev", "eth0"])?;
+    let sent_as_other = a.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "1",
+        "-I",
+        &other.to_string(),
+        ROUTER,
+    ]);
+    ensure!(
+        sent_as_other.is_err(),
+        "a packet from another address got through"
+    );
+    a.ip(&["link", "set", "eth0", "down"])?;
+    a.ip(&["link", "set", "eth0", "address", "02:00:00:00:77:77", "up"])?;
+    ensure!(
+        a.ping(ROUTER, 1).is_err(),
+        "a frame from another MAC got through"
+    );
+    let dropped = counter(c, 0, "drop_spoofed_source") - spoofed;
+    ensure!(dropped >= 3, "{dropped} spoofed packets counted");
+    Ok(())
+}
+
+/// Captures up to 8 frames matching `filter` on the LAN's bridge for up to 6 s.
+fn capture_lan(lan: &Lan, filter: &str, file: &std::path::Path) -> Result<std::process::Child> {
+    let child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.ns.name,
+            "tshark",
+            "-q",
+            "-i",
+            "br0",
+            "-f",
+            filter,
+        ])
+        .args(["-a", "duration:6", "-c", "8", "-w"])
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2)); // tshark needs a moment to start capturing
+    Ok(child)
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> Result<String> {
+    let link = ns.ip(&["-br", "link", "show", dev])?;
+    link.split_whitespace()
+        .nth(2)
+        .map(str::to_owned)
+        .with_context(|| format!("no MAC in {link}"))
+}
+
+/// What oxlay may change on the parent NIC, to compare before and after.
+fn nic_state(ns: &Netns) -> Result<String> {
+    let link = ns.ip(&["-d", "link", "show", "eth1"])?;
+    let flags = link.split('<').nth(1).and_then(|s| s.split('>').next());
+    let promisc = link
+        .split("promiscuity ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next());
+    let fdb = ns.exec(&["bridge", "fdb", "show", "dev", "eth1"])?;
+    let unicast: Vec<&str> = fdb
+        .lines()
+        .filter(|l| !l.starts_with("33:33") && !l.starts_with("01:"))
+        .collect();
+    let programs = ns.tc_ingress("eth1")?;
+    Ok(format!(
+        "{flags:?} promiscuity {promisc:?} unicast {unicast:?} programs {programs:?}"
+    ))
+}
+
+#[test]
+fn l2_restart_loses_nothing_and_uninstall_leaves_the_nic() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    let LanCluster {
+        mut c,
+        router,
+        nic_before: before,
+        lan: _lan,
+    } = lan_cluster()?;
+    let (a, _) = c.endpoint(0, "lan", "l2r", None)?;
+    let (far, far_ip) = c.endpoint(1, "lan", "l2rfar", None)?;
+    let a_mac = mac_of(&a, "eth0")?;
+    let during = nic_state(&c.hosts[0].ns)?;
+    ensure!(
+        during.contains(&a_mac),
+        "the container's MAC is not in eth1's filter: {during}"
+    );
+
+    let stream = PacedUdp::start(&a, &far, far_ip, 9191)?;
+    std::thread::sleep(Duration::from_millis(300));
+    c.restart_daemon(0)?;
+    c.restart_daemon(1)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (sent, lost, count) = stream.stop()?;
+    ensure!(
+        count == 0,
+        "{count} of {sent} datagrams lost across restarts, first {lost:?}"
+    );
+    router.ping(&far_ip.to_string(), 1)?;
+
+    c.daemons[0].uninstall()?;
+    let after = eventually(Duration::from_secs(3), || {
+        let after = nic_state(&c.hosts[0].ns)?;
+        ensure!(
+            after == before,
+            "eth1 after uninstall: {after}\nbefore oxlay: {before}"
+        );
+        Ok(after)
+    })?;
+    ensure!(!after.contains(&a_mac));
+    Ok(())
+}
