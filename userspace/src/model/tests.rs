@@ -83,3 +83,62 @@ async fn a_removal_racing_a_write_still_removes() {
         "the address is still claimed after a successful removal"
     );
 }
+
+/// A layer-2 network hands out addresses of its range only, never its gateway (here
+/// the first address of the first block), and its VLAN belongs to it alone.
+#[tokio::test]
+async fn l2_networks_hand_out_their_range_but_not_the_gateway() {
+    use crate::store::faulty::temp_embedded;
+    let (_folder, store) = temp_embedded();
+    let l2 = |gateway: &str, vlan| {
+        let gateway: Ipv4Addr = gateway.parse().unwrap();
+        let range = format!("{}.0/25", &gateway.to_string()[..10]);
+        Some(L2Settings {
+            gateway,
+            ip_range: Some(range.parse().unwrap()),
+            vlan,
+        })
+    };
+    let spec = NetworkSpec {
+        name: "lan".into(),
+        subnet: Some("192.168.77.0/24".parse().unwrap()),
+        l2: l2("192.168.77.1", 100),
+        ..Default::default()
+    };
+    let net = create_network(&store, spec.clone()).await.unwrap();
+    assert_eq!(net.block_prefix, 28);
+    let lease = store
+        .grant_lease(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let first = create_endpoint(&store, "h", lease, "lan", "a", None, BTreeMap::new());
+    assert_eq!(first.await.unwrap().address, Ipv4Addr::new(192, 168, 77, 2));
+    let gateway = Some(Ipv4Addr::new(192, 168, 77, 1));
+    let e = create_endpoint(&store, "h", lease, "lan", "b", gateway, BTreeMap::new());
+    assert!(format!("{:#}", e.await.unwrap_err()).contains("gateway"));
+    let outside = Some(Ipv4Addr::new(192, 168, 77, 200));
+    let e = create_endpoint(&store, "h", lease, "lan", "c", outside, BTreeMap::new());
+    assert!(format!("{:#}", e.await.unwrap_err()).contains("outside"));
+    // VLAN 100 is taken; removing the network frees it.
+    let again = NetworkSpec {
+        name: "again".into(),
+        subnet: Some("192.168.78.0/24".parse().unwrap()),
+        l2: l2("192.168.78.1", 100),
+        ..Default::default()
+    };
+    let e = create_network(&store, again.clone()).await.unwrap_err();
+    assert!(format!("{e:#}").contains("VLAN 100 is already"), "{e:#}");
+    let bad = NetworkSpec {
+        l2: l2("192.168.78.0", 7),
+        ..again.clone()
+    };
+    assert!(
+        create_network(&store, bad).await.is_err(),
+        "the network address as gateway"
+    );
+    remove_endpoint(&store, "lan", Ipv4Addr::new(192, 168, 77, 2))
+        .await
+        .unwrap();
+    remove_network(&store, "lan").await.unwrap();
+    create_network(&store, again).await.unwrap();
+}

@@ -280,3 +280,33 @@ fn block_changes_key_by_key_match_a_full_recompute() {
         want.routes
     );
 }
+
+/// A layer-2 container: its endpoint entry (flagged), its port by MAC, and its
+/// network's entry (parent, VLAN, ports) — no route and no VNI accepted for it.
+#[test]
+fn l2_endpoints_are_switched_not_routed() {
+    let mut lan = network("lan", 300);
+    lan.l2 = Some(model::L2Settings {
+        gateway: "10.10.0.1".parse().unwrap(),
+        ip_range: None,
+        vlan: 100,
+    });
+    let snapshot = Snapshot::from_records(vec![host("me", 11)], vec![lan], vec![]);
+    let mut ep = local(300, "10.10.0.5");
+    ep.network = Some("lan".into());
+    ep.l2 = true;
+    let with_parent = Me {
+        l2_parent: Some(4),
+        ..me()
+    };
+    let d = desired(&with_parent, &config(), &snapshot, &[&ep]).unwrap();
+    assert!(d.routes.is_empty() && d.networks.is_empty(), "{d:?}");
+    assert_eq!(d.endpoints[&9].flags, oxlay_common::l2::ENDPOINT_L2);
+    assert_eq!(d.l2_ports, BTreeMap::from([((300, [2, 1, 1, 1, 1, 1]), 9)]));
+    let net = d.l2_networks[&300];
+    assert_eq!((net.parent_ifindex, net.vlan, net.ports_len), (4, 100, 1));
+    assert_eq!(net.ports[0], 9);
+    // Without a parent NIC the network has no entry: its frames are counted as drops.
+    let d = desired(&me(), &config(), &snapshot, &[&ep]).unwrap();
+    assert!(d.l2_networks.is_empty() && d.l2_ports.len() == 1);
+}
