@@ -47,6 +47,13 @@ pub fn sent_as(ctx: &TcContext, ep: &Endpoint) -> bool {
         && (arp.spa == ep.addr || arp.spa == [0; 4])
 }
 
+/// The address an ARP request asks for (None: not IPv4-over-Ethernet ARP).
+#[inline(always)]
+pub fn target(ctx: &TcContext) -> Option<[u8; 4]> {
+    let arp = read::<ArpIpv4>(ctx.data(), ctx.data_end(), ETH_LEN)?;
+    (u16::from_be_bytes(arp.oper) == ARP_REQUEST).then_some(arp.tpa)
+}
+
 /// Answers the container's ARP request in place and sends it back to the container.
 /// `Ok(None)` for other ARP (probes, announcements, replies, other protocols): the stack
 /// has it. ARP claiming another address or MAC is spoofing, dropped like IPv4 is.

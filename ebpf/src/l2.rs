@@ -78,6 +78,12 @@ fn try_from_container(
                 return Ok(TC_ACT_OK as i32);
             }
         }
+        // Who has the gateway: the host's side of the veth answers (a runtime that
+        // sets no neighbour entry for it, as Docker).
+        ETH_P_ARP if arp::sent_as(ctx, ep) && arp::target(ctx) == Some(GATEWAY) => {
+            count(Counter::L2ToHost);
+            return Ok(TC_ACT_OK as i32);
+        }
         ETH_P_ARP if arp::sent_as(ctx, ep) => {}
         ETH_P_ARP => return Err(Counter::DropSpoofedSource),
         _ => return Err(Counter::DropContainerNotIpv4),

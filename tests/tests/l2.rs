@@ -80,7 +80,8 @@ fn l2_containers_are_on_the_lan() -> Result<()> {
     } = lan_cluster()?;
     let (a, a_ip) = c.endpoint(0, "lan", "l2a", None)?;
     let (b, b_ip) = c.endpoint(0, "lan", "l2b", None)?;
-    let (far, far_ip) = c.endpoint(1, "lan", "l2far", None)?;
+    let far = Netns::new("l2far")?;
+    let (_, far_ip) = c.daemons[1].create_named_endpoint("lan", &far, None, &["far-web"])?;
     for ip in [a_ip, b_ip, far_ip] {
         let in_range = ip.octets()[..3] == [192, 168, 77] && ip.octets()[3] < 128;
         ensure!(
@@ -121,6 +122,12 @@ fn l2_containers_are_on_the_lan() -> Result<()> {
     );
     ensure!(counter(&c, 0, "l2_flooded") > 0, "ARP was not flooded");
 
+    // Names, from oxlay's resolver on the host's side of the veth.
+    let found = oxlay_testbed::dns::lookup(&a, "far-web", "169.254.1.1")?;
+    ensure!(
+        found == [far_ip.to_string()],
+        "far-web resolved to {found:?}"
+    );
     // The router (not an oxlay host) and what lies beyond it, both ways.
     for (from, ip) in [(&a, a_ip), (&far, far_ip)] {
         from.ping(ROUTER, 2)?;

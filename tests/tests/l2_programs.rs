@@ -112,14 +112,19 @@ fn ipv4_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) ->
     [eth(dst_mac, src_mac, 0x0800), ip].concat()
 }
 
-/// An ARP request (broadcast) with sender `sha`/`spa`.
+/// An ARP request (broadcast) with sender `sha`/`spa` for the router.
 fn arp(src_mac: [u8; 6], sha: [u8; 6], spa: [u8; 4]) -> Vec<u8> {
+    arp_for(src_mac, sha, spa, [192, 168, 60, 1])
+}
+
+/// An ARP request (broadcast) with sender `sha`/`spa` for `tpa`.
+fn arp_for(src_mac: [u8; 6], sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     let mut frame = eth([0xff; 6], src_mac, 0x0806);
     frame.extend([0, 1, 0x08, 0x00, 6, 4, 0, 1]);
     frame.extend(sha);
     frame.extend(spa);
     frame.extend([0; 6]);
-    frame.extend([192, 168, 60, 1]);
+    frame.extend(tpa);
     frame
 }
 
@@ -140,6 +145,18 @@ fn containers_are_switched_by_mac_and_speak_only_as_themselves() -> Result<()> {
             one("l2_switched"),
         ),
         ("to the wire", outside, TC_ACT_REDIRECT, one("l2_to_wire")),
+        (
+            "to the gateway on the host's side (the resolver)",
+            ipv4_frame(OUTSIDE_MAC, MY_MAC, ME, [169, 254, 1, 1]),
+            TC_ACT_OK,
+            one("l2_to_host"),
+        ),
+        (
+            "who has the gateway",
+            arp_for(MY_MAC, MY_MAC, ME, [169, 254, 1, 1]),
+            TC_ACT_OK,
+            one("l2_to_host"),
+        ),
         (
             "ARP broadcast",
             arp(MY_MAC, MY_MAC, ME),

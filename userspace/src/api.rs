@@ -136,6 +136,9 @@ pub struct EndpointView {
     /// oxlay's resolver, when the daemon serves it (a runtime's nameserver).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolver: Option<Ipv4Addr>,
+    /// On a layer-2 network: the subnet's prefix length and the LAN's router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<crate::net::veth::Lan>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -85,7 +85,7 @@ impl State {
             // reports it.
             routes_only: None,
             published: ep.published.clone(),
-            l2: net.l2.is_some(),
+            lan: super::l2::lan_of(net),
         };
         wiring::adopt(&self.handle, &mut self.datapath, &local).await?;
         wiring::tune_adopted(&local).await;

@@ -43,9 +43,9 @@ impl State {
     /// can take one more: a parent NIC, and fewer than [`MAX_L2_PORTS`] containers of
     /// the network here (a broadcast is copied to each of them).
     pub(crate) fn lan_for(&self, net: &NetworkRecord) -> Result<Option<Lan>> {
-        let Some(l2) = &net.l2 else {
+        if net.l2.is_none() {
             return Ok(None);
-        };
+        }
         if self.datapath.l2_parent().is_none() {
             bail!("network {} is a layer-2 network, and {NO_PARENT}", net.name);
         }
@@ -60,9 +60,14 @@ impl State {
                 net.name
             );
         }
-        Ok(Some(Lan {
-            prefix_len: net.subnet.prefix_len(),
-            router: l2.gateway,
-        }))
+        Ok(lan_of(net))
     }
+}
+
+/// How a container of `net` meets the LAN: `None` on an overlay.
+pub(crate) fn lan_of(net: &NetworkRecord) -> Option<Lan> {
+    net.l2.map(|l2| Lan {
+        prefix_len: net.subnet.prefix_len(),
+        router: l2.gateway,
+    })
 }

@@ -282,7 +282,7 @@ impl State {
         };
         let route = Ipv4Net::new(ep.address, 32).map(|dest| (ep.vni, dest));
         let entry = shadow.endpoints.get(&ep.host_ifindex) == Some(&ep.map_entry());
-        if ep.l2 {
+        if ep.is_l2() {
             let port = shadow.l2_ports.get(&(ep.vni, ep.container_mac.0));
             return entry && port == Some(&ep.host_ifindex);
         }

@@ -40,7 +40,7 @@ pub async fn attach(
             veth::ContainerRoute::Subnet(subnet) => Some(subnet),
         },
         published: Vec::new(),
-        l2: spec.lan.is_some(),
+        lan: spec.lan,
     };
     finish_attach(handle, datapath, record).await
 }
@@ -55,8 +55,8 @@ pub struct UnplacedSpec {
     /// The runtime's MAC for the container's end; the kernel's otherwise.
     pub mac: Option<MacAddr>,
     pub mtu: u32,
-    /// On a layer-2 network.
-    pub l2: bool,
+    /// On a layer-2 network: how it meets the LAN.
+    pub lan: Option<veth::Lan>,
 }
 
 /// Like `attach`, for a runtime that moves the container's end of the veth into its
@@ -73,7 +73,7 @@ pub async fn attach_unplaced(
         address,
         mac,
         mtu,
-        l2,
+        lan,
     } = spec;
     let host_ifname = host_ifname(&sandbox, Some(&network));
     // The container's end keeps this name until the runtime moves it.
@@ -94,7 +94,7 @@ pub async fn attach_unplaced(
         // The runtime sets the container's routes (Docker: from the Join answer).
         routes_only: None,
         published: Vec::new(),
-        l2,
+        lan,
     };
     finish_attach(handle, datapath, record).await
 }
@@ -110,7 +110,7 @@ async fn finish_attach(
 ) -> Result<LocalEndpoint> {
     let attached = async {
         datapath.attach_endpoint(&record.host_ifname)?;
-        if record.l2 {
+        if record.is_l2() {
             let parent = datapath.l2_parent().context(NO_PARENT)?;
             netlink::add_unicast_filter(handle, parent, record.container_mac).await?;
         }
@@ -133,12 +133,14 @@ pub const NO_PARENT: &str =
 pub async fn adopt(handle: &Handle, datapath: &mut Datapath, ep: &LocalEndpoint) -> Result<()> {
     datapath.attach_endpoint(&ep.host_ifname)?;
     match datapath.l2_parent() {
-        Some(parent) if ep.l2 => {
+        Some(parent) if ep.is_l2() => {
             netlink::add_unicast_filter(handle, parent, ep.container_mac).await?;
         }
         // Its frames are dropped and counted (drop_l2_no_parent) until the config
         // names the parent again; the rest of the host carries on.
-        None if ep.l2 => log::warn!("layer-2 endpoint {} {}: {NO_PARENT}", ep.netns, ep.address),
+        None if ep.is_l2() => {
+            log::warn!("layer-2 endpoint {} {}: {NO_PARENT}", ep.netns, ep.address)
+        }
         _ => {}
     }
     Ok(())
@@ -174,7 +176,7 @@ pub async fn detach(
     record: &LocalEndpoint,
 ) -> Result<()> {
     datapath.detach_endpoint(&record.host_ifname);
-    if let Some(parent) = datapath.l2_parent().filter(|_| record.l2) {
+    if let Some(parent) = datapath.l2_parent().filter(|_| record.is_l2()) {
         netlink::remove_unicast_filter(handle, parent, record.container_mac).await?;
     }
     netlink::delete_link(handle, &record.host_ifname).await

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     api::EndpointView,
-    net::{Ipv4Net, MacAddr},
+    net::{veth::Lan, Ipv4Net, MacAddr},
 };
 
 /// The containers' default gateway: link-local, so it takes no address from the pod
@@ -36,9 +36,10 @@ pub struct LocalEndpoint {
     /// store's record too so that a restarted daemon finds them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<crate::model::PublishedPort>,
-    /// On a layer-2 network: switched by MAC onto the `[l2] parent` NIC, not routed.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub l2: bool,
+    /// On a layer-2 network (switched by MAC onto the `[l2] parent` NIC, not routed):
+    /// how it meets the LAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<Lan>,
 }
 
 impl LocalEndpoint {
@@ -48,13 +49,18 @@ impl LocalEndpoint {
             net_id: self.vni,
             addr: self.address.octets(),
             mac: self.container_mac.0,
-            flags: if self.l2 {
+            flags: if self.is_l2() {
                 oxlay_common::l2::ENDPOINT_L2
             } else {
                 0
             },
             _pad: 0,
         }
+    }
+
+    /// Whether it is on a layer-2 network.
+    pub fn is_l2(&self) -> bool {
+        self.lan.is_some()
     }
 
     pub fn view(&self) -> EndpointView {
@@ -73,6 +79,7 @@ impl LocalEndpoint {
                 .unwrap_or_else(|| "0.0.0.0/0".to_owned()),
             published: self.published.iter().map(|p| p.to_string()).collect(),
             resolver: None,
+            lan: self.lan,
         }
     }
 }
@@ -143,7 +150,7 @@ mod tests {
             mtu: 1450,
             routes_only: None,
             published: Vec::new(),
-            l2: false,
+            lan: None,
         }
     }
 

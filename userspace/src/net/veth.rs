@@ -33,7 +33,7 @@ pub enum ContainerRoute {
 }
 
 /// A layer-2 network's container: on the LAN's subnet, through the LAN's router.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lan {
     /// The subnet's prefix length: the container reaches the LAN directly.
     pub prefix_len: u8,

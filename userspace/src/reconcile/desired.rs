@@ -205,10 +205,10 @@ pub fn desired_base(
             .filter(|n| n.direct)
             .map(|n| n.vni),
     );
-    for ep in local.iter().filter(|ep| ep.l2) {
+    for ep in local.iter().filter(|ep| ep.is_l2()) {
         add_l2_endpoint(&mut d, me, snapshot, ep);
     }
-    for ep in local.iter().filter(|ep| !ep.l2) {
+    for ep in local.iter().filter(|ep| !ep.is_l2()) {
         d.networks.insert(ep.vni);
         d.endpoints.insert(ep.host_ifindex, ep.map_entry());
         let route = Route::local(ep.host_ifindex, ep.container_mac.0, ep.host_mac.0);

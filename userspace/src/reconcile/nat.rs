@@ -66,7 +66,7 @@ pub fn desired_nat(config: &Config, snapshot: &Snapshot, local: &[&LocalEndpoint
         // reached at its own address, not through a port of the host.
         forwards: local
             .iter()
-            .filter(|ep| !ep.l2)
+            .filter(|ep| !ep.is_l2())
             .flat_map(|ep| ep.published.iter().map(|p| (*p, ep.address)))
             .collect(),
         overlay: outermost(networks.iter().map(|(s, _)| *s).collect()),

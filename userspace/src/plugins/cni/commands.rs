@@ -85,9 +85,14 @@ pub(super) fn result(conf: &NetConf, inv: &Invocation, view: &EndpointView) -> V
     let mut interfaces = earlier("interfaces");
     let mut ips = earlier("ips");
     let mut routes = earlier("routes");
+    // A layer-2 container is on the LAN's subnet, behind the LAN's router.
+    let (prefix_len, gateway) = match view.lan {
+        Some(lan) => (lan.prefix_len, lan.router),
+        None => (32, GATEWAY),
+    };
     let mut ip = json!({
-        "address": format!("{}/32", view.address),
-        "gateway": GATEWAY.to_string(),
+        "address": format!("{}/{prefix_len}", view.address),
+        "gateway": gateway.to_string(),
         "interface": interfaces.len(),
     });
     if conf.cni_version != "1.0.0" {
@@ -106,7 +111,11 @@ pub(super) fn result(conf: &NetConf, inv: &Invocation, view: &EndpointView) -> V
     } else {
         view.route.as_str()
     };
-    routes.push(json!({ "dst": dst, "gw": GATEWAY.to_string() }));
+    match view.lan {
+        // Further interfaces on a LAN reach its subnet directly: no route of their own.
+        Some(_) if dst != "0.0.0.0/0" => {}
+        _ => routes.push(json!({ "dst": dst, "gw": gateway.to_string() })),
+    }
     let mut out = json!({
         "cniVersion": conf.cni_version,
         "interfaces": interfaces,

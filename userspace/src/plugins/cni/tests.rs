@@ -26,7 +26,35 @@ fn view() -> EndpointView {
         route: "0.0.0.0/0".into(),
         published: Vec::new(),
         resolver: Some("169.254.1.1".parse().unwrap()),
+        lan: None,
     }
+}
+
+/// A layer-2 container's result: the LAN's prefix and router; a further interface on
+/// a LAN adds no route.
+#[test]
+fn l2_results_name_the_lan_router() {
+    let lan = crate::net::veth::Lan {
+        prefix_len: 24,
+        router: "192.168.77.1".parse().unwrap(),
+    };
+    let first = EndpointView {
+        address: "192.168.77.2".parse().unwrap(),
+        lan: Some(lan),
+        ..view()
+    };
+    let conf = parse_config(br#"{"cniVersion":"1.0.0","name":"lan","type":"oxlay"}"#).unwrap();
+    let r = result(&conf, &inv("ADD", ""), &first);
+    assert_eq!(r["ips"][0]["address"], "192.168.77.2/24");
+    assert_eq!(r["ips"][0]["gateway"], "192.168.77.1");
+    assert_eq!(r["routes"][0]["gw"], "192.168.77.1");
+    assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+    let second = EndpointView {
+        route: "192.168.77.0/24".into(),
+        ..first
+    };
+    let r = result(&conf, &inv("ADD", ""), &second);
+    assert_eq!(r["routes"], serde_json::json!([]));
 }
 
 /// In a chain, ips[0] may be another plugin's: CHECK compares the address recorded

@@ -222,7 +222,7 @@ impl Driver for DaemonDriver {
                 address,
                 mac,
                 mtu: s.mtu_on(&net),
-                l2: s.lan_for(&net)?.is_some(),
+                lan: s.lan_for(&net)?,
             };
             let s = &mut *s;
             let wired = wiring::attach_unplaced(&s.handle, &mut s.datapath, spec).await?;

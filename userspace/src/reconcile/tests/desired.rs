@@ -294,7 +294,10 @@ fn l2_endpoints_are_switched_not_routed() {
     let snapshot = Snapshot::from_records(vec![host("me", 11)], vec![lan], vec![]);
     let mut ep = local(300, "10.10.0.5");
     ep.network = Some("lan".into());
-    ep.l2 = true;
+    ep.lan = Some(crate::net::veth::Lan {
+        prefix_len: 16,
+        router: "10.10.0.1".parse().unwrap(),
+    });
     let with_parent = Me {
         l2_parent: Some(4),
         ..me()

@@ -68,7 +68,7 @@ fn block(network: &str, cidr: &str, host: &str) -> BlockRecord {
 
 fn local(vni: u32, addr: &str) -> LocalEndpoint {
     LocalEndpoint {
-        l2: false,
+        lan: None,
         network: Some("blue".into()),
         vni,
         netns: "c1".into(),
