@@ -68,14 +68,15 @@ impl DaemonDriver {
     async fn find_or_create(
         &self,
         name: &str,
-        subnet: Option<Ipv4Net>,
+        (subnet, ip_range): (Option<Ipv4Net>, Option<Ipv4Net>),
         options: &BTreeMap<String, String>,
     ) -> Result<model::NetworkRecord> {
         let store = &*self.0.store;
         if let Some(net) = model::find_network(store, name).await? {
             return Ok(net);
         }
-        match model::create_network(store, network_spec(name, subnet, options)?).await {
+        let spec = network_spec(name, (subnet, ip_range), options)?;
+        match model::create_network(store, spec).await {
             Ok(net) => {
                 info!("docker: created network {name} ({})", net.subnet);
                 Ok(net)
@@ -98,7 +99,9 @@ impl Driver for DaemonDriver {
                     .map(|s| format!("docker-{}-{}", s.addr(), s.prefix_len()).replace('.', "-"))
             })
             .unwrap_or_else(|| DEFAULT_NETWORK.to_owned());
-        let net = self.find_or_create(&name, request.subnet, &options).await?;
+        let net = self
+            .find_or_create(&name, (request.subnet, request.ip_range), &options)
+            .await?;
         if let Some(subnet) = request.subnet {
             if subnet != net.subnet {
                 bail!(
@@ -142,6 +145,20 @@ impl Driver for DaemonDriver {
         )
         .await?;
         Ok((record.address, net.subnet.prefix_len()))
+    }
+
+    async fn gateway(&self, pool_id: &str, wanted: Option<Ipv4Addr>) -> Result<(Ipv4Addr, u8)> {
+        let net = model::network(&*self.0.store, pool_id).await?;
+        let Some(l2) = net.l2 else {
+            return Ok((crate::model::local::GATEWAY, 32));
+        };
+        if let Some(wanted) = wanted.filter(|w| *w != l2.gateway) {
+            bail!(
+                "layer-2 network {pool_id}'s gateway is {}, not {wanted}: give --ipam-opt gateway={wanted} when the network is first created, or leave out --gateway",
+                l2.gateway
+            );
+        }
+        Ok((l2.gateway, net.subnet.prefix_len()))
     }
 
     async fn release_address(&self, pool_id: &str, address: Ipv4Addr) -> Result<()> {
@@ -268,17 +285,23 @@ impl Driver for DaemonDriver {
         Ok(())
     }
 
-    async fn join(&self, network_id: &str, endpoint_id: &str, sandbox: &str) -> Result<String> {
+    async fn join(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        sandbox: &str,
+    ) -> Result<(String, Ipv4Addr)> {
         let name = self.network_of(network_id).await?;
         let key = endpoint_key(endpoint_id, &name);
-        let ifname = {
+        let (ifname, gateway) = {
             let s = self.0.state.lock().await;
             let ep = s
                 .endpoints
                 .get(&key)
                 .with_context(|| format!("no endpoint {endpoint_id} on this host"))?;
             info!("docker: {} joins sandbox {sandbox}", ep.netns);
-            ep.container_ifname.clone()
+            let gateway = ep.lan.map_or(crate::model::local::GATEWAY, |l| l.router);
+            (ep.container_ifname.clone(), gateway)
         };
         // Docker tells drivers no container names: they are read from dockerd.
         super::names::record_later(
@@ -287,7 +310,7 @@ impl Driver for DaemonDriver {
             endpoint_id.to_owned(),
             key,
         );
-        Ok(ifname)
+        Ok((ifname, gateway))
     }
 
     async fn leave(&self, _network_id: &str, _endpoint_id: &str) -> Result<()> {

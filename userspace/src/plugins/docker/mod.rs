@@ -53,6 +53,9 @@ pub trait Driver: Send + Sync + 'static {
         wanted: Option<Ipv4Addr>,
     ) -> Result<(Ipv4Addr, u8)>;
     async fn release_address(&self, pool_id: &str, address: Ipv4Addr) -> Result<()>;
+    /// The pool's gateway (Docker asks for it as an address): 169.254.1.1/32 on an
+    /// overlay, the LAN's router on a layer-2 network (`wanted` must be it).
+    async fn gateway(&self, pool_id: &str, wanted: Option<Ipv4Addr>) -> Result<(Ipv4Addr, u8)>;
     async fn create_network(&self, request: NetworkRequest) -> Result<()>;
     async fn delete_network(&self, network_id: &str) -> Result<()>;
     /// Creates the endpoint's veth (not yet in a sandbox); returns its container-side
@@ -66,8 +69,13 @@ pub trait Driver: Send + Sync + 'static {
     ) -> Result<(MacAddr, String)>;
     async fn delete_endpoint(&self, network_id: &str, endpoint_id: &str) -> Result<()>;
     /// The host-namespace name of the endpoint's container-side veth, for Docker to move
-    /// into the sandbox.
-    async fn join(&self, network_id: &str, endpoint_id: &str, sandbox: &str) -> Result<String>;
+    /// into the sandbox, and its gateway (the LAN's router on a layer-2 network).
+    async fn join(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        sandbox: &str,
+    ) -> Result<(String, Ipv4Addr)>;
     async fn leave(&self, network_id: &str, endpoint_id: &str) -> Result<()>;
     async fn endpoint_info(&self, network_id: &str, endpoint_id: &str) -> Result<Value>;
     /// `ProgramExternalConnectivity`: these ports of the host lead to the endpoint.
@@ -86,6 +94,8 @@ pub trait Driver: Send + Sync + 'static {
 pub struct PoolRequest {
     /// `--subnet`, if given.
     pub subnet: Option<Ipv4Net>,
+    /// `--ip-range`, if given (layer-2 networks).
+    pub ip_range: Option<Ipv4Net>,
     /// `--ipam-opt` options.
     pub options: BTreeMap<String, String>,
 }

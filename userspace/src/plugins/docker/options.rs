@@ -1,16 +1,21 @@
 //! What Docker's IPAM options mean for an oxlay network created on Docker's behalf.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 
-use crate::{model::NetworkSpec, net::Ipv4Net};
+use crate::{
+    model::{L2Settings, NetworkSpec},
+    net::Ipv4Net,
+};
 
 /// A network created on Docker's behalf: IPAM options `vni`, `block-prefix`,
-/// `direct`, `masquerade`, `masquerade-except` (comma-separated CIDRs) and `encap`
-/// (vxlan or gre) are oxlay's; the others become labels.
+/// `direct`, `masquerade`, `masquerade-except` (comma-separated CIDRs), `encap`
+/// (vxlan or gre), and for a layer-2 network `mode=l2`, `vlan` and `gateway` (Docker's
+/// `--gateway` reaches the IPAM only after the pool) are oxlay's; the others become
+/// labels. `--ip-range` is a layer-2 network's.
 pub(super) fn network_spec(
     name: &str,
-    subnet: Option<Ipv4Net>,
+    (subnet, ip_range): (Option<Ipv4Net>, Option<Ipv4Net>),
     options: &BTreeMap<String, String>,
 ) -> Result<NetworkSpec> {
     let mut spec = NetworkSpec {
@@ -18,8 +23,10 @@ pub(super) fn network_spec(
         subnet,
         ..NetworkSpec::default()
     };
+    let mut l2 = L2Options::default();
     for (k, v) in options {
         match k.as_str() {
+            "mode" | "vlan" | "gateway" => l2.set(k, v)?,
             "vni" => {
                 spec.vni = Some(
                     v.parse()
@@ -59,9 +66,66 @@ pub(super) fn network_spec(
             }
         }
     }
+    spec.l2 = l2.settings(subnet, ip_range)?;
     spec.labels
         .insert("created-by".to_owned(), "docker".to_owned());
     Ok(spec)
+}
+
+/// The IPAM options of a layer-2 network, as given.
+#[derive(Default)]
+struct L2Options {
+    l2: bool,
+    vlan: u16,
+    gateway: Option<Ipv4Addr>,
+}
+
+impl L2Options {
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let bad = |what: &str| anyhow!("--ipam-opt {key}={value}: {what}");
+        match key {
+            "mode" => {
+                self.l2 = match value {
+                    "l2" => true,
+                    "overlay" => false,
+                    _ => return Err(bad("use l2 or overlay")),
+                }
+            }
+            "vlan" => {
+                self.vlan = value
+                    .parse()
+                    .ok()
+                    .filter(|v| (1..=crate::model::VLAN_MAX).contains(v))
+                    .ok_or_else(|| bad("use a VLAN id from 1 to 4094"))?
+            }
+            _ => self.gateway = Some(value.parse().map_err(|_| bad("not an IPv4 address"))?),
+        }
+        Ok(())
+    }
+
+    /// The network's layer-2 settings; the gateway defaults to the subnet's first
+    /// address, as Docker's does.
+    fn settings(
+        self,
+        subnet: Option<Ipv4Net>,
+        ip_range: Option<Ipv4Net>,
+    ) -> Result<Option<L2Settings>> {
+        if !self.l2 {
+            if ip_range.is_some() || self.vlan != 0 || self.gateway.is_some() {
+                bail!("--ip-range and --ipam-opt vlan/gateway are for layer-2 networks: add --ipam-opt mode=l2");
+            }
+            return Ok(None);
+        }
+        let subnet = subnet.ok_or_else(|| {
+            anyhow!("a layer-2 network is the LAN's subnet: give it with --subnet")
+        })?;
+        let first = Ipv4Addr::from(u32::from(subnet.addr()) + 1);
+        Ok(Some(L2Settings {
+            gateway: self.gateway.unwrap_or(first),
+            ip_range,
+            vlan: self.vlan,
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -82,7 +146,7 @@ mod tests {
             ("encap".to_owned(), "gre".to_owned()),
             ("team".to_owned(), "a".to_owned()),
         ]);
-        let spec = network_spec("blue", None, &options).unwrap();
+        let spec = network_spec("blue", (None, None), &options).unwrap();
         assert_eq!(spec.vni, Some(77));
         assert_eq!(spec.block_prefix, Some(26));
         assert!(spec.direct);
@@ -101,8 +165,35 @@ mod tests {
             ("encap", "geneve", "use vxlan or gre"),
         ] {
             let bad = BTreeMap::from([(k.to_owned(), v.to_owned())]);
-            let e = network_spec("blue", None, &bad).unwrap_err();
+            let e = network_spec("blue", (None, None), &bad).unwrap_err();
             assert!(e.to_string().contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn l2_options_make_a_layer2_network() {
+        let subnet = Some("192.168.77.0/24".parse().unwrap());
+        let range = Some("192.168.77.0/25".parse().unwrap());
+        let options = BTreeMap::from([
+            ("mode".to_owned(), "l2".to_owned()),
+            ("vlan".to_owned(), "100".to_owned()),
+        ]);
+        let l2 = network_spec("lan", (subnet, range), &options)
+            .unwrap()
+            .l2
+            .unwrap();
+        assert_eq!(
+            l2.gateway,
+            Ipv4Addr::new(192, 168, 77, 1),
+            "Docker's default"
+        );
+        assert_eq!((l2.ip_range, l2.vlan), (range, 100));
+        let e = network_spec("blue", (subnet, range), &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("mode=l2"), "{e}");
+        let bad = BTreeMap::from([
+            ("mode".to_owned(), "l2".to_owned()),
+            ("vlan".to_owned(), "4095".to_owned()),
+        ]);
+        assert!(network_spec("lan", (subnet, None), &bad).is_err());
     }
 }

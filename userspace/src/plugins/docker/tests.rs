@@ -19,6 +19,10 @@ impl Driver for Recorder {
         self.0.lock().unwrap().push(format!("address {id} {w:?}"));
         Ok((w.unwrap_or(Ipv4Addr::new(10, 50, 0, 2)), 16))
     }
+    async fn gateway(&self, id: &str, w: Option<Ipv4Addr>) -> Result<(Ipv4Addr, u8)> {
+        self.0.lock().unwrap().push(format!("gateway {id} {w:?}"));
+        Ok((crate::model::local::GATEWAY, 32))
+    }
     async fn release_address(&self, id: &str, a: Ipv4Addr) -> Result<()> {
         self.0.lock().unwrap().push(format!("release {id} {a}"));
         Ok(())
@@ -51,9 +55,9 @@ impl Driver for Recorder {
             .push(format!("delete_endpoint {n} {e}"));
         Ok(())
     }
-    async fn join(&self, n: &str, e: &str, s: &str) -> Result<String> {
+    async fn join(&self, n: &str, e: &str, s: &str) -> Result<(String, Ipv4Addr)> {
         self.0.lock().unwrap().push(format!("join {n} {e} {s}"));
-        Ok("oxl1p".into())
+        Ok(("oxl1p".into(), crate::model::local::GATEWAY))
     }
     async fn leave(&self, n: &str, e: &str) -> Result<()> {
         self.0.lock().unwrap().push(format!("leave {n} {e}"));
@@ -127,13 +131,15 @@ async fn ipam_calls_are_decoded_and_answered() {
     )
     .await;
     let calls = d.0.lock().unwrap().clone();
-    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(calls.len(), 4, "{calls:?}");
     assert!(
         calls[0].contains("subnet: Some(Ipv4Net(10.50.0.0/16))")
             && calls[0].contains("\"network\": \"blue\"")
     );
-    assert_eq!(calls[1], "address blue Some(10.50.3.4)");
-    assert_eq!(calls[2], "release blue 10.50.3.4");
+    // The gateway is the pool's to say (the LAN's router on a layer-2 network).
+    assert_eq!(calls[1], "gateway blue None");
+    assert_eq!(calls[2], "address blue Some(10.50.3.4)");
+    assert_eq!(calls[3], "release blue 10.50.3.4");
 }
 
 #[tokio::test]
@@ -209,7 +215,7 @@ async fn bad_input_gets_an_error_that_says_what_to_do() {
         ("IpamDriver.RequestPool", r#"{"V6":true}"#, "without --ipv6"),
         (
             "IpamDriver.RequestPool",
-            r#"{"Pool":"10.50.0.0/16","SubPool":"10.50.1.0/24"}"#,
+            r#"{"Pool":"10.50.0.0/16","SubPool":"10.50.1.0/33"}"#,
             "--ip-range",
         ),
         (

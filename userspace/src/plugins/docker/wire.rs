@@ -186,9 +186,15 @@ async fn request_pool(driver: &dyn Driver, b: RequestPoolBody) -> Result<Value> 
     if b.v6 {
         anyhow::bail!("oxlay networks are IPv4 only: create the network without --ipv6");
     }
-    if !b.sub_pool.is_empty() {
-        anyhow::bail!("--ip-range is not supported: oxlay hands out addresses by host blocks");
-    }
+    let ip_range = if b.sub_pool.is_empty() {
+        None
+    } else {
+        Some(
+            b.sub_pool
+                .parse::<Ipv4Net>()
+                .map_err(|e| anyhow!("--ip-range {:?}: {e}", b.sub_pool))?,
+        )
+    };
     let subnet = if b.pool.is_empty() {
         None
     } else {
@@ -201,6 +207,7 @@ async fn request_pool(driver: &dyn Driver, b: RequestPoolBody) -> Result<Value> 
     let (pool_id, pool) = driver
         .request_pool(PoolRequest {
             subnet,
+            ip_range,
             options: b.options.unwrap_or_default(),
         })
         .await?;
@@ -209,16 +216,17 @@ async fn request_pool(driver: &dyn Driver, b: RequestPoolBody) -> Result<Value> 
 
 async fn request_address(driver: &dyn Driver, b: RequestAddressBody) -> Result<Value> {
     let options = b.options.unwrap_or_default();
-    if options.get("RequestAddressType").map(String::as_str) == Some("com.docker.network.gateway") {
-        // Containers route through their host-side veth, which answers ARP for this
-        // link-local address: the gateway takes nothing from the pool.
-        return Ok(json!({ "Address": format!("{GATEWAY}/32"), "Data": {} }));
-    }
     let wanted = if b.address.is_empty() {
         None
     } else {
         Some(ipv4_cidr("--ip", &b.address)?.0)
     };
+    if options.get("RequestAddressType").map(String::as_str) == Some("com.docker.network.gateway") {
+        // Overlay containers route through their host-side veth, which answers ARP for
+        // a link-local address: the gateway takes nothing from the pool.
+        let (addr, prefix) = driver.gateway(&b.pool_id, wanted).await?;
+        return Ok(json!({ "Address": format!("{addr}/{prefix}"), "Data": {} }));
+    }
     let (addr, prefix) = driver.request_address(&b.pool_id, wanted).await?;
     Ok(json!({ "Address": format!("{addr}/{prefix}"), "Data": {} }))
 }
@@ -253,12 +261,14 @@ async fn network(
         }
         "Join" => {
             let b: EndpointBody = parse(method, body)?;
-            let src = driver
+            let (src, gateway) = driver
                 .join(&b.network_id, &b.endpoint_id, &b.sandbox_key)
                 .await?;
+            // 169.254.1.1 stays on the link (oxlay's resolver), also where the
+            // gateway is a LAN's router.
             json!({
                 "InterfaceName": { "SrcName": src, "DstPrefix": "eth" },
-                "Gateway": GATEWAY.to_string(),
+                "Gateway": gateway.to_string(),
                 "StaticRoutes": [StaticRoute {
                     destination: format!("{GATEWAY}/32"),
                     route_type: 1,
