@@ -34,6 +34,13 @@ impl docker::Driver for NullDriver {
     ) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
         Ok((std::net::Ipv4Addr::new(10, 0, 0, 2), 16))
     }
+    async fn gateway(
+        &self,
+        _: &str,
+        _: Option<std::net::Ipv4Addr>,
+    ) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+        Ok((std::net::Ipv4Addr::new(169, 254, 1, 1), 32))
+    }
     async fn release_address(&self, _: &str, _: std::net::Ipv4Addr) -> anyhow::Result<()> {
         Ok(())
     }
@@ -55,8 +62,13 @@ impl docker::Driver for NullDriver {
     async fn delete_endpoint(&self, _: &str, _: &str) -> anyhow::Result<()> {
         Ok(())
     }
-    async fn join(&self, _: &str, _: &str, _: &str) -> anyhow::Result<String> {
-        Ok("oxl1c".into())
+    async fn join(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+    ) -> anyhow::Result<(String, std::net::Ipv4Addr)> {
+        Ok(("oxl1c".into(), std::net::Ipv4Addr::new(169, 254, 1, 1)))
     }
     async fn leave(&self, _: &str, _: &str) -> anyhow::Result<()> {
         Ok(())

@@ -86,6 +86,21 @@ pub struct L2Config {
     pub parent: Option<String>,
 }
 
+impl L2Config {
+    fn check(&self, underlay_interface: &str) -> Result<()> {
+        let Some(parent) = &self.parent else {
+            return Ok(());
+        };
+        if parent.is_empty() || parent.len() > 15 {
+            bail!("l2.parent {parent:?} is not a valid interface name (1 to 15 characters)");
+        }
+        if parent == underlay_interface {
+            bail!("l2.parent {parent:?} is the underlay interface: layer-2 networks take a NIC of their own (the second one, on their LAN)");
+        }
+        Ok(())
+    }
+}
+
 /// oxlay's resolver: containers find each other by name at 169.254.1.1.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,14 +285,7 @@ impl Config {
             bail!("store.lease_ttl_secs must be at least 2 (etcd's minimum lease)");
         }
         self.names.upstream_servers()?;
-        if let Some(parent) = &self.l2.parent {
-            if parent.is_empty() || parent.len() > 15 {
-                bail!("l2.parent {parent:?} is not a valid interface name (1 to 15 characters)");
-            }
-            if *parent == self.underlay_interface {
-                bail!("l2.parent {parent:?} is the underlay interface: layer-2 networks take a NIC of their own (the second one, on their LAN)");
-            }
-        }
+        self.l2.check(&self.underlay_interface)?;
         if self.vxlan_port == 0 {
             bail!("vxlan_port must not be 0 (the standard VXLAN port is {VXLAN_PORT})");
         }

@@ -30,7 +30,7 @@ use crate::{
     net::{self, netlink, Ipv4Net},
     plugins::docker::driver::{DaemonDriver, DockerState},
     reconcile::Snapshot,
-    store::{embedded::EmbeddedStore, etcd::EtcdStore, Store},
+    store::Store,
 };
 
 mod adopt;
@@ -111,14 +111,6 @@ impl Underlay {
     }
 }
 
-async fn connect_store(config: &Config) -> Result<Arc<dyn Store>> {
-    Ok(if config.store.etcd_endpoints.is_empty() {
-        Arc::new(EmbeddedStore::new(&config.store.path)?)
-    } else {
-        Arc::new(EtcdStore::connect(&config.store.etcd_endpoints).await?)
-    })
-}
-
 pub async fn run(config: Config) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -127,7 +119,7 @@ pub async fn run(config: Config) -> Result<()> {
     let config = Arc::new(config);
     let handle = netlink::connect()?;
     let underlay = Underlay::find(&handle, &config).await?;
-    let store = connect_store(&config).await?;
+    let store = crate::store::connect(&config.store).await?;
     // Claim the API socket first: a second daemon for the same node stops here, before
     // it touches the first one's pinned maps.
     let socket_path = config.socket_path();
@@ -186,7 +178,8 @@ async fn start(
     // keeps flowing while this one starts (programs are replaced atomically).
     let pin_path = config.pin_path();
     let fresh = !pin_path.exists();
-    let datapath = load_datapath(&config, &underlay.link, underlay.address).map_err(|e| {
+    let loaded = load_datapath(&config, &handle, &underlay.link, underlay.address).await;
+    let (datapath, l2_mtu) = loaded.map_err(|e| {
         if fresh {
             // Leave nothing behind when nothing was there.
             std::fs::remove_dir_all(&pin_path).ok();
@@ -199,16 +192,6 @@ async fn start(
         host.clone(),
         Duration::from_secs(config.store.lease_ttl_secs),
     ));
-    let mut datapath = datapath;
-    let l2_mtu = match l2::attach_parent(&handle, &config, &mut datapath).await {
-        Ok(mtu) => mtu,
-        Err(e) => {
-            if fresh {
-                datapath.unpin().ok();
-            }
-            return Err(e);
-        }
-    };
     let mut state = State {
         container_mtu: Config::container_mtu(underlay.link.mtu),
         l2_mtu,
@@ -387,13 +370,15 @@ impl Daemon {
     }
 }
 
-/// Loads the programs, writes the datapath config and attaches decapsulation. Routes,
-/// peers, networks and endpoints come from reconciling.
-fn load_datapath(
+/// Loads the programs, writes the datapath config and attaches decapsulation, and the
+/// layer-2 program to the `[l2] parent` NIC (whose MTU comes back). Routes, peers,
+/// networks and endpoints come from reconciling.
+async fn load_datapath(
     config: &Config,
+    handle: &rtnetlink::Handle,
     underlay: &netlink::LinkInfo,
     underlay_addr: Ipv4Addr,
-) -> Result<Datapath> {
+) -> Result<(Datapath, Option<u32>)> {
     let mut datapath = Datapath::load(&config.pin_path())?;
     datapath.set_config(DatapathConfig {
         underlay_ifindex: underlay.index,
@@ -405,5 +390,6 @@ fn load_datapath(
         _pad: 0,
     })?;
     datapath.attach_decap(&underlay.name, config.decap)?;
-    Ok(datapath)
+    let l2_mtu = l2::attach_parent(handle, config, &mut datapath).await?;
+    Ok((datapath, l2_mtu))
 }

@@ -130,31 +130,8 @@ pub async fn create_endpoint(
         ..EndpointRecord::unwired()
     };
     if let Some(addr) = wanted {
-        if !net.pool().contains(addr) {
-            bail!(
-                "address {addr} is outside network {}'s addresses ({})",
-                net.name,
-                net.pool()
-            );
-        }
-        if !net.assignable(addr) {
-            bail!(
-                "address {addr} is network {}'s gateway and is not handed out",
-                net.name
-            );
-        }
-        let block = tiles(&net)
-            .find(|b| b.contains(addr))
-            .context("no block holds the address")?;
-        if !block_hosts(block).any(|a| a == addr) {
-            bail!("address {addr} is the first or last of its block {block} and is not handed out");
-        }
-        ensure_block(store, &net, block, host, host_lease).await?;
         record.address = addr;
-        if !claim_address(store, &record).await? {
-            bail!("address {addr} is already in use on network {}", net.name);
-        }
-        return confirm_claim(store, record).await;
+        return claim_wanted(store, &net, host_lease, record).await;
     }
     loop {
         let all_blocks_now = blocks(store, &net.name).await?;
@@ -195,6 +172,40 @@ pub async fn create_endpoint(
             );
         }
     }
+}
+
+/// Claims the address `record` names (`oxlay endpoint create --ip`, Docker's `--ip`).
+async fn claim_wanted(
+    store: &dyn Store,
+    net: &NetworkRecord,
+    host_lease: LeaseId,
+    record: EndpointRecord,
+) -> Result<EndpointRecord> {
+    let addr = record.address;
+    if !net.pool().contains(addr) {
+        bail!(
+            "address {addr} is outside network {}'s addresses ({})",
+            net.name,
+            net.pool()
+        );
+    }
+    if !net.assignable(addr) {
+        bail!(
+            "address {addr} is network {}'s gateway and is not handed out",
+            net.name
+        );
+    }
+    let block = tiles(net)
+        .find(|b| b.contains(addr))
+        .context("no block holds the address")?;
+    if !block_hosts(block).any(|a| a == addr) {
+        bail!("address {addr} is the first or last of its block {block} and is not handed out");
+    }
+    ensure_block(store, net, block, &record.host, host_lease).await?;
+    if !claim_address(store, &record).await? {
+        bail!("address {addr} is already in use on network {}", net.name);
+    }
+    confirm_claim(store, record).await
 }
 
 /// After an address claim: if the network was removed (or is being removed) meanwhile,

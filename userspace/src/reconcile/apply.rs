@@ -9,10 +9,7 @@ use oxlay_common::{Endpoint, Route};
 use oxlay_common::l2::L2Network;
 
 use super::desired::{Desired, L2PortKey, RouteKey};
-use crate::{
-    datapath::{Datapath, RouteEntry},
-    net::Ipv4Net,
-};
+use crate::{datapath::RouteEntry, net::Ipv4Net};
 
 /// The maps reconcile writes, behind a trait so that the order of changes and the
 /// handling of failures are tested without a kernel.
@@ -40,63 +37,6 @@ pub trait RoutingMaps {
     /// Everything the maps hold now (a shadow lends its own copy).
     fn current(&self) -> Result<std::borrow::Cow<'_, Desired>> {
         read_shadow(self).map(std::borrow::Cow::Owned)
-    }
-}
-
-impl RoutingMaps for Datapath {
-    fn networks(&self) -> Result<Vec<u32>> {
-        Datapath::networks(self)
-    }
-    fn add_network(&mut self, vni: u32) -> Result<()> {
-        Datapath::add_network(self, vni)
-    }
-    fn remove_network(&mut self, vni: u32) -> Result<()> {
-        Datapath::remove_network(self, vni)
-    }
-    fn peers(&self) -> Result<Vec<Ipv4Addr>> {
-        Datapath::peers(self)
-    }
-    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
-        Datapath::add_peer(self, underlay)
-    }
-    fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
-        Datapath::remove_peer(self, underlay)
-    }
-    fn routes(&self) -> Result<Vec<RouteEntry>> {
-        Datapath::routes(self)
-    }
-    fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()> {
-        Datapath::set_route(self, net_id, dest, route)
-    }
-    fn remove_route(&mut self, net_id: u32, dest: Ipv4Net) -> Result<()> {
-        Datapath::remove_route(self, net_id, dest)
-    }
-    fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>> {
-        Datapath::endpoints(self)
-    }
-    fn set_endpoint(&mut self, host_ifindex: u32, endpoint: Endpoint) -> Result<()> {
-        Datapath::set_endpoint(self, host_ifindex, endpoint)
-    }
-    fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<()> {
-        Datapath::remove_endpoint(self, host_ifindex)
-    }
-    fn l2_ports(&self) -> Result<Vec<(L2PortKey, u32)>> {
-        Datapath::l2_ports(self)
-    }
-    fn set_l2_port(&mut self, (net_id, mac): L2PortKey, ifindex: u32) -> Result<()> {
-        Datapath::set_l2_port(self, net_id, mac, ifindex)
-    }
-    fn remove_l2_port(&mut self, (net_id, mac): L2PortKey) -> Result<()> {
-        Datapath::remove_l2_port(self, net_id, mac)
-    }
-    fn l2_networks(&self) -> Result<Vec<(u32, L2Network)>> {
-        Datapath::l2_networks(self)
-    }
-    fn set_l2_network(&mut self, net_id: u32, network: L2Network) -> Result<()> {
-        Datapath::set_l2_network(self, net_id, network)
-    }
-    fn remove_l2_network(&mut self, net_id: u32, old: &L2Network) -> Result<()> {
-        Datapath::remove_l2_network(self, net_id, old.parent_ifindex, old.vlan)
     }
 }
 

@@ -8,6 +8,7 @@
 //! the maps, `nat` computes the host's NAT (masquerade), which `net/nftables` writes.
 mod apply;
 mod desired;
+mod kernel;
 mod nat;
 mod snapshot;
 

@@ -117,3 +117,12 @@ pub trait Store: Send + Sync {
     /// Events for keys under `prefix` with revisions after `after`, in order.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<mpsc::Receiver<WatchItem>>;
 }
+
+/// The store the config names: etcd when it lists endpoints, else the embedded one.
+pub async fn connect(config: &crate::config::StoreConfig) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(if config.etcd_endpoints.is_empty() {
+        std::sync::Arc::new(embedded::EmbeddedStore::new(&config.path)?)
+    } else {
+        std::sync::Arc::new(etcd::EtcdStore::connect(&config.etcd_endpoints).await?)
+    })
+}
