@@ -5,8 +5,9 @@
 //! Each VM runs the kernel-program suite (BPF_PROG_TEST_RUN) and the end-to-end tests
 //! with real daemons: hosts and containers in namespaces on a bridge, cross-host
 //! traffic in both decap modes, SIGTERM/SIGKILL restarts and upgrades without loss,
-//! uninstall, containers reaching an outside host through the NAT, and oxlay's GRE
-//! with the kernel's gretap device (the machine's kernel has no GRE module). Before 6.6 these exercise the netlink (cls_bpf) attachment instead
+//! uninstall, containers reaching an outside host through the NAT, oxlay's GRE
+//! with the kernel's gretap device (the machine's kernel has no GRE module), and
+//! layer-2 networks with a machine on an 802.1Q VLAN (nor 8021q). Before 6.6 these exercise the netlink (cls_bpf) attachment instead
 //! of TCX links.
 //!
 //! The initramfs holds busybox, iproute2's `ip` and `tc`, bpftool, nft, the `oxlay`
@@ -48,6 +49,13 @@ const SUITES: &[(&str, &str, &str)] = &[
         "gre",
         "--include-ignored interoperates_with_the_linux_gretap_device",
     ),
+    // A tagged machine on the LAN needs 8021q, which the machine lacks; the cls_bpf
+    // attachment (6.1) to the parent NIC and its removal at uninstall.
+    (
+        "l2",
+        "l2",
+        "--include-ignored l2_tagged l2_containers l2_restart",
+    ),
 ];
 
 /// Modules the end-to-end tests need (Debian builds them as modules), dependencies
@@ -73,6 +81,10 @@ const MODULES: &[&str] = &[
     "net/ipv4/gre",
     "net/ipv4/ip_tunnel",
     "net/ipv4/ip_gre",
+    // Layer-2 networks: a machine on an 802.1Q VLAN (stp and llc are above).
+    "net/802/garp",
+    "net/802/mrp",
+    "net/8021q/8021q",
 ];
 
 const INIT_HEAD: &str = r#"#!/bin/sh
@@ -280,13 +292,14 @@ fn initramfs_tree(dir: &Path, tests: &[(String, PathBuf)], oxlay: &Path) -> Resu
         .context("busybox-static is missing")?;
     for applet in [
         "sh", "mount", "mkdir", "cat", "uname", "poweroff", "echo", "insmod", "nsenter", "ping",
-        "sysctl", "sleep", "kill", "ln",
+        "sysctl", "sleep", "kill", "ln", "timeout",
     ] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
     }
+    // bridge: the layer-2 test reads the parent NIC's unicast filter.
     // bpftool: the map-migration test pins maps the way an older build did; nft: the
     // daemon's NAT table.
-    for tool in ["ip", "tc", "bpftool", "nft"] {
+    for tool in ["ip", "tc", "bpftool", "nft", "bridge"] {
         add_executable(
             &tree,
             &Path::new("/usr/sbin").join(tool),
