@@ -1,10 +1,10 @@
 //! Wire-format constants of VXLAN over IPv4 (RFC 7348) and of Ethernet over GRE with a
 //! key (RFC 2890; what Linux's `gretap` sends).
 
-/// IANA's VXLAN port; the default.
 /// The containers' gateway (link-local): the host's side of every container's veth,
 /// where oxlay's resolver answers.
 pub const GATEWAY: [u8; 4] = [169, 254, 1, 1];
+/// IANA's VXLAN port; the default.
 pub const VXLAN_PORT: u16 = 4789;
 /// VXLAN "I" flag: the VNI field is valid.
 pub const VXLAN_FLAG_VNI: u8 = 0x08;

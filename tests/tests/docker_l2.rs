@@ -9,7 +9,9 @@ use oxlay_testbed::{
     skip_without_root_or_etcd, Lan, StoreCluster, UNDERLAY_PREFIX,
 };
 
-const ROUTER: &str = "192.168.77.1";
+/// Not the subnet's first address (Docker's default): the gateway comes from the
+/// options.
+const ROUTER: &str = "192.168.77.254";
 const BEYOND: &str = "198.51.100.1";
 
 fn run_idle(d: &Dockerd, name: &str) -> Result<String> {
@@ -80,6 +82,8 @@ fn docker_makes_layer2_networks() -> Result<()> {
             "--ipam-opt",
             "mode=l2",
             "--ipam-opt",
+            &format!("gateway={ROUTER}"),
+            "--ipam-opt",
             "network=lan",
             "lan",
         ])?;
@@ -93,7 +97,7 @@ fn docker_makes_layer2_networks() -> Result<()> {
         "routes: {routes}"
     );
     let net = c.daemons[0].cli(&["network", "inspect", "lan"])?;
-    ensure!(net.contains("\"gateway\": \"192.168.77.1\""), "{net}");
+    ensure!(net.contains("\"gateway\": \"192.168.77.254\""), "{net}");
     ping(&dockers[0], "l2a", &b)?;
     ping(&dockers[1], "l2b", &a)?;
     ping(&dockers[0], "l2a", ROUTER)?;
@@ -111,7 +115,7 @@ fn docker_makes_layer2_networks() -> Result<()> {
         "--subnet",
         "192.168.77.0/24",
         "--gateway",
-        "192.168.77.254",
+        "192.168.77.1",
         "--ip-range",
         "192.168.77.0/25",
         "--ipam-opt",

@@ -66,6 +66,13 @@ impl State {
                 if net.is_some() { "present" } else { "missing" },
                 ep.address
             );
+            // A layer-2 container's MAC leaves the parent NIC with it (absent is fine:
+            // the network may have been an overlay).
+            if let (Some(mac), Some(parent)) = (ep.mac, self.datapath.l2_parent()) {
+                if let Err(e) = netlink::remove_unicast_filter(&self.handle, parent, mac).await {
+                    warn!("endpoint {} of {}: {e:#}", ep.network, ep.sandbox);
+                }
+            }
             return model::remove_endpoint(store, &ep.network, ep.address)
                 .await
                 .map(drop);
@@ -88,6 +95,14 @@ impl State {
             lan: super::l2::lan_of(net),
         };
         wiring::adopt(&self.handle, &mut self.datapath, &local).await?;
+        if let Some(old) = self.old_l2_parent.filter(|_| local.is_l2()) {
+            if let Err(e) = netlink::remove_unicast_filter(&self.handle, old, mac).await {
+                warn!(
+                    "endpoint {} {}: the old parent NIC: {e:#}",
+                    ep.sandbox, ep.address
+                );
+            }
+        }
         wiring::tune_adopted(&local).await;
         info!(
             "adopted endpoint {} {} on {}",

@@ -1,32 +1,125 @@
 //! This host's part in layer-2 networks: the `[l2] parent` NIC found and its program
-//! attached at start, and what a new layer-2 endpoint needs (room on the network, the
-//! NIC's MTU, the LAN's router).
+//! attached at start (and taken off a NIC an earlier config named), what oxlay did to
+//! the NIC undone at uninstall, and what a new layer-2 endpoint needs (room on the
+//! network, the NIC's MTU, the LAN's router).
+use std::path::{Path, PathBuf};
+
 use anyhow::{anyhow, bail, Result};
+use log::warn;
 use oxlay_common::l2::MAX_L2_PORTS;
+use serde::{Deserialize, Serialize};
 
 use super::{wiring::NO_PARENT, State};
 use crate::{
     config::Config,
     datapath::Datapath,
     model::NetworkRecord,
-    net::{netlink, veth::Lan},
+    net::{netlink, netlink::LinkInfo, veth::Lan},
 };
 
-/// Finds the `[l2] parent` NIC and attaches the layer-2 program to it (replacing what
-/// a previous daemon attached there). Its MTU is returned: layer-2 containers get it.
-pub(super) async fn attach_parent(
+/// What oxlay did to the parent NIC, kept beside the API socket, for the next daemon
+/// (when the config names another NIC, or none) and for uninstall to undo.
+#[derive(Debug, Serialize, Deserialize)]
+struct ParentRecord {
+    name: String,
+    /// A clsact qdisc oxlay added (kernels before TCX).
+    clsact_added: bool,
+}
+
+fn record_path(config: &Config) -> PathBuf {
+    config.socket_path().with_extension("l2parent.json")
+}
+
+fn read_record(path: &Path) -> Option<ParentRecord> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text)
+        .inspect_err(|e| warn!("{} is not valid ({e}); ignored", path.display()))
+        .ok()
+}
+
+/// The `[l2] parent` NIC, looked up before anything is attached (a wrong name then
+/// changes nothing on the host).
+pub(super) async fn find_parent(
     handle: &rtnetlink::Handle,
     config: &Config,
-    datapath: &mut Datapath,
-) -> Result<Option<u32>> {
+) -> Result<Option<LinkInfo>> {
     let Some(parent) = &config.l2.parent else {
         return Ok(None);
     };
     let link = netlink::link_by_name(handle, parent).await?.ok_or_else(|| {
         anyhow!("l2.parent {parent:?} does not exist in this network namespace: check `ip link` and the config")
     })?;
-    datapath.attach_l2_parent(&link.name, link.index)?;
-    Ok(Some(link.mtu))
+    Ok(Some(link))
+}
+
+/// This host's parent NIC at start: its MTU (layer-2 containers get it), and the
+/// ifindex of the NIC an earlier config named, if it changed (its containers' MACs
+/// leave that NIC's filter as they are adopted).
+pub(super) struct ParentAtStart {
+    pub(super) mtu: Option<u32>,
+    pub(super) old_ifindex: Option<u32>,
+}
+
+/// Attaches the layer-2 program to `parent` (replacing what a previous daemon attached
+/// there), after taking it off a NIC an earlier config named, with the clsact oxlay
+/// added there.
+pub(super) async fn attach_parent(
+    handle: &rtnetlink::Handle,
+    config: &Config,
+    datapath: &mut Datapath,
+    parent: Option<LinkInfo>,
+) -> Result<ParentAtStart> {
+    let path = record_path(config);
+    let old = read_record(&path);
+    let mut old_ifindex = None;
+    if let Some(old) = old
+        .as_ref()
+        .filter(|o| Some(&o.name) != parent.as_ref().map(|l| &l.name))
+    {
+        warn!("the layer-2 parent was {}: taking oxlay off it", old.name);
+        datapath.detach_l2_program(&old.name);
+        if let Some(link) = netlink::link_by_name(handle, &old.name).await? {
+            old_ifindex = Some(link.index);
+            if old.clsact_added {
+                netlink::delete_clsact(handle, link.index).await?;
+            }
+        }
+        std::fs::remove_file(&path).ok();
+    }
+    let Some(link) = parent else {
+        return Ok(ParentAtStart {
+            mtu: None,
+            old_ifindex,
+        });
+    };
+    let added = datapath.attach_l2_parent(&link.name, link.index)?;
+    // Only the daemon that added the qdisc saw it missing: its record says so.
+    let clsact_added = match old {
+        Some(o) if o.name == link.name => o.clsact_added,
+        _ => added,
+    };
+    let record = ParentRecord {
+        name: link.name.clone(),
+        clsact_added,
+    };
+    std::fs::write(&path, serde_json::to_vec(&record)?)?;
+    Ok(ParentAtStart {
+        mtu: Some(link.mtu),
+        old_ifindex,
+    })
+}
+
+/// Uninstall, after the programs are detached: takes away the clsact oxlay added to
+/// the parent NIC, and the record.
+pub(super) async fn restore_parent(handle: &rtnetlink::Handle, config: &Config) -> Result<()> {
+    let path = record_path(config);
+    if let Some(record) = read_record(&path).filter(|r| r.clsact_added) {
+        if let Some(link) = netlink::link_by_name(handle, &record.name).await? {
+            netlink::delete_clsact(handle, link.index).await?;
+        }
+    }
+    std::fs::remove_file(&path).ok();
+    Ok(())
 }
 
 impl State {
@@ -69,5 +162,6 @@ pub(crate) fn lan_of(net: &NetworkRecord) -> Option<Lan> {
     net.l2.map(|l2| Lan {
         prefix_len: net.subnet.prefix_len(),
         router: l2.gateway,
+        vlan: l2.vlan,
     })
 }

@@ -179,7 +179,7 @@ async fn start(
     let pin_path = config.pin_path();
     let fresh = !pin_path.exists();
     let loaded = load_datapath(&config, &handle, &underlay.link, underlay.address).await;
-    let (datapath, l2_mtu) = loaded.map_err(|e| {
+    let (datapath, l2_parent) = loaded.map_err(|e| {
         if fresh {
             // Leave nothing behind when nothing was there.
             std::fs::remove_dir_all(&pin_path).ok();
@@ -194,7 +194,8 @@ async fn start(
     ));
     let mut state = State {
         container_mtu: Config::container_mtu(underlay.link.mtu),
-        l2_mtu,
+        l2_mtu: l2_parent.mtu,
+        old_l2_parent: l2_parent.old_ifindex,
         state_path: config.socket_path().with_extension("endpoints.json"),
         config: config.clone(),
         handle,
@@ -337,6 +338,9 @@ impl Daemon {
                 }
             }
             let unpinned = s.datapath.unpin();
+            if let Err(e) = l2::restore_parent(&s.handle, &self.config).await {
+                warn!("restoring the layer-2 parent NIC: {e:#}");
+            }
             if let Err(e) = names::remove(&s.handle).await {
                 warn!("removing the resolver's address: {e:#}");
             }
@@ -378,7 +382,8 @@ async fn load_datapath(
     handle: &rtnetlink::Handle,
     underlay: &netlink::LinkInfo,
     underlay_addr: Ipv4Addr,
-) -> Result<(Datapath, Option<u32>)> {
+) -> Result<(Datapath, l2::ParentAtStart)> {
+    let parent = l2::find_parent(handle, config).await?;
     let mut datapath = Datapath::load(&config.pin_path())?;
     datapath.set_config(DatapathConfig {
         underlay_ifindex: underlay.index,
@@ -390,6 +395,6 @@ async fn load_datapath(
         _pad: 0,
     })?;
     datapath.attach_decap(&underlay.name, config.decap)?;
-    let l2_mtu = l2::attach_parent(handle, config, &mut datapath).await?;
-    Ok((datapath, l2_mtu))
+    let l2_parent = l2::attach_parent(handle, config, &mut datapath, parent).await?;
+    Ok((datapath, l2_parent))
 }

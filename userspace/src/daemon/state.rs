@@ -29,6 +29,9 @@ pub(crate) struct State {
     pub(crate) container_mtu: u32,
     /// The `[l2] parent` NIC's MTU: layer-2 containers' (None: no parent).
     pub(crate) l2_mtu: Option<u32>,
+    /// The NIC an earlier config named as the parent, when it changed (until the
+    /// adopted containers' MACs have left its filter).
+    pub(crate) old_l2_parent: Option<u32>,
     pub(crate) endpoints: BTreeMap<EndpointKey, LocalEndpoint>,
     /// Set when uninstalling begins: no endpoint is wired after that.
     pub(crate) closing: bool,
@@ -284,7 +287,12 @@ impl State {
         let entry = shadow.endpoints.get(&ep.host_ifindex) == Some(&ep.map_entry());
         if ep.is_l2() {
             let port = shadow.l2_ports.get(&(ep.vni, ep.container_mac.0));
-            return entry && port == Some(&ep.host_ifindex);
+            // Listed for broadcasts too (ARP reaches it).
+            let flooded = shadow.l2_networks.get(&ep.vni).is_some_and(|n| {
+                let len = (n.ports_len as usize).min(n.ports.len());
+                n.ports[..len].contains(&ep.host_ifindex)
+            });
+            return entry && port == Some(&ep.host_ifindex) && flooded;
         }
         entry
             && route.is_ok_and(|key| {

@@ -176,8 +176,11 @@ pub async fn detach(
     record: &LocalEndpoint,
 ) -> Result<()> {
     datapath.detach_endpoint(&record.host_ifname);
-    if let Some(parent) = datapath.l2_parent().filter(|_| record.is_l2()) {
-        netlink::remove_unicast_filter(handle, parent, record.container_mac).await?;
-    }
-    netlink::delete_link(handle, &record.host_ifname).await
+    let unfiltered = match datapath.l2_parent().filter(|_| record.is_l2()) {
+        Some(parent) => netlink::remove_unicast_filter(handle, parent, record.container_mac).await,
+        None => Ok(()),
+    };
+    // The veth goes whatever became of the MAC: no container keeps an interface.
+    netlink::delete_link(handle, &record.host_ifname).await?;
+    unfiltered
 }

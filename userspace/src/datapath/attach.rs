@@ -50,12 +50,19 @@ impl Datapath {
     }
 
     /// Attaches the layer-2 switch's receive side to the `[l2] parent` NIC: frames for
-    /// local containers go to them, the rest to the host untouched.
-    pub fn attach_l2_parent(&mut self, interface: &str, ifindex: u32) -> Result<()> {
+    /// local containers go to them, the rest to the host untouched. Returns whether it
+    /// added a clsact qdisc there (kernels before TCX), for uninstall to take away.
+    pub fn attach_l2_parent(&mut self, interface: &str, ifindex: u32) -> Result<bool> {
+        let clsact_added = !has_tcx() && tc::qdisc_add_clsact(interface).is_ok();
         self.attach_tc(program_names::L2_FROM_WIRE, interface)
             .with_context(|| format!("cannot attach the layer-2 program to {interface}"))?;
         self.l2_parent = Some((interface.to_owned(), ifindex));
-        Ok(())
+        Ok(clsact_added)
+    }
+
+    /// Detaches the layer-2 program from a NIC that is no longer the parent.
+    pub fn detach_l2_program(&self, interface: &str) {
+        self.unpin_link(program_names::L2_FROM_WIRE, interface);
     }
 
     /// The `[l2] parent` NIC's ifindex, once its program is attached.

@@ -51,21 +51,28 @@ impl Datapath {
         ignore_missing(map.remove(&key)).context("cannot remove a MAC from the layer-2 map")
     }
 
-    /// Layer-2 network `net_id` on this host, and the (parent, VLAN) that is it.
+    /// Layer-2 network `net_id` on this host, and the (parent, VLAN) that is it: the
+    /// VLAN first, taken back if the network cannot be written, so that the two maps
+    /// never disagree with what reconcile believes it wrote.
     pub fn set_l2_network(&mut self, net_id: u32, network: L2Network) -> Result<()> {
         let vlan = L2Vlan {
             ifindex: network.parent_ifindex,
             vlan: network.vlan,
             _pad: 0,
         };
-        let mut nets: BpfHashMap<&mut MapData, u32, L2Network> =
-            self.map_mut(map_names::L2_NETWORKS)?;
-        nets.insert(net_id, network, 0)
-            .context("cannot add the layer-2 network")?;
         let mut vlans: BpfHashMap<&mut MapData, L2Vlan, u32> = self.map_mut(map_names::L2_VLANS)?;
         vlans
             .insert(vlan, net_id, 0)
-            .context("cannot add the layer-2 network's VLAN")
+            .context("cannot add the layer-2 network's VLAN")?;
+        let mut nets: BpfHashMap<&mut MapData, u32, L2Network> =
+            self.map_mut(map_names::L2_NETWORKS)?;
+        if let Err(e) = nets.insert(net_id, network, 0) {
+            let mut vlans: BpfHashMap<&mut MapData, L2Vlan, u32> =
+                self.map_mut(map_names::L2_VLANS)?;
+            let _ = vlans.remove(&vlan);
+            return Err(e).context("cannot add the layer-2 network");
+        }
+        Ok(())
     }
 
     pub fn remove_l2_network(&mut self, net_id: u32, parent_ifindex: u32, vlan: u16) -> Result<()> {

@@ -89,7 +89,7 @@ pub(super) async fn create_reserved(
     let vni = claim_vni(store, &spec.name, spec.vni).await?;
     if let Some(settings) = &spec.l2 {
         if let Err(e) = l2::claim_vlan(store, &spec.name, settings.vlan).await {
-            store.delete(&format!("{VNIS}{vni}")).await?;
+            give_back_claims(store, spec, vni).await;
             return Err(e);
         }
     }
@@ -114,14 +114,28 @@ pub(super) async fn create_reserved(
         )
         .await;
     if !matches!(created, Ok(Some(_))) {
-        store.delete(&format!("{VNIS}{vni}")).await?;
-        if let Some(settings) = &spec.l2 {
-            l2::release_vlan(store, &spec.name, settings.vlan).await?;
-        }
+        give_back_claims(store, spec, vni).await;
         created?;
         bail!("network {} already exists", spec.name);
     }
     Ok(record)
+}
+
+/// Gives back the VNI and VLAN of a create that failed; a failure is logged (`oxlay
+/// network rm NAME` clears what is left: see [`remove_network`]).
+async fn give_back_claims(store: &dyn Store, spec: &NetworkSpec, vni: u32) {
+    if let Some(settings) = &spec.l2 {
+        if let Err(e) = l2::release_vlan(store, &spec.name, settings.vlan).await {
+            log::warn!(
+                "network {}: giving back VLAN {}: {e:#}",
+                spec.name,
+                settings.vlan
+            );
+        }
+    }
+    if let Err(e) = store.delete(&format!("{VNIS}{vni}")).await {
+        log::warn!("network {}: giving back VNI {vni}: {e:#}", spec.name);
+    }
 }
 
 /// A layer-2 network needs the LAN's subnet and takes none of the overlay's options.
@@ -134,6 +148,9 @@ fn check_l2_spec(spec: &NetworkSpec) -> Result<()> {
     };
     if spec.direct || spec.encap != super::Encap::Vxlan {
         bail!("--direct and --encap are for overlay networks: a layer-2 network's frames go onto the LAN as they are");
+    }
+    if !spec.egress.masquerade || !spec.egress.except.is_empty() {
+        bail!("--masquerade and --masquerade-except are for overlay networks: a layer-2 network's traffic leaves by the LAN's router, never through the host's NAT");
     }
     settings.check(subnet)
 }
@@ -213,19 +230,21 @@ pub async fn remove_network(store: &dyn Store, name: &str) -> Result<()> {
     let key = format!("{NETWORKS}{name}");
     let net = loop {
         let Some(kv) = store.get(&key).await? else {
-            // No record: a create that stopped half-way may have left its subnet
-            // reserved; removing the name clears it.
+            // No record: a create that stopped half-way may have left its subnet,
+            // VNI or VLAN claimed; removing the name clears them.
             let (registry, _) = subnet_registry(store).await?;
             let (vnis, _) = store.list(VNIS).await?;
-            let orphan_vnis: Vec<&str> = vnis
+            let (vlans, _) = store.list(super::keys::L2_VLANS).await?;
+            let orphans: Vec<&str> = vnis
                 .iter()
+                .chain(&vlans)
                 .filter(|kv| kv.value == name)
                 .map(|kv| kv.key.as_str())
                 .collect();
-            if !registry.contains_key(name) && orphan_vnis.is_empty() {
+            if !registry.contains_key(name) && orphans.is_empty() {
                 bail!("network {name} does not exist (see `oxlay network ls`)");
             }
-            for key in orphan_vnis {
+            for key in orphans {
                 store.delete(key).await?;
             }
             return release_subnet(store, name).await;

@@ -214,3 +214,23 @@ pub async fn remove_unicast_filter(handle: &Handle, ifindex: u32, mac: MacAddr) 
         other => other.with_context(|| format!("cannot remove {mac} from the parent NIC's filter")),
     }
 }
+
+/// Deletes the clsact qdisc of NIC `ifindex` (and the filters on it); gone is fine.
+pub async fn delete_clsact(handle: &Handle, ifindex: u32) -> Result<()> {
+    use netlink_packet_route::tc::TcHandle;
+    let mut request = handle.qdisc().del(ifindex as i32);
+    let header = &mut request.message_mut().header;
+    header.parent = TcHandle::CLSACT;
+    header.handle = TcHandle {
+        major: u16::MAX,
+        minor: 0,
+    };
+    match request.execute().await {
+        Err(rtnetlink::Error::NetlinkError(m))
+            if [-libc::ENOENT, -libc::ENODEV, -libc::EINVAL].contains(&m.raw_code()) =>
+        {
+            Ok(())
+        }
+        other => other.context("cannot delete the clsact qdisc"),
+    }
+}

@@ -39,6 +39,9 @@ pub struct Lan {
     pub prefix_len: u8,
     /// The LAN router (the default route, on a container's first interface).
     pub router: Ipv4Addr,
+    /// The network's 802.1Q VLAN on the wire (0: untagged).
+    #[serde(default)]
+    pub vlan: u16,
 }
 
 /// Everything needed to wire a container's interface.

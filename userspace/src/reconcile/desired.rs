@@ -206,7 +206,7 @@ pub fn desired_base(
             .map(|n| n.vni),
     );
     for ep in local.iter().filter(|ep| ep.is_l2()) {
-        add_l2_endpoint(&mut d, me, snapshot, ep);
+        add_l2_endpoint(&mut d, me, ep);
     }
     for ep in local.iter().filter(|ep| !ep.is_l2()) {
         d.networks.insert(ep.vni);
@@ -231,24 +231,20 @@ pub fn desired_base(
 }
 
 /// A layer-2 container: its endpoint entry, its port, and its network's entry (when
-/// this host has a parent NIC and the store the network), which lists it for
-/// broadcasts. No route: it is switched by MAC, not routed.
-fn add_l2_endpoint(d: &mut Desired, me: &Me, snapshot: &Snapshot, ep: &LocalEndpoint) {
+/// this host has a parent NIC), which lists it for broadcasts. No route: it is
+/// switched by MAC, not routed. The VLAN is the endpoint's own (from the network record
+/// it was made from), not the snapshot's, which may not have the network yet.
+fn add_l2_endpoint(d: &mut Desired, me: &Me, ep: &LocalEndpoint) {
     d.endpoints.insert(ep.host_ifindex, ep.map_entry());
     d.l2_ports
         .insert((ep.vni, ep.container_mac.0), ep.host_ifindex);
-    let settings = ep
-        .network
-        .as_ref()
-        .and_then(|n| snapshot.networks.get(n))
-        .and_then(|n| n.l2);
-    let (Some(parent), Some(settings)) = (me.l2_parent, settings) else {
+    let (Some(parent), Some(lan)) = (me.l2_parent, ep.lan) else {
         // Its frames are dropped and counted (drop_l2_no_parent).
         return;
     };
     let net = d.l2_networks.entry(ep.vni).or_insert(L2Network {
         parent_ifindex: parent,
-        vlan: settings.vlan,
+        vlan: lan.vlan,
         ..Default::default()
     });
     // The daemon refuses more (see `State::lan_for`); a broadcast reaches these.

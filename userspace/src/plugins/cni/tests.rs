@@ -37,6 +37,7 @@ fn l2_results_name_the_lan_router() {
     let lan = crate::net::veth::Lan {
         prefix_len: 24,
         router: "192.168.77.1".parse().unwrap(),
+        vlan: 0,
     };
     let first = EndpointView {
         address: "192.168.77.2".parse().unwrap(),

@@ -131,3 +131,48 @@ fn shadowed_apply_writes_only_the_change() {
     );
     assert_eq!(shadow, want);
 }
+
+/// Layer-2 entries: a port that left goes first; a network whose VLAN changed loses its
+/// old entry (and its VLAN key) before it gets the new one; one whose ports changed is
+/// overwritten in place; the network is written before the ports it lists.
+#[test]
+fn l2_entries_go_before_they_come_and_change_in_place() {
+    let network = |vlan, ports: &[u32]| {
+        let mut n = L2Network {
+            parent_ifindex: 4,
+            vlan,
+            ports_len: ports.len() as u16,
+            ..Default::default()
+        };
+        n.ports[..ports.len()].copy_from_slice(ports);
+        n
+    };
+    let mut maps = FakeMaps::default();
+    maps.l2_networks.insert(300, network(100, &[7, 9]));
+    maps.l2_networks.insert(400, network(0, &[8]));
+    maps.l2_ports.insert((300, [2, 0, 0, 0, 0, 7]), 7);
+    maps.l2_ports.insert((300, [2, 0, 0, 0, 0, 9]), 9);
+    maps.l2_ports.insert((400, [2, 0, 0, 0, 0, 8]), 8);
+    let want = Desired {
+        // 300: port 7 left; 400: now on VLAN 200, with a new port 10.
+        l2_networks: BTreeMap::from([(300, network(100, &[9])), (400, network(200, &[8, 10]))]),
+        l2_ports: BTreeMap::from([
+            ((300, [2, 0, 0, 0, 0, 9]), 9),
+            ((400, [2, 0, 0, 0, 0, 8]), 8),
+            ((400, [2, 0, 0, 0, 0, 10]), 10),
+        ]),
+        ..Default::default()
+    };
+    apply(&mut maps, &want).unwrap();
+    assert_eq!(
+        maps.log,
+        [
+            "-l2port 300",
+            "-l2net 400 vlan 0",
+            "+l2net 300 vlan 100",
+            "+l2net 400 vlan 200",
+            "+l2port 400"
+        ]
+    );
+    assert_eq!(read_shadow(&maps).unwrap(), want);
+}

@@ -285,18 +285,14 @@ fn block_changes_key_by_key_match_a_full_recompute() {
 /// network's entry (parent, VLAN, ports) — no route and no VNI accepted for it.
 #[test]
 fn l2_endpoints_are_switched_not_routed() {
-    let mut lan = network("lan", 300);
-    lan.l2 = Some(model::L2Settings {
-        gateway: "10.10.0.1".parse().unwrap(),
-        ip_range: None,
-        vlan: 100,
-    });
-    let snapshot = Snapshot::from_records(vec![host("me", 11)], vec![lan], vec![]);
+    // (The network need not be in the snapshot yet: the endpoint carries its VLAN.)
+    let snapshot = Snapshot::from_records(vec![host("me", 11)], vec![], vec![]);
     let mut ep = local(300, "10.10.0.5");
     ep.network = Some("lan".into());
     ep.lan = Some(crate::net::veth::Lan {
         prefix_len: 16,
         router: "10.10.0.1".parse().unwrap(),
+        vlan: 100,
     });
     let with_parent = Me {
         l2_parent: Some(4),
