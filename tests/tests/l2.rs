@@ -393,3 +393,28 @@ fn l2_tagged_machines_reach_vlan_containers() -> Result<()> {
     );
     Ok(())
 }
+
+/// A broadcast is copied to each container of a layer-2 network on a host: 32 of them
+/// at most; the 33rd is refused, saying why, and leaves nothing behind.
+#[test]
+fn a_host_takes_at_most_32_containers_of_a_layer2_network() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    let LanCluster {
+        c, router, lan: _lan, ..
+    } = lan_cluster()?;
+    let mut sandboxes = Vec::new();
+    for i in 0..32 {
+        sandboxes.push(c.endpoint(0, "lan", &format!("l2n{i}"), None)?);
+    }
+    let extra = Netns::new("l2n32")?;
+    let refused = c.daemons[0].create_endpoint("lan", &extra, None);
+    let why = format!("{:#}", refused.err().context("a 33rd container was accepted")?);
+    ensure!(why.contains("the most one host takes"), "{why}");
+    let listed = c.daemons[0].cli(&["endpoint", "ls", "--network", "lan"])?;
+    ensure!(listed.lines().filter(|l| l.contains("192.168.77.")).count() == 32, "{listed}");
+    // The last of the 32 still gets broadcasts (ARP): the router reaches it.
+    router.ping(&sandboxes[31].1.to_string(), 1)?;
+    Ok(())
+}

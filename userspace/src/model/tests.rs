@@ -142,3 +142,23 @@ async fn l2_networks_hand_out_their_range_but_not_the_gateway() {
     remove_network(&store, "lan").await.unwrap();
     create_network(&store, again).await.unwrap();
 }
+
+/// A create that stopped after claiming its VLAN (no record written) leaves a claim
+/// that `network rm NAME` clears, so the VLAN can be had again.
+#[tokio::test]
+async fn removing_a_half_made_network_gives_back_its_vlan() {
+    use crate::store::faulty::temp_embedded;
+    let (_folder, store) = temp_embedded();
+    store
+        .compare_and_put(&format!("{L2_VLANS}100"), 0, "lan", None)
+        .await
+        .unwrap();
+    remove_network(&store, "lan").await.unwrap();
+    assert!(store
+        .get(&format!("{L2_VLANS}100"))
+        .await
+        .unwrap()
+        .is_none());
+    let e = remove_network(&store, "lan").await.unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
