@@ -402,7 +402,10 @@ fn a_host_takes_at_most_32_containers_of_a_layer2_network() -> Result<()> {
         return Ok(());
     }
     let LanCluster {
-        c, router, lan: _lan, ..
+        c,
+        router,
+        lan: _lan,
+        ..
     } = lan_cluster()?;
     let mut sandboxes = Vec::new();
     for i in 0..32 {
@@ -410,10 +413,16 @@ fn a_host_takes_at_most_32_containers_of_a_layer2_network() -> Result<()> {
     }
     let extra = Netns::new("l2n32")?;
     let refused = c.daemons[0].create_endpoint("lan", &extra, None);
-    let why = format!("{:#}", refused.err().context("a 33rd container was accepted")?);
+    let why = format!(
+        "{:#}",
+        refused.err().context("a 33rd container was accepted")?
+    );
     ensure!(why.contains("the most one host takes"), "{why}");
     let listed = c.daemons[0].cli(&["endpoint", "ls", "--network", "lan"])?;
-    ensure!(listed.lines().filter(|l| l.contains("192.168.77.")).count() == 32, "{listed}");
+    ensure!(
+        listed.lines().filter(|l| l.contains("192.168.77.")).count() == 32,
+        "{listed}"
+    );
     // The last of the 32 still gets broadcasts (ARP): the router reaches it.
     router.ping(&sandboxes[31].1.to_string(), 1)?;
     Ok(())

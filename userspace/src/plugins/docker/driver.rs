@@ -110,20 +110,8 @@ impl Driver for DaemonDriver {
                 );
             }
         }
-        // A layer-2 network asked for again: the same mode, range and VLAN.
-        let asked = network_spec(&name, (request.subnet, request.ip_range), &options)?.l2;
-        let same = |l: &model::L2Settings| (l.ip_range, l.vlan);
-        if asked.is_some() != net.l2.is_some()
-            || asked.zip(net.l2).is_some_and(|(a, n)| same(&a) != same(&n))
-        {
-            bail!(
-                "network {name} exists as {}: give the same --ip-range and --ipam-opt mode/vlan, or another network name",
-                match net.l2 {
-                    Some(l2) => format!("a layer-2 network (range {:?}, VLAN {})", l2.ip_range, l2.vlan),
-                    None => "an overlay network".to_owned(),
-                }
-            );
-        }
+        let asked = network_spec(&name, (request.subnet, request.ip_range), &options)?;
+        super::options::check_same_l2(&net, asked.l2)?;
         // dockerd asks again for its networks' pools when it starts: keep one of each.
         let entry = (name.clone(), net.subnet);
         let mut s = self.0.state.lock().await;

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use anyhow::{anyhow, bail, Result};
 
 use crate::{
-    model::{L2Settings, NetworkSpec},
+    model::{L2Settings, NetworkRecord, NetworkSpec},
     net::Ipv4Net,
 };
 
@@ -70,6 +70,28 @@ pub(super) fn network_spec(
     spec.labels
         .insert("created-by".to_owned(), "docker".to_owned());
     Ok(spec)
+}
+
+/// A network asked for again (on another host, or by a restarted dockerd) as `asked`:
+/// the same mode, and for a layer-2 network the same range and VLAN.
+pub(super) fn check_same_l2(net: &NetworkRecord, asked: Option<L2Settings>) -> Result<()> {
+    let same = |l: &L2Settings| (l.ip_range, l.vlan);
+    if asked.is_some() == net.l2.is_some()
+        && asked.zip(net.l2).is_none_or(|(a, n)| same(&a) == same(&n))
+    {
+        return Ok(());
+    }
+    let is = match net.l2 {
+        Some(l2) => format!(
+            "a layer-2 network (range {:?}, VLAN {})",
+            l2.ip_range, l2.vlan
+        ),
+        None => "an overlay network".to_owned(),
+    };
+    bail!(
+        "network {} exists as {is}: give the same --ip-range and --ipam-opt mode/vlan, or another network name",
+        net.name
+    )
 }
 
 /// The IPAM options of a layer-2 network, as given.

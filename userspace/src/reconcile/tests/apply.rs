@@ -171,7 +171,7 @@ fn l2_entries_go_before_they_come_and_change_in_place() {
             "-l2net 400 vlan 0",
             "+l2net 300 vlan 100",
             "+l2net 400 vlan 200",
-            "+l2port 400"
+            "+l2port 400 10"
         ]
     );
     assert_eq!(read_shadow(&maps).unwrap(), want);
