@@ -287,7 +287,15 @@ fn mac_of(ns: &Netns, dev: &str) -> Result<String> {
 /// What oxlay may change on the parent NIC, to compare before and after.
 fn nic_state(ns: &Netns) -> Result<String> {
     let link = ns.ip(&["-d", "link", "show", "eth1"])?;
-    let flags = link.split('<').nth(1).and_then(|s| s.split('>').next());
+    // The flags oxlay could set; not the carrier's (a new veth may still lack it).
+    let flags: Vec<&str> = link
+        .split('<')
+        .nth(1)
+        .and_then(|s| s.split('>').next())
+        .unwrap_or("")
+        .split(',')
+        .filter(|f| !["NO-CARRIER", "LOWER_UP"].contains(f))
+        .collect();
     let promisc = link
         .split("promiscuity ")
         .nth(1)
