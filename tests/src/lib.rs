@@ -17,6 +17,7 @@
 //! - `daemon`: the `oxlay` daemon under test and its CLI (`Daemon`, `NodeConfig`).
 //! - `etcd`: a real etcd server (`Etcd`).
 //! - `lan`: a second segment for layer-2 networks, and machines on it (`Lan`).
+//! - `ovs`: Open vSwitch on a host (`ovs::Ovs`), for the interoperability tests.
 //! - `dns`: a real DNS server (`dns::Dnsmasq`) and lookups from a namespace.
 //! - `traffic`: checked traffic (`tcp_transfer`, `PacedUdp`).
 //! - `cluster`: ready clusters (`StoreCluster`, `Cluster`) and `eventually`.
@@ -30,6 +31,7 @@ pub mod docker;
 mod etcd;
 mod lan;
 mod netns;
+pub mod ovs;
 mod prereq;
 mod tempdir;
 mod topology;

@@ -135,6 +135,31 @@ const NEEDS: &[(&str, Provides, &str)] = &[
         Binary("ctr"),
         "ctr run --cni in the CNI tests",
     ),
+    (
+        "openvswitch-switch",
+        File("/usr/sbin/ovs-vswitchd"),
+        "Open vSwitch hosts in the VM interoperability test",
+    ),
+    (
+        "openvswitch-common",
+        File("/usr/sbin/ovsdb-server"),
+        "Open vSwitch's database server, same test",
+    ),
+    (
+        "openvswitch-common",
+        File("/usr/bin/ovs-vsctl"),
+        "Open vSwitch's configuration tool, same test",
+    ),
+    (
+        "openvswitch-common",
+        File("/usr/bin/ovsdb-tool"),
+        "creating Open vSwitch's database, same test",
+    ),
+    (
+        "openvswitch-common",
+        File("/usr/share/openvswitch/vswitch.ovsschema"),
+        "Open vSwitch's database schema, same test",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

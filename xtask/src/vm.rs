@@ -6,8 +6,9 @@
 //! with real daemons: hosts and containers in namespaces on a bridge, cross-host
 //! traffic in both decap modes, SIGTERM/SIGKILL restarts and upgrades without loss,
 //! uninstall, containers reaching an outside host through the NAT, oxlay's GRE
-//! with the kernel's gretap device (the machine's kernel has no GRE module), and
-//! layer-2 networks with a machine on an 802.1Q VLAN (nor 8021q). Before 6.6 these exercise the netlink (cls_bpf) attachment instead
+//! with the kernel's gretap device (the machine's kernel has no GRE module),
+//! layer-2 networks with a machine on an 802.1Q VLAN (nor 8021q), and Open vSwitch
+//! hosts with VXLAN and GRE ports (nor openvswitch). Before 6.6 these exercise the netlink (cls_bpf) attachment instead
 //! of TCX links.
 //!
 //! The initramfs holds busybox, iproute2's `ip` and `tc`, bpftool, nft, the `oxlay`
@@ -56,6 +57,12 @@ const SUITES: &[(&str, &str, &str)] = &[
         "l2",
         "--include-ignored l2_tagged l2_containers l2_restart",
     ),
+    // Open vSwitch needs the openvswitch module, which the machine lacks.
+    (
+        "ovs",
+        "ovs",
+        "--include-ignored interoperates_with_an_open_vswitch",
+    ),
 ];
 
 /// Modules the end-to-end tests need (Debian builds them as modules), dependencies
@@ -85,6 +92,17 @@ const MODULES: &[&str] = &[
     "net/802/garp",
     "net/802/mrp",
     "net/8021q/8021q",
+    // Open vSwitch's kernel datapath and its VXLAN and GRE ports (conntrack, NAT and
+    // ip_gre are above).
+    "net/ipv4/udp_tunnel",
+    "net/ipv6/ip6_udp_tunnel",
+    "drivers/net/vxlan/vxlan",
+    "net/nsh/nsh",
+    "net/netfilter/nf_conncount",
+    "net/psample/psample",
+    "net/openvswitch/openvswitch",
+    "net/openvswitch/vport-vxlan",
+    "net/openvswitch/vport-gre",
 ];
 
 const INIT_HEAD: &str = r#"#!/bin/sh
@@ -307,6 +325,20 @@ fn initramfs_tree(dir: &Path, tests: &[(String, PathBuf)], oxlay: &Path) -> Resu
         )?;
     }
     add_executable(&tree, oxlay, "bin/oxlay")?;
+    // Open vSwitch for the interoperability test: its daemons, tools and schema.
+    for tool in [
+        "/usr/sbin/ovsdb-server",
+        "/usr/sbin/ovs-vswitchd",
+        "/usr/bin/ovsdb-tool",
+        "/usr/bin/ovs-vsctl",
+    ] {
+        let name = tool.rsplit('/').next().unwrap();
+        add_executable(&tree, Path::new(tool), &format!("bin/{name}"))?;
+    }
+    let schema = "usr/share/openvswitch/vswitch.ovsschema";
+    std::fs::create_dir_all(tree.join(schema).parent().unwrap())?;
+    std::fs::copy(Path::new("/").join(schema), tree.join(schema))
+        .context("the Open vSwitch schema is missing (cargo xtask install)")?;
     let mut init = INIT_HEAD.to_owned();
     for (suite, test, args) in SUITES {
         let (_, path) = tests.iter().find(|(name, _)| name == test).unwrap();
