@@ -49,4 +49,4 @@ pub use prereq::{
 };
 pub use tempdir::TempDir;
 pub use topology::{Host, Underlay, UNDERLAY_PREFIX, UNDERLAY_SERVICE};
-pub use traffic::{tcp_transfer, PacedUdp, PatternStream};
+pub use traffic::{both_ways, tcp_transfer, PacedUdp, PatternStream};

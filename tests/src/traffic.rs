@@ -122,6 +122,29 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: Ipv4Addr, bytes: u64) -> 
     Ok(elapsed)
 }
 
+/// Interoperability, once a first ping has shown the path: `a` (a container of
+/// `daemon`'s oxlay host) and `b` (one behind another implementation) ping and move
+/// 16 MiB of checked TCP each way, and the oxlay host both encapsulated and
+/// decapsulated.
+pub fn both_ways(
+    daemon: &crate::Daemon,
+    a: (&Netns, Ipv4Addr),
+    b: (&Netns, Ipv4Addr),
+) -> Result<()> {
+    b.0.ping(&a.1.to_string(), 2)?;
+    tcp_transfer(a.0, b.0, b.1, 16 << 20)?;
+    tcp_transfer(b.0, a.0, a.1, 16 << 20)?;
+    let (out, into) = (
+        daemon.counter("encapsulated")?,
+        daemon.counter("decapsulated")?,
+    );
+    anyhow::ensure!(
+        out >= 2 && into >= 2,
+        "encapsulated {out}, decapsulated {into}"
+    );
+    Ok(())
+}
+
 /// A paced UDP stream, one sequence-numbered datagram per millisecond from a container
 /// to a listener in another, counted at the receiver: the way the restart, churn and
 /// fault tests prove that nothing was lost.

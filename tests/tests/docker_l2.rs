@@ -34,6 +34,34 @@ fn run_idle(d: &Dockerd, name: &str) -> Result<String> {
     ])
 }
 
+/// `docker network create` of oxlay network `lan` (layer-2, 192.168.77.0/24, range
+/// .0/25) as Docker network `name`, with `--gateway gateway` and more IPAM options.
+fn create_lan(d: &Dockerd, name: &str, gateway: &str, options: &[&str]) -> Result<String> {
+    let mut args = vec![
+        "network",
+        "create",
+        "-d",
+        "oxlay",
+        "--ipam-driver",
+        "oxlay",
+        "--subnet",
+        "192.168.77.0/24",
+        "--gateway",
+        gateway,
+        "--ip-range",
+        "192.168.77.0/25",
+        "--ipam-opt",
+        "mode=l2",
+        "--ipam-opt",
+        "network=lan",
+    ];
+    for option in options {
+        args.extend(["--ipam-opt", option]);
+    }
+    args.push(name);
+    d.docker(&args)
+}
+
 fn ping(d: &Dockerd, from: &str, to: &str) -> Result<()> {
     d.docker(&["exec", from, "ping", "-c", "2", "-W", "2", to])
         .map(|_| ())
@@ -66,27 +94,7 @@ fn docker_makes_layer2_networks() -> Result<()> {
     for (i, dir) in dirs.iter().enumerate() {
         let d = Dockerd::start(&c.hosts[i], dir)?;
         d.import_image()?;
-        d.docker(&[
-            "network",
-            "create",
-            "-d",
-            "oxlay",
-            "--ipam-driver",
-            "oxlay",
-            "--subnet",
-            "192.168.77.0/24",
-            "--gateway",
-            ROUTER,
-            "--ip-range",
-            "192.168.77.0/25",
-            "--ipam-opt",
-            "mode=l2",
-            "--ipam-opt",
-            &format!("gateway={ROUTER}"),
-            "--ipam-opt",
-            "network=lan",
-            "lan",
-        ])?;
+        create_lan(&d, "lan", ROUTER, &[&format!("gateway={ROUTER}")])?;
         dockers.push(d);
     }
     let a = run_idle(&dockers[0], "l2a")?;
@@ -105,25 +113,7 @@ fn docker_makes_layer2_networks() -> Result<()> {
     router.ping(&a, 2)?;
     router.ping(&b, 2)?;
     // A network whose --gateway is not its gateway is refused, saying what to give.
-    let clash = dockers[1].docker(&[
-        "network",
-        "create",
-        "-d",
-        "oxlay",
-        "--ipam-driver",
-        "oxlay",
-        "--subnet",
-        "192.168.77.0/24",
-        "--gateway",
-        "192.168.77.1",
-        "--ip-range",
-        "192.168.77.0/25",
-        "--ipam-opt",
-        "mode=l2",
-        "--ipam-opt",
-        "network=lan",
-        "lan2",
-    ]);
+    let clash = create_lan(&dockers[1], "lan2", "192.168.77.1", &[]);
     let why = format!(
         "{:#}",
         clash.err().ok_or_else(|| anyhow::anyhow!("accepted"))?

@@ -62,6 +62,23 @@ fn lan_cluster() -> Result<LanCluster> {
     })
 }
 
+/// Network `lan100`: layer-2 on VLAN 100, 192.168.78.0/24.
+fn create_lan100(c: &StoreCluster) -> Result<String> {
+    c.daemons[0].cli(&[
+        "network",
+        "create",
+        "lan100",
+        "--mode",
+        "l2",
+        "--subnet",
+        "192.168.78.0/24",
+        "--gateway",
+        VLAN_GATEWAY,
+        "--vlan",
+        "100",
+    ])
+}
+
 fn counter(c: &StoreCluster, host: usize, name: &str) -> u64 {
     c.daemons[host].counter(name).unwrap_or(0)
 }
@@ -147,19 +164,7 @@ fn l2_vlans_isolate_and_spoofing_is_dropped() -> Result<()> {
     let LanCluster {
         c, mut lan, router, ..
     } = lan_cluster()?;
-    c.daemons[0].cli(&[
-        "network",
-        "create",
-        "lan100",
-        "--mode",
-        "l2",
-        "--subnet",
-        "192.168.78.0/24",
-        "--gateway",
-        VLAN_GATEWAY,
-        "--vlan",
-        "100",
-    ])?;
+    create_lan100(&c)?;
     let taken = c.daemons[0].cli(&[
         "network",
         "create",
@@ -370,19 +375,7 @@ fn l2_tagged_machines_reach_vlan_containers() -> Result<()> {
     let LanCluster {
         c, mut lan, router, ..
     } = lan_cluster()?;
-    c.daemons[0].cli(&[
-        "network",
-        "create",
-        "lan100",
-        "--mode",
-        "l2",
-        "--subnet",
-        "192.168.78.0/24",
-        "--gateway",
-        VLAN_GATEWAY,
-        "--vlan",
-        "100",
-    ])?;
+    create_lan100(&c)?;
     let vlan_router = lan.machine("vrouter", &format!("{VLAN_GATEWAY}/24"), Some(100))?;
     vlan_router.ip(&["addr", "add", &format!("{BEYOND}/32"), "dev", "lo"])?;
     let (v, v_ip) = c.endpoint(1, "lan100", "l2tag", None)?;
