@@ -158,6 +158,14 @@ impl StoreCluster {
         Ok(())
     }
 
+    /// Replaces the extra TOML of host `i`'s config (for its next start).
+    pub fn set_extra_toml(&mut self, i: usize, toml: String) {
+        if self.extra_toml.len() <= i {
+            self.extra_toml.resize(i + 1, String::new());
+        }
+        self.extra_toml[i] = toml;
+    }
+
     pub fn name(&self, i: usize) -> &str {
         &self.names[i]
     }

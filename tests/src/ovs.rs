@@ -85,6 +85,8 @@ impl Ovs {
 
     fn spawn(&self, ns: &Netns, program: &str, args: &[&str]) -> Result<Child> {
         let dir = self.dir.path.display().to_string();
+        // What a daemon says before its log file is open goes next to it.
+        let stderr = std::fs::File::create(self.dir.path.join(format!("{program}.stderr")))?;
         ns.command(program)
             .args(args)
             .envs([
@@ -94,14 +96,21 @@ impl Ovs {
             ])
             .env("OVS_SYSCONFDIR", &dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("cannot start {program}"))
     }
 
-    fn wait_for(&self, socket: &str) -> Result<()> {
+    /// Waits for the last daemon started to open `socket`; one that exits meanwhile
+    /// is an error at once, with the logs.
+    fn wait_for(&mut self, socket: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !Path::new(socket).exists() {
+            if let Some(child) = self.children.last_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("Open vSwitch exited with {status}:\n{}", self.logs());
+                }
+            }
             if Instant::now() > deadline {
                 bail!("Open vSwitch did not come up ({socket}):\n{}", self.logs());
             }
@@ -121,11 +130,16 @@ impl Ovs {
 
     /// The daemons' logs, for a failure message.
     pub fn logs(&self) -> String {
-        ["ovsdb.log", "vswitchd.log"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.path.join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
+        [
+            "ovsdb-server.stderr",
+            "ovsdb.log",
+            "ovs-vswitchd.stderr",
+            "vswitchd.log",
+        ]
+        .iter()
+        .map(|f| std::fs::read_to_string(self.dir.path.join(f)).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
     }
 }
 

@@ -291,7 +291,11 @@ fn mac_of(ns: &Netns, dev: &str) -> Result<String> {
 
 /// What oxlay may change on the parent NIC, to compare before and after.
 fn nic_state(ns: &Netns) -> Result<String> {
-    let link = ns.ip(&["-d", "link", "show", "eth1"])?;
+    nic_state_of(ns, "eth1")
+}
+
+fn nic_state_of(ns: &Netns, dev: &'static str) -> Result<String> {
+    let link = ns.ip(&["-d", "link", "show", dev])?;
     // The flags oxlay could set; not the carrier's (a new veth may still lack it).
     let flags: Vec<&str> = link
         .split('<')
@@ -305,13 +309,13 @@ fn nic_state(ns: &Netns) -> Result<String> {
         .split("promiscuity ")
         .nth(1)
         .and_then(|s| s.split_whitespace().next());
-    let fdb = ns.exec(&["bridge", "fdb", "show", "dev", "eth1"])?;
+    let fdb = ns.exec(&["bridge", "fdb", "show", "dev", dev])?;
     let unicast: Vec<&str> = fdb
         .lines()
         .filter(|l| !l.starts_with("33:33") && !l.starts_with("01:"))
         .collect();
-    let programs = ns.tc_ingress("eth1")?;
-    let qdiscs = ns.exec(&["tc", "qdisc", "show", "dev", "eth1"])?;
+    let programs = ns.tc_ingress(dev)?;
+    let qdiscs = ns.exec(&["tc", "qdisc", "show", "dev", dev])?;
     Ok(format!(
         "{flags:?} promiscuity {promisc:?} unicast {unicast:?} programs {programs:?} qdiscs {qdiscs:?}"
     ))
@@ -426,5 +430,41 @@ fn a_host_takes_at_most_32_containers_of_a_layer2_network() -> Result<()> {
     );
     // The last of the 32 still gets broadcasts (ARP): the router reaches it.
     router.ping(&sandboxes[31].1.to_string(), 1)?;
+    Ok(())
+}
+
+/// A host's `[l2] parent` changes from eth1 to eth2 (both on the LAN): after the
+/// restart eth1 is as it was before oxlay (no program, no MAC, no qdisc of oxlay's),
+/// eth2 carries the container, whose address and traffic stay.
+#[test]
+fn changing_the_parent_takes_oxlay_off_the_old_nic() -> Result<()> {
+    if skip_without_root() {
+        return Ok(());
+    }
+    let LanCluster {
+        mut c,
+        router,
+        mut lan,
+        nic_before,
+    } = lan_cluster()?;
+    let (a, a_ip) = c.endpoint(0, "lan", "l2mv", None)?;
+    let a_mac = mac_of(&a, "eth0")?;
+    router.ping(&a_ip.to_string(), 1)?;
+    lan.plug(&c.hosts[0].ns, "eth2")?;
+    c.set_extra_toml(0, "[l2]\nparent = \"eth2\"\n".to_owned());
+    c.restart_daemon(0)?;
+    let eth1 = nic_state(&c.hosts[0].ns)?;
+    ensure!(
+        eth1 == nic_before,
+        "eth1 after the move: {eth1}\nbefore oxlay: {nic_before}"
+    );
+    let eth2 = nic_state_of(&c.hosts[0].ns, "eth2")?;
+    ensure!(
+        eth2.contains(&a_mac) && eth2.contains("oxlay"),
+        "eth2: {eth2}"
+    );
+    // The LAN's switch learns the container's new port from its first frame.
+    a.ping(ROUTER, 1)?;
+    router.ping(&a_ip.to_string(), 1)?;
     Ok(())
 }

@@ -41,8 +41,10 @@ fn ovs_host(host: &Host, oxlay: &Host, kind: &str) -> Result<(Ovs, Netns)> {
         "options:key=42",
         &remote,
     ])?;
+    // (OVS gives an internal port its other ports' least MTU unless asked.)
+    ovs.vsctl(&["set", "interface", "br0", "mtu_request=1450"])?;
     let ns = &host.ns;
-    ns.ip(&["link", "set", "br0", "mtu", "1450", "up"])?;
+    ns.ip(&["link", "set", "br0", "up"])?;
     ns.ip(&["addr", "add", "10.244.2.1/24", "dev", "br0"])?;
     ns.ip(&[
         "route",

@@ -146,7 +146,7 @@ const NEEDS: &[(&str, Provides, &str)] = &[
         "Open vSwitch's database server, same test",
     ),
     (
-        "openvswitch-common",
+        "openvswitch-switch",
         File("/usr/bin/ovs-vsctl"),
         "Open vSwitch's configuration tool, same test",
     ),
@@ -156,7 +156,7 @@ const NEEDS: &[(&str, Provides, &str)] = &[
         "creating Open vSwitch's database, same test",
     ),
     (
-        "openvswitch-common",
+        "openvswitch-switch",
         File("/usr/share/openvswitch/vswitch.ovsschema"),
         "Open vSwitch's database schema, same test",
     ),

@@ -68,7 +68,9 @@ impl State {
             );
             // A layer-2 container's MAC leaves the parent NIC with it (absent is fine:
             // the network may have been an overlay).
-            if let (Some(mac), Some(parent)) = (ep.mac, self.datapath.l2_parent()) {
+            let parents = [self.datapath.l2_parent(), self.old_l2_parent];
+            for parent in parents.into_iter().flatten() {
+                let Some(mac) = ep.mac else { break };
                 if let Err(e) = netlink::remove_unicast_filter(&self.handle, parent, mac).await {
                     warn!("endpoint {} of {}: {e:#}", ep.network, ep.sandbox);
                 }

@@ -71,42 +71,66 @@ pub(super) async fn attach_parent(
 ) -> Result<ParentAtStart> {
     let path = record_path(config);
     let old = read_record(&path);
-    let mut old_ifindex = None;
-    if let Some(old) = old
+    let moved = old
         .as_ref()
-        .filter(|o| Some(&o.name) != parent.as_ref().map(|l| &l.name))
-    {
-        warn!("the layer-2 parent was {}: taking oxlay off it", old.name);
-        datapath.detach_l2_program(&old.name);
-        if let Some(link) = netlink::link_by_name(handle, &old.name).await? {
-            old_ifindex = Some(link.index);
-            if old.clsact_added {
-                netlink::delete_clsact(handle, link.index).await?;
-            }
-        }
-        std::fs::remove_file(&path).ok();
-    }
+        .filter(|o| Some(&o.name) != parent.as_ref().map(|l| &l.name));
+    let old_ifindex = match moved {
+        Some(old) => leave_old_parent(handle, config, datapath, old).await,
+        None => None,
+    };
     let Some(link) = parent else {
+        std::fs::remove_file(&path).ok();
         return Ok(ParentAtStart {
             mtu: None,
             old_ifindex,
         });
     };
-    let added = datapath.attach_l2_parent(&link.name, link.index)?;
-    // Only the daemon that added the qdisc saw it missing: its record says so.
-    let clsact_added = match old {
-        Some(o) if o.name == link.name => o.clsact_added,
-        _ => added,
-    };
+    // Recorded before the program is attached: a start that fails after this leaves
+    // a record that says what to undo. Only the daemon that added the qdisc saw it
+    // missing: an earlier record's word stands.
+    let added = datapath.add_clsact_for_l2(&link.name);
+    let clsact_added = added || old.is_some_and(|o| o.name == link.name && o.clsact_added);
     let record = ParentRecord {
         name: link.name.clone(),
         clsact_added,
     };
     std::fs::write(&path, serde_json::to_vec(&record)?)?;
+    datapath.attach_l2_parent(&link.name, link.index)?;
     Ok(ParentAtStart {
         mtu: Some(link.mtu),
         old_ifindex,
     })
+}
+
+/// Takes oxlay's program (and the clsact it added) off a NIC that is no longer the
+/// parent; its ifindex, for the containers' MACs to leave its filter. Failures are
+/// logged: they must not keep the daemon from starting (nothing could uninstall it).
+async fn leave_old_parent(
+    handle: &rtnetlink::Handle,
+    config: &Config,
+    datapath: &Datapath,
+    old: &ParentRecord,
+) -> Option<u32> {
+    warn!("the layer-2 parent was {}: taking oxlay off it", old.name);
+    // Now the underlay (roles swapped): its program and qdisc are the overlay's.
+    if old.name == config.underlay_interface {
+        return None;
+    }
+    datapath.detach_l2_program(&old.name);
+    let link = match netlink::link_by_name(handle, &old.name).await {
+        Ok(Some(link)) => link,
+        Ok(None) => return None,
+        Err(e) => {
+            warn!("the old layer-2 parent {}: {e:#}", old.name);
+            return None;
+        }
+    };
+    if old.clsact_added {
+        if let Err(e) = netlink::delete_clsact(handle, link.index).await {
+            warn!("the old layer-2 parent {}: {e:#}", old.name);
+        }
+    }
+    Some(link.index)
 }
 
 /// Uninstall, after the programs are detached: takes away the clsact oxlay added to

@@ -179,13 +179,12 @@ async fn start(
     let pin_path = config.pin_path();
     let fresh = !pin_path.exists();
     let loaded = load_datapath(&config, &handle, &underlay.link, underlay.address).await;
-    let (datapath, l2_parent) = loaded.map_err(|e| {
-        if fresh {
-            // Leave nothing behind when nothing was there.
-            std::fs::remove_dir_all(&pin_path).ok();
-        }
-        e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh")
-    })?;
+    if loaded.is_err() && fresh {
+        // Leave nothing behind when nothing was there.
+        std::fs::remove_dir_all(&pin_path).ok();
+        l2::restore_parent(&handle, &config).await.ok();
+    }
+    let (datapath, l2_parent) = loaded.map_err(|e| e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh"))?;
     let host = host_record(&config, underlay);
     let lease = Arc::new(lease::HostLease::new(
         store.clone(),
@@ -227,6 +226,7 @@ async fn start(
     if let Err(e) = restored.await {
         if fresh {
             state.datapath.unpin().ok();
+            l2::restore_parent(&state.handle, &config).await.ok();
         }
         return Err(e.context("cannot register this host in the store"));
     }

@@ -49,15 +49,19 @@ impl Datapath {
         Ok(())
     }
 
+    /// Before TCX, the parent NIC needs a clsact qdisc for the program: adds one if it
+    /// has none, and says whether it did (for uninstall to take away).
+    pub fn add_clsact_for_l2(&self, interface: &str) -> bool {
+        !has_tcx() && tc::qdisc_add_clsact(interface).is_ok()
+    }
+
     /// Attaches the layer-2 switch's receive side to the `[l2] parent` NIC: frames for
-    /// local containers go to them, the rest to the host untouched. Returns whether it
-    /// added a clsact qdisc there (kernels before TCX), for uninstall to take away.
-    pub fn attach_l2_parent(&mut self, interface: &str, ifindex: u32) -> Result<bool> {
-        let clsact_added = !has_tcx() && tc::qdisc_add_clsact(interface).is_ok();
+    /// local containers go to them, the rest to the host untouched.
+    pub fn attach_l2_parent(&mut self, interface: &str, ifindex: u32) -> Result<()> {
         self.attach_tc(program_names::L2_FROM_WIRE, interface)
             .with_context(|| format!("cannot attach the layer-2 program to {interface}"))?;
         self.l2_parent = Some((interface.to_owned(), ifindex));
-        Ok(clsact_added)
+        Ok(())
     }
 
     /// Detaches the layer-2 program from a NIC that is no longer the parent.

@@ -61,15 +61,19 @@ impl Datapath {
             _pad: 0,
         };
         let mut vlans: BpfHashMap<&mut MapData, L2Vlan, u32> = self.map_mut(map_names::L2_VLANS)?;
+        let existed = vlans.get(&vlan, 0).is_ok();
         vlans
             .insert(vlan, net_id, 0)
             .context("cannot add the layer-2 network's VLAN")?;
         let mut nets: BpfHashMap<&mut MapData, u32, L2Network> =
             self.map_mut(map_names::L2_NETWORKS)?;
         if let Err(e) = nets.insert(net_id, network, 0) {
-            let mut vlans: BpfHashMap<&mut MapData, L2Vlan, u32> =
-                self.map_mut(map_names::L2_VLANS)?;
-            let _ = vlans.remove(&vlan);
+            // A network changed in place keeps the VLAN key it had.
+            if !existed {
+                let mut vlans: BpfHashMap<&mut MapData, L2Vlan, u32> =
+                    self.map_mut(map_names::L2_VLANS)?;
+                let _ = vlans.remove(&vlan);
+            }
             return Err(e).context("cannot add the layer-2 network");
         }
         Ok(())

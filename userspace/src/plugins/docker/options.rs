@@ -218,4 +218,37 @@ mod tests {
         ]);
         assert!(network_spec("lan", (subnet, None), &bad).is_err());
     }
+
+    #[test]
+    fn a_network_asked_for_again_must_be_the_same_kind() {
+        let l2 = |range: &str, vlan| {
+            Some(L2Settings {
+                gateway: "192.168.77.1".parse().unwrap(),
+                ip_range: Some(range.parse().unwrap()),
+                vlan,
+            })
+        };
+        let net = |l2| NetworkRecord {
+            name: "lan".into(),
+            vni: 1,
+            subnet: "192.168.77.0/24".parse().unwrap(),
+            block_prefix: 28,
+            labels: BTreeMap::new(),
+            direct: false,
+            removing: false,
+            egress: Default::default(),
+            encap: Default::default(),
+            l2,
+        };
+        let lan = net(l2("192.168.77.0/25", 100));
+        assert!(check_same_l2(&lan, l2("192.168.77.0/25", 100)).is_ok());
+        for other in [None, l2("192.168.77.0/26", 100), l2("192.168.77.0/25", 200)] {
+            let e = check_same_l2(&lan, other).unwrap_err();
+            assert!(e.to_string().contains("layer-2 network"), "{e}");
+        }
+        let overlay = net(None);
+        assert!(check_same_l2(&overlay, None).is_ok());
+        let e = check_same_l2(&overlay, l2("192.168.77.0/25", 0)).unwrap_err();
+        assert!(e.to_string().contains("an overlay network"), "{e}");
+    }
 }
