@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod fault;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod net;

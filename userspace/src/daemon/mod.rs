@@ -139,7 +139,7 @@ pub async fn run(config: Config) -> Result<()> {
         underlay.address,
         c.static_network().map(|(vni, subnet)| format!("vni {vni} {subnet}")),
         c.peers.len(),
-        store_name(c),
+        c.store.describe(),
         c.decap,
         socket_path.display()
     );
@@ -154,14 +154,6 @@ pub async fn run(config: Config) -> Result<()> {
     }
     std::fs::remove_file(&socket_path).ok();
     Ok(())
-}
-
-fn store_name(config: &Config) -> String {
-    if config.store.etcd_endpoints.is_empty() {
-        format!("embedded {}", config.store.path.display())
-    } else {
-        format!("etcd {}", config.store.etcd_endpoints.join(","))
-    }
 }
 
 /// Loads the datapath and brings this host back to where the store and the previous
@@ -286,6 +278,7 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
         })
     });
     let watcher = tokio::spawn(watch::watch_store(daemon.clone()));
+    let metrics = crate::metrics::serve(&daemon).await?;
     let resolver = names::start(&daemon).await;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -309,6 +302,9 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
     };
     keepalive.abort();
     watcher.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     if let Some(resolver) = resolver {
         resolver.abort();
     }

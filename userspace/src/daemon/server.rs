@@ -13,7 +13,7 @@ use tokio::{
 
 use super::{
     endpoints::{NewEndpoint, Sandbox},
-    store_name, Daemon, State,
+    Daemon, State,
 };
 use crate::{
     api::{self, CounterView, EndpointView, Request, Response, RouteView},
@@ -200,7 +200,7 @@ async fn status(d: &Daemon) -> Value {
         "store_down_for_secs": down_for,
         "last_store_error": last_error,
         "node": d.config.node_name,
-        "store": store_name(&d.config),
+        "store": d.config.store.describe(),
     });
     if let Ok(s) = tokio::time::timeout(Duration::from_secs(1), d.state.lock()).await {
         v["endpoints"] = s.endpoints.len().into();
