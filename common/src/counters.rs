@@ -271,6 +271,40 @@ pub const COUNTERS: [CounterInfo; 32] = [
     ),
 ];
 
+/// One counter's value on one CPU: `OXLAY_COUNTERS` holds one per counter and CPU.
+/// `bytes` is the frame's length when the counter is bumped: what went to the wire for
+/// `encapsulated`, what the container got for `decapsulated`, the frame as dropped for
+/// a drop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl core::ops::AddAssign for CounterValue {
+    fn add_assign(&mut self, other: Self) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+/// One overlay network's traffic on one CPU (`OXLAY_NETWORK_TRAFFIC`, keyed by VNI):
+/// what this host wrapped and sent to peers, and what it unwrapped and delivered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkTraffic {
+    pub encapsulated: CounterValue,
+    pub decapsulated: CounterValue,
+}
+
+impl core::ops::AddAssign for NetworkTraffic {
+    fn add_assign(&mut self, other: Self) {
+        self.encapsulated += other.encapsulated;
+        self.decapsulated += other.decapsulated;
+    }
+}
+
 /// Number of counters; the size of the counters map.
 pub const COUNTER_COUNT: u32 = COUNTERS.len() as u32;
 

@@ -12,7 +12,9 @@ pub mod counters;
 pub mod l2;
 pub mod wire;
 
-pub use counters::{Counter, CounterInfo, CounterKind, COUNTERS, COUNTER_COUNT};
+pub use counters::{
+    Counter, CounterInfo, CounterKind, CounterValue, NetworkTraffic, COUNTERS, COUNTER_COUNT,
+};
 
 /// Version of what the maps' keys and values mean. Bump it when entries written by an
 /// older build would be wrong under a new meaning at the same size (fields reordered or
@@ -34,6 +36,7 @@ pub mod map_names {
     pub const L2_FDB: &str = "OXLAY_L2_FDB";
     pub const L2_NETWORKS: &str = "OXLAY_L2_NETWORKS";
     pub const L2_VLANS: &str = "OXLAY_L2_VLANS";
+    pub const NETWORK_TRAFFIC: &str = "OXLAY_NETWORK_TRAFFIC";
 }
 
 /// Name of every program in the eBPF object.
@@ -285,6 +288,10 @@ mod pod {
     unsafe impl aya::Pod for Peer {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Network {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CounterValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NetworkTraffic {}
 }
 
 #[cfg(test)]
@@ -304,6 +311,8 @@ mod tests {
         assert_eq!(size_of::<Peer>(), 8);
         assert_eq!(size_of::<Network>(), 8);
         assert_eq!(size_of::<XdpDeliveryMeta>(), 8);
+        assert_eq!(size_of::<CounterValue>(), 16);
+        assert_eq!(size_of::<NetworkTraffic>(), 32);
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub fn respond(ctx: &TcContext, eth: &EthHdr, ep: &Endpoint) -> Result<Option<i3
         .map_err(|_| Counter::DropHeaderWriteFailed)?;
     ctx.store(ETH_LEN, &reply, 0)
         .map_err(|_| Counter::DropHeaderWriteFailed)?;
-    count(Counter::ArpReplied);
+    count(ctx, Counter::ArpReplied);
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Out of the same veth, back to the container.

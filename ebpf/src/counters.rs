@@ -1,14 +1,78 @@
-//! Per-CPU counters, indexed by the shared table in `oxlay_common::counters`.
-use oxlay_common::Counter;
+//! Per-CPU counters, indexed by the shared table in `oxlay_common::counters`, and each
+//! overlay network's traffic. Each counts packets and bytes.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_xdp_get_buff_len,
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
+use oxlay_common::{Counter, CounterValue, NetworkTraffic};
 
-use crate::maps::OXLAY_COUNTERS;
+use crate::maps::{OXLAY_COUNTERS, OXLAY_NETWORK_TRAFFIC};
+
+/// A packet being counted: its length now.
+pub trait Frame {
+    fn frame_len(&self) -> u32;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn frame_len(&self) -> u32 {
+        self.len()
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn frame_len(&self) -> u32 {
+        // SAFETY: plain helper call on this program's own context (with frags, the
+        // first buffer may be only part of the frame; this is the whole).
+        unsafe { bpf_xdp_get_buff_len(self.as_ptr() as *mut _) as u32 }
+    }
+}
 
 #[inline(always)]
-pub fn count(counter: Counter) {
+fn add(value: &mut CounterValue, bytes: u32) {
+    value.packets += 1;
+    value.bytes += u64::from(bytes);
+}
+
+/// Counts `frame` under `counter`.
+#[inline(always)]
+pub fn count<F: Frame>(frame: &F, counter: Counter) {
+    let bytes = frame.frame_len();
     if let Some(slot) = OXLAY_COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: the pointer comes from a successful per-CPU array lookup, so it points
-        // at this CPU's u64 slot; programs do not migrate CPUs while running, so no other
+        // at this CPU's slot; programs do not migrate CPUs while running, so no other
         // writer touches it concurrently.
-        unsafe { *slot += 1 };
+        add(unsafe { &mut *slot }, bytes);
+    }
+}
+
+/// Which way a packet crossed the overlay.
+#[derive(Clone, Copy)]
+pub enum Direction {
+    Encapsulated,
+    Decapsulated,
+}
+
+/// Counts `frame` in network `vni`'s traffic (after `count`: its length then).
+#[inline(always)]
+pub fn count_network<F: Frame>(frame: &F, vni: u32, direction: Direction) {
+    let bytes = frame.frame_len();
+    let mut slot = OXLAY_NETWORK_TRAFFIC.get_ptr_mut(&vni);
+    if slot.is_none() {
+        // The first packet of a network on this host makes its entry (only VNIs of
+        // this host's networks get here); a racing CPU's insert wins just as well.
+        let _ = OXLAY_NETWORK_TRAFFIC.insert(&vni, &NetworkTraffic::default(), BPF_NOEXIST as u64);
+        slot = OXLAY_NETWORK_TRAFFIC.get_ptr_mut(&vni);
+    }
+    if let Some(slot) = slot {
+        // SAFETY: as in `count`: this CPU's value of a per-CPU hash entry.
+        let traffic = unsafe { &mut *slot };
+        match direction {
+            Direction::Encapsulated => add(&mut traffic.encapsulated, bytes),
+            Direction::Decapsulated => add(&mut traffic.decapsulated, bytes),
+        }
     }
 }

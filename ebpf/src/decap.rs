@@ -7,7 +7,10 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
     },
-    helpers::{bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_get_buff_len},
+    helpers::{
+        bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head, bpf_xdp_adjust_meta,
+        bpf_xdp_get_buff_len,
+    },
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
@@ -15,7 +18,7 @@ use network_types::eth::EthHdr;
 use oxlay_common::{wire::ETH_LEN, Counter, Route, XdpDeliveryMeta};
 
 use crate::{
-    counters::count,
+    counters::{count, count_network, Direction},
     maps,
     parse::{classify, write, Decap, ETH_P_IPV4, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
 };
@@ -52,26 +55,31 @@ pub fn tc(ctx: &TcContext) -> i32 {
     }
     match classify(ctx.data(), ctx.data_end(), ctx.len() as usize, cfg) {
         Decap::Pass => {
-            count(Counter::PassedToStack);
+            count(ctx, Counter::PassedToStack);
             TC_ACT_OK as i32
         }
         Decap::Drop(reason) => {
-            count(reason);
+            count(ctx, reason);
             TC_ACT_SHOT as i32
         }
-        Decap::Deliver { route, strip, gre } => match tc_strip_and_deliver(ctx, &route, strip, gre) {
+        Decap::Deliver {
+            route,
+            strip,
+            gre,
+            vni,
+        } => match tc_strip_and_deliver(ctx, &route, strip, gre, vni) {
             Ok(action) => action,
             Err(reason) => {
-                count(reason);
+                count(ctx, reason);
                 TC_ACT_SHOT as i32
             }
         },
         Decap::DeliverDirect(route) => {
             if !write(ctx.data(), ctx.data_end(), 0, delivery_eth(&route)) {
-                count(Counter::DropHeaderWriteFailed);
+                count(ctx, Counter::DropHeaderWriteFailed);
                 return TC_ACT_SHOT as i32;
             }
-            count(Counter::DeliveredDirect);
+            count(ctx, Counter::DeliveredDirect);
             deliver(route.ifindex, is_gso(ctx))
         }
     }
@@ -104,6 +112,7 @@ fn tc_strip_and_deliver(
     route: &Route,
     strip: usize,
     gre: bool,
+    vni: u32,
 ) -> Result<i32, Counter> {
     let shrink = -(strip as i32);
     let decap_l4 = if gre { DECAP_L4_GRE } else { DECAP_L4_UDP };
@@ -115,7 +124,10 @@ fn tc_strip_and_deliver(
     // A GSO packet (it reached us whole: a virtual underlay such as veth, VM to VM, or
     // for GRE any underlay, whose GRO coalesces GRE) keeps its tunnel GSO state unless
     // the kernel can reset it.
-    let reset = gso && ctx.adjust_room(shrink, BPF_ADJ_ROOM_MAC, flags | decap_l4).is_ok();
+    let reset = gso
+        && ctx
+            .adjust_room(shrink, BPF_ADJ_ROOM_MAC, flags | decap_l4)
+            .is_ok();
     if !reset {
         // The stale state breaks the segmentation a UDP socket does on receive: the
         // datagrams would vanish in the container. Say so instead. (TCP takes the
@@ -132,7 +144,8 @@ fn tc_strip_and_deliver(
     if !write(ctx.data(), ctx.data_end(), 0, delivery_eth(route)) {
         return Err(Counter::DropHeaderWriteFailed);
     }
-    count(Counter::Decapsulated);
+    count(ctx, Counter::Decapsulated);
+    count_network(ctx, vni, Direction::Decapsulated);
     Ok(deliver(route.ifindex, gso))
 }
 
@@ -168,30 +181,33 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
     let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
     match classify(ctx.data(), ctx.data_end(), frame_len, cfg) {
         Decap::Pass => {
-            count(Counter::PassedToStack);
+            count(ctx, Counter::PassedToStack);
             xdp_action::XDP_PASS
         }
         Decap::Drop(reason) => {
-            count(reason);
+            count(ctx, reason);
             xdp_action::XDP_DROP
         }
-        Decap::Deliver { route, strip, .. } => match xdp_strip_and_deliver(ctx, &route, strip as i32) {
+        Decap::Deliver {
+            route, strip, vni, ..
+        } => match xdp_strip_and_deliver(ctx, &route, strip as i32) {
             Ok(action) => {
-                count(Counter::Decapsulated);
+                count(ctx, Counter::Decapsulated);
+                count_network(ctx, vni, Direction::Decapsulated);
                 action
             }
             Err(reason) => {
-                count(reason);
+                count(ctx, reason);
                 xdp_action::XDP_DROP
             }
         },
         Decap::DeliverDirect(route) => match xdp_strip_and_deliver(ctx, &route, 0) {
             Ok(action) => {
-                count(Counter::DeliveredDirect);
+                count(ctx, Counter::DeliveredDirect);
                 action
             }
             Err(reason) => {
-                count(reason);
+                count(ctx, reason);
                 xdp_action::XDP_DROP
             }
         },

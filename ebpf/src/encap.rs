@@ -11,19 +11,18 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use oxlay_common::{
+    l2::ENDPOINT_L2,
     wire::{
         udp_src_port, ENCAP_OVERHEAD, ETH_LEN, ETH_P_TEB, GRE_ENCAP_OVERHEAD, GRE_FLAGS_KEY,
         IPPROTO_GRE, IPV4_LEN, OUTER_TTL,
     },
-    l2::ENDPOINT_L2,
     Counter, DatapathConfig, Endpoint, Route, RouteKind,
 };
 
 use crate::{
-    arp, l2,
-    counters::count,
-    maps, mtu,
-    checksum,
+    arp, checksum,
+    counters::{count, count_network, Direction},
+    l2, maps, mtu,
     parse::{read, write, ETH_P_IPV4, IPPROTO_UDP},
 };
 
@@ -77,7 +76,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(ep) = maps::endpoint(ifindex) else {
-        count(Counter::PassedToStack);
+        count(ctx, Counter::PassedToStack);
         return TC_ACT_OK as i32;
     };
     // A layer-2 network's containers are switched by MAC, ARP included. (Dispatched
@@ -89,11 +88,11 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     match try_from_container(ctx, ep) {
         Ok(Some(action)) => action,
         Ok(None) => {
-            count(Counter::PassedToStack);
+            count(ctx, Counter::PassedToStack);
             TC_ACT_OK as i32
         }
         Err(reason) => {
-            count(reason);
+            count(ctx, reason);
             TC_ACT_SHOT as i32
         }
     }
@@ -135,7 +134,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<Option<i32>, Cou
         return deliver_local(ctx, &route).map(Some);
     }
     if route.kind == RouteKind::Direct as u8 {
-        return Ok(Some(route_direct(cfg.underlay_ifindex, &route)));
+        return Ok(Some(route_direct(ctx, cfg.underlay_ifindex, &route)));
     }
     let cfg = *cfg;
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
@@ -191,14 +190,14 @@ fn segment_headers(data: usize, data_end: usize, ip: &Ipv4Hdr) -> usize {
 
 /// A direct network's peer on the same underlay subnet: send the packet as it is, with
 /// the peer's underlay address as next hop (the kernel fills in the MACs).
-fn route_direct(underlay_ifindex: u32, route: &Route) -> i32 {
+fn route_direct(ctx: &TcContext, underlay_ifindex: u32, route: &Route) -> i32 {
     let mut next_hop = bpf_redir_neigh {
         nh_family: AF_INET,
         __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
             ipv4_nh: u32::from_ne_bytes(route.underlay_addr),
         },
     };
-    count(Counter::RoutedDirect);
+    count(ctx, Counter::RoutedDirect);
     // SAFETY: next_hop is a valid bpf_redir_neigh that outlives the call, and its size
     // is passed along.
     unsafe {
@@ -216,7 +215,7 @@ fn deliver_local(ctx: &TcContext, route: &Route) -> Result<i32, Counter> {
     let macs: [[u8; 6]; 2] = [route.dst_mac, route.src_mac];
     ctx.store(0, &macs, 0)
         .map_err(|_| Counter::DropHeaderWriteFailed)?;
-    count(Counter::DeliveredLocal);
+    count(ctx, Counter::DeliveredLocal);
     // SAFETY: plain helper call; an unknown ifindex makes the kernel drop the packet.
     Ok(unsafe { bpf_redirect_peer(route.ifindex, 0) } as i32)
 }
@@ -259,7 +258,7 @@ fn encapsulate(
     if !write(ctx.data(), ctx.data_end(), 0, headers) {
         return Err(Counter::DropHeaderWriteFailed);
     }
-    Ok(send_to_peer(cfg))
+    Ok(send_to_peer(ctx, cfg, vni))
 }
 
 /// Another host over GRE: push outer IPv4 + GRE (key = the network's VNI).
@@ -286,7 +285,7 @@ fn encapsulate_gre(
     if !write(ctx.data(), ctx.data_end(), 0, headers) {
         return Err(Counter::DropHeaderWriteFailed);
     }
-    Ok(send_to_peer(cfg))
+    Ok(send_to_peer(ctx, cfg, vni))
 }
 
 /// The outer Ethernet header: `bpf_redirect_neigh` fills in the MACs from the
@@ -328,11 +327,12 @@ fn outer_ipv4(cfg: &DatapathConfig, route: &Route, proto: u8, total_len: u16) ->
     ip
 }
 
-/// Counts the packet and sends it out of the underlay; `bpf_redirect_neigh` fills in
+/// Counts the packet (also in its network's traffic) and sends it out of the underlay; `bpf_redirect_neigh` fills in
 /// the outer MACs from the underlay's neighbour table.
 #[inline(always)]
-fn send_to_peer(cfg: &DatapathConfig) -> i32 {
-    count(Counter::Encapsulated);
+fn send_to_peer(ctx: &TcContext, cfg: &DatapathConfig, vni: u32) -> i32 {
+    count(ctx, Counter::Encapsulated);
+    count_network(ctx, vni, Direction::Encapsulated);
     // SAFETY: plain helper call with no parameters struct; an unknown ifindex makes the
     // kernel drop the packet.
     (unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) }) as i32

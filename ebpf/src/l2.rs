@@ -6,9 +6,7 @@
 //! wire). Everything else on the parent is the host's, untouched.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{
-        bpf_clone_redirect, bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push,
-    },
+    helpers::{bpf_clone_redirect, bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -39,13 +37,13 @@ fn is_group(mac: &[u8; 6]) -> bool {
 /// A frame from container `ep` (its host-side veth `ifindex`) on a layer-2 network.
 pub fn from_container(ctx: &TcContext, ep: &Endpoint, ifindex: u32) -> i32 {
     let Some(eth) = read::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
-        count(Counter::DropTruncatedInner);
+        count(ctx, Counter::DropTruncatedInner);
         return TC_ACT_SHOT as i32;
     };
     match try_from_container(ctx, &eth, ep, ifindex) {
         Ok(action) => action,
         Err(reason) => {
-            count(reason);
+            count(ctx, reason);
             TC_ACT_SHOT as i32
         }
     }
@@ -74,14 +72,14 @@ fn try_from_container(
             }
             // The host's side of the veth (oxlay's resolver): the host's to take.
             if ip.dst_addr == GATEWAY {
-                count(Counter::L2ToHost);
+                count(ctx, Counter::L2ToHost);
                 return Ok(TC_ACT_OK as i32);
             }
         }
         // Who has the gateway: the host's side of the veth answers (a runtime that
         // sets no neighbour entry for it, as Docker).
         ETH_P_ARP if arp::sent_as(ctx, ep) && arp::target(ctx) == Some(GATEWAY) => {
-            count(Counter::L2ToHost);
+            count(ctx, Counter::L2ToHost);
             return Ok(TC_ACT_OK as i32);
         }
         ETH_P_ARP if arp::sent_as(ctx, ep) => {}
@@ -92,7 +90,7 @@ fn try_from_container(
     let dst = eth.dst_addr;
     if is_group(&dst) {
         flood(ctx, net, ifindex);
-        count(Counter::L2Flooded);
+        count(ctx, Counter::L2Flooded);
         return to_wire(ctx, net);
     }
     match maps::l2_port(ep.net_id, dst) {
@@ -100,13 +98,13 @@ fn try_from_container(
         // as addressed to it (a redirect into its namespace would keep this veth's
         // "other host" mark, which kernels before 6.15 drop).
         Some(port) if port != ifindex => {
-            count(Counter::L2Switched);
+            count(ctx, Counter::L2Switched);
             // SAFETY: plain helper call; an unknown ifindex makes the kernel drop it.
             return Ok(unsafe { bpf_redirect(port, 0) } as i32);
         }
         _ => {}
     }
-    count(Counter::L2ToWire);
+    count(ctx, Counter::L2ToWire);
     to_wire(ctx, net)
 }
 
@@ -156,7 +154,12 @@ pub fn from_wire(ctx: &TcContext) -> i32 {
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
     let (ifindex, tagged, tci, tag_proto) = unsafe {
         let skb = &*ctx.skb.skb;
-        (skb.ifindex, skb.vlan_present != 0, skb.vlan_tci as u16, skb.vlan_proto)
+        (
+            skb.ifindex,
+            skb.vlan_present != 0,
+            skb.vlan_tci as u16,
+            skb.vlan_proto,
+        )
     };
     // 802.1Q only (an 802.1ad outer tag is not a network of ours).
     if tagged && tag_proto != (ETH_P_8021Q.to_be() as u32) {
@@ -187,11 +190,11 @@ pub fn from_wire(ctx: &TcContext) -> i32 {
             return TC_ACT_OK as i32;
         }
         flood(ctx, net, 0);
-        count(Counter::L2Flooded);
+        count(ctx, Counter::L2Flooded);
         // SAFETY: as above.
         if tagged && unsafe { bpf_skb_vlan_push(ctx.skb.skb, tag_proto as u16, tci) } != 0 {
             // Untagged, it would reach the host as the untagged network's: drop it.
-            count(Counter::DropHeaderWriteFailed);
+            count(ctx, Counter::DropHeaderWriteFailed);
             return TC_ACT_SHOT as i32;
         }
         return TC_ACT_OK as i32;
@@ -201,10 +204,10 @@ pub fn from_wire(ctx: &TcContext) -> i32 {
     };
     // SAFETY: plain helper call on this program's own packet.
     if tagged && unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
-        count(Counter::DropHeaderWriteFailed);
+        count(ctx, Counter::DropHeaderWriteFailed);
         return TC_ACT_SHOT as i32;
     }
-    count(Counter::L2FromWire);
+    count(ctx, Counter::L2FromWire);
     // SAFETY: plain helper call; the frame leaves by the container's host-side veth.
     unsafe { bpf_redirect(port, 0) as i32 }
 }

@@ -2,11 +2,12 @@
 //! finds them again; sizes are explained in `oxlay_common::limits`.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use oxlay_common::{
     l2::{L2Key, L2Network, L2Vlan},
-    limits, DatapathConfig, Endpoint, Network, Peer, Route, RouteDest, COUNTER_COUNT,
+    limits, CounterValue, DatapathConfig, Endpoint, Network, NetworkTraffic, Peer, Route,
+    RouteDest, COUNTER_COUNT,
 };
 
 /// One entry: settings common to every packet.
@@ -36,16 +37,20 @@ pub static OXLAY_L2_FDB: HashMap<L2Key, u32> = HashMap::pinned(limits::MAX_L2_MA
 
 /// Layer-2 network id -> its parent NIC, VLAN and local containers.
 #[map]
-pub static OXLAY_L2_NETWORKS: HashMap<u32, L2Network> =
-    HashMap::pinned(limits::MAX_L2_NETWORKS, 0);
+pub static OXLAY_L2_NETWORKS: HashMap<u32, L2Network> = HashMap::pinned(limits::MAX_L2_NETWORKS, 0);
 
 /// (parent NIC, VLAN) -> the layer-2 network there.
 #[map]
 pub static OXLAY_L2_VLANS: HashMap<L2Vlan, u32> = HashMap::pinned(limits::MAX_L2_NETWORKS, 0);
 
-/// Per-CPU packet counters, indexed by `oxlay_common::Counter`.
+/// Per-CPU packet and byte counters, indexed by `oxlay_common::Counter`.
 #[map]
-pub static OXLAY_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+pub static OXLAY_COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+/// VNI -> that overlay network's encapsulated and decapsulated traffic, per CPU.
+#[map]
+pub static OXLAY_NETWORK_TRAFFIC: PerCpuHashMap<u32, NetworkTraffic> =
+    PerCpuHashMap::pinned(limits::MAX_NETWORKS, 0);
 
 #[inline(always)]
 pub fn config() -> Option<&'static DatapathConfig> {

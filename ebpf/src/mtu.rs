@@ -40,7 +40,7 @@ pub fn fits(ip_len: usize, underlay_mtu: u16) -> bool {
 /// Turns the packet into an ICMP "fragmentation needed" for the sender (DF set) and
 /// sends it back out of the interface it came in on; drops it otherwise.
 pub fn too_big(ctx: &TcContext, eth: &EthHdr, ip: &Ipv4Hdr, underlay_mtu: u16) -> i32 {
-    count(Counter::DropTooBig);
+    count(ctx, Counter::DropTooBig);
     let df = u16::from_be_bytes(ip.frags) & 0x4000 != 0;
     if !df || ip.vihl != 0x45 {
         return TC_ACT_SHOT as i32;

@@ -3,8 +3,8 @@
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use oxlay_common::{
     wire::{
-        ETH_LEN, ETH_P_TEB, GRE_FLAGS_KEY, GRE_LEN, IPPROTO_GRE, IPV4_LEN, UDP_LEN,
-        VNI_MAX, VXLAN_FLAG_VNI, VXLAN_LEN,
+        ETH_LEN, ETH_P_TEB, GRE_FLAGS_KEY, GRE_LEN, IPPROTO_GRE, IPV4_LEN, UDP_LEN, VNI_MAX,
+        VXLAN_FLAG_VNI, VXLAN_LEN,
     },
     Counter, DatapathConfig, Route, RouteKind, DIRECT_NET_ID,
 };
@@ -74,6 +74,7 @@ pub enum Decap {
         route: Route,
         strip: usize,
         gre: bool,
+        vni: u32,
     },
     /// An unencapsulated packet from a direct peer: deliver as it is.
     DeliverDirect(Route),
@@ -82,12 +83,7 @@ pub enum Decap {
 /// Decides what to do with a frame that arrived on the underlay.
 /// `frame_len` is the whole frame's length (the linear part may be shorter).
 #[inline(always)]
-pub fn classify(
-    data: usize,
-    data_end: usize,
-    frame_len: usize,
-    cfg: &DatapathConfig,
-) -> Decap {
+pub fn classify(data: usize, data_end: usize, frame_len: usize, cfg: &DatapathConfig) -> Decap {
     let Some(eth) = read::<EthHdr>(data, data_end, 0) else {
         return Decap::Pass;
     };
@@ -169,6 +165,7 @@ fn classify_vxlan(
             route,
             strip: INNER_ETH_OFF,
             gre: false,
+            vni,
         },
         Err(reason) => drop(reason),
     }
@@ -229,6 +226,7 @@ fn classify_gre(data: usize, data_end: usize, frame_len: usize, ip: &Ipv4Hdr) ->
             route,
             strip: GRE_INNER_ETH_OFF,
             gre: true,
+            vni: key,
         },
         Err(reason) => drop(reason),
     }

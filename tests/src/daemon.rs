@@ -167,9 +167,10 @@ impl Daemon {
     /// One counter's value from `oxlay stats --json`.
     pub fn counter(&self, name: &str) -> Result<u64> {
         let v: serde_json::Value = serde_json::from_str(&self.cli(&["stats", "--json"])?)?;
-        v.as_array()
+        v["counters"]
+            .as_array()
             .and_then(|a| a.iter().find(|c| c["name"] == name))
-            .and_then(|c| c["value"].as_u64())
+            .and_then(|c| c["packets"].as_u64())
             .with_context(|| format!("no counter {name}"))
     }
 

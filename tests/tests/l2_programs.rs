@@ -85,7 +85,7 @@ impl Fixture {
             Ok(dp
                 .counters()?
                 .into_iter()
-                .map(|(i, v)| (i.name, v))
+                .map(|(i, v)| (i.name, v.packets))
                 .collect())
         };
         let before = counters(&self.dp)?;

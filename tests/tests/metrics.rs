@@ -42,6 +42,63 @@ fn value(text: &str, series: &str) -> Result<f64> {
         .with_context(|| format!("series {series} is not a number"))
 }
 
+/// Checks that every counter and network of `oxlay stats --json` has the same packets
+/// and bytes in the scrape; how many series were compared.
+fn same_as_stats(text: &str, stats: &serde_json::Value) -> Result<usize> {
+    let mut compared = 0;
+    let mut same = |series: String, want: &serde_json::Value| -> Result<()> {
+        let want = want
+            .as_u64()
+            .with_context(|| format!("{series}: no number in stats"))?;
+        let got = value(text, &series)?;
+        ensure!(
+            got == want as f64,
+            "{series}: scraped {got}, oxlay stats {want}"
+        );
+        compared += 1;
+        Ok(())
+    };
+    for c in stats["counters"].as_array().context("no counters")? {
+        let name = c["name"].as_str().context("a counter without a name")?;
+        let (packets, bytes, label) = match c["kind"].as_str() {
+            Some("drop") => ("drops", "drop_bytes", "reason"),
+            _ => ("packets", "bytes", "event"),
+        };
+        same(
+            format!("oxlay_datapath_{packets}_total{{{label}=\"{name}\"}}"),
+            &c["packets"],
+        )?;
+        same(
+            format!("oxlay_datapath_{bytes}_total{{{label}=\"{name}\"}}"),
+            &c["bytes"],
+        )?;
+    }
+    for n in stats["networks"].as_array().context("no networks")? {
+        let labels = |direction| {
+            format!(
+                "{{network={},vni=\"{}\",direction=\"{direction}\"}}",
+                n["network"], n["vni"]
+            )
+        };
+        for direction in ["encapsulated", "decapsulated"] {
+            for what in ["packets", "bytes"] {
+                let series = format!("oxlay_network_{what}_total{}", labels(direction));
+                same(series, &n[format!("{direction}_{what}")])?;
+            }
+        }
+    }
+    Ok(compared)
+}
+
+/// Network blue's VNI, from `oxlay stats --json`.
+fn blue_vni(stats: &serde_json::Value) -> u64 {
+    stats["networks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["network"] == "blue"))
+        .and_then(|n| n["vni"].as_u64())
+        .unwrap_or(0)
+}
+
 #[test]
 fn a_scrape_reports_what_oxlay_stats_reports() -> Result<()> {
     if skip_without_root() {
@@ -81,34 +138,41 @@ fn a_scrape_reports_what_oxlay_stats_reports() -> Result<()> {
         ensure!(dropped >= 5.0, "{dropped} drops from an unknown peer");
         Ok(text)
     })?;
-    // Nothing moves between the scrape and `oxlay stats`: the same values.
-    let d = &c.daemons[0];
-    for (series, counter) in [
-        (
-            "oxlay_datapath_drops_total{reason=\"drop_unknown_peer\"}",
-            "drop_unknown_peer",
-        ),
-        (
-            "oxlay_datapath_packets_total{event=\"encapsulated\"}",
-            "encapsulated",
-        ),
-        (
-            "oxlay_datapath_packets_total{event=\"decapsulated\"}",
-            "decapsulated",
-        ),
-    ] {
-        let scraped = value(&text, series)?;
-        ensure!(
-            scraped == d.counter(counter)? as f64,
-            "{series} {scraped} vs oxlay stats"
+    // Nothing moves between the scrape and `oxlay stats`: the same values, for every
+    // counter and network, packets and bytes.
+    let stats: serde_json::Value = serde_json::from_str(&c.daemons[0].cli(&["stats", "--json"])?)?;
+    let compared = same_as_stats(&text, &stats)?;
+    ensure!(compared >= 2 * 32 + 4, "only {compared} series compared");
+    // Each dropped frame: 14 + 20 + 8 + 68 bytes.
+    let unknown = "{reason=\"drop_unknown_peer\"}";
+    ensure!(value(&text, &format!("oxlay_datapath_drops_total{unknown}"))? == 5.0);
+    ensure!(value(&text, &format!("oxlay_datapath_drop_bytes_total{unknown}"))? == 550.0);
+    // Three pings went out in blue (one may have waited for the route) and came back.
+    let blue = |what: &str, direction: &str| {
+        let labels = format!(
+            "{{network=\"blue\",vni=\"{}\",direction=\"{direction}\"}}",
+            blue_vni(&stats)
         );
-    }
+        value(&text, &format!("oxlay_network_{what}_total{labels}"))
+    };
+    let sent = blue("packets", "encapsulated")?;
+    ensure!(sent >= 2.0, "{sent} packets sent in blue");
+    // An echo request: 14 + 20 + 8 + 56 bytes, + 50 of VXLAN around it.
+    ensure!(blue("bytes", "encapsulated")? == sent * 148.0);
+    ensure!(blue("bytes", "decapsulated")? == blue("packets", "decapsulated")? * 98.0);
+    // The control plane: the lease fresh, reconciles timed, the peer's changes applied.
+    ensure!(value(&text, "oxlay_lease_age_seconds")? < value(&text, "oxlay_lease_ttl_seconds")?);
     ensure!(
         value(
             &text,
-            "oxlay_datapath_packets_total{event=\"encapsulated\"}"
-        )? >= 2.0
+            "oxlay_reconcile_duration_seconds_count{scope=\"full\"}"
+        )? >= 1.0
     );
+    ensure!(
+        value(&text, "oxlay_watch_lag_seconds_count")? >= 1.0,
+        "{text}"
+    );
+    ensure!(value(&text, "oxlay_watch_revision")? > 0.0, "{text}");
     ensure!(value(&text, "oxlay_store_reachable")? == 1.0, "{text}");
     ensure!(value(&text, "oxlay_endpoints")? == 1.0, "{text}");
     ensure!(value(&text, "oxlay_peers")? == 1.0, "{text}");

@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result};
 use oxlay::{datapath::Datapath, net::Ipv4Net};
-use oxlay_common::{program_names as prog, DatapathConfig, Endpoint, Route, DIRECT_NET_ID};
+use oxlay_common::{
+    program_names as prog, CounterValue, DatapathConfig, Endpoint, Route, DIRECT_NET_ID,
+};
 use oxlay_testbed::{is_root, TempDir};
 
 const TC_ACT_OK: u32 = 0;
@@ -139,6 +141,14 @@ fn fixture() -> Result<Option<Fixture>> {
 impl Fixture {
     fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
         Ok(self
+            .counter_values()?
+            .into_iter()
+            .map(|(name, v)| (name, v.packets))
+            .collect())
+    }
+
+    fn counter_values(&self) -> Result<BTreeMap<&'static str, CounterValue>> {
+        Ok(self
             .dp
             .counters()?
             .into_iter()
@@ -178,21 +188,30 @@ impl Fixture {
         verdict: u32,
         counter: &str,
     ) -> Result<Vec<u8>> {
-        let before = self.counters()?;
+        let before = self.counter_values()?;
         let out = match gso_size {
             Some(size) => self.dp.test_run_gso(program, packet, size)?,
             None => self.dp.test_run(program, packet, 1)?,
         };
-        let after = self.counters()?;
+        let after = self.counter_values()?;
         assert_eq!(
             out.verdict, verdict,
             "{program}: verdict for the {counter} case"
         );
         for (name, value) in &after {
-            let expected = before[name] + u64::from(*name == counter);
+            let expected = before[name].packets + u64::from(*name == counter);
             assert_eq!(
-                *value, expected,
+                value.packets, expected,
                 "{program}: counter {name} in the {counter} case"
+            );
+            // Bytes: the frame's length when counted, as it came in or as it left (XDP:
+            // after the 8 bytes of metadata test_run returns in front of it).
+            let bytes = value.bytes - before[name].bytes;
+            let out_len = out.packet.len() as u64;
+            let lengths = [packet.len() as u64, out_len, out_len.saturating_sub(8)];
+            assert!(
+                if *name == counter { lengths.contains(&bytes) } else { bytes == 0 },
+                "{program}: counter {name} counted {bytes} bytes in the {counter} case (frame {lengths:?})"
             );
         }
         Ok(out.packet)
@@ -593,8 +612,8 @@ fn an_upgrade_that_changes_a_map_keeps_its_contents() -> Result<()> {
         .map(|(_, v)| v)
         .unwrap();
     assert!(
-        encapsulated > 0 && encapsulated % 7 == 0,
-        "encapsulated = {encapsulated}"
+        encapsulated.packets > 0 && encapsulated.packets % 7 == 0 && encapsulated.bytes == 0,
+        "encapsulated = {encapsulated:?}: packets kept, bytes not counted before"
     );
     let all = dp.counters()?;
     assert_eq!(
@@ -733,6 +752,52 @@ fn xdp_decap_strips_and_addresses_the_inner_frame() -> Result<()> {
     let meta = [0x6f78_6c79u32.to_ne_bytes(), LOCAL_IFINDEX.to_ne_bytes()].concat();
     let expected = [meta, eth(LOCAL_MAC, GATEWAY_MAC, 0x0800), inner_ip].concat();
     assert_eq!(out, expected);
+    Ok(())
+}
+
+/// Each overlay network counts what it sent and delivered, packets and bytes (the wire
+/// frame for encapsulated, the container's frame for decapsulated), in XDP and TC, and
+/// its counts go with the network.
+#[test]
+fn each_network_counts_its_traffic() -> Result<()> {
+    let Some(mut f) = fixture()? else {
+        return Ok(());
+    };
+    let traffic = |f: &Fixture| -> Result<Option<oxlay_common::NetworkTraffic>> {
+        Ok(f.dp
+            .network_traffic()?
+            .into_iter()
+            .find(|(vni, _)| *vni == VNI)
+            .map(|(_, t)| t))
+    };
+    assert_eq!(traffic(&f)?, None, "no traffic yet, no entry");
+    let frame = container_frame(REMOTE_CONTAINER);
+    f.run(
+        prog::FROM_CONTAINER,
+        &frame,
+        TC_ACT_REDIRECT,
+        "encapsulated",
+    )?;
+    let (wire, inner_ip) = vxlan_frame(PEER_UNDERLAY, 0x08, VNI, LOCAL_CONTAINER);
+    f.run(prog::DECAP_TC, &wire, TC_ACT_REDIRECT, "decapsulated")?;
+    f.run(prog::DECAP_XDP, &wire, XDP_PASS, "decapsulated")?;
+    // A drop is no traffic of the network.
+    let (bad, _) = vxlan_frame(PEER_UNDERLAY, 0x00, VNI, LOCAL_CONTAINER);
+    f.run(prog::DECAP_TC, &bad, TC_ACT_SHOT, "drop_bad_vxlan_flags")?;
+    let delivered = (14 + inner_ip.len()) as u64;
+    let t = traffic(&f)?.context("no traffic entry for the network")?;
+    assert_eq!(
+        (t.encapsulated.packets, t.encapsulated.bytes),
+        (1, frame.len() as u64 + 50),
+        "encapsulated: one frame, with its 50 bytes of headers"
+    );
+    assert_eq!(
+        (t.decapsulated.packets, t.decapsulated.bytes),
+        (2, 2 * delivered),
+        "decapsulated: two inner frames (TC and XDP)"
+    );
+    f.dp.remove_network(VNI)?;
+    assert_eq!(traffic(&f)?, None, "the network's counts go with it");
     Ok(())
 }
 

@@ -152,12 +152,31 @@ pub struct RouteView {
     pub mac: String,
 }
 
+/// `oxlay stats`: the counters by reason, and each overlay network's traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    pub counters: Vec<CounterView>,
+    pub networks: Vec<NetworkTrafficView>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterView {
     pub name: String,
+    /// "forward" or "drop".
     pub kind: String,
-    pub value: u64,
+    pub packets: u64,
+    pub bytes: u64,
     pub help: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkTrafficView {
+    pub network: String,
+    pub vni: u32,
+    pub encapsulated_packets: u64,
+    pub encapsulated_bytes: u64,
+    pub decapsulated_packets: u64,
+    pub decapsulated_bytes: u64,
 }
 
 /// Sends one request to the daemon at `socket` and returns its answer.

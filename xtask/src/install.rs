@@ -95,6 +95,16 @@ const NEEDS: &[(&str, Provides, &str)] = &[
         "a real etcd for the store tests",
     ),
     (
+        "prometheus",
+        Binary("prometheus"),
+        "a real Prometheus server that scrapes daemons in the metrics test",
+    ),
+    (
+        "prometheus",
+        Binary("promtool"),
+        "checking the example alert rules (and their unit tests) in docs/",
+    ),
+    (
         "qemu-system-x86",
         Binary("qemu-system-x86_64"),
         "booting the 6.1 and 6.12 kernels of the VM tests",

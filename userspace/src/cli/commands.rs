@@ -169,7 +169,7 @@ fn render(request: &Request, answer: Value) -> Result<String> {
         Request::Detach { netns } => format!("detached {netns}"),
         Request::Routes(_) => tables::routes(&decode::<Vec<_>>(answer)?),
         Request::Endpoints(_) => tables::local_endpoints(&decode::<Vec<_>>(answer)?),
-        Request::Stats(_) => tables::counters(&decode::<Vec<_>>(answer)?),
+        Request::Stats(_) => tables::stats(&decode(answer)?),
         Request::Hosts(_) => tables::hosts(&decode::<Vec<_>>(answer)?),
         Request::Status(_) => status(&answer),
         Request::NetworkCreate { .. } => {

@@ -3,7 +3,7 @@
 use comfy_table::{presets::NOTHING, CellAlignment, Table};
 
 use crate::{
-    api::{CounterView, EndpointView, RouteView},
+    api::{EndpointView, RouteView, StatsView},
     model::{EndpointRecord, HostRecord, NetworkRecord},
 };
 
@@ -72,11 +72,40 @@ pub fn hosts(hosts: &[HostRecord]) -> String {
     table(&["HOST", "UNDERLAY", "VTEP-MAC"], &[], rows)
 }
 
-pub fn counters(counters: &[CounterView]) -> String {
-    let rows = counters
-        .iter()
-        .map(|c| vec![c.name.clone(), c.value.to_string(), c.help.clone()]);
-    table(&["COUNTER", "PACKETS", "MEANING"], &[1], rows)
+/// The counters, then (when any network has carried traffic) each network's.
+pub fn stats(stats: &StatsView) -> String {
+    let rows = stats.counters.iter().map(|c| {
+        vec![
+            c.name.clone(),
+            c.packets.to_string(),
+            c.bytes.to_string(),
+            c.help.clone(),
+        ]
+    });
+    let mut text = table(&["COUNTER", "PACKETS", "BYTES", "MEANING"], &[1, 2], rows);
+    if !stats.networks.is_empty() {
+        let rows = stats.networks.iter().map(|n| {
+            vec![
+                n.network.clone(),
+                n.vni.to_string(),
+                n.encapsulated_packets.to_string(),
+                n.encapsulated_bytes.to_string(),
+                n.decapsulated_packets.to_string(),
+                n.decapsulated_bytes.to_string(),
+            ]
+        });
+        let header = [
+            "NETWORK",
+            "VNI",
+            "ENCAP-PACKETS",
+            "ENCAP-BYTES",
+            "DECAP-PACKETS",
+            "DECAP-BYTES",
+        ];
+        text.push_str("\n\n");
+        text.push_str(&table(&header, &[1, 2, 3, 4, 5], rows));
+    }
+    text
 }
 
 pub fn networks(networks: &[NetworkRecord]) -> String {

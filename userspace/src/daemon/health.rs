@@ -10,9 +10,20 @@ use super::lease::LeaseEvents;
 pub(crate) struct StoreHealth {
     pub(crate) down_since: Option<std::time::SystemTime>,
     pub(crate) last_error: Option<String>,
+    /// When the host's lease was last renewed (None: not since the start).
+    pub(crate) lease_renewed: Option<std::time::Instant>,
 }
 
 pub(crate) type Health = Arc<Mutex<StoreHealth>>;
+
+/// The health of a host that registered just now: the store answered, the lease is
+/// fresh.
+pub(crate) fn registered_now() -> Health {
+    Arc::new(Mutex::new(StoreHealth {
+        lease_renewed: Some(std::time::Instant::now()),
+        ..Default::default()
+    }))
+}
 
 /// A store call failed: the outage starts (and is logged) unless it is on already.
 pub(crate) fn store_failed(health: &Mutex<StoreHealth>, what: &str, e: &anyhow::Error) {
@@ -36,6 +47,8 @@ pub(crate) fn store_ok(health: &Mutex<StoreHealth>) {
 impl LeaseEvents for Mutex<StoreHealth> {
     fn renewed(&self) {
         store_ok(self);
+        let mut h = self.lock().unwrap_or_else(|p| p.into_inner());
+        h.lease_renewed = Some(std::time::Instant::now());
     }
     fn failed(&self, what: &str, e: &anyhow::Error) {
         store_failed(self, what, e);

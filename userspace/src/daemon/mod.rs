@@ -43,6 +43,7 @@ mod names;
 mod ports;
 mod server;
 mod state;
+mod stats;
 mod watch;
 pub mod wiring;
 
@@ -50,6 +51,7 @@ pub(crate) use self::{
     endpoints::{give_back_address, record_local_endpoint, undo_local_endpoint},
     health::Health,
     state::{EndpointKey, State},
+    stats::Traffic,
 };
 
 /// What the daemon's tasks share. The state has its lock; the rest needs none, so that
@@ -204,6 +206,7 @@ async fn start(
         docker: DockerState::default(),
         map_failures: 0,
         last_reconcile_error: None,
+        control: Default::default(),
     };
     egress::prepare_egress(&config, &mut state);
     let restored = async {
@@ -232,7 +235,7 @@ async fn start(
         store,
         host,
         lease,
-        health: Health::default(),
+        health: health::registered_now(),
         creating: Default::default(),
         uninstall: Notify::new(),
         resolver,

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use oxlay_common::{CounterKind, RouteKind};
+use oxlay_common::RouteKind;
 use serde_json::{json, Value};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -13,10 +13,11 @@ use tokio::{
 
 use super::{
     endpoints::{NewEndpoint, Sandbox},
+    stats::Traffic,
     Daemon, State,
 };
 use crate::{
-    api::{self, CounterView, EndpointView, Request, Response, RouteView},
+    api::{self, EndpointView, Request, Response, RouteView},
     model::{self, NetworkSpec},
     net::MacAddr,
     store::Store,
@@ -89,7 +90,7 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
             serde_json::to_value(s.endpoints.values().map(|e| e.view()).collect::<Vec<_>>())?
         }
         Request::Routes(_) => serde_json::to_value(routes(&*d.state.lock().await)?)?,
-        Request::Stats(_) => serde_json::to_value(counters(&*d.state.lock().await)?)?,
+        Request::Stats(_) => serde_json::to_value(Traffic::read(&*d.state.lock().await)?.view())?,
         Request::Uninstall(_) => {
             // The main loop does the work once this answer is sent.
             d.uninstall.notify_one();
@@ -255,24 +256,6 @@ fn routes(s: &State) -> Result<Vec<RouteView>> {
                 },
                 mac: MacAddr(r.route.dst_mac).to_string(),
             }
-        })
-        .collect())
-}
-
-/// The datapath's counters for `oxlay stats`, in the shared table's order.
-fn counters(s: &State) -> Result<Vec<CounterView>> {
-    Ok(s.datapath
-        .counters()?
-        .into_iter()
-        .map(|(info, value)| CounterView {
-            name: info.name.to_owned(),
-            kind: match info.kind {
-                CounterKind::Forward => "forward",
-                CounterKind::Drop => "drop",
-            }
-            .to_owned(),
-            value,
-            help: info.help.to_owned(),
         })
         .collect())
 }

@@ -59,6 +59,8 @@ pub(crate) struct State {
     /// reconcile error, for `oxlay status`.
     pub(crate) map_failures: u64,
     pub(crate) last_reconcile_error: Option<String>,
+    /// Reconcile and watch timings for the metrics endpoint.
+    pub(crate) control: crate::metrics::ControlMetrics,
 }
 
 impl State {
@@ -118,9 +120,11 @@ impl State {
     /// what differs. Compares against the shadow of what was last written (no map
     /// dump); reads the kernel's maps when there is no shadow yet (start, drift check).
     pub(crate) async fn reconcile(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         // The NAT is reconciled whatever the maps' fate (it is cheap when unchanged).
         let maps = self.reconcile_maps().await;
         let nat = self.reconcile_nat();
+        self.control.reconciled("full", started.elapsed());
         maps.and(nat)
     }
 
@@ -202,6 +206,7 @@ impl State {
         else {
             return self.reconcile().await;
         };
+        let started = std::time::Instant::now();
         let me = reconcile::Me {
             name: &self.config.node_name,
             underlay_subnet: self.underlay_subnet,
@@ -240,6 +245,7 @@ impl State {
         let maps = self.account(changes);
         // A NAT write that failed earlier is retried here too.
         let nat = self.reconcile_nat();
+        self.control.reconciled("blocks", started.elapsed());
         maps.and(nat)
     }
 

@@ -146,6 +146,7 @@ async fn follow(
             }
             None => return,
         };
+        let arrived = std::time::Instant::now();
         let (batch, broken) = gather(first, &mut events).await;
         {
             let mut directory = d.resolver.directory_mut();
@@ -160,6 +161,14 @@ async fn follow(
             Routing::Blocks(blocks) => Some(reconcile_logged(d, Some(&blocks)).await),
             Routing::All => Some(reconcile_logged(d, None).await),
         };
+        if ok != Some(false) {
+            let control = d.state.lock().await.control.clone();
+            control
+                .watch_lag_seconds
+                .observe(arrived.elapsed().as_secs_f64());
+            let revision = batch.iter().map(|e| e.revision()).max().unwrap_or(0);
+            control.watch_revision.set(revision);
+        }
         // A failure starts the retries; a success ends them. Otherwise the drift check
         // stays where it was.
         if let Some(ok) = ok.filter(|ok| *ok == resync.failing()) {

@@ -3,9 +3,12 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{
+    lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap,
+};
 use oxlay_common::{
-    map_names, CounterInfo, DatapathConfig, Endpoint, Network, Peer, Route, RouteDest, COUNTERS,
+    map_names, CounterInfo, CounterValue, DatapathConfig, Endpoint, Network, NetworkTraffic, Peer,
+    Route, RouteDest, COUNTERS,
 };
 
 use super::*;
@@ -41,7 +44,12 @@ impl Datapath {
 
     pub fn remove_network(&mut self, vni: u32) -> Result<()> {
         let mut map: BpfHashMap<&mut MapData, u32, Network> = self.map_mut(map_names::NETWORKS)?;
-        ignore_missing(map.remove(&vni)).with_context(|| format!("cannot remove network {vni}"))
+        ignore_missing(map.remove(&vni)).with_context(|| format!("cannot remove network {vni}"))?;
+        // Its traffic goes with it (a network made again under this VNI starts at 0).
+        let mut traffic: PerCpuHashMap<&mut MapData, u32, NetworkTraffic> =
+            self.map_mut(map_names::NETWORK_TRAFFIC)?;
+        ignore_missing(traffic.remove(&vni))
+            .with_context(|| format!("cannot remove network {vni}'s traffic counters"))
     }
 
     /// VNIs whose packets decapsulation accepts.
@@ -121,15 +129,35 @@ impl Datapath {
     }
 
     /// Every counter summed over CPUs, in table order.
-    pub fn counters(&self) -> Result<Vec<(&'static CounterInfo, u64)>> {
-        let map: PerCpuArray<&MapData, u64> = self.map(map_names::COUNTERS)?;
+    pub fn counters(&self) -> Result<Vec<(&'static CounterInfo, CounterValue)>> {
+        let map: PerCpuArray<&MapData, CounterValue> = self.map(map_names::COUNTERS)?;
         COUNTERS
             .iter()
             .map(|info| {
                 let per_cpu = map.get(&(info.counter as u32), 0)?;
-                Ok((info, per_cpu.iter().sum()))
+                let mut sum = CounterValue::default();
+                per_cpu.iter().for_each(|v| sum += *v);
+                Ok((info, sum))
             })
             .collect()
+    }
+
+    /// Each overlay network's traffic (by VNI) summed over CPUs, in VNI order; a
+    /// network without traffic yet is absent.
+    pub fn network_traffic(&self) -> Result<Vec<(u32, NetworkTraffic)>> {
+        let map: PerCpuHashMap<&MapData, u32, NetworkTraffic> =
+            self.map(map_names::NETWORK_TRAFFIC)?;
+        let mut all = map
+            .iter()
+            .map(|item| {
+                let (vni, per_cpu) = item?;
+                let mut sum = NetworkTraffic::default();
+                per_cpu.iter().for_each(|v| sum += *v);
+                Ok((vni, sum))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        all.sort_by_key(|(vni, _)| *vni);
+        Ok(all)
     }
 
     pub(super) fn map<'a, T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>>(

@@ -13,15 +13,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use aya::maps::{
-    lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues,
+    lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
+    PerCpuValues,
 };
 use oxlay_common::{
     l2::{L2Key, L2Network, L2Vlan},
-    map_names, Endpoint, Network, Peer, Route, RouteDest, MAP_LAYOUT_VERSION,
+    map_names, CounterValue, Endpoint, Network, NetworkTraffic, Peer, Route, RouteDest,
+    MAP_LAYOUT_VERSION,
 };
 
 /// Every map of the object, by the name the programs use.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 10] = [
     map_names::CONFIG,
     map_names::ROUTES,
     map_names::ENDPOINTS,
@@ -31,6 +33,7 @@ pub const MAPS: [&str; 9] = [
     map_names::L2_FDB,
     map_names::L2_NETWORKS,
     map_names::L2_VLANS,
+    map_names::NETWORK_TRAFFIC,
 ];
 
 /// A map as the object defines it.
@@ -123,9 +126,21 @@ pub fn migrate(name: &str, old: &Path, new: &mut Map) -> Result<Result<usize, St
     let info = data.info()?;
     let old_map = Map::from_map_data(data)?;
     let new_info = match &*new {
-        Map::Array(m) | Map::HashMap(m) | Map::LpmTrie(m) | Map::PerCpuArray(m) => m.info()?,
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::LpmTrie(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuHashMap(m) => m.info()?,
         _ => return Ok(Err("its type is not one oxlay migrates".into())),
     };
+    // Counters of packets only (before bytes were counted) keep their packets.
+    let packets_only = name == map_names::COUNTERS && info.value_size() == 8;
+    if packets_only && new_info.value_size() == 16 {
+        return Ok(Ok(copy_counters(&old_map, new, |p| CounterValue {
+            packets: p,
+            bytes: 0,
+        })?));
+    }
     if info.key_size() != new_info.key_size() || info.value_size() != new_info.value_size() {
         return Ok(Err(format!(
             "its key/value sizes changed ({}/{} to {}/{})",
@@ -153,16 +168,17 @@ pub fn migrate(name: &str, old: &Path, new: &mut Map) -> Result<Result<usize, St
         map_names::L2_FDB => copy_hash::<L2Key, u32>(&old_map, new)?,
         map_names::L2_NETWORKS => copy_hash::<u32, L2Network>(&old_map, new)?,
         map_names::L2_VLANS => copy_hash::<L2Vlan, u32>(&old_map, new)?,
-        map_names::COUNTERS => {
-            let from: PerCpuArray<_, u64> = PerCpuArray::try_from(&old_map)?;
-            let mut to: PerCpuArray<_, u64> = PerCpuArray::try_from(&mut *new)?;
-            // Counters are only ever appended, so an index means the same counter.
-            let n = from.len().min(to.len());
-            for i in 0..n {
-                let values: Vec<u64> = from.get(&i, 0)?.iter().copied().collect();
-                to.set(i, PerCpuValues::try_from(values)?, 0)?;
+        map_names::COUNTERS => copy_counters(&old_map, new, |v: CounterValue| v)?,
+        map_names::NETWORK_TRAFFIC => {
+            let from: PerCpuHashMap<_, u32, NetworkTraffic> = PerCpuHashMap::try_from(&old_map)?;
+            let mut to: PerCpuHashMap<_, u32, NetworkTraffic> = PerCpuHashMap::try_from(&mut *new)?;
+            let mut n = 0;
+            for item in from.iter() {
+                let (vni, values) = item?;
+                to.insert(vni, values, 0)?;
+                n += 1;
             }
-            n as usize
+            n
         }
         map_names::CONFIG => {
             // Written anew by the starting daemon before any program runs.
@@ -172,6 +188,23 @@ pub fn migrate(name: &str, old: &Path, new: &mut Map) -> Result<Result<usize, St
         _ => return Ok(Err("oxlay does not know this map".into())),
     };
     Ok(Ok(copied))
+}
+
+/// Copies the counters map, each old per-CPU value turned into a new one by `convert`.
+/// Counters are only ever appended, so an index means the same counter.
+fn copy_counters<Old: aya::Pod>(
+    old: &Map,
+    new: &mut Map,
+    convert: impl Fn(Old) -> CounterValue,
+) -> Result<usize> {
+    let from: PerCpuArray<_, Old> = PerCpuArray::try_from(old)?;
+    let mut to: PerCpuArray<_, CounterValue> = PerCpuArray::try_from(new)?;
+    let n = from.len().min(to.len());
+    for i in 0..n {
+        let values: Vec<CounterValue> = from.get(&i, 0)?.iter().map(|v| convert(*v)).collect();
+        to.set(i, PerCpuValues::try_from(values)?, 0)?;
+    }
+    Ok(n as usize)
 }
 
 fn copy_hash<K: aya::Pod, V: aya::Pod>(old: &Map, new: &mut Map) -> Result<usize> {

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use axum::{http::header, response::IntoResponse, routing::get, Router};
 
 use super::{render, Sample};
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Traffic};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -49,15 +49,21 @@ async fn scrape(d: &Daemon) -> axum::response::Response {
 }
 
 async fn sample(d: &Daemon) -> Result<Sample> {
-    let down_for = {
+    let (down_for, lease_age) = {
         let h = d.health.lock().unwrap_or_else(|p| p.into_inner());
-        h.down_since.map(|t| t.elapsed().unwrap_or_default())
+        let down_for = h.down_since.map(|t| t.elapsed().unwrap_or_default());
+        (down_for, h.lease_renewed.map(|t| t.elapsed()))
     };
     let s = tokio::time::timeout(Duration::from_secs(2), d.state.lock())
         .await
         .context("the daemon's state is busy: try again")?;
+    let traffic = Traffic::read(&s)?;
     Ok(Sample {
-        counters: s.datapath.counters()?,
+        counters: traffic.counters,
+        networks: traffic.networks,
+        lease_age_seconds: lease_age.unwrap_or_default().as_secs_f64(),
+        lease_ttl_seconds: d.lease.ttl().as_secs_f64(),
+        control: s.control.clone(),
         store_reachable: down_for.is_none(),
         store_down_seconds: down_for.map_or(0.0, |t| t.as_secs_f64()),
         endpoints: s.endpoints.len(),
