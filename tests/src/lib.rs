@@ -33,6 +33,7 @@ mod lan;
 mod netns;
 pub mod ovs;
 mod prereq;
+pub mod prometheus;
 mod tempdir;
 mod topology;
 mod traffic;
