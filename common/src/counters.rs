@@ -47,6 +47,7 @@ pub enum Counter {
     L2Flooded,
     DropL2NoParent,
     L2ToHost,
+    MonitorLost,
 }
 
 /// Name and meaning of one counter.
@@ -76,7 +77,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 32] = [
+pub const COUNTERS: [CounterInfo; 33] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -269,7 +270,27 @@ pub const COUNTERS: [CounterInfo; 32] = [
         Forward,
         "packets from a container of a layer-2 network to its gateway on the host's side of the veth, 169.254.1.1 (oxlay's resolver)",
     ),
+    row(
+        Counter::MonitorLost,
+        "monitor_lost",
+        Forward,
+        "packets whose `oxlay monitor` event was lost: the ring buffer was full (the packets themselves went on)",
+    ),
 ];
+
+/// Bit `i` set: counter `i` is a drop reason (for the programs, which cannot walk the
+/// table cheaply).
+pub const DROP_MASK: u64 = {
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < COUNTERS.len() {
+        if matches!(COUNTERS[i].kind, CounterKind::Drop) {
+            mask |= 1 << i;
+        }
+        i += 1;
+    }
+    mask
+};
 
 /// One counter's value on one CPU: `OXLAY_COUNTERS` holds one per counter and CPU.
 /// `bytes` is the frame's length when the counter is bumped: what went to the wire for
@@ -335,5 +356,10 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), COUNTERS.len());
+        assert!(COUNTERS.len() <= 64, "DROP_MASK holds 64 counters");
+        for c in COUNTERS {
+            let bit = DROP_MASK >> (c.counter as u32) & 1 == 1;
+            assert_eq!(bit, c.kind == CounterKind::Drop, "{}", c.name);
+        }
     }
 }

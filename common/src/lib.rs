@@ -10,10 +10,12 @@
 
 pub mod counters;
 pub mod l2;
+pub mod monitor;
 pub mod wire;
 
 pub use counters::{
     Counter, CounterInfo, CounterKind, CounterValue, NetworkTraffic, COUNTERS, COUNTER_COUNT,
+    DROP_MASK,
 };
 
 /// Version of what the maps' keys and values mean. Bump it when entries written by an
@@ -37,6 +39,8 @@ pub mod map_names {
     pub const L2_NETWORKS: &str = "OXLAY_L2_NETWORKS";
     pub const L2_VLANS: &str = "OXLAY_L2_VLANS";
     pub const NETWORK_TRAFFIC: &str = "OXLAY_NETWORK_TRAFFIC";
+    pub const MONITOR: &str = "OXLAY_MONITOR";
+    pub const EVENTS: &str = "OXLAY_EVENTS";
 }
 
 /// Name of every program in the eBPF object.
@@ -292,6 +296,10 @@ mod pod {
     unsafe impl aya::Pod for CounterValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NetworkTraffic {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for monitor::MonitorConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for monitor::MonitorEvent {}
 }
 
 #[cfg(test)]
@@ -313,6 +321,11 @@ mod tests {
         assert_eq!(size_of::<XdpDeliveryMeta>(), 8);
         assert_eq!(size_of::<CounterValue>(), 16);
         assert_eq!(size_of::<NetworkTraffic>(), 32);
+        assert_eq!(size_of::<monitor::MonitorConfig>(), 8);
+        assert_eq!(
+            size_of::<monitor::MonitorEvent>(),
+            8 + 4 * 4 + monitor::CAPTURE_LEN
+        );
     }
 
     #[test]

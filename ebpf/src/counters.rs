@@ -1,24 +1,48 @@
 //! Per-CPU counters, indexed by the shared table in `oxlay_common::counters`, and each
-//! overlay network's traffic. Each counts packets and bytes.
+//! overlay network's traffic. Each counts packets and bytes; a counted packet is also
+//! reported to `oxlay monitor` when someone listens (`monitor.rs`).
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_xdp_get_buff_len,
+    helpers::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use oxlay_common::{Counter, CounterValue, NetworkTraffic};
+use oxlay_common::{monitor::CAPTURE_LEN, Counter, CounterValue, NetworkTraffic};
 
-use crate::maps::{OXLAY_COUNTERS, OXLAY_NETWORK_TRAFFIC};
+use crate::{
+    maps::{OXLAY_COUNTERS, OXLAY_NETWORK_TRAFFIC},
+    monitor::{capture_steps, report},
+};
 
-/// A packet being counted: its length now.
+/// A packet being counted: its length and interface now, and its first bytes.
 pub trait Frame {
     fn frame_len(&self) -> u32;
+    fn ifindex(&self) -> u32;
+    /// Copies up to `CAPTURE_LEN` first bytes into `dst`; how many.
+    fn capture(&self, dst: &mut [u8; CAPTURE_LEN]) -> usize;
 }
 
 impl Frame for TcContext {
     #[inline(always)]
     fn frame_len(&self) -> u32 {
         self.len()
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: self.skb.skb is the __sk_buff the kernel passed to this program.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn capture(&self, dst: &mut [u8; CAPTURE_LEN]) -> usize {
+        let skb = self.skb.skb;
+        capture_steps(|n| {
+            // SAFETY: dst holds CAPTURE_LEN >= n bytes; the helper checks the packet's.
+            unsafe {
+                bpf_skb_load_bytes(skb as *const _, 0, dst.as_mut_ptr() as *mut _, n as u32) == 0
+            }
+        })
     }
 }
 
@@ -29,6 +53,21 @@ impl Frame for XdpContext {
         // first buffer may be only part of the frame; this is the whole).
         unsafe { bpf_xdp_get_buff_len(self.as_ptr() as *mut _) as u32 }
     }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: self.ctx is the xdp_md the kernel passed to this program.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn capture(&self, dst: &mut [u8; CAPTURE_LEN]) -> usize {
+        let ctx = self.ctx;
+        capture_steps(|n| {
+            // SAFETY: dst holds CAPTURE_LEN >= n bytes; the helper checks the frame's.
+            unsafe { bpf_xdp_load_bytes(ctx, 0, dst.as_mut_ptr() as *mut _, n as u32) == 0 }
+        })
+    }
 }
 
 #[inline(always)]
@@ -37,10 +76,16 @@ fn add(value: &mut CounterValue, bytes: u32) {
     value.bytes += u64::from(bytes);
 }
 
-/// Counts `frame` under `counter`.
+/// Counts `frame` under `counter` (and reports it to a listening monitor).
 #[inline(always)]
 pub fn count<F: Frame>(frame: &F, counter: Counter) {
-    let bytes = frame.frame_len();
+    bump(counter, frame.frame_len());
+    report(frame, counter);
+}
+
+/// Adds one packet of `bytes` to `counter`.
+#[inline(always)]
+pub fn bump(counter: Counter, bytes: u32) {
     if let Some(slot) = OXLAY_COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: the pointer comes from a successful per-CPU array lookup, so it points
         // at this CPU's slot; programs do not migrate CPUs while running, so no other

@@ -28,6 +28,7 @@ mod decap;
 mod encap;
 mod l2;
 mod maps;
+mod monitor;
 mod mtu;
 mod parse;
 

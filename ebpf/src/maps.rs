@@ -2,12 +2,14 @@
 //! finds them again; sizes are explained in `oxlay_common::limits`.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use oxlay_common::{
     l2::{L2Key, L2Network, L2Vlan},
-    limits, CounterValue, DatapathConfig, Endpoint, Network, NetworkTraffic, Peer, Route,
-    RouteDest, COUNTER_COUNT,
+    limits,
+    monitor::{MonitorConfig, EVENTS_BYTES},
+    CounterValue, DatapathConfig, Endpoint, Network, NetworkTraffic, Peer, Route, RouteDest,
+    COUNTER_COUNT,
 };
 
 /// One entry: settings common to every packet.
@@ -51,6 +53,14 @@ pub static OXLAY_COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(COUNT
 #[map]
 pub static OXLAY_NETWORK_TRAFFIC: PerCpuHashMap<u32, NetworkTraffic> =
     PerCpuHashMap::pinned(limits::MAX_NETWORKS, 0);
+
+/// Whether `oxlay monitor` listens, and for what (written by the daemon).
+#[map]
+pub static OXLAY_MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
+
+/// Events for `oxlay monitor` (see `monitor.rs`).
+#[map]
+pub static OXLAY_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 #[inline(always)]
 pub fn config() -> Option<&'static DatapathConfig> {

@@ -281,3 +281,58 @@ impl NodeConfig<'_> {
         s
     }
 }
+
+/// A running `oxlay ... --socket S` (e.g. `oxlay monitor`) whose output lines arrive as
+/// they are printed; killed on drop.
+pub struct CliStream {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl CliStream {
+    /// The next line of standard output within `limit`.
+    pub fn next_line(&self, limit: Duration) -> Result<String> {
+        self.lines
+            .recv_timeout(limit)
+            .map_err(|_| anyhow::anyhow!("no output line within {limit:?}"))
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for CliStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// Starts `oxlay args --socket <this daemon's>` and streams its output.
+    pub fn cli_stream(&self, args: &[&str]) -> Result<CliStream> {
+        let mut child = Command::new(oxlay_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start oxlay {args:?}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(CliStream { child, lines })
+    }
+}

@@ -40,7 +40,7 @@ mod traffic;
 
 pub use cluster::{eventually, Cluster, StoreCluster};
 pub use cmd::{private_mounts_command, run, sh};
-pub use daemon::{oxlay_bin, Daemon, NodeConfig};
+pub use daemon::{oxlay_bin, CliStream, Daemon, NodeConfig};
 pub use etcd::{free_port, Etcd};
 pub use lan::Lan;
 pub use netns::{remove_stale, Netns, PREFIX};

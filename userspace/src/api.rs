@@ -33,6 +33,24 @@ pub enum Request {
     /// This host's endpoints (static and store networks).
     Endpoints(NoArgs),
     Stats(NoArgs),
+    /// Streams datapath events (`oxlay monitor`): one answer line, then one line per
+    /// event (and per rise of lost events) until the client goes.
+    Monitor {
+        #[serde(default = "yes")]
+        drops: bool,
+        /// Forwarded packets too (a sample: one in `sample`).
+        #[serde(default)]
+        traces: bool,
+        #[serde(default)]
+        sample: Option<u32>,
+        /// Counter names to show; empty: all of the kinds asked for.
+        #[serde(default)]
+        reasons: Vec<String>,
+        #[serde(default)]
+        network: Option<String>,
+        #[serde(default)]
+        address: Option<Ipv4Addr>,
+    },
     /// Hosts registered in the store.
     Hosts(NoArgs),
     /// The daemon's health: whether the store answers, what the datapath carries.
@@ -102,6 +120,19 @@ pub enum Request {
         #[serde(default)]
         missing_ok: bool,
     },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A line of `oxlay monitor`'s stream after the answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorLine {
+    Event(Box<crate::monitor::EventView>),
+    /// Events lost since the stream began (ring buffer or stream backlog full).
+    Lost(u64),
 }
 
 /// The (empty) arguments of requests that take none; unknown fields are an error.
@@ -219,6 +250,40 @@ pub async fn call(socket: &Path, request: &Request) -> Result<serde_json::Value>
         .with_context(|| format!("the daemon sent an answer that is not valid: {answer:?}"))?
     {
         Response::Ok(v) => Ok(v),
+        Response::Error(e) => bail!("{e}"),
+    }
+}
+
+/// Sends a streaming request (`Monitor`): the daemon's answer, then its lines as they
+/// come. The stream ends when both ends drop it; the daemon notices when this side is
+/// dropped.
+pub async fn open_stream(
+    socket: &Path,
+    request: &Request,
+) -> Result<(
+    serde_json::Value,
+    tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    tokio::net::unix::OwnedWriteHalf,
+)> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|error| DaemonUnreachable {
+            socket: socket.to_owned(),
+            error,
+        })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut lines = BufReader::new(read).lines();
+    let answer = lines
+        .next_line()
+        .await?
+        .context("the daemon closed the stream without an answer")?;
+    match serde_json::from_str::<Response>(&answer)
+        .with_context(|| format!("the daemon sent an answer that is not valid: {answer:?}"))?
+    {
+        Response::Ok(v) => Ok((v, lines, write)),
         Response::Error(e) => bail!("{e}"),
     }
 }

@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod fault;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod names;
 pub mod net;
 pub mod plugins;

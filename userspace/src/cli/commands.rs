@@ -25,6 +25,17 @@ pub async fn run(cli: Cli) -> Result<()> {
     let request = match command {
         Command::Daemon { config } => return daemon::run(Config::load(&config)?).await,
         Command::Uninstall => return uninstall(&target.socket()?).await,
+        Command::Monitor {
+            kind,
+            sample,
+            reasons,
+            network,
+            address,
+            count,
+        } => {
+            let request = super::monitor::request(kind, sample, reasons, network, address);
+            return super::monitor::run(&target.socket()?, &request, json, count).await;
+        }
         command => request(command)?,
     };
     let answer = api::call(&target.socket()?, &request).await?;
@@ -57,7 +68,7 @@ fn request(command: Command) -> Result<Request> {
         Command::Status => Request::Status(all),
         Command::Network(cmd) => network_request(cmd)?,
         Command::Endpoint(cmd) => endpoint_request(cmd),
-        Command::Daemon { .. } | Command::Uninstall => {
+        Command::Daemon { .. } | Command::Uninstall | Command::Monitor { .. } => {
             unreachable!("handled in run: they make no single request")
         }
     })
@@ -170,6 +181,7 @@ fn render(request: &Request, answer: Value) -> Result<String> {
         Request::Routes(_) => tables::routes(&decode::<Vec<_>>(answer)?),
         Request::Endpoints(_) => tables::local_endpoints(&decode::<Vec<_>>(answer)?),
         Request::Stats(_) => tables::stats(&decode(answer)?),
+        Request::Monitor { .. } => answer.to_string(),
         Request::Hosts(_) => tables::hosts(&decode::<Vec<_>>(answer)?),
         Request::Status(_) => status(&answer),
         Request::NetworkCreate { .. } => {

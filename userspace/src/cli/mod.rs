@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{config, net::Ipv4Net};
 
 mod commands;
+mod monitor;
 mod tables;
 
 pub use commands::run;
@@ -63,6 +64,27 @@ pub enum Command {
     Endpoints,
     /// Show datapath counters and drop reasons.
     Stats,
+    /// Watch the datapath's drops as they happen (with `--type trace|all`, a sample of
+    /// what it forwards too). `--json`: one object per line.
+    Monitor {
+        #[arg(long = "type", default_value = "drop", value_name = "drop|trace|all")]
+        kind: MonitorKind,
+        /// Trace one forwarded packet in N.
+        #[arg(long, default_value_t = 1)]
+        sample: u32,
+        /// Only this reason (a counter name, as `oxlay stats` shows; repeatable).
+        #[arg(long = "reason")]
+        reasons: Vec<String>,
+        /// Only this network's packets.
+        #[arg(long)]
+        network: Option<String>,
+        /// Only packets from or to this address (the container's or the underlay's).
+        #[arg(long)]
+        address: Option<Ipv4Addr>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Show the hosts registered in the store.
     Hosts,
     /// Show the daemon's health: whether the store answers, what the datapath carries.
@@ -132,6 +154,14 @@ pub enum NetworkCmd {
     Inspect { name: String },
     /// Remove a network (refused while it has endpoints).
     Rm { name: String },
+}
+
+/// What `oxlay monitor` shows: drops, traces of forwarded packets, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MonitorKind {
+    Drop,
+    Trace,
+    All,
 }
 
 /// What kind of network `network create` makes.

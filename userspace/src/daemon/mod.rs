@@ -26,8 +26,8 @@ use tokio::{
 use crate::{
     config::Config,
     datapath::Datapath,
-    model::{self, HostRecord},
-    net::{self, netlink, Ipv4Net},
+    model::HostRecord,
+    net::{netlink, Ipv4Net},
     plugins::docker::driver::{DaemonDriver, DockerState},
     reconcile::Snapshot,
     store::Store,
@@ -39,11 +39,13 @@ mod endpoints;
 mod health;
 mod l2;
 mod lease;
+mod monitor;
 mod names;
 mod ports;
 mod server;
 mod state;
 mod stats;
+mod uninstall;
 mod watch;
 pub mod wiring;
 
@@ -74,6 +76,8 @@ pub(crate) struct Daemon {
     pub(crate) resolver: Arc<crate::names::Resolver>,
     /// Where the resolver answers, or why it does not.
     pub(crate) names_status: std::sync::Mutex<names::NamesStatus>,
+    /// `oxlay monitor` listeners and the ring buffer's reader.
+    pub(crate) monitor: Arc<crate::monitor::Hub>,
 }
 
 /// The underlay as the config names it and the kernel knows it.
@@ -180,11 +184,8 @@ async fn start(
     }
     let (datapath, l2_parent) = loaded.map_err(|e| e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh"))?;
     let host = host_record(&config, underlay);
-    let lease = Arc::new(lease::HostLease::new(
-        store.clone(),
-        host.clone(),
-        Duration::from_secs(config.store.lease_ttl_secs),
-    ));
+    let ttl = Duration::from_secs(config.store.lease_ttl_secs);
+    let lease = Arc::new(lease::HostLease::new(store.clone(), host.clone(), ttl));
     let mut state = State {
         container_mtu: Config::container_mtu(underlay.link.mtu),
         l2_mtu: l2_parent.mtu,
@@ -240,6 +241,7 @@ async fn start(
         uninstall: Notify::new(),
         resolver,
         names_status: std::sync::Mutex::new(names::NamesStatus::Starting),
+        monitor: Default::default(),
     }))
 }
 
@@ -281,6 +283,7 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
         })
     });
     let watcher = tokio::spawn(watch::watch_store(daemon.clone()));
+    let monitor = monitor::start(&daemon);
     let metrics = crate::metrics::serve(&daemon).await?;
     let resolver = names::start(&daemon).await;
     let mut term = signal(SignalKind::terminate())?;
@@ -305,6 +308,7 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
     };
     keepalive.abort();
     watcher.abort();
+    monitor.abort();
     if let Some(m) = metrics {
         m.abort();
     }
@@ -317,60 +321,6 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
         std::fs::remove_file(&docker.socket).ok();
     }
     Ok(uninstall)
-}
-
-impl Daemon {
-    /// Removes everything this node made: endpoints (their addresses go back to the
-    /// store), the programs and pins, the state file, its registration and its Docker
-    /// bindings. The local part first, under the lock (which also stops new endpoints);
-    /// then the store's, which runs whatever the local part met.
-    async fn uninstall_all(&self) -> Result<()> {
-        let (removed, bindings, unpinned) = {
-            let mut s = self.state.lock().await;
-            s.closing = true;
-            let mut removed = Vec::new();
-            let keys: Vec<EndpointKey> = s.endpoints.keys().cloned().collect();
-            for key in keys {
-                match endpoints::remove_local_endpoint(&mut s, &key).await {
-                    Ok(record) => removed.push(record),
-                    Err(e) => warn!("removing endpoint {key:?}: {e:#}"),
-                }
-            }
-            let unpinned = s.datapath.unpin();
-            if let Err(e) = l2::restore_parent(&s.handle, &self.config).await {
-                warn!("restoring the layer-2 parent NIC: {e:#}");
-            }
-            if let Err(e) = names::remove(&s.handle).await {
-                warn!("removing the resolver's address: {e:#}");
-            }
-            std::fs::remove_file(&s.state_path).ok();
-            if s.nat_unavailable.is_none() {
-                if let Err(e) = net::nftables::remove() {
-                    warn!("removing the NAT table: {e:#}");
-                }
-            }
-            let docker = self.config.docker.enabled.then_some(
-                "Docker runs on this host and its bridge networks need it; turn it off by hand if not",
-            );
-            net::forwarding::restore(&egress::forwarding_marker(&self.config), docker);
-            let bindings: Vec<String> = s.docker.networks.keys().cloned().collect();
-            (removed, bindings, unpinned)
-        };
-        for record in removed {
-            if let Some(network) = &record.network {
-                give_back_address(&*self.store, network, record.address).await;
-            }
-        }
-        if let Err(e) = self.store.revoke_lease(self.lease.current()).await {
-            warn!("deregistering from the store: {e:#}");
-        }
-        for id in bindings {
-            model::unbind_docker_network(&*self.store, &self.host.name, &id)
-                .await
-                .ok();
-        }
-        unpinned
-    }
 }
 
 /// Loads the programs, writes the datapath config and attaches decapsulation, and the
@@ -393,6 +343,8 @@ async fn load_datapath(
         underlay_mtu: underlay.mtu.min(u16::MAX as u32) as u16,
         _pad: 0,
     })?;
+    // Nobody listens yet (whatever a daemon that crashed had asked for).
+    datapath.set_monitor(Default::default())?;
     datapath.attach_decap(&underlay.name, config.decap)?;
     let l2_parent = l2::attach_parent(handle, config, &mut datapath, parent).await?;
     Ok((datapath, l2_parent))

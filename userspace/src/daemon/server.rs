@@ -13,12 +13,14 @@ use tokio::{
 
 use super::{
     endpoints::{NewEndpoint, Sandbox},
+    monitor,
     stats::Traffic,
     Daemon, State,
 };
 use crate::{
     api::{self, EndpointView, Request, Response, RouteView},
     model::{self, NetworkSpec},
+    monitor::Filter,
     net::MacAddr,
     store::Store,
 };
@@ -46,10 +48,29 @@ pub(super) fn bind_api(path: &Path) -> Result<UnixListener> {
 pub(super) async fn serve_connection(stream: UnixStream, daemon: &Daemon) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(api::MAX_REQUEST_BYTES))
-        .read_line(&mut line)
-        .await?;
+    let mut reader = BufReader::new(read.take(api::MAX_REQUEST_BYTES));
+    reader.read_line(&mut line).await?;
     let response = match api::parse_request(&line) {
+        // A stream, not one answer.
+        Ok(Request::Monitor {
+            drops,
+            traces,
+            sample,
+            reasons,
+            network,
+            address,
+        }) => {
+            let vni = match network {
+                Some(name) => network_vni(&*daemon.state.lock().await, &name),
+                None => Ok(None),
+            };
+            let filter =
+                vni.and_then(|vni| Filter::new(drops, traces, sample, &reasons, vni, address));
+            match filter {
+                Ok(filter) => return monitor::stream(daemon, filter, reader, write).await,
+                Err(e) => Response::Error(format!("{e:#}")),
+            }
+        }
         Ok(request) => match handle_request(request, daemon).await {
             Ok(v) => Response::Ok(v),
             Err(e) => Response::Error(format!("{e:#}")),
@@ -60,6 +81,17 @@ pub(super) async fn serve_connection(stream: UnixStream, daemon: &Daemon) -> Res
     out.push(b'\n');
     write.write_all(&out).await?;
     Ok(())
+}
+
+/// The VNI of network `name` ("static": the config's own network).
+fn network_vni(s: &State, name: &str) -> Result<Option<u32>> {
+    if let Some(n) = s.snapshot.networks.values().find(|n| n.name == name) {
+        return Ok(Some(n.vni));
+    }
+    match s.config.vni {
+        Some(vni) if name == "static" => Ok(Some(vni)),
+        _ => bail!("no network {name:?}: `oxlay network ls` lists them"),
+    }
 }
 
 fn parse_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {

@@ -128,6 +128,23 @@ impl Datapath {
             .context("cannot remove the endpoint from the endpoint map")
     }
 
+    /// Tells the programs what `oxlay monitor` listeners want reported.
+    pub fn set_monitor(&mut self, switch: oxlay_common::monitor::MonitorConfig) -> Result<()> {
+        let mut map: Array<&mut MapData, oxlay_common::monitor::MonitorConfig> =
+            self.map_mut(map_names::MONITOR)?;
+        map.set(0, switch, 0)
+            .context("cannot write the monitor switch map")
+    }
+
+    /// The ring buffer of monitor events, taken out (it has one reader).
+    pub fn take_events(&mut self) -> Result<aya::maps::RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(map_names::EVENTS)
+            .ok_or_else(|| anyhow!("the monitor's ring buffer was taken already"))?;
+        aya::maps::RingBuf::try_from(map).context("map OXLAY_EVENTS is not a ring buffer")
+    }
+
     /// Every counter summed over CPUs, in table order.
     pub fn counters(&self) -> Result<Vec<(&'static CounterInfo, CounterValue)>> {
         let map: PerCpuArray<&MapData, CounterValue> = self.map(map_names::COUNTERS)?;

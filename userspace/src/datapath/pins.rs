@@ -23,7 +23,7 @@ use oxlay_common::{
 };
 
 /// Every map of the object, by the name the programs use.
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 12] = [
     map_names::CONFIG,
     map_names::ROUTES,
     map_names::ENDPOINTS,
@@ -34,6 +34,8 @@ pub const MAPS: [&str; 10] = [
     map_names::L2_NETWORKS,
     map_names::L2_VLANS,
     map_names::NETWORK_TRAFFIC,
+    map_names::MONITOR,
+    map_names::EVENTS,
 ];
 
 /// A map as the object defines it.
@@ -116,6 +118,10 @@ fn layout_version(pin: &Path) -> Option<u32> {
 /// Copies what `old` holds into `new` (map `name`) when the entries mean the same
 /// thing; returns how many were copied, or why nothing was.
 pub fn migrate(name: &str, old: &Path, new: &mut Map) -> Result<Result<usize, String>> {
+    // The monitor's switch is written by the daemon, and events are not kept.
+    if name == map_names::MONITOR || name == map_names::EVENTS {
+        return Ok(Ok(0));
+    }
     if layout_version(old) != Some(MAP_LAYOUT_VERSION) {
         return Ok(Err(format!(
             "its layout version differs ({:?}, now {MAP_LAYOUT_VERSION})",

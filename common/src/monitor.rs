@@ -1,0 +1,56 @@
+//! `oxlay monitor`: what the programs tell a listener through the `OXLAY_EVENTS` ring
+//! buffer, and the switch (`OXLAY_MONITOR`) that says whether anyone listens. With no
+//! listener the programs read the switch and emit nothing.
+
+/// [`MonitorConfig::flags`]: emit an event for each dropped packet.
+pub const MONITOR_DROPS: u32 = 1;
+/// [`MonitorConfig::flags`]: emit an event for one forwarded packet in `sample`.
+pub const MONITOR_TRACES: u32 = 2;
+
+/// Bytes of each packet an event carries, from its first byte: enough for outer
+/// Ethernet, IPv4, UDP and VXLAN, then inner Ethernet, IPv4 and the ports.
+pub const CAPTURE_LEN: usize = 128;
+
+/// Size of the ring buffer: 2048 events of ~160 bytes.
+pub const EVENTS_BYTES: u32 = 512 * 1024;
+
+/// The single entry of `OXLAY_MONITOR`, written by the daemon while monitors listen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorConfig {
+    pub flags: u32,
+    /// With [`MONITOR_TRACES`]: one forwarded packet in this many is traced (0 and 1:
+    /// every one).
+    pub sample: u32,
+}
+
+/// One event: which counter the packet was counted under (a drop reason, or what was
+/// done with it), where, when, and its first bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MonitorEvent {
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC.
+    pub time_ns: u64,
+    /// Index into the counter table.
+    pub counter: u32,
+    /// The interface the packet came in on.
+    pub ifindex: u32,
+    /// The frame's length when counted.
+    pub len: u32,
+    /// How many bytes of `headers` hold the frame's first bytes.
+    pub captured: u32,
+    pub headers: [u8; CAPTURE_LEN],
+}
+
+impl Default for MonitorEvent {
+    fn default() -> Self {
+        Self {
+            time_ns: 0,
+            counter: 0,
+            ifindex: 0,
+            len: 0,
+            captured: 0,
+            headers: [0; CAPTURE_LEN],
+        }
+    }
+}

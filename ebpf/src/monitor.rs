@@ -1,0 +1,63 @@
+//! Events for `oxlay monitor`: a counted packet is reported through the ring buffer
+//! when a listener asked for its kind (drops, or a sample of the forwarded). With no
+//! listener this is one array read per packet.
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use oxlay_common::{
+    monitor::{MonitorEvent, CAPTURE_LEN, MONITOR_DROPS, MONITOR_TRACES},
+    Counter, DROP_MASK,
+};
+
+use crate::{
+    counters::{bump, Frame},
+    maps::{OXLAY_EVENTS, OXLAY_MONITOR},
+};
+
+/// Reports `frame`, counted under `counter`, if a listener wants it.
+#[inline(always)]
+pub fn report<F: Frame>(frame: &F, counter: Counter) {
+    let Some(cfg) = OXLAY_MONITOR.get(0) else {
+        return;
+    };
+    if cfg.flags == 0 {
+        return;
+    }
+    let is_drop = DROP_MASK >> (counter as u32 & 63) & 1 != 0;
+    let wanted = if is_drop {
+        cfg.flags & MONITOR_DROPS != 0
+    } else {
+        // SAFETY: plain helper call without arguments.
+        cfg.flags & MONITOR_TRACES != 0
+            && (cfg.sample <= 1 || unsafe { bpf_get_prandom_u32() } % cfg.sample == 0)
+    };
+    if !wanted || counter as u32 == Counter::MonitorLost as u32 {
+        return;
+    }
+    let Some(mut entry) = OXLAY_EVENTS.reserve::<MonitorEvent>(0) else {
+        // Full: the listener is too slow. Counted, never silent.
+        bump(Counter::MonitorLost, 0);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved ring buffer record of MonitorEvent's size,
+    // ours until submitted; every field is written before the submit.
+    unsafe {
+        (*event).time_ns = bpf_ktime_get_ns();
+        (*event).counter = counter as u32;
+        (*event).ifindex = frame.ifindex();
+        (*event).len = frame.frame_len();
+        (*event).captured = frame.capture(&mut (*event).headers) as u32;
+    }
+    entry.submit(0);
+}
+
+/// Captures a frame's first bytes with `copy(n)` (true when the frame had `n`): as
+/// many as the frame has, in steps the verifier can bound (each a constant size).
+#[inline(always)]
+pub fn capture_steps(mut copy: impl FnMut(usize) -> bool) -> usize {
+    for n in [CAPTURE_LEN, 96, 64, 42, 34, 14] {
+        if copy(n) {
+            return n;
+        }
+    }
+    0
+}

@@ -1,0 +1,179 @@
+//! The daemon's side of `oxlay monitor`: the task that reads the ring buffer (and
+//! keeps the programs' switch equal to what listeners want), and the stream each
+//! listener gets over the local API.
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use oxlay_common::Counter;
+use serde_json::json;
+use tokio::{
+    io::{unix::AsyncFd, AsyncRead, AsyncReadExt, AsyncWriteExt, Interest},
+    net::unix::OwnedWriteHalf,
+};
+
+use super::{Daemon, State};
+use crate::{
+    api::{MonitorLine, Response},
+    monitor::{decode, Context, Filter},
+};
+
+/// Reads the ring buffer for as long as the daemon runs.
+pub(super) fn start(d: &Arc<Daemon>) -> tokio::task::JoinHandle<()> {
+    let d = d.clone();
+    tokio::spawn(async move {
+        if let Err(e) = read_events(&d).await {
+            log::warn!("oxlay monitor is not available: {e:#}");
+        }
+    })
+}
+
+async fn read_events(d: &Daemon) -> Result<()> {
+    let ring = d.state.lock().await.datapath.take_events()?;
+    // SAFETY: the ring buffer owns its map's file descriptor, which stays open and the
+    // same for as long as the AsyncFd owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+        .context("cannot poll the monitor's ring buffer")?;
+    let mut cx = context(&*d.state.lock().await);
+    let mut refreshed = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let (monotonic, wall) = (monotonic_now(), SystemTime::now());
+                let events = guard.get_inner_mut();
+                while let Some(record) = events.next() {
+                    let mut event = decode(&record[..], &cx, monotonic, wall);
+                    // A network or veth newer than the context: look again (at most
+                    // every 250 ms, and never waiting for the state).
+                    let unknown = event.as_ref().is_some_and(|e| {
+                        e.vni.is_some() && e.network.is_none() || !cx.interfaces.contains_key(&e.ifindex)
+                    });
+                    if unknown && refreshed.elapsed() > Duration::from_millis(250) {
+                        if let Ok(s) = d.state.try_lock() {
+                            cx = context(&s);
+                            refreshed = std::time::Instant::now();
+                            event = decode(&record[..], &cx, monotonic, wall);
+                        }
+                    }
+                    if let Some(event) = event {
+                        d.monitor.publish(crate::monitor::Item::Event(Arc::new(event)));
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = d.monitor.changed.notified() => {
+                let switch = d.monitor.switch();
+                let mut s = d.state.lock().await;
+                s.datapath.set_monitor(switch)?;
+                // A new listener may ask about what changed since the last tick.
+                cx = context(&s);
+            }
+            _ = tick.tick() => {
+                let s = d.state.lock().await;
+                cx = context(&s);
+                let lost = s.datapath.counters()?[Counter::MonitorLost as usize].1.packets;
+                d.monitor.set_kernel_lost(lost);
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid pointer it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// What decoding needs, read from the state.
+fn context(s: &State) -> Context {
+    let mut interfaces = BTreeMap::new();
+    for name in [
+        Some(&s.config.underlay_interface),
+        s.config.l2.parent.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(index) = ifindex(name) {
+            interfaces.insert(index, name.clone());
+        }
+    }
+    let mut endpoint_vni = BTreeMap::new();
+    for e in s.endpoints.values() {
+        interfaces.insert(e.host_ifindex, e.host_ifname.clone());
+        endpoint_vni.insert(e.host_ifindex, e.vni);
+    }
+    let mut network_names: BTreeMap<u32, String> = s
+        .snapshot
+        .networks
+        .values()
+        .map(|n| (n.vni, n.name.clone()))
+        .collect();
+    if let Some(vni) = s.config.vni {
+        network_names.entry(vni).or_insert_with(|| "static".into());
+    }
+    Context {
+        vxlan_port: s.config.vxlan_port,
+        endpoint_vni,
+        network_names,
+        interfaces,
+    }
+}
+
+async fn write_line(write: &mut OwnedWriteHalf, value: &impl serde::Serialize) -> Result<()> {
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    Ok(())
+}
+
+/// Streams what `filter` shows until the client goes (its end of the socket closes).
+pub(super) async fn stream(
+    d: &Daemon,
+    filter: Filter,
+    mut read: impl AsyncRead + Unpin,
+    mut write: OwnedWriteHalf,
+) -> Result<()> {
+    let mut sub = d.monitor.subscribe(filter);
+    let answer = json!({ "monitoring": d.config.node_name });
+    write_line(&mut write, &Response::Ok(answer)).await?;
+    let mut reported_lost = 0;
+    let mut byte = [0u8; 1];
+    loop {
+        let event = tokio::select! {
+            // The client sends nothing more: a read that ends means it left.
+            _ = read.read(&mut byte) => return Ok(()),
+            event = sub.next() => match event {
+                Some(event) => event,
+                None => return Ok(()),
+            },
+        };
+        if let Some(event) = event {
+            write_line(&mut write, &MonitorLine::Event(Box::new((*event).clone()))).await?;
+        }
+        let lost = sub.lost();
+        if lost > reported_lost {
+            reported_lost = lost;
+            write_line(&mut write, &MonitorLine::Lost(lost)).await?;
+        }
+    }
+}
