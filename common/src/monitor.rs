@@ -14,6 +14,12 @@ pub const CAPTURE_LEN: usize = 128;
 /// Size of the ring buffer: 2048 events of ~160 bytes.
 pub const EVENTS_BYTES: u32 = 512 * 1024;
 
+/// The programs wake the reader once this much is waiting (64 events); below it the
+/// reader drains on its own timer ([`DRAIN_EVERY_MS`]).
+pub const WAKEUP_BYTES: u64 = 64 * (core::mem::size_of::<MonitorEvent>() as u64 + 8);
+/// How often the reader drains the ring buffer without being woken.
+pub const DRAIN_EVERY_MS: u64 = 50;
+
 /// The single entry of `OXLAY_MONITOR`, written by the daemon while monitors listen.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,9 +1,12 @@
 //! Events for `oxlay monitor`: a counted packet is reported through the ring buffer
 //! when a listener asked for its kind (drops, or a sample of the forwarded). With no
 //! listener this is one array read per packet.
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
 use oxlay_common::{
-    monitor::{MonitorEvent, CAPTURE_LEN, MONITOR_DROPS, MONITOR_TRACES},
+    monitor::{MonitorEvent, CAPTURE_LEN, MONITOR_DROPS, MONITOR_TRACES, WAKEUP_BYTES},
     Counter, DROP_MASK,
 };
 
@@ -47,7 +50,15 @@ pub fn report<F: Frame>(frame: &F, counter: Counter) {
         (*event).len = frame.frame_len();
         (*event).captured = frame.capture(&mut (*event).headers) as u32;
     }
-    entry.submit(0);
+    // Waking the reader for each event would cost microseconds a packet: it is woken
+    // once a batch is waiting, and drains the rest on its own timer.
+    let waiting = OXLAY_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let wakeup = if waiting >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup as u64);
 }
 
 /// Captures a frame's first bytes with `copy(n)` (true when the frame had `n`): as

@@ -5,11 +5,21 @@
 //! same, already modified packet (an encap would keep pushing headers), so the average
 //! of many single runs is what is measured. The no-op figure carries the same timer
 //! overhead and is reported beside it.
-use std::net::Ipv4Addr;
+//!
+//! At 10 routes the forwarding programs are also measured with `oxlay monitor`
+//! listening: for drops (what forwarded packets then pay is the switch's check), and
+//! tracing every packet (each one an event, read from the ring buffer meanwhile).
+use std::{
+    net::Ipv4Addr,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use anyhow::{ensure, Result};
 use oxlay::{datapath::Datapath, net::Ipv4Net};
-use oxlay_common::{program_names as prog, DatapathConfig, Endpoint, Route};
+use oxlay_common::{
+    monitor::{MonitorConfig, MONITOR_DROPS, MONITOR_TRACES},
+    program_names as prog, DatapathConfig, Endpoint, Route,
+};
 
 const RUNS: u32 = 20_000;
 /// Route counts the lookups are measured at.
@@ -87,7 +97,7 @@ fn measure(pins: &std::path::Path, routes: u32) -> Result<serde_json::Value> {
     ]
     .concat();
 
-    let time = |name: &str, packet: &[u8], verdict: u32| -> Result<f64> {
+    let time = |dp: &Datapath, name: &str, packet: &[u8], verdict: u32| -> Result<f64> {
         // Untimed runs first: the first of each program pay for cold caches and
         // lazily built state.
         for _ in 0..RUNS / 10 {
@@ -105,17 +115,57 @@ fn measure(pins: &std::path::Path, routes: u32) -> Result<serde_json::Value> {
         }
         Ok(total / RUNS as f64)
     };
-    let encap = time(prog::FROM_CONTAINER, &from_container, 7)?;
-    let encap_hashed = time(prog::BENCH_FROM_CONTAINER_HASHED, &from_container, 7)?;
-    let set_hash = time(prog::BENCH_SET_HASH, &from_container, 0)?;
+    let forwarding = |dp: &Datapath| -> Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "encap_hashed_tc": time(dp, prog::BENCH_FROM_CONTAINER_HASHED, &from_container, 7)?,
+            "decap_tc": time(dp, prog::DECAP_TC, &vxlan, 7)?,
+            "decap_xdp": time(dp, prog::DECAP_XDP, &vxlan, 2)?,
+        }))
+    };
+    let mut monitored = serde_json::Map::new();
+    if routes == ROUTE_COUNTS[0] {
+        let mut ring = dp.take_events()?;
+        for (name, flags) in [
+            ("none", 0),
+            ("drops", MONITOR_DROPS),
+            ("trace_all", MONITOR_DROPS | MONITOR_TRACES),
+        ] {
+            dp.set_monitor(MonitorConfig { flags, sample: 1 })?;
+            // A listener reads the ring buffer meanwhile, as the daemon does.
+            let stop = AtomicBool::new(false);
+            let (mut costs, events) = std::thread::scope(|s| {
+                let reader = s.spawn(|| {
+                    let mut events = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        while ring.next().is_some() {
+                            events += 1;
+                        }
+                    }
+                    events
+                });
+                let costs = forwarding(&dp);
+                stop.store(true, Ordering::Relaxed);
+                (costs, reader.join().unwrap_or(0))
+            });
+            if let Ok(serde_json::Value::Object(m)) = &mut costs {
+                m.insert("events".into(), events.into());
+            }
+            monitored.insert(name.into(), costs?);
+        }
+        dp.set_monitor(MonitorConfig::default())?;
+    }
+    let encap = time(&dp, prog::FROM_CONTAINER, &from_container, 7)?;
+    let encap_hashed = time(&dp, prog::BENCH_FROM_CONTAINER_HASHED, &from_container, 7)?;
+    let set_hash = time(&dp, prog::BENCH_SET_HASH, &from_container, 0)?;
     Ok(serde_json::json!({
-        "noop_tc": time(prog::NOOP_TC, &from_container, 0)?,
+        "monitor": monitored,
+        "noop_tc": time(&dp, prog::NOOP_TC, &from_container, 0)?,
         "encap_tc": encap,
         "set_hash_tc": set_hash,
         "encap_hashed_tc": encap_hashed,
-        "decap_tc": time(prog::DECAP_TC, &vxlan, 7)?,
-        "noop_xdp": time(prog::NOOP_XDP, &vxlan, 2)?,
-        "decap_xdp": time(prog::DECAP_XDP, &vxlan, 2)?,
+        "decap_tc": time(&dp, prog::DECAP_TC, &vxlan, 7)?,
+        "noop_xdp": time(&dp, prog::NOOP_XDP, &vxlan, 2)?,
+        "decap_xdp": time(&dp, prog::DECAP_XDP, &vxlan, 2)?,
     }))
 }
 

@@ -453,6 +453,50 @@ fn convergence(root: &Path) -> Result<String> {
 
 /// `only_regime` / `only_variants`: a partial run (for experiments) that prints its
 /// tables and leaves docs/benchmarks.md alone.
+/// The table of what `oxlay monitor` costs the forwarding programs (10 routes).
+fn monitor_cost(programs: &serde_json::Value) -> Result<String> {
+    let m = &programs["monitor"];
+    let mut t = String::new();
+    writeln!(
+        t,
+        "## What `oxlay monitor` costs (ns per packet, BPF_PROG_TEST_RUN)\n"
+    )?;
+    writeln!(
+        t,
+        "The forwarding programs as above (10 routes, without the no-op's fixed cost), with \
+         nobody listening, with a listener for drops (`oxlay monitor`, the default: forwarded \
+         packets then pay only the check of the switch), and with one tracing every forwarded \
+         packet (`--type all --sample 1`: an event each, read from the ring buffer meanwhile; \
+         `events` says how many were read).\n"
+    )?;
+    writeln!(
+        t,
+        "| program | nobody listens | drops listener | tracing every packet | events read |\n| --- | ---: | ---: | ---: | ---: |"
+    )?;
+    for (name, key, base) in [
+        (
+            "encapsulation (TC), with a flow hash",
+            "encap_hashed_tc",
+            "set_hash_tc",
+        ),
+        ("decapsulation (TC)", "decap_tc", "noop_tc"),
+        ("decapsulation (XDP)", "decap_xdp", "noop_xdp"),
+    ] {
+        let base = programs[base].as_f64().unwrap_or(f64::NAN);
+        let ns = |case: &str| m[case][key].as_f64().unwrap_or(f64::NAN) - base;
+        writeln!(
+            t,
+            "| {name} | {:.0} | {:.0} | {:.0} | {} |",
+            ns("none"),
+            ns("drops"),
+            ns("trace_all"),
+            m["trace_all"]["events"]
+        )?;
+    }
+    writeln!(t)?;
+    Ok(t)
+}
+
 pub fn run(
     root: &Path,
     rounds: u32,
@@ -657,6 +701,7 @@ pub fn run(
         )?;
     }
     writeln!(report)?;
+    report += &monitor_cost(&programs["10"])?;
     report += &convergence(root)?;
     println!("\n{report}");
     let path = root.join("docs/benchmarks.md");

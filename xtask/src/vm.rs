@@ -44,6 +44,8 @@ const SUITES: &[(&str, &str, &str)] = &[
     ),
     ("restart", "restart", ""),
     ("egress", "egress", ""),
+    // The ring buffer and its switch on the oldest kernel.
+    ("monitor", "monitor", ""),
     // The kernel's gretap on the other side needs ip_gre, which the machine lacks.
     (
         "gre",

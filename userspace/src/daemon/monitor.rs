@@ -9,7 +9,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use oxlay_common::Counter;
+use aya::maps::{MapData, RingBuf};
+use oxlay_common::{monitor::DRAIN_EVERY_MS, Counter};
 use serde_json::json;
 use tokio::{
     io::{unix::AsyncFd, AsyncRead, AsyncReadExt, AsyncWriteExt, Interest},
@@ -39,48 +40,66 @@ async fn read_events(d: &Daemon) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(std::io::Error::from)
         .context("cannot poll the monitor's ring buffer")?;
-    let mut cx = context(&*d.state.lock().await);
-    let mut refreshed = std::time::Instant::now();
+    let mut cx = Fresh::new(&*d.state.lock().await);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_EVERY_MS));
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                let (monotonic, wall) = (monotonic_now(), SystemTime::now());
-                let events = guard.get_inner_mut();
-                while let Some(record) = events.next() {
-                    let mut event = decode(&record[..], &cx, monotonic, wall);
-                    // A network or veth newer than the context: look again (at most
-                    // every 250 ms, and never waiting for the state).
-                    let unknown = event.as_ref().is_some_and(|e| {
-                        e.vni.is_some() && e.network.is_none() || !cx.interfaces.contains_key(&e.ifindex)
-                    });
-                    if unknown && refreshed.elapsed() > Duration::from_millis(250) {
-                        if let Ok(s) = d.state.try_lock() {
-                            cx = context(&s);
-                            refreshed = std::time::Instant::now();
-                            event = decode(&record[..], &cx, monotonic, wall);
-                        }
-                    }
-                    if let Some(event) = event {
-                        d.monitor.publish(crate::monitor::Item::Event(Arc::new(event)));
-                    }
-                }
-                guard.clear_ready();
-            }
+            // Woken by the programs when a batch waits; drained on the timer otherwise.
+            guard = ring.readable_mut() => guard?.clear_ready(),
+            _ = drain.tick() => {}
             _ = d.monitor.changed.notified() => {
                 let switch = d.monitor.switch();
                 let mut s = d.state.lock().await;
                 s.datapath.set_monitor(switch)?;
                 // A new listener may ask about what changed since the last tick.
-                cx = context(&s);
+                cx = Fresh::new(&s);
             }
             _ = tick.tick() => {
                 let s = d.state.lock().await;
-                cx = context(&s);
+                cx = Fresh::new(&s);
                 let lost = s.datapath.counters()?[Counter::MonitorLost as usize].1.packets;
                 d.monitor.set_kernel_lost(lost);
             }
+        }
+        drain_ring(d, ring.get_mut(), &mut cx);
+    }
+}
+
+/// The decoding context and when it was read.
+struct Fresh {
+    cx: Context,
+    at: std::time::Instant,
+}
+
+impl Fresh {
+    fn new(s: &State) -> Self {
+        Self {
+            cx: context(s),
+            at: std::time::Instant::now(),
+        }
+    }
+}
+
+/// Decodes and publishes every record waiting in the ring buffer.
+fn drain_ring(d: &Daemon, ring: &mut RingBuf<MapData>, fresh: &mut Fresh) {
+    let (monotonic, wall) = (monotonic_now(), SystemTime::now());
+    while let Some(record) = ring.next() {
+        let mut event = decode(&record[..], &fresh.cx, monotonic, wall);
+        // A network or veth newer than the context: look again (at most every 250 ms,
+        // and never waiting for the state).
+        let unknown = event.as_ref().is_some_and(|e| {
+            e.vni.is_some() && e.network.is_none() || !fresh.cx.interfaces.contains_key(&e.ifindex)
+        });
+        if unknown && fresh.at.elapsed() > Duration::from_millis(250) {
+            if let Ok(s) = d.state.try_lock() {
+                *fresh = Fresh::new(&s);
+                event = decode(&record[..], &fresh.cx, monotonic, wall);
+            }
+        }
+        if let Some(event) = event {
+            d.monitor
+                .publish(crate::monitor::Item::Event(Arc::new(event)));
         }
     }
 }
