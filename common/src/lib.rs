@@ -41,6 +41,7 @@ pub mod map_names {
     pub const NETWORK_TRAFFIC: &str = "OXLAY_NETWORK_TRAFFIC";
     pub const MONITOR: &str = "OXLAY_MONITOR";
     pub const EVENTS: &str = "OXLAY_EVENTS";
+    pub const PROBE: &str = "OXLAY_PROBE";
 }
 
 /// Name of every program in the eBPF object.

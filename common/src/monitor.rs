@@ -20,6 +20,11 @@ pub const WAKEUP_BYTES: u64 = 64 * (core::mem::size_of::<MonitorEvent>() as u64 
 /// How often the reader drains the ring buffer without being woken.
 pub const DRAIN_EVERY_MS: u64 = 50;
 
+/// `oxlay explain`'s probe packets carry this in `skb->mark` and `cb[0]` (set through
+/// BPF_PROG_TEST_RUN's context): the programs record the counter they would bump in
+/// `OXLAY_PROBE` instead, so a probe never shows in the counters or the monitor.
+pub const PROBE_MARK: u32 = 0x6f78_7072; // "oxpr"
+
 /// The single entry of `OXLAY_MONITOR`, written by the daemon while monitors listen.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

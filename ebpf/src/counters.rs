@@ -7,10 +7,13 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use oxlay_common::{monitor::CAPTURE_LEN, Counter, CounterValue, NetworkTraffic};
+use oxlay_common::{
+    monitor::{CAPTURE_LEN, PROBE_MARK},
+    Counter, CounterValue, NetworkTraffic,
+};
 
 use crate::{
-    maps::{OXLAY_COUNTERS, OXLAY_NETWORK_TRAFFIC},
+    maps::{OXLAY_COUNTERS, OXLAY_NETWORK_TRAFFIC, OXLAY_PROBE},
     monitor::{capture_steps, report},
 };
 
@@ -20,6 +23,8 @@ pub trait Frame {
     fn ifindex(&self) -> u32;
     /// Copies up to `CAPTURE_LEN` first bytes into `dst`; how many.
     fn capture(&self, dst: &mut [u8; CAPTURE_LEN]) -> usize;
+    /// Whether this is `oxlay explain`'s probe (see `PROBE_MARK`).
+    fn is_probe(&self) -> bool;
 }
 
 impl Frame for TcContext {
@@ -43,6 +48,13 @@ impl Frame for TcContext {
                 bpf_skb_load_bytes(skb as *const _, 0, dst.as_mut_ptr() as *mut _, n as u32) == 0
             }
         })
+    }
+
+    #[inline(always)]
+    fn is_probe(&self) -> bool {
+        // SAFETY: self.skb.skb is the __sk_buff the kernel passed to this program.
+        let (mark, cb0) = unsafe { ((*self.skb.skb).mark, (*self.skb.skb).cb[0]) };
+        mark == PROBE_MARK && cb0 == PROBE_MARK
     }
 }
 
@@ -68,6 +80,12 @@ impl Frame for XdpContext {
             unsafe { bpf_xdp_load_bytes(ctx, 0, dst.as_mut_ptr() as *mut _, n as u32) == 0 }
         })
     }
+
+    /// Probes run the TC programs only.
+    #[inline(always)]
+    fn is_probe(&self) -> bool {
+        false
+    }
 }
 
 #[inline(always)]
@@ -79,6 +97,13 @@ fn add(value: &mut CounterValue, bytes: u32) {
 /// Counts `frame` under `counter` (and reports it to a listening monitor).
 #[inline(always)]
 pub fn count<F: Frame>(frame: &F, counter: Counter) {
+    if frame.is_probe() {
+        if let Some(slot) = OXLAY_PROBE.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot of a per-CPU array, as in `bump`.
+            unsafe { *slot = counter as u32 + 1 };
+        }
+        return;
+    }
     bump(counter, frame.frame_len());
     report(frame, counter);
 }
@@ -104,6 +129,9 @@ pub enum Direction {
 /// Counts `frame` in network `vni`'s traffic (after `count`: its length then).
 #[inline(always)]
 pub fn count_network<F: Frame>(frame: &F, vni: u32, direction: Direction) {
+    if frame.is_probe() {
+        return;
+    }
     let bytes = frame.frame_len();
     let mut slot = OXLAY_NETWORK_TRAFFIC.get_ptr_mut(&vni);
     if slot.is_none() {

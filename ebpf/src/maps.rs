@@ -58,6 +58,10 @@ pub static OXLAY_NETWORK_TRAFFIC: PerCpuHashMap<u32, NetworkTraffic> =
 #[map]
 pub static OXLAY_MONITOR: Array<MonitorConfig> = Array::pinned(1, 0);
 
+/// What `oxlay explain`'s probe was counted under, + 1 (0: nothing), per CPU.
+#[map]
+pub static OXLAY_PROBE: PerCpuArray<u32> = PerCpuArray::pinned(1, 0);
+
 /// Events for `oxlay monitor` (see `monitor.rs`).
 #[map]
 pub static OXLAY_EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

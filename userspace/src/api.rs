@@ -33,6 +33,28 @@ pub enum Request {
     /// This host's endpoints (static and store networks).
     Endpoints(NoArgs),
     Stats(NoArgs),
+    /// What the datapath does with a packet (`oxlay explain`): the loaded program run
+    /// on a probe against the live maps.
+    Explain {
+        network: String,
+        from: Ipv4Addr,
+        to: Ipv4Addr,
+        /// tcp, udp or icmp (default: tcp with a port, icmp without).
+        #[serde(default)]
+        protocol: Option<String>,
+        #[serde(default)]
+        sport: Option<u16>,
+        #[serde(default)]
+        dport: Option<u16>,
+        /// The packet's IPv4 length (default 100).
+        #[serde(default)]
+        size: Option<u16>,
+        /// A packet from a peer (VXLAN or GRE) rather than from a local container.
+        #[serde(default)]
+        receive: bool,
+        #[serde(default)]
+        peer: Option<Ipv4Addr>,
+    },
     /// Streams datapath events (`oxlay monitor`): one answer line, then one line per
     /// event (and per rise of lost events) until the client goes.
     Monitor {

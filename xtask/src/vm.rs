@@ -46,6 +46,8 @@ const SUITES: &[(&str, &str, &str)] = &[
     ("egress", "egress", ""),
     // The ring buffer and its switch on the oldest kernel.
     ("monitor", "monitor", ""),
+    // Probes with an ifindex in BPF_PROG_TEST_RUN's context.
+    ("explain", "explain", ""),
     // The kernel's gretap on the other side needs ip_gre, which the machine lacks.
     (
         "gre",

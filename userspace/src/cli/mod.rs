@@ -64,6 +64,36 @@ pub enum Command {
     Endpoints,
     /// Show datapath counters and drop reasons.
     Stats,
+    /// What the datapath does with a packet: the loaded program runs on a probe
+    /// against the live maps (route matched, peer and VNI, outer headers, or the drop
+    /// reason). Probes are counted nowhere.
+    Explain {
+        /// The network (a store network's name, or "static").
+        #[arg(long)]
+        network: String,
+        /// Source: a container on this host (or, with --receive, on a peer).
+        #[arg(long)]
+        from: Ipv4Addr,
+        #[arg(long)]
+        to: Ipv4Addr,
+        /// tcp, udp or icmp (default: tcp with --dport, icmp without).
+        #[arg(long)]
+        proto: Option<String>,
+        #[arg(long)]
+        sport: Option<u16>,
+        #[arg(long)]
+        dport: Option<u16>,
+        /// The packet's IPv4 length in bytes (default 100).
+        #[arg(long)]
+        size: Option<u16>,
+        /// A packet arriving from a peer in VXLAN (or GRE) instead.
+        #[arg(long)]
+        receive: bool,
+        /// With --receive: the peer's underlay address (default: the host whose block
+        /// holds --from).
+        #[arg(long, requires = "receive")]
+        peer: Option<Ipv4Addr>,
+    },
     /// Watch the datapath's drops as they happen (with `--type trace|all`, a sample of
     /// what it forwards too). `--json`: one object per line.
     Monitor {

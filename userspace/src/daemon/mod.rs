@@ -36,6 +36,7 @@ use crate::{
 mod adopt;
 mod egress;
 mod endpoints;
+mod explain;
 mod health;
 mod l2;
 mod lease;

@@ -3,7 +3,6 @@
 //! listener gets over the local API.
 use std::{
     collections::BTreeMap,
-    ffi::CString,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -115,13 +114,6 @@ fn monotonic_now() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-fn ifindex(name: &str) -> Option<u32> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
-}
-
 /// What decoding needs, read from the state.
 fn context(s: &State) -> Context {
     let mut interfaces = BTreeMap::new();
@@ -132,7 +124,7 @@ fn context(s: &State) -> Context {
     .into_iter()
     .flatten()
     {
-        if let Some(index) = ifindex(name) {
+        if let Some(index) = crate::net::ifindex(name) {
             interfaces.insert(index, name.clone());
         }
     }

@@ -13,7 +13,7 @@ use tokio::{
 
 use super::{
     endpoints::{NewEndpoint, Sandbox},
-    monitor,
+    explain, monitor,
     stats::Traffic,
     Daemon, State,
 };
@@ -123,6 +123,7 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
         }
         Request::Routes(_) => serde_json::to_value(routes(&*d.state.lock().await)?)?,
         Request::Stats(_) => serde_json::to_value(Traffic::read(&*d.state.lock().await)?.view())?,
+        r @ Request::Explain { .. } => serde_json::to_value(explain::answer(d, r).await?)?,
         Request::Uninstall(_) => {
             // The main loop does the work once this answer is sent.
             d.uninstall.notify_one();

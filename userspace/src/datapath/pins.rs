@@ -23,7 +23,7 @@ use oxlay_common::{
 };
 
 /// Every map of the object, by the name the programs use.
-pub const MAPS: [&str; 12] = [
+pub const MAPS: [&str; 13] = [
     map_names::CONFIG,
     map_names::ROUTES,
     map_names::ENDPOINTS,
@@ -36,6 +36,7 @@ pub const MAPS: [&str; 12] = [
     map_names::NETWORK_TRAFFIC,
     map_names::MONITOR,
     map_names::EVENTS,
+    map_names::PROBE,
 ];
 
 /// A map as the object defines it.
@@ -118,8 +119,8 @@ fn layout_version(pin: &Path) -> Option<u32> {
 /// Copies what `old` holds into `new` (map `name`) when the entries mean the same
 /// thing; returns how many were copied, or why nothing was.
 pub fn migrate(name: &str, old: &Path, new: &mut Map) -> Result<Result<usize, String>> {
-    // The monitor's switch is written by the daemon, and events are not kept.
-    if name == map_names::MONITOR || name == map_names::EVENTS {
+    // The monitor's switch is written by the daemon; events and probes are not kept.
+    if [map_names::MONITOR, map_names::EVENTS, map_names::PROBE].contains(&name) {
         return Ok(Ok(0));
     }
     if layout_version(old) != Some(MAP_LAYOUT_VERSION) {

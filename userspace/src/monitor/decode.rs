@@ -117,7 +117,7 @@ fn frame_flow(b: &[u8], at: usize) -> Option<(Flow, usize, u8)> {
 }
 
 /// (outer, packet, VNI) of captured headers.
-fn flows(b: &[u8], vxlan_port: u16) -> (Option<Flow>, Option<Flow>, Option<u32>) {
+pub fn flows(b: &[u8], vxlan_port: u16) -> (Option<Flow>, Option<Flow>, Option<u32>) {
     let Some((first, l4, proto)) = frame_flow(b, 0) else {
         return (None, None, None);
     };

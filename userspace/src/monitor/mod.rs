@@ -7,6 +7,6 @@ mod decode;
 mod filter;
 mod hub;
 
-pub use decode::{decode, line, Context, EventView, Flow};
+pub use decode::{decode, flows, line, Context, EventView, Flow};
 pub use filter::Filter;
 pub use hub::{Hub, Item, Subscription};

@@ -10,3 +10,11 @@ pub mod nftables;
 pub mod veth;
 
 pub use addr::{Ipv4Net, MacAddr};
+
+/// The index of interface `name` in this namespace.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
