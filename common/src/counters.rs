@@ -48,6 +48,7 @@ pub enum Counter {
     DropL2NoParent,
     L2ToHost,
     MonitorLost,
+    EchoAnswered,
 }
 
 /// Name and meaning of one counter.
@@ -77,7 +78,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 33] = [
+pub const COUNTERS: [CounterInfo; 34] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -275,6 +276,12 @@ pub const COUNTERS: [CounterInfo; 33] = [
         "monitor_lost",
         Forward,
         "packets whose `oxlay monitor` event was lost: the ring buffer was full (the packets themselves went on)",
+    ),
+    row(
+        Counter::EchoAnswered,
+        "echo_answered",
+        Forward,
+        "`oxlay doctor` probes from a peer sent back to it (the VXLAN port answers)",
     ),
 ];
 

@@ -31,6 +31,11 @@ pub const SRC_PORT_MIN: u16 = 49152;
 pub const SRC_PORT_MAX: u16 = 65535;
 /// TTL of outer IPv4 headers.
 pub const OUTER_TTL: u8 = 64;
+/// `oxlay doctor`'s probe: a VXLAN header with no flags (no I flag: never valid
+/// traffic) and these bytes in its first reserved field; a peer's program sends it
+/// back.
+pub const ECHO_MAGIC: [u8; 3] = *b"oxd";
+
 /// Largest valid VNI (24 bits).
 pub const VNI_MAX: u32 = (1 << 24) - 1;
 

@@ -19,7 +19,7 @@ use oxlay_common::{wire::ETH_LEN, Counter, Route, XdpDeliveryMeta};
 
 use crate::{
     counters::{count, count_network, Direction},
-    maps,
+    echo, maps,
     parse::{classify, write, Decap, ETH_P_IPV4, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
 };
 
@@ -81,6 +81,17 @@ pub fn tc(ctx: &TcContext) -> i32 {
             }
             count(ctx, Counter::DeliveredDirect);
             deliver(route.ifindex, is_gso(ctx))
+        }
+        Decap::Echo => {
+            if !echo::reflect(ctx.data(), ctx.data_end()) {
+                count(ctx, Counter::DropHeaderWriteFailed);
+                return TC_ACT_SHOT as i32;
+            }
+            count(ctx, Counter::EchoAnswered);
+            // Back out of the interface it came in on.
+            // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program;
+            // redirecting to its own interface is a plain helper call.
+            unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
         }
     }
 }
@@ -201,6 +212,14 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
                 xdp_action::XDP_DROP
             }
         },
+        Decap::Echo => {
+            if !echo::reflect(ctx.data(), ctx.data_end()) {
+                count(ctx, Counter::DropHeaderWriteFailed);
+                return xdp_action::XDP_DROP;
+            }
+            count(ctx, Counter::EchoAnswered);
+            xdp_action::XDP_TX
+        }
         Decap::DeliverDirect(route) => match xdp_strip_and_deliver(ctx, &route, 0) {
             Ok(action) => {
                 count(ctx, Counter::DeliveredDirect);

@@ -25,6 +25,7 @@ mod arp;
 mod checksum;
 mod counters;
 mod decap;
+mod echo;
 mod encap;
 mod l2;
 mod maps;

@@ -3,8 +3,8 @@
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use oxlay_common::{
     wire::{
-        ETH_LEN, ETH_P_TEB, GRE_FLAGS_KEY, GRE_LEN, IPPROTO_GRE, IPV4_LEN, UDP_LEN, VNI_MAX,
-        VXLAN_FLAG_VNI, VXLAN_LEN,
+        ECHO_MAGIC, ETH_LEN, ETH_P_TEB, GRE_FLAGS_KEY, GRE_LEN, IPPROTO_GRE, IPV4_LEN, UDP_LEN,
+        VNI_MAX, VXLAN_FLAG_VNI, VXLAN_LEN,
     },
     Counter, DatapathConfig, Route, RouteKind, DIRECT_NET_ID,
 };
@@ -78,6 +78,8 @@ pub enum Decap {
     },
     /// An unencapsulated packet from a direct peer: deliver as it is.
     DeliverDirect(Route),
+    /// `oxlay doctor`'s probe from a peer: send it back (see `echo.rs`).
+    Echo,
 }
 
 /// Decides what to do with a frame that arrived on the underlay.
@@ -141,6 +143,12 @@ fn classify_vxlan(
     let Some(vxlan) = read::<VxlanHdr>(data, data_end, VXLAN_OFF) else {
         return Decap::Drop(unless_unknown(peer, None, Counter::DropTruncatedVxlan));
     };
+    if vxlan.flags == 0 && vxlan._reserved1 == ECHO_MAGIC {
+        if !maps::is_peer(peer) {
+            return Decap::Drop(Counter::DropUnknownPeer);
+        }
+        return Decap::Echo;
+    }
     if vxlan.flags & VXLAN_FLAG_VNI == 0 {
         return Decap::Drop(unless_unknown(peer, None, Counter::DropBadVxlanFlags));
     }

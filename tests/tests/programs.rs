@@ -801,6 +801,47 @@ fn each_network_counts_its_traffic() -> Result<()> {
     Ok(())
 }
 
+/// `oxlay doctor`'s probe from a peer goes back where it came from, headers swapped
+/// (checksums still valid), in TC and XDP; from an address that is no peer it is
+/// dropped; with the I flag set the same bytes are ordinary (bad) VXLAN.
+#[test]
+fn doctor_probes_from_a_peer_are_sent_back() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    const XDP_TX: u32 = 3;
+    let probe = [vec![0, b'o', b'x', b'd', 0, 0, 0, 0], vec![0xab; 32]].concat();
+    let frame = outer(PEER_UNDERLAY, OUR_UNDERLAY, 4789, 0x4000, &probe);
+    for (program, verdict) in [(prog::DECAP_TC, TC_ACT_REDIRECT), (prog::DECAP_XDP, XDP_TX)] {
+        let out = f.run(program, &frame, verdict, "echo_answered")?;
+        assert_eq!(out.len(), frame.len(), "{program}");
+        assert_eq!(
+            (&out[0..6], &out[6..12]),
+            (&frame[6..12], &frame[0..6]),
+            "{program}: MACs"
+        );
+        assert_eq!(
+            (&out[26..30], &out[30..34]),
+            (&frame[30..34], &frame[26..30]),
+            "{program}: IPs"
+        );
+        assert_eq!(
+            (&out[34..36], &out[36..38]),
+            (&frame[36..38], &frame[34..36]),
+            "{program}: ports"
+        );
+        assert_eq!(&out[38..], &frame[38..], "{program}: the rest as it was");
+        assert_eq!(checksum(&out[14..34]), 0, "{program}: IPv4 checksum");
+    }
+    let stranger = outer([192, 168, 50, 99], OUR_UNDERLAY, 4789, 0x4000, &probe);
+    f.run(prog::DECAP_TC, &stranger, TC_ACT_SHOT, "drop_unknown_peer")?;
+    let mut flagged = probe.clone();
+    flagged[0] = 0x08;
+    let frame = outer(PEER_UNDERLAY, OUR_UNDERLAY, 4789, 0x4000, &flagged);
+    let (verdict, counted) = f.run_counted(prog::DECAP_TC, &frame)?;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert!(!counted.contains_key("echo_answered"), "{counted:?}");
+    Ok(())
+}
+
 /// One hostile packet: (what it is, the counter that must name its drop, the frame).
 type HostileCase = (&'static str, &'static str, Vec<u8>);
 

@@ -33,6 +33,8 @@ pub enum Request {
     /// This host's endpoints (static and store networks).
     Endpoints(NoArgs),
     Stats(NoArgs),
+    /// Checks this host and its peers (`oxlay doctor`): findings with their fixes.
+    Doctor(NoArgs),
     /// What the datapath does with a packet (`oxlay explain`): the loaded program run
     /// on a probe against the live maps.
     Explain {

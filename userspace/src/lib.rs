@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod doctor;
 pub mod explain;
 pub mod fault;
 pub mod metrics;

@@ -48,6 +48,8 @@ const SUITES: &[(&str, &str, &str)] = &[
     ("monitor", "monitor", ""),
     // Probes with an ifindex in BPF_PROG_TEST_RUN's context.
     ("explain", "explain", ""),
+    // Probes answered by the peer's program (XDP_TX and TC redirect), path MTU.
+    ("doctor", "doctor", ""),
     // The kernel's gretap on the other side needs ip_gre, which the machine lacks.
     (
         "gre",

@@ -39,11 +39,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         command => request(command)?,
     };
     let answer = api::call(&target.socket()?, &request).await?;
+    let problems = matches!(request, Request::Doctor(_)) && answer["status"] != "ok";
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(());
+    } else {
+        println!("{}", render(&request, answer)?);
     }
-    println!("{}", render(&request, answer)?);
+    if problems {
+        bail!("doctor found problems (above, each with its fix)");
+    }
     Ok(())
 }
 
@@ -64,6 +68,7 @@ fn request(command: Command) -> Result<Request> {
         Command::Routes => Request::Routes(all),
         Command::Endpoints => Request::Endpoints(all),
         Command::Stats => Request::Stats(all),
+        Command::Doctor => Request::Doctor(all),
         Command::Explain {
             network,
             from,
@@ -204,6 +209,7 @@ fn render(request: &Request, answer: Value) -> Result<String> {
         Request::Stats(_) => tables::stats(&decode(answer)?),
         Request::Monitor { .. } => answer.to_string(),
         Request::Explain { .. } => crate::explain::render(&decode(answer)?),
+        Request::Doctor(_) => crate::doctor::render(&decode::<Vec<_>>(answer["findings"].clone())?),
         Request::Hosts(_) => tables::hosts(&decode::<Vec<_>>(answer)?),
         Request::Status(_) => status(&answer),
         Request::NetworkCreate { .. } => {

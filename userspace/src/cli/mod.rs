@@ -64,6 +64,10 @@ pub enum Command {
     Endpoints,
     /// Show datapath counters and drop reasons.
     Stats,
+    /// Check this host and its peers: kernel features, the store and the lease, the
+    /// clock, the route map, forwarding, the VXLAN port, and each peer's answer and
+    /// path MTU. Each finding with its fix; exit code 0 only when nothing is wrong.
+    Doctor,
     /// What the datapath does with a packet: the loaded program runs on a probe
     /// against the live maps (route matched, peer and VNI, outer headers, or the drop
     /// reason). Probes are counted nowhere.

@@ -34,6 +34,7 @@ use crate::{
 };
 
 mod adopt;
+mod doctor;
 mod egress;
 mod endpoints;
 mod explain;

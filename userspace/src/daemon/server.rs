@@ -12,6 +12,7 @@ use tokio::{
 };
 
 use super::{
+    doctor,
     endpoints::{NewEndpoint, Sandbox},
     explain, monitor,
     stats::Traffic,
@@ -124,6 +125,10 @@ async fn handle_request(request: Request, d: &Daemon) -> Result<Value> {
         Request::Routes(_) => serde_json::to_value(routes(&*d.state.lock().await)?)?,
         Request::Stats(_) => serde_json::to_value(Traffic::read(&*d.state.lock().await)?.view())?,
         r @ Request::Explain { .. } => serde_json::to_value(explain::answer(d, r).await?)?,
+        Request::Doctor(_) => {
+            let findings = doctor::findings(d).await;
+            json!({ "status": crate::doctor::worst(&findings), "findings": findings })
+        }
         Request::Uninstall(_) => {
             // The main loop does the work once this answer is sent.
             d.uninstall.notify_one();

@@ -191,7 +191,7 @@ impl Datapath {
 }
 
 /// TCX (6.6+): TC programs attach through bpf links, which can be pinned.
-pub(super) fn has_tcx() -> bool {
+pub fn has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 

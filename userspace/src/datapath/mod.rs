@@ -15,7 +15,8 @@ mod test_run;
 pub use maps::RouteEntry;
 pub use test_run::TestRunOutcome;
 
-use attach::{classifier, has_tcx, xdp, NETLINK_PRIORITY};
+pub use attach::has_tcx;
+use attach::{classifier, xdp, NETLINK_PRIORITY};
 
 /// The eBPF object built by build.rs, embedded so `oxlay` is a single file.
 pub static EBPF_OBJECT: &[u8] =

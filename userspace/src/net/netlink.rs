@@ -234,3 +234,25 @@ pub async fn delete_clsact(handle: &Handle, ifindex: u32) -> Result<()> {
         other => other.context("cannot delete the clsact qdisc"),
     }
 }
+
+/// The kernel vxlan devices of this namespace whose UDP port is `port` (their names).
+pub async fn vxlan_devices_on(handle: &Handle, port: u16) -> Result<Vec<String>> {
+    use netlink_packet_route::link::{InfoData, InfoVxlan, LinkInfo as Info};
+    let mut found = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await.context("cannot list interfaces")? {
+        let on_port = msg.attributes.iter().any(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| match i {
+                Info::Data(InfoData::Vxlan(attrs)) => attrs
+                    .iter()
+                    .any(|v| matches!(v, InfoVxlan::Port(p) if *p == port)),
+                _ => false,
+            }),
+            _ => false,
+        });
+        if on_port {
+            found.push(link_info(&msg).name);
+        }
+    }
+    Ok(found)
+}

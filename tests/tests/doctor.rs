@@ -1,0 +1,133 @@
+//! `oxlay doctor` against real daemons: a healthy pair has nothing wrong (exit 0), and
+//! each fault made on purpose is named with its fix and a non-zero exit: a peer's link
+//! with a smaller MTU, a firewall dropping the VXLAN port, a kernel vxlan device on
+//! oxlay's port, forwarding off, strict reverse path filtering, a stopped store.
+use std::{process::Command, time::Duration};
+
+use anyhow::{ensure, Context, Result};
+use oxlay_testbed::{eventually, oxlay_bin, skip_without_root_or_etcd, StoreCluster};
+use serde_json::Value;
+
+/// `oxlay doctor --json` on host 0: its exit status and findings by check name.
+fn doctor(c: &StoreCluster) -> Result<(bool, Vec<Value>)> {
+    let out = Command::new(oxlay_bin())
+        .args(["doctor", "--json", "--socket"])
+        .arg(&c.daemons[0].socket)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{text}\n{}", String::from_utf8_lossy(&out.stderr)))?;
+    let findings = v["findings"].as_array().context("no findings")?.clone();
+    ensure!(
+        out.status.success() == (v["status"] == "ok"),
+        "exit status {} with status {}",
+        out.status,
+        v["status"]
+    );
+    Ok((out.status.success(), findings))
+}
+
+/// The finding of `check` (a prefix of its name).
+fn finding<'a>(findings: &'a [Value], check: &str) -> Result<&'a Value> {
+    findings
+        .iter()
+        .find(|f| f["check"].as_str().is_some_and(|c| c.starts_with(check)))
+        .with_context(|| format!("no finding {check} in {findings:#?}"))
+}
+
+/// Runs doctor until finding `check` has `status` and mentions `words`; unless it is
+/// ok, checks that a fix comes with it and that the exit status says so.
+fn names(c: &StoreCluster, check: &str, status: &str, words: &str) -> Result<()> {
+    eventually(Duration::from_secs(15), || {
+        let (ok, findings) = doctor(c)?;
+        let f = finding(&findings, check)?;
+        ensure!(f["status"] == status, "{check}: {f}");
+        ensure!(
+            f["detail"].as_str().is_some_and(|d| d.contains(words)),
+            "{check}: {f}"
+        );
+        if status != "ok" {
+            ensure!(
+                f["fix"].as_str().is_some_and(|x| !x.is_empty()),
+                "{check}: no fix in {f}"
+            );
+            ensure!(!ok, "doctor exited 0 with {check} {status}");
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn doctor_finds_nothing_wrong_in_a_healthy_pair_and_names_each_fault() -> Result<()> {
+    if skip_without_root_or_etcd() {
+        return Ok(());
+    }
+    let mut c = StoreCluster::new(2, true, 10)?;
+    let peer = format!("peer {}", c.daemons[1].node);
+    let (ok, findings) = doctor(&c)?;
+    let wrong: Vec<&Value> = findings.iter().filter(|f| f["status"] != "ok").collect();
+    ensure!(ok && wrong.is_empty(), "a healthy pair: {wrong:#?}");
+    for check in [
+        "kernel",
+        "store",
+        "lease",
+        "clock",
+        "route map",
+        "forwarding",
+        "rp_filter",
+        "vxlan port",
+        &peer,
+    ] {
+        finding(&findings, check)?;
+    }
+    let p = finding(&findings, &peer)?;
+    ensure!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("100, 1450, 1500")),
+        "{p}"
+    );
+
+    // The peer's link takes 1400 bytes at most: the MTU probes do not come back.
+    let peer_ns = &c.hosts[1].ns;
+    peer_ns.ip(&["link", "set", "eth0", "mtu", "1400"])?;
+    names(&c, &peer, "fail", "MTU")?;
+    peer_ns.ip(&["link", "set", "eth0", "mtu", "1500"])?;
+    names(&c, &peer, "ok", "1500")?;
+
+    // A firewall drops UDP to the VXLAN port.
+    let host = &c.hosts[0].ns;
+    let nft = |script: &str| host.exec(&["nft", script]);
+    nft("add table ip doctortest")?;
+    nft("add chain ip doctortest out { type filter hook output priority 0 ; }")?;
+    nft("add rule ip doctortest out udp dport 4789 drop")?;
+    names(&c, &peer, "fail", "does not answer")?;
+    nft("delete table ip doctortest")?;
+
+    // A kernel vxlan device on oxlay's port.
+    host.ip(&[
+        "link", "add", "vxdoc", "type", "vxlan", "id", "77", "dstport", "4789", "dev", "eth0",
+    ])?;
+    host.ip(&["link", "set", "vxdoc", "up"])?;
+    names(&c, "vxlan port", "fail", "vxdoc")?;
+    host.ip(&["link", "del", "vxdoc"])?;
+
+    // Forwarding off; strict reverse path filtering.
+    host.sysctl("net.ipv4.ip_forward", "0")?;
+    names(&c, "forwarding", "fail", "ip_forward is 0")?;
+    host.sysctl("net.ipv4.ip_forward", "1")?;
+    host.sysctl("net.ipv4.conf.all.rp_filter", "1")?;
+    names(&c, "rp_filter", "warn", "strict")?;
+    host.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+
+    // Healthy again, then the store stops.
+    eventually(Duration::from_secs(10), || {
+        let (ok, findings) = doctor(&c)?;
+        let wrong: Vec<&Value> = findings.iter().filter(|f| f["status"] != "ok").collect();
+        ensure!(ok && wrong.is_empty(), "after the repairs: {wrong:#?}");
+        Ok(())
+    })?;
+    c.etcd.as_mut().context("no etcd")?.stop()?;
+    names(&c, "store", "fail", "has not answered")?;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! `oxlay doctor` in the daemon: the findings about this host (kernel, store, lease,
+//! clock, route map, forwarding, the VXLAN port) and each peer (probed through its
+//! program at three sizes).
+use std::{net::Ipv4Addr, time::Duration};
+
+use oxlay_common::limits::MAX_ROUTES;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Daemon;
+use crate::{
+    config::DecapMode,
+    doctor::{echo, host, Finding},
+    net::netlink,
+};
+
+pub(super) async fn findings(d: &Daemon) -> Vec<Finding> {
+    let mut found = vec![kernel(d), store(d), lease(d), clock(d).await];
+    {
+        let s = d.state.lock().await;
+        let routes = s.shadow.as_ref().map_or(0, |m| m.routes.len());
+        let fill = routes as f64 / f64::from(MAX_ROUTES);
+        let detail = format!("{routes} of {MAX_ROUTES} entries ({:.1}%)", fill * 100.0);
+        let fix = "use larger blocks (fewer routes per host) or fewer networks per host";
+        found.push(match fill {
+            f if f > 0.9 => Finding::fail("route map", detail, fix),
+            f if f > 0.75 => Finding::warn("route map", detail, fix),
+            _ => Finding::ok("route map", detail),
+        });
+    }
+    found.push(host::forwarding());
+    found.push(host::rp_filter(&d.config.underlay_interface));
+    found.push(port(d).await);
+    found.extend(peers(d).await);
+    found
+}
+
+fn kernel(d: &Daemon) -> Finding {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let attach = if crate::datapath::has_tcx() {
+        "TC programs on TCX links"
+    } else {
+        "TC programs as cls_bpf filters on clsact (no TCX before Linux 6.6)"
+    };
+    let decap = match d.config.decap {
+        DecapMode::Tc => "decapsulation at TC ingress",
+        DecapMode::Xdp => "decapsulation in XDP, delivery at TC",
+    };
+    Finding::ok(
+        "kernel",
+        format!("Linux {}: {attach}; {decap}", release.trim()),
+    )
+}
+
+fn store(d: &Daemon) -> Finding {
+    let h = d.health.lock().unwrap_or_else(|p| p.into_inner());
+    match h.down_since {
+        Some(since) => Finding::fail(
+            "store",
+            format!(
+                "{} has not answered for {:.0} s ({}); forwarding goes on with the routes in the maps, but no change reaches this host",
+                d.config.store.describe(),
+                since.elapsed().unwrap_or_default().as_secs_f64(),
+                h.last_error.as_deref().unwrap_or("no error recorded")
+            ),
+            "check that etcd runs and that [store] etcd_endpoints reach it from this host",
+        ),
+        None => Finding::ok("store", format!("{} answers", d.config.store.describe())),
+    }
+}
+
+fn lease(d: &Daemon) -> Finding {
+    let age = {
+        let h = d.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.lease_renewed.map(|t| t.elapsed())
+    };
+    let ttl = d.lease.ttl();
+    match age {
+        Some(age) if age < ttl.mul_f64(0.7) => Finding::ok(
+            "lease",
+            format!("renewed {:.0} s ago (TTL {} s)", age.as_secs_f64(), ttl.as_secs()),
+        ),
+        _ => Finding::fail(
+            "lease",
+            format!("not renewed for {} (TTL {} s): when it expires, other hosts drop their routes to this host's containers", age.map_or("ever".into(), |a| format!("{:.0} s", a.as_secs_f64())), ttl.as_secs()),
+            "make the store reachable (see the store finding); the daemon registers again by itself",
+        ),
+    }
+}
+
+/// The clock against etcd's (the Date header of its HTTP answer; second resolution).
+async fn clock(d: &Daemon) -> Finding {
+    let Some(endpoint) = d.config.store.etcd_endpoints.first() else {
+        return Finding::ok("clock", "embedded store on this machine: one clock");
+    };
+    match etcd_date(endpoint).await {
+        Ok(offset) if offset.abs() <= 2.0 => {
+            Finding::ok("clock", format!("{offset:+.0} s from {endpoint}'s clock"))
+        }
+        Ok(offset) => Finding::warn(
+            "clock",
+            format!("{offset:+.0} s from {endpoint}'s clock: logs and lease timings of the hosts disagree"),
+            "run NTP (chrony, systemd-timesyncd) on every host and on the store",
+        ),
+        Err(e) => Finding::warn(
+            "clock",
+            format!("cannot read {endpoint}'s clock: {e:#}"),
+            "see the store finding",
+        ),
+    }
+}
+
+/// Seconds the store's clock is ahead of ours.
+async fn etcd_date(endpoint: &str) -> anyhow::Result<f64> {
+    let authority = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let request = format!("GET /version HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+    let answer = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut s = tokio::net::TcpStream::connect(&authority).await?;
+        s.write_all(request.as_bytes()).await?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await?;
+        anyhow::Ok(answer)
+    })
+    .await??;
+    let now = std::time::SystemTime::now();
+    let date = answer
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Date: ")
+                .or_else(|| l.strip_prefix("date: "))
+        })
+        .ok_or_else(|| anyhow::anyhow!("its answer has no Date header"))?;
+    let theirs = httpdate::parse_http_date(date.trim())?;
+    Ok(match theirs.duration_since(now) {
+        Ok(ahead) => ahead.as_secs_f64(),
+        Err(behind) => -behind.duration().as_secs_f64(),
+    })
+}
+
+/// Something else on the VXLAN port: a kernel vxlan device, or any socket.
+async fn port(d: &Daemon) -> Finding {
+    let port = d.config.vxlan_port;
+    let handle = d.state.lock().await.handle.clone();
+    let devices = netlink::vxlan_devices_on(&handle, port)
+        .await
+        .unwrap_or_default();
+    let sockets = host::udp_sockets_on(port);
+    let why = "oxlay's program takes the VXLAN packets of its peers before any socket and drops the others, so that socket receives nothing";
+    if !devices.is_empty() {
+        return Finding::fail(
+            "vxlan port",
+            format!("the kernel vxlan device {} uses UDP {port} too: {why}", devices.join(", ")),
+            "give it another port (ip link add ... dstport N) or remove it; or give oxlay another vxlan_port on every host",
+        );
+    }
+    if sockets > 0 {
+        return Finding::fail(
+            "vxlan port",
+            format!("{sockets} socket(s) bound to UDP {port} on this host: {why}"),
+            format!("`ss -ulpn sport = :{port}` names the program; move it to another port"),
+        );
+    }
+    Finding::ok("vxlan port", format!("UDP {port} is oxlay's alone"))
+}
+
+/// Each peer probed through its program: small (answers at all), MTU - 50 (a
+/// container's full packet on a path 50 bytes short) and the underlay MTU (a
+/// container's full packet once encapsulated).
+async fn peers(d: &Daemon) -> Vec<Finding> {
+    let mtu = {
+        let handle = d.state.lock().await.handle.clone();
+        let link = netlink::link_by_name(&handle, &d.config.underlay_interface).await;
+        link.ok().flatten().map_or(1500, |l| l.mtu as usize)
+    };
+    let mut peers: Vec<(String, Ipv4Addr, bool)> = {
+        let s = d.state.lock().await;
+        let hosts = s.snapshot.hosts.values().filter(|h| h.name != d.host.name);
+        hosts
+            .map(|h| (h.name.clone(), h.underlay_address, true))
+            .collect()
+    };
+    for p in &d.config.peers {
+        if !peers.iter().any(|(_, a, _)| *a == p.underlay_address) {
+            peers.push((p.name.clone(), p.underlay_address, false));
+        }
+    }
+    let probes = peers.into_iter().map(|(name, addr, oxlay)| async move {
+        let answers =
+            |size| echo::answers(d.host.underlay_address, addr, d.config.vxlan_port, size);
+        let sizes = [100, mtu - 50, mtu];
+        let mut passed = Vec::new();
+        for size in sizes {
+            if !answers(size).await.unwrap_or(false) {
+                break;
+            }
+            passed.push(size);
+        }
+        peer_finding(&name, addr, oxlay, d.config.vxlan_port, &sizes, &passed)
+    });
+    futures::future::join_all(probes).await
+}
+
+fn peer_finding(
+    name: &str,
+    addr: Ipv4Addr,
+    oxlay: bool,
+    port: u16,
+    sizes: &[usize; 3],
+    passed: &[usize],
+) -> Finding {
+    let check = format!("peer {name}");
+    match passed.len() {
+        3 => Finding::ok(&check, format!("{addr} answers on UDP {port} at {} bytes", sizes.map(|s| s.to_string()).join(", "))),
+        0 if !oxlay => Finding::warn(
+            &check,
+            format!("{addr} (a static peer) does not answer oxlay's probe on UDP {port}: normal for a peer that is no oxlay host (kernel vxlan, Open vSwitch), else the port is blocked"),
+            format!("if it is an oxlay host: open UDP {port} between the hosts and check `oxlay status` there"),
+        ),
+        0 => Finding::fail(
+            &check,
+            format!("{addr} does not answer on UDP {port}: a firewall on the way drops it, or oxlay's programs are not attached there"),
+            format!("open UDP {port} between the hosts (both ways); on {name}, `oxlay status` and `oxlay doctor`"),
+        ),
+        n => Finding::fail(
+            &check,
+            format!(
+                "{addr} answers {}-byte packets but not {}-byte ones (DF set): the path's MTU is below the underlay's {}, so containers' full-size packets (their MTU + 50 bytes of VXLAN) are lost",
+                passed[n - 1], sizes[n], sizes[2]
+            ),
+            "give every link between the hosts the same MTU (on each host, `ip link` shows it), or lower the underlay MTU on all hosts (containers' MTU follows)",
+        ),
+    }
+}
