@@ -8,6 +8,8 @@
 pub enum CounterKind {
     Forward,
     Drop,
+    /// About `oxlay monitor` itself, not about packets' fate.
+    Monitor,
 }
 
 /// Index into the counters map.
@@ -274,7 +276,7 @@ pub const COUNTERS: [CounterInfo; 34] = [
     row(
         Counter::MonitorLost,
         "monitor_lost",
-        Forward,
+        CounterKind::Monitor,
         "packets whose `oxlay monitor` event was lost: the ring buffer was full (the packets themselves went on)",
     ),
     row(

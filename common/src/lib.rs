@@ -322,10 +322,10 @@ mod tests {
         assert_eq!(size_of::<XdpDeliveryMeta>(), 8);
         assert_eq!(size_of::<CounterValue>(), 16);
         assert_eq!(size_of::<NetworkTraffic>(), 32);
-        assert_eq!(size_of::<monitor::MonitorConfig>(), 8);
+        assert_eq!(size_of::<monitor::MonitorConfig>(), 24);
         assert_eq!(
             size_of::<monitor::MonitorEvent>(),
-            8 + 4 * 4 + monitor::CAPTURE_LEN
+            8 + 4 * 6 + monitor::CAPTURE_LEN
         );
     }
 

@@ -2,10 +2,10 @@
 //! buffer, and the switch (`OXLAY_MONITOR`) that says whether anyone listens. With no
 //! listener the programs read the switch and emit nothing.
 
-/// [`MonitorConfig::flags`]: emit an event for each dropped packet.
-pub const MONITOR_DROPS: u32 = 1;
-/// [`MonitorConfig::flags`]: emit an event for one forwarded packet in `sample`.
-pub const MONITOR_TRACES: u32 = 2;
+/// How long a switch holds unless the daemon's reader renews it (every second): a
+/// daemon that died leaves a switch that lapses, not programs that report into a ring
+/// nobody reads.
+pub const SWITCH_HOLDS_NS: u64 = 3_000_000_000;
 
 /// Bytes of each packet an event carries, from its first byte: enough for outer
 /// Ethernet, IPv4, UDP and VXLAN, then inner Ethernet, IPv4 and the ports.
@@ -29,10 +29,14 @@ pub const PROBE_MARK: u32 = 0x6f78_7072; // "oxpr"
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MonitorConfig {
-    pub flags: u32,
-    /// With [`MONITOR_TRACES`]: one forwarded packet in this many is traced (0 and 1:
-    /// every one).
+    /// Bit `i`: report packets counted under counter `i` (0: nobody listens).
+    pub counters: u64,
+    /// `bpf_ktime_get_ns` time after which the switch no longer holds.
+    pub until_ns: u64,
+    /// One forwarded packet in this many is reported (0 and 1: every one); drops
+    /// always.
     pub sample: u32,
+    pub _pad: u32,
 }
 
 /// One event: which counter the packet was counted under (a drop reason, or what was
@@ -50,6 +54,9 @@ pub struct MonitorEvent {
     pub len: u32,
     /// How many bytes of `headers` hold the frame's first bytes.
     pub captured: u32,
+    /// The network, where the program knew it (0: read it from the headers).
+    pub vni: u32,
+    pub _pad: u32,
     pub headers: [u8; CAPTURE_LEN],
 }
 
@@ -61,6 +68,8 @@ impl Default for MonitorEvent {
             ifindex: 0,
             len: 0,
             captured: 0,
+            vni: 0,
+            _pad: 0,
             headers: [0; CAPTURE_LEN],
         }
     }

@@ -97,6 +97,12 @@ fn add(value: &mut CounterValue, bytes: u32) {
 /// Counts `frame` under `counter` (and reports it to a listening monitor).
 #[inline(always)]
 pub fn count<F: Frame>(frame: &F, counter: Counter) {
+    count_in(frame, counter, 0);
+}
+
+/// `count` for a packet of network `vni` (which the monitor's event then names).
+#[inline(always)]
+pub fn count_in<F: Frame>(frame: &F, counter: Counter, vni: u32) {
     if frame.is_probe() {
         if let Some(slot) = OXLAY_PROBE.get_ptr_mut(0) {
             // SAFETY: this CPU's slot of a per-CPU array, as in `bump`.
@@ -105,7 +111,7 @@ pub fn count<F: Frame>(frame: &F, counter: Counter) {
         return;
     }
     bump(counter, frame.frame_len());
-    report(frame, counter);
+    report(frame, counter, vni);
 }
 
 /// Adds one packet of `bytes` to `counter`.

@@ -18,7 +18,7 @@ use network_types::eth::EthHdr;
 use oxlay_common::{wire::ETH_LEN, Counter, Route, XdpDeliveryMeta};
 
 use crate::{
-    counters::{count, count_network, Direction},
+    counters::{count, count_in, count_network, Direction},
     echo, maps,
     parse::{classify, write, Decap, ETH_P_IPV4, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
 };
@@ -155,7 +155,7 @@ fn tc_strip_and_deliver(
     if !write(ctx.data(), ctx.data_end(), 0, delivery_eth(route)) {
         return Err(Counter::DropHeaderWriteFailed);
     }
-    count(ctx, Counter::Decapsulated);
+    count_in(ctx, Counter::Decapsulated, vni);
     count_network(ctx, vni, Direction::Decapsulated);
     Ok(deliver(route.ifindex, gso))
 }
@@ -203,7 +203,7 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
             route, strip, vni, ..
         } => match xdp_strip_and_deliver(ctx, &route, strip as i32) {
             Ok(action) => {
-                count(ctx, Counter::Decapsulated);
+                count_in(ctx, Counter::Decapsulated, vni);
                 count_network(ctx, vni, Direction::Decapsulated);
                 action
             }

@@ -21,7 +21,7 @@ use oxlay_common::{
 
 use crate::{
     arp, checksum,
-    counters::{count, count_network, Direction},
+    counters::{count, count_in, count_network, Direction},
     l2, maps, mtu,
     parse::{read, write, ETH_P_IPV4, IPPROTO_UDP},
 };
@@ -331,7 +331,7 @@ fn outer_ipv4(cfg: &DatapathConfig, route: &Route, proto: u8, total_len: u16) ->
 /// the outer MACs from the underlay's neighbour table.
 #[inline(always)]
 fn send_to_peer(ctx: &TcContext, cfg: &DatapathConfig, vni: u32) -> i32 {
-    count(ctx, Counter::Encapsulated);
+    count_in(ctx, Counter::Encapsulated, vni);
     count_network(ctx, vni, Direction::Encapsulated);
     // SAFETY: plain helper call with no parameters struct; an unknown ifindex makes the
     // kernel drop the packet.

@@ -1,6 +1,7 @@
 //! The maps shared with userspace. All are pinned by name so that a restarting daemon
 //! finds them again; sizes are explained in `oxlay_common::limits`.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -51,8 +52,10 @@ pub static OXLAY_COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(COUNT
 
 /// VNI -> that overlay network's encapsulated and decapsulated traffic, per CPU.
 #[map]
+/// Entries are allocated as networks see traffic (BPF_F_NO_PREALLOC), not for all
+/// MAX_NETWORKS x CPUs up front.
 pub static OXLAY_NETWORK_TRAFFIC: PerCpuHashMap<u32, NetworkTraffic> =
-    PerCpuHashMap::pinned(limits::MAX_NETWORKS, 0);
+    PerCpuHashMap::pinned(limits::MAX_NETWORKS, BPF_F_NO_PREALLOC);
 
 /// Whether `oxlay monitor` listens, and for what (written by the daemon).
 #[map]

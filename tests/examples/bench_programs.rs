@@ -17,8 +17,7 @@ use std::{
 use anyhow::{ensure, Result};
 use oxlay::{datapath::Datapath, net::Ipv4Net};
 use oxlay_common::{
-    monitor::{MonitorConfig, MONITOR_DROPS, MONITOR_TRACES},
-    program_names as prog, DatapathConfig, Endpoint, Route,
+    monitor::MonitorConfig, program_names as prog, DatapathConfig, Endpoint, Route,
 };
 
 const RUNS: u32 = 20_000;
@@ -127,10 +126,15 @@ fn measure(pins: &std::path::Path, routes: u32) -> Result<serde_json::Value> {
         let mut ring = dp.take_events()?;
         for (name, flags) in [
             ("none", 0),
-            ("drops", MONITOR_DROPS),
-            ("trace_all", MONITOR_DROPS | MONITOR_TRACES),
+            ("drops", oxlay_common::DROP_MASK),
+            ("trace_all", u64::MAX),
         ] {
-            dp.set_monitor(MonitorConfig { flags, sample: 1 })?;
+            dp.set_monitor(MonitorConfig {
+                counters: flags,
+                until_ns: u64::MAX,
+                sample: 1,
+                _pad: 0,
+            })?;
             // A listener reads the ring buffer meanwhile, as the daemon does.
             let stop = AtomicBool::new(false);
             let (mut costs, events) = std::thread::scope(|s| {

@@ -64,7 +64,12 @@ fn doctor_finds_nothing_wrong_in_a_healthy_pair_and_names_each_fault() -> Result
     }
     let mut c = StoreCluster::new(2, true, 10)?;
     let peer = format!("peer {}", c.daemons[1].node);
-    let (ok, findings) = doctor(&c)?;
+    // Once host 0 knows its peer (the store's watch).
+    let (ok, findings) = eventually(Duration::from_secs(10), || {
+        let (ok, findings) = doctor(&c)?;
+        finding(&findings, &peer)?;
+        Ok((ok, findings))
+    })?;
     let wrong: Vec<&Value> = findings.iter().filter(|f| f["status"] != "ok").collect();
     ensure!(ok && wrong.is_empty(), "a healthy pair: {wrong:#?}");
     for check in [

@@ -175,7 +175,14 @@ fn explain_tells_where_a_packet_goes_or_why_it_is_dropped() -> Result<()> {
         0,
         &["--receive", "--from", &b_ip, "--to", "10.84.250.250"],
     )?;
-    ensure!(v["verdict"] == "dropped", "{v}");
+    ensure!(
+        v["verdict"] == "dropped" && v["counter"] == "drop_no_local_endpoint",
+        "{v}"
+    );
+    ensure!(
+        v["action"].as_str().is_some_and(|a| a.starts_with("drop")),
+        "{v}"
+    );
 
     // None of it counted: every counter and network's traffic as before. (The hosts'
     // own traffic, ARP on the underlay, moves passed_to_stack meanwhile: that probe

@@ -117,14 +117,15 @@ fn a_real_prometheus_scrapes_two_daemons_and_sees_the_drops_a_test_caused() -> R
     })
     .with_context(|| p.log())?;
 
-    // Five VXLAN packets to host 0 from the underlay's own address, which is no peer.
+    // 100 VXLAN packets to host 0 from the underlay's own address, which is no peer
+    // (enough to go over the drop alert's threshold of one per 10 s).
     c.underlay
         .ns
         .spawn(|| {
             let sock = UdpSocket::bind("192.168.50.1:0")?;
             let mut packet = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
             packet.extend([0u8; 60]);
-            for _ in 0..5 {
+            for _ in 0..100 {
                 sock.send_to(&packet, "192.168.50.11:4789")?;
             }
             anyhow::Ok(())
@@ -133,7 +134,7 @@ fn a_real_prometheus_scrapes_two_daemons_and_sees_the_drops_a_test_caused() -> R
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     eventually(Duration::from_secs(15), || {
         let drops = p.query(unknown)?;
-        ensure!(value_of(&drops, 0)? == 5.0, "{drops:?}");
+        ensure!(value_of(&drops, 0)? == 100.0, "{drops:?}");
         ensure!(value_of(&drops, 1)? == 0.0, "{drops:?}");
         Ok(())
     })?;
@@ -175,7 +176,7 @@ fn rules_evaluate(p: &Prometheus) -> Result<()> {
             .iter()
             .flat_map(|g| g["rules"].as_array().into_iter().flatten())
             .collect();
-        ensure!(rules.len() == 6, "{} rules loaded", rules.len());
+        ensure!(rules.len() == 7, "{} rules loaded", rules.len());
         for r in rules {
             ensure!(r["health"] == "ok", "rule {}: {}", r["name"], r);
         }

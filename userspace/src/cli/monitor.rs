@@ -37,8 +37,7 @@ pub async fn run(socket: &Path, request: &Request, json: bool, count: Option<u64
     let mut shown = 0;
     while count.is_none_or(|c| shown < c) {
         let Some(text) = lines.next_line().await? else {
-            eprintln!("the daemon ended the stream (it stopped?)");
-            break;
+            anyhow::bail!("the daemon ended the stream (it stopped, or its monitor did)");
         };
         let parsed: MonitorLine = serde_json::from_str(&text)
             .with_context(|| format!("the daemon sent a line this oxlay cannot read: {text}"))?;

@@ -45,13 +45,19 @@ pub(super) async fn answer(d: &Daemon, request: Request) -> Result<ExplainView> 
         (None, Some(_)) => L4::Tcp,
         (None, None) => L4::Icmp,
     };
+    let min = Spec::min_size(protocol);
+    let size = size.unwrap_or(100);
+    // A test run takes a packet of at most about a page.
+    if !(min..=3000).contains(&size) {
+        bail!("--size {size}: give {min} to 3000 bytes (the IPv4 packet's length)");
+    }
     let spec = Spec {
         from,
         to,
         protocol,
         sport: sport.unwrap_or(40000),
         dport: dport.unwrap_or(80),
-        size: size.unwrap_or(100),
+        size,
     };
     let ask = Ask {
         network,
@@ -66,7 +72,7 @@ async fn explain(d: &Daemon, ask: Ask) -> Result<ExplainView> {
     let mut s = d.state.lock().await;
     let (vni, encap) = network(&s, &ask.network)?;
     let spec = ask.spec;
-    let view = |entered: String, route: Option<(Ipv4Net, Route)>| ExplainView {
+    let view = |entered: String, route: Option<(Option<Ipv4Net>, Route)>| ExplainView {
         direction: if ask.receive { "receive" } else { "send" }.into(),
         network: ask.network.clone(),
         vni,
@@ -82,6 +88,7 @@ async fn explain(d: &Daemon, ask: Ask) -> Result<ExplainView> {
         entered,
         route: route.map(|(prefix, r)| route_match(&s, prefix, &r)),
         verdict: String::new(),
+        action: String::new(),
         counter: None,
         meaning: None,
         outer: None,
@@ -111,6 +118,12 @@ async fn explain(d: &Daemon, ask: Ask) -> Result<ExplainView> {
     };
     let (out, counter) = s.datapath.probe(program, &frame, ifindex)?;
     v.verdict = explain::verdict(counter).into();
+    v.action = match out.verdict {
+        0 => "pass (TC_ACT_OK)".into(),
+        2 => "drop (TC_ACT_SHOT)".into(),
+        7 => "redirect (TC_ACT_REDIRECT)".into(),
+        n => n.to_string(),
+    };
     v.counter = counter.map(|c| c.name.into());
     v.meaning = counter.map(|c| c.help.into());
     if v.verdict == "encapsulated" {
@@ -141,18 +154,27 @@ fn network(s: &State, name: &str) -> Result<(u32, Encap)> {
     }
 }
 
-/// The longest-prefix route of `addr` in network `net_id`, as the maps hold it.
-fn lookup(s: &State, net_id: u32, addr: Ipv4Addr) -> Option<(Ipv4Net, Route)> {
-    let shadow = s.shadow.as_ref()?;
-    shadow
-        .routes
-        .iter()
-        .filter(|((net, prefix), _)| *net == net_id && prefix.contains(addr))
-        .max_by_key(|((_, prefix), _)| prefix.prefix_len())
-        .map(|((_, prefix), route)| (*prefix, *route))
+/// The longest-prefix route of `addr` in network `net_id`: the kernel's lookup in the
+/// live map, with the prefix from what the daemon wrote (a map lookup does not say
+/// which prefix matched). When the two disagree (a write that failed), the map's
+/// entry is shown, its prefix unknown.
+fn lookup(s: &State, net_id: u32, addr: Ipv4Addr) -> Option<(Option<Ipv4Net>, Route)> {
+    let live = s.datapath.route_lookup(net_id, addr).ok().flatten()?;
+    let written = s.shadow.as_ref().and_then(|shadow| {
+        shadow
+            .routes
+            .iter()
+            .filter(|((net, prefix), _)| *net == net_id && prefix.contains(addr))
+            .max_by_key(|((_, prefix), _)| prefix.prefix_len())
+            .map(|((_, prefix), route)| (*prefix, *route))
+    });
+    match written {
+        Some((prefix, route)) if route == live => Some((Some(prefix), live)),
+        _ => Some((None, live)),
+    }
 }
 
-fn route_match(s: &State, prefix: Ipv4Net, r: &Route) -> RouteMatch {
+fn route_match(s: &State, prefix: Option<Ipv4Net>, r: &Route) -> RouteMatch {
     let underlay = Ipv4Addr::from(r.underlay_addr);
     let (kind, via, host) = match r.kind {
         k if k == RouteKind::Local as u8 => {
@@ -178,7 +200,13 @@ fn route_match(s: &State, prefix: Ipv4Net, r: &Route) -> RouteMatch {
         }
     };
     RouteMatch {
-        prefix: prefix.to_string(),
+        prefix: prefix.map_or_else(
+            || {
+                "unknown: the map's entry differs from what the daemon wrote (`oxlay status`)"
+                    .into()
+            },
+            |p| p.to_string(),
+        ),
         kind: kind.into(),
         via,
         host,

@@ -12,6 +12,8 @@ pub(crate) struct StoreHealth {
     pub(crate) last_error: Option<String>,
     /// When the host's lease was last renewed (None: not since the start).
     pub(crate) lease_renewed: Option<std::time::Instant>,
+    /// Leases that expired since the start (the store dropped this host meanwhile).
+    pub(crate) lease_expiries: u64,
 }
 
 pub(crate) type Health = Arc<Mutex<StoreHealth>>;
@@ -52,5 +54,10 @@ impl LeaseEvents for Mutex<StoreHealth> {
     }
     fn failed(&self, what: &str, e: &anyhow::Error) {
         store_failed(self, what, e);
+    }
+    fn expired(&self) {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lease_expiries += 1;
     }
 }

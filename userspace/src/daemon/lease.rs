@@ -87,6 +87,8 @@ impl HostLease {
 pub trait LeaseEvents: Send + Sync {
     fn renewed(&self);
     fn failed(&self, what: &str, e: &anyhow::Error);
+    /// The store said the lease had expired (the host registers again).
+    fn expired(&self) {}
 }
 
 /// Renews the lease every third of its TTL. When the store says the lease is gone (an
@@ -102,6 +104,7 @@ where
         match lease.renew().await {
             Ok(true) => events.renewed(),
             Ok(false) => {
+                events.expired();
                 warn!(
                     "lease {} expired (the store was out of reach longer than its TTL); registering again",
                     lease.current()

@@ -311,6 +311,13 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
     keepalive.abort();
     watcher.abort();
     monitor.abort();
+    // Nobody reads the ring buffer any more (the switch would lapse by itself).
+    let _ = daemon
+        .state
+        .lock()
+        .await
+        .datapath
+        .set_monitor(Default::default());
     if let Some(m) = metrics {
         m.abort();
     }

@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use oxlay_common::{monitor::DRAIN_EVERY_MS, Counter};
+use oxlay_common::{
+    monitor::{DRAIN_EVERY_MS, SWITCH_HOLDS_NS},
+    Counter,
+};
 use serde_json::json;
 use tokio::{
     io::{unix::AsyncFd, AsyncRead, AsyncReadExt, AsyncWriteExt, Interest},
@@ -29,7 +32,29 @@ pub(super) fn start(d: &Arc<Daemon>) -> tokio::task::JoinHandle<()> {
         if let Err(e) = read_events(&d).await {
             log::warn!("oxlay monitor is not available: {e:#}");
         }
+        // Nobody reads the ring any more: listeners are told, the programs stop.
+        d.monitor.close();
+        if let Err(e) = d
+            .state
+            .lock()
+            .await
+            .datapath
+            .set_monitor(Default::default())
+        {
+            log::warn!("cannot turn the monitor's switch off: {e:#} (it lapses by itself)");
+        }
     })
+}
+
+/// Writes the switch the listeners ask for, to hold until a while from now.
+fn write_switch(d: &Daemon, s: &mut State) -> Result<bool> {
+    let mut switch = d.monitor.switch();
+    if switch.counters != 0 {
+        switch.until_ns =
+            (monotonic_now() + Duration::from_nanos(SWITCH_HOLDS_NS)).as_nanos() as u64;
+    }
+    s.datapath.set_monitor(switch)?;
+    Ok(switch.counters != 0)
 }
 
 async fn read_events(d: &Daemon) -> Result<()> {
@@ -42,20 +67,22 @@ async fn read_events(d: &Daemon) -> Result<()> {
     let mut cx = Fresh::new(&*d.state.lock().await);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_EVERY_MS));
+    let mut listening = false;
     loop {
         tokio::select! {
             // Woken by the programs when a batch waits; drained on the timer otherwise.
             guard = ring.readable_mut() => guard?.clear_ready(),
-            _ = drain.tick() => {}
+            _ = drain.tick(), if listening => {}
             _ = d.monitor.changed.notified() => {
-                let switch = d.monitor.switch();
                 let mut s = d.state.lock().await;
-                s.datapath.set_monitor(switch)?;
+                listening = write_switch(d, &mut s)?;
                 // A new listener may ask about what changed since the last tick.
                 cx = Fresh::new(&s);
             }
-            _ = tick.tick() => {
-                let s = d.state.lock().await;
+            _ = tick.tick(), if listening => {
+                let mut s = d.state.lock().await;
+                // Renewed while the daemon runs: it lapses when the daemon is gone.
+                listening = write_switch(d, &mut s)?;
                 cx = Fresh::new(&s);
                 let lost = s.datapath.counters()?[Counter::MonitorLost as usize].1.packets;
                 d.monitor.set_kernel_lost(lost);
@@ -157,16 +184,42 @@ async fn write_line(write: &mut OwnedWriteHalf, value: &impl serde::Serialize) -
     Ok(())
 }
 
-/// Streams what `filter` shows until the client goes (its end of the socket closes).
+/// Streams what `filter` shows until the client goes (its end of the socket closes:
+/// a client keeps it open while it listens). A client that went is no error.
 pub(super) async fn stream(
     d: &Daemon,
     filter: Filter,
-    mut read: impl AsyncRead + Unpin,
+    read: impl AsyncRead + Unpin,
     mut write: OwnedWriteHalf,
+) -> Result<()> {
+    if d.monitor.is_closed() {
+        let e = "the monitor's reader stopped (the daemon's log says why): restart the daemon";
+        return write_line(&mut write, &Response::Error(e.into())).await;
+    }
+    match follow(d, filter, read, &mut write).await {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>().is_some_and(|e| {
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                )
+            }) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+async fn follow(
+    d: &Daemon,
+    filter: Filter,
+    mut read: impl AsyncRead + Unpin,
+    write: &mut OwnedWriteHalf,
 ) -> Result<()> {
     let mut sub = d.monitor.subscribe(filter);
     let answer = json!({ "monitoring": d.config.node_name });
-    write_line(&mut write, &Response::Ok(answer)).await?;
+    write_line(write, &Response::Ok(answer)).await?;
     let mut reported_lost = 0;
     let mut byte = [0u8; 1];
     loop {
@@ -179,12 +232,12 @@ pub(super) async fn stream(
             },
         };
         if let Some(event) = event {
-            write_line(&mut write, &MonitorLine::Event(Box::new((*event).clone()))).await?;
+            write_line(write, &MonitorLine::Event(Box::new((*event).clone()))).await?;
         }
         let lost = sub.lost();
         if lost > reported_lost {
             reported_lost = lost;
-            write_line(&mut write, &MonitorLine::Lost(lost)).await?;
+            write_line(write, &MonitorLine::Lost(lost)).await?;
         }
     }
 }

@@ -37,6 +37,7 @@ impl Traffic {
                     kind: match info.kind {
                         CounterKind::Forward => "forward",
                         CounterKind::Drop => "drop",
+                        CounterKind::Monitor => "monitor",
                     }
                     .to_owned(),
                     packets: value.packets,

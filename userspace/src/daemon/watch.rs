@@ -84,7 +84,10 @@ pub(super) async fn watch_store(d: Arc<Daemon>) {
         let start = match Snapshot::list(&*d.store).await {
             Ok((snapshot, revision)) => {
                 store_ok(&d.health);
-                d.state.lock().await.snapshot = snapshot;
+                let mut s = d.state.lock().await;
+                s.snapshot = snapshot;
+                // The maps follow this listing (the watch goes on from here).
+                s.control.watch_revision.set(revision);
                 revision
             }
             Err(e) => {

@@ -88,6 +88,17 @@ impl Datapath {
             .with_context(|| format!("cannot remove route to {dest} in network {net_id}"))
     }
 
+    /// What the programs' lookup of `addr` in network `net_id` finds (longest prefix).
+    pub fn route_lookup(&self, net_id: u32, addr: Ipv4Addr) -> Result<Option<Route>> {
+        let map: LpmTrie<&MapData, RouteDest, Route> = self.map(map_names::ROUTES)?;
+        let key = Key::new(64, RouteDest::new(net_id, addr.octets()));
+        match map.get(&key, 0) {
+            Ok(route) => Ok(Some(route)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("cannot look a route up"),
+        }
+    }
+
     pub fn routes(&self) -> Result<Vec<RouteEntry>> {
         let map: LpmTrie<&MapData, RouteDest, Route> = self.map(map_names::ROUTES)?;
         let mut out = Vec::new();

@@ -28,6 +28,8 @@ pub struct ExplainView {
     pub route: Option<RouteMatch>,
     /// encapsulated, routed, delivered, to the host, answered, dropped.
     pub verdict: String,
+    /// What the program returned: redirect, drop, pass (or the number).
+    pub action: String,
     /// The counter the program counted it under, and its meaning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counter: Option<String>,
@@ -106,7 +108,10 @@ pub fn render(v: &ExplainView) -> String {
         (Some(c), Some(m)) => format!(": {c} ({m})"),
         _ => String::new(),
     };
-    t += &format!("  verdict  {}{counter}\n", v.verdict);
+    t += &format!(
+        "  verdict  {}{counter}, the program returned {}\n",
+        v.verdict, v.action
+    );
     if let Some(o) = &v.outer {
         let vni = v
             .outer_vni

@@ -30,6 +30,7 @@ pub struct Sample {
     pub map_write_failures: u64,
     /// Since the host's lease was last renewed (or registered).
     pub lease_age_seconds: f64,
+    pub lease_expiries: u64,
     pub lease_ttl_seconds: f64,
     pub control: ControlMetrics,
 }
@@ -78,6 +79,13 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
     registry.register(name, help, g);
 }
 
+/// A counter whose value the daemon keeps (`_total` is added).
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
 /// The sample in Prometheus' text exposition format.
 pub fn render(sample: &Sample) -> Result<String> {
     let mut registry = Registry::default();
@@ -104,6 +112,13 @@ pub fn render(sample: &Sample) -> Result<String> {
             let event = info.name.to_owned();
             (Event { event }, *v)
         }),
+    );
+    let lost = of_kind(CounterKind::Monitor).map(|(_, v)| v.packets).sum();
+    counter(
+        &mut registry,
+        "oxlay_monitor_events_lost",
+        "Events `oxlay monitor` listeners asked for that the ring buffer had no room for",
+        lost,
     );
     let networks = sample.networks.iter().flat_map(|(name, vni, t)| {
         [
@@ -171,12 +186,11 @@ fn control_plane(registry: &mut Registry, sample: &Sample) {
         "Entries of the route map over its capacity",
         fill,
     );
-    let failures = Counter::<u64>::default();
-    failures.inc_by(sample.map_write_failures);
-    registry.register(
+    counter(
+        registry,
         "oxlay_map_write_failures",
         "Map entries that could not be written since the daemon started (retried)",
-        failures,
+        sample.map_write_failures,
     );
     gauge(
         registry,
@@ -189,6 +203,12 @@ fn control_plane(registry: &mut Registry, sample: &Sample) {
         "oxlay_lease_ttl_seconds",
         "The TTL of the host's lease",
         sample.lease_ttl_seconds,
+    );
+    counter(
+        registry,
+        "oxlay_lease_expiries",
+        "Times the host's lease expired (the store dropped the host and its routes until it registered again)",
+        sample.lease_expiries,
     );
     let c = &sample.control;
     registry.register(

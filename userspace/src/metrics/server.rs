@@ -49,10 +49,14 @@ async fn scrape(d: &Daemon) -> axum::response::Response {
 }
 
 async fn sample(d: &Daemon) -> Result<Sample> {
-    let (down_for, lease_age) = {
+    let (down_for, lease_age, lease_expiries) = {
         let h = d.health.lock().unwrap_or_else(|p| p.into_inner());
         let down_for = h.down_since.map(|t| t.elapsed().unwrap_or_default());
-        (down_for, h.lease_renewed.map(|t| t.elapsed()))
+        (
+            down_for,
+            h.lease_renewed.map(|t| t.elapsed()),
+            h.lease_expiries,
+        )
     };
     let s = tokio::time::timeout(Duration::from_secs(2), d.state.lock())
         .await
@@ -63,6 +67,7 @@ async fn sample(d: &Daemon) -> Result<Sample> {
         networks: traffic.networks,
         lease_age_seconds: lease_age.unwrap_or_default().as_secs_f64(),
         lease_ttl_seconds: d.lease.ttl().as_secs_f64(),
+        lease_expiries,
         control: s.control.clone(),
         store_reachable: down_for.is_none(),
         store_down_seconds: down_for.map_or(0.0, |t| t.as_secs_f64()),

@@ -171,13 +171,18 @@ pub fn decode(
     let info = COUNTERS.get(e.counter as usize)?;
     let captured = &e.headers[..(e.captured as usize).min(CAPTURE_LEN)];
     let (outer, packet, tunnel_vni) = flows(captured, cx.vxlan_port);
-    let vni = tunnel_vni.or_else(|| cx.endpoint_vni.get(&e.ifindex).copied());
+    // The program's word first (it knows it after decapsulation too), then the
+    // tunnel's header, then the container's veth.
+    let vni = (e.vni != 0)
+        .then_some(e.vni)
+        .or(tunnel_vni)
+        .or_else(|| cx.endpoint_vni.get(&e.ifindex).copied());
     let age = monotonic_now.saturating_sub(Duration::from_nanos(e.time_ns));
     Some(EventView {
         time: rfc3339(wall_now - age),
         kind: match info.kind {
             CounterKind::Drop => "drop",
-            CounterKind::Forward => "trace",
+            CounterKind::Forward | CounterKind::Monitor => "trace",
         }
         .into(),
         reason: info.name.into(),
@@ -194,36 +199,6 @@ pub fn decode(
         outer,
         packet,
     })
-}
-
-/// One line of text for an event, as `oxlay monitor` prints it.
-pub fn line(e: &EventView) -> String {
-    let flow = |f: &Flow| {
-        let port = |p: Option<u16>| p.map(|p| format!(":{p}")).unwrap_or_default();
-        format!(
-            "{}{} -> {}{} {}",
-            f.src,
-            port(f.sport),
-            f.dst,
-            port(f.dport),
-            f.protocol
-        )
-    };
-    let mut text = format!("{} {} {} on {}", e.time, e.kind, e.reason, e.interface);
-    if let Some(n) = &e.network {
-        text.push_str(&format!(" network {n}"));
-    }
-    if let Some(v) = e.vni {
-        text.push_str(&format!(" vni {v}"));
-    }
-    if let Some(p) = &e.packet {
-        text.push_str(&format!(": {}", flow(p)));
-    }
-    if let Some(o) = &e.outer {
-        text.push_str(&format!(" (outer {})", flow(o)));
-    }
-    text.push_str(&format!(", {} bytes", e.length));
-    text
 }
 
 #[cfg(test)]
@@ -317,7 +292,7 @@ mod tests {
             )
         );
         assert_eq!(v.interface, "ox1234");
-        assert!(line(&v).contains("drop drop_unknown_peer on ox1234 vni 99: 10.1.0.2:12345 -> 10.1.1.3:80 tcp (outer 192.168.50.1:49152 -> 192.168.50.11:4789 udp)"), "{}", line(&v));
+        assert!(super::super::line(&v).contains("drop drop_unknown_peer on ox1234 vni 99: 10.1.0.2:12345 -> 10.1.1.3:80 tcp (outer 192.168.50.1:49152 -> 192.168.50.11:4789 udp)"), "{}", super::super::line(&v));
     }
 
     #[test]

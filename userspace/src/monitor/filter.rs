@@ -3,10 +3,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{bail, Result};
-use oxlay_common::{
-    monitor::{MonitorConfig, MONITOR_DROPS, MONITOR_TRACES},
-    CounterKind, COUNTERS,
-};
+use oxlay_common::{monitor::MonitorConfig, Counter, CounterInfo, CounterKind, COUNTERS};
 
 use super::EventView;
 
@@ -52,6 +49,9 @@ impl Filter {
                 CounterKind::Forward if !traces => {
                     bail!("{reason} counts forwarded packets, not drops: add --type trace (or all)")
                 }
+                CounterKind::Monitor => {
+                    bail!("{reason} counts the monitor's own losses, not packets")
+                }
                 _ => names.insert(info.name),
             };
         }
@@ -82,16 +82,34 @@ impl Filter {
         kind && reason && network && address
     }
 
-    /// What the programs must emit for all of `filters`: the union of their kinds, the
-    /// densest sampling asked for.
+    /// The counters whose packets this listener wants reported: the reasons named, or
+    /// every counter of the kinds asked for. Traces leave out `passed_to_stack` unless
+    /// named: that is the host's own traffic (an SSH session's among it, which the
+    /// monitor's output would feed).
+    pub fn counters(&self) -> u64 {
+        let bit = |c: &CounterInfo| 1u64 << (c.counter as u32);
+        if !self.reasons.is_empty() {
+            let named = COUNTERS.iter().filter(|c| self.reasons.contains(c.name));
+            return named.map(bit).fold(0, |a, b| a | b);
+        }
+        COUNTERS
+            .iter()
+            .filter(|c| match c.kind {
+                CounterKind::Drop => self.drops,
+                CounterKind::Forward => self.traces && c.counter != Counter::PassedToStack,
+                CounterKind::Monitor => false,
+            })
+            .map(bit)
+            .fold(0, |a, b| a | b)
+    }
+
+    /// What the programs must report for all of `filters`: the union of their
+    /// counters, the densest sampling asked for (the daemon sets how long it holds).
     pub fn switch<'a>(filters: impl IntoIterator<Item = &'a Filter>) -> MonitorConfig {
         let mut cfg = MonitorConfig::default();
         for f in filters {
-            if f.drops {
-                cfg.flags |= MONITOR_DROPS;
-            }
+            cfg.counters |= f.counters();
             if f.traces {
-                cfg.flags |= MONITOR_TRACES;
                 cfg.sample = match cfg.sample {
                     0 => f.sample,
                     s => s.min(f.sample),
@@ -169,24 +187,31 @@ mod tests {
 
     #[test]
     fn the_switch_is_the_union_with_the_densest_sampling() {
+        let bit = |c: Counter| 1u64 << (c as u32);
         let drops = Filter::new(true, false, None, &[], None, None).unwrap();
         let sparse = Filter::new(false, true, Some(100), &[], None, None).unwrap();
-        let dense = Filter::new(false, true, Some(10), &[], None, None).unwrap();
+        let named = ["encapsulated".to_owned()];
+        let dense = Filter::new(false, true, Some(10), &named, None, None).unwrap();
+        let d = Filter::switch([&drops]);
+        assert_eq!((d.counters, d.sample), (oxlay_common::DROP_MASK, 0));
+        let t = Filter::switch([&sparse]);
+        assert_ne!(t.counters & bit(Counter::Decapsulated), 0);
         assert_eq!(
-            Filter::switch([&drops]),
-            MonitorConfig {
-                flags: MONITOR_DROPS,
-                sample: 0
-            }
+            t.counters & bit(Counter::PassedToStack),
+            0,
+            "the host's own traffic"
+        );
+        assert_eq!(
+            t.counters & (oxlay_common::DROP_MASK | bit(Counter::MonitorLost)),
+            0
+        );
+        assert_eq!(
+            Filter::switch([&dense]).counters,
+            bit(Counter::Encapsulated)
         );
         let all = Filter::switch([&drops, &sparse, &dense]);
-        assert_eq!(
-            all,
-            MonitorConfig {
-                flags: MONITOR_DROPS | MONITOR_TRACES,
-                sample: 10
-            }
-        );
-        assert_eq!(Filter::switch([]), MonitorConfig::default());
+        assert_eq!(all.counters, d.counters | t.counters);
+        assert_eq!(all.sample, 10);
+        assert_eq!(Filter::switch([]).counters, 0, "nobody listens");
     }
 }

@@ -23,6 +23,8 @@ pub enum Item {
     Event(Arc<EventView>),
     /// The kernel's count of lost events went up (read `Hub::kernel_lost`).
     Lost,
+    /// The reader stopped.
+    Closed,
 }
 
 pub struct Hub {
@@ -33,6 +35,8 @@ pub struct Hub {
     pub changed: Notify,
     /// Events the programs could not emit (ring buffer full), since the daemon started.
     kernel_lost: AtomicU64,
+    /// Set when the reader stopped: nothing will come any more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Hub {
@@ -43,11 +47,24 @@ impl Default for Hub {
             next_id: AtomicU64::new(0),
             changed: Notify::new(),
             kernel_lost: AtomicU64::new(0),
+            closed: Default::default(),
         }
     }
 }
 
 impl Hub {
+    /// The reader stopped: listeners' streams end, new ones are refused.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.lock().clear();
+        // Receivers see the channel closed once the last sender is gone; tell them now.
+        self.publish(Item::Closed);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, filter.clone());
@@ -105,6 +122,7 @@ impl Subscription {
         match self.items.recv().await {
             Ok(Item::Event(e)) => Some(self.filter.matches(&e).then_some(e)),
             Ok(Item::Lost) => Some(None),
+            Ok(Item::Closed) => None,
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 self.lagged += n;
                 Some(None)
