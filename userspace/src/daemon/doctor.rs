@@ -93,9 +93,13 @@ async fn clock(d: &Daemon) -> Finding {
         return Finding::ok("clock", "embedded store on this machine: one clock");
     };
     match etcd_date(endpoint).await {
-        Ok(offset) if offset.abs() <= 2.0 => {
-            Finding::ok("clock", format!("{offset:+.0} s from {endpoint}'s clock"))
-        }
+        Ok(offset) if offset.abs() <= 2.0 => Finding::ok(
+            "clock",
+            format!(
+                "within {:.0} s of {endpoint}'s clock (its Date header has whole seconds)",
+                offset.abs().max(1.0)
+            ),
+        ),
         Ok(offset) => Finding::warn(
             "clock",
             format!("{offset:+.0} s from {endpoint}'s clock: logs and lease timings of the hosts disagree"),

@@ -104,14 +104,13 @@ pub fn render(v: &ExplainView) -> String {
         }
         None => t += "  route    none in this network\n",
     }
-    let counter = match (&v.counter, &v.meaning) {
-        (Some(c), Some(m)) => format!(": {c} ({m})"),
-        _ => String::new(),
-    };
     t += &format!(
-        "  verdict  {}{counter}, the program returned {}\n",
+        "  verdict  {} (the program returned {})\n",
         v.verdict, v.action
     );
+    if let (Some(c), Some(m)) = (&v.counter, &v.meaning) {
+        t += &format!("  counter  {c}: {m}\n");
+    }
     if let Some(o) = &v.outer {
         let vni = v
             .outer_vni
