@@ -1,7 +1,8 @@
 //! `oxlay doctor` against real daemons: a healthy pair has nothing wrong (exit 0), and
 //! each fault made on purpose is named with its fix and a non-zero exit: a peer's link
 //! with a smaller MTU, a firewall dropping the VXLAN port, a kernel vxlan device on
-//! oxlay's port, forwarding off, strict reverse path filtering, a stopped store.
+//! oxlay's port, one with TX checksum offload on, forwarding off, strict reverse path
+//! filtering, a stopped store.
 use std::{process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};
@@ -81,6 +82,7 @@ fn doctor_finds_nothing_wrong_in_a_healthy_pair_and_names_each_fault() -> Result
         "forwarding",
         "rp_filter",
         "vxlan port",
+        "offloads",
         &peer,
     ] {
         finding(&findings, check)?;
@@ -116,6 +118,16 @@ fn doctor_finds_nothing_wrong_in_a_healthy_pair_and_names_each_fault() -> Result
     host.ip(&["link", "set", "vxdoc", "up"])?;
     names(&c, "vxlan port", "fail", "vxdoc")?;
     host.ip(&["link", "del", "vxdoc"])?;
+
+    // A flannel-style vxlan device on its own port, TX checksum offload on (the
+    // kernel's default): the offload known to corrupt VXLAN checksums behind NAT.
+    host.ip(&[
+        "link", "add", "vxflan", "type", "vxlan", "id", "1", "dstport", "8472", "dev", "eth0",
+    ])?;
+    names(&c, "offloads", "warn", "vxflan")?;
+    host.exec(&["ethtool", "-K", "vxflan", "tx-checksum-ip-generic", "off"])?;
+    names(&c, "offloads", "ok", "no vxlan device")?;
+    host.ip(&["link", "del", "vxflan"])?;
 
     // Forwarding off; strict reverse path filtering.
     host.sysctl("net.ipv4.ip_forward", "0")?;

@@ -30,6 +30,7 @@ pub(super) async fn findings(d: &Daemon) -> Vec<Finding> {
     found.push(host::forwarding());
     found.push(host::rp_filter(&d.config.underlay_interface));
     found.push(port(d).await);
+    found.push(offloads(d).await);
     found.extend(peers(d).await);
     found
 }
@@ -147,9 +148,13 @@ async fn etcd_date(endpoint: &str) -> anyhow::Result<f64> {
 async fn port(d: &Daemon) -> Finding {
     let port = d.config.vxlan_port;
     let handle = d.state.lock().await.handle.clone();
-    let devices = netlink::vxlan_devices_on(&handle, port)
+    let devices: Vec<String> = netlink::vxlan_devices(&handle)
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, p)| *p == port)
+        .map(|(name, _)| name)
+        .collect();
     let sockets = host::udp_sockets_on(port);
     let why = "oxlay's program takes the VXLAN packets of its peers before any socket and drops the others, so that socket receives nothing";
     if !devices.is_empty() {
@@ -167,6 +172,32 @@ async fn port(d: &Daemon) -> Finding {
         );
     }
     Finding::ok("vxlan port", format!("UDP {port} is oxlay's alone"))
+}
+
+/// Offloads known to corrupt encapsulated checksums: TX checksum offload on a kernel
+/// vxlan device (flannel's `flannel.1`, Calico's `vxlan.calico`) sends VXLAN with bad
+/// UDP checksums when NAT lies between the hosts (flannel#1279, calico#3145). oxlay's
+/// own packets are not affected: their outer UDP checksum is 0, and the inner one is
+/// the kernel's or the NIC's as for any TCP/UDP packet.
+async fn offloads(d: &Daemon) -> Finding {
+    let handle = d.state.lock().await.handle.clone();
+    let devices = netlink::vxlan_devices(&handle).await.unwrap_or_default();
+    let risky: Vec<String> = devices
+        .into_iter()
+        .filter(|(name, _)| crate::net::ethtool::tx_checksum(name).unwrap_or(false))
+        .map(|(name, _)| name)
+        .collect();
+    if risky.is_empty() {
+        return Finding::ok(
+            "offloads",
+            "no vxlan device with TX checksum offload (oxlay's outer UDP checksum is 0)",
+        );
+    }
+    Finding::warn(
+        "offloads",
+        format!("the kernel vxlan device {} has TX checksum offload on: behind NAT its packets leave with bad UDP checksums and are dropped by the receiver (the \"63-second delay\")", risky.join(", ")),
+        format!("ethtool -K {} tx-checksum-ip-generic off", risky[0]),
+    )
 }
 
 /// Each peer probed through its program: small (answers at all), MTU - 50 (a

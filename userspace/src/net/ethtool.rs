@@ -18,6 +18,8 @@ use anyhow::{bail, Context, Result};
 const ETHTOOL_STSO: u32 = 0x1f;
 /// `ETHTOOL_SGRO`: generic receive offload, on or off.
 const ETHTOOL_SGRO: u32 = 0x2c;
+/// `ETHTOOL_GTXCSUM`: whether TX checksum offload is on.
+const ETHTOOL_GTXCSUM: u32 = 0x16;
 
 /// `struct ethtool_value`.
 #[repr(C)]
@@ -53,7 +55,20 @@ pub fn turn_tso_off(host_end: &str) -> Result<()> {
     set(host_end, ETHTOOL_STSO, false).with_context(|| format!("cannot turn TSO off on {host_end}"))
 }
 
+/// Whether TX checksum offload is on (`ETHTOOL_GTXCSUM`: any of the checksum features,
+/// on a vxlan device `tx-checksum-ip-generic`).
+pub fn tx_checksum(ifname: &str) -> Result<bool> {
+    call(ifname, ETHTOOL_GTXCSUM, 0)
+        .map(|on| on != 0)
+        .with_context(|| format!("cannot read the offloads of {ifname}"))
+}
+
 fn set(ifname: &str, cmd: u32, on: bool) -> Result<()> {
+    call(ifname, cmd, on as u32).map(|_| ())
+}
+
+/// One legacy ethtool ioctl with an `ethtool_value`: what the kernel left in `data`.
+fn call(ifname: &str, cmd: u32, data: u32) -> Result<u32> {
     let bytes = ifname.as_bytes();
     if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
         bail!("bad interface name {ifname:?}");
@@ -65,10 +80,7 @@ fn set(ifname: &str, cmd: u32, on: bool) -> Result<()> {
     }
     // SAFETY: fd is a fresh descriptor this function owns from here on.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut value = EthtoolValue {
-        cmd,
-        data: on as u32,
-    };
+    let mut value = EthtoolValue { cmd, data };
     let mut req = IfreqData {
         name: [0; libc::IFNAMSIZ],
         data: &mut value,
@@ -81,7 +93,7 @@ fn set(ifname: &str, cmd: u32, on: bool) -> Result<()> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error().into());
     }
-    Ok(())
+    Ok(value.data)
 }
 
 #[cfg(test)]

@@ -235,23 +235,30 @@ pub async fn delete_clsact(handle: &Handle, ifindex: u32) -> Result<()> {
     }
 }
 
-/// The kernel vxlan devices of this namespace whose UDP port is `port` (their names).
-pub async fn vxlan_devices_on(handle: &Handle, port: u16) -> Result<Vec<String>> {
+/// The kernel vxlan devices of this namespace: (name, UDP port).
+pub async fn vxlan_devices(handle: &Handle) -> Result<Vec<(String, u16)>> {
     use netlink_packet_route::link::{InfoData, InfoVxlan, LinkInfo as Info};
     let mut found = Vec::new();
     let mut links = handle.link().get().execute();
     while let Some(msg) = links.try_next().await.context("cannot list interfaces")? {
-        let on_port = msg.attributes.iter().any(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| match i {
-                Info::Data(InfoData::Vxlan(attrs)) => attrs
-                    .iter()
-                    .any(|v| matches!(v, InfoVxlan::Port(p) if *p == port)),
-                _ => false,
+        let vxlan = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                Info::Data(InfoData::Vxlan(attrs)) => Some(
+                    attrs
+                        .iter()
+                        .find_map(|v| match v {
+                            InfoVxlan::Port(p) => Some(*p),
+                            _ => None,
+                        })
+                        // No attribute: the kernel's default port, 8472.
+                        .unwrap_or(8472),
+                ),
+                _ => None,
             }),
-            _ => false,
+            _ => None,
         });
-        if on_port {
-            found.push(link_info(&msg).name);
+        if let Some(port) = vxlan {
+            found.push((link_info(&msg).name, port));
         }
     }
     Ok(found)
