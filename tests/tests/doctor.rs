@@ -6,7 +6,9 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{ensure, Context, Result};
-use oxlay_testbed::{eventually, oxlay_bin, skip_without_root_or_etcd, StoreCluster};
+use oxlay_testbed::{
+    eventually, oxlay_bin, skip_without_root, skip_without_root_or_etcd, StoreCluster,
+};
 use serde_json::Value;
 
 /// `oxlay doctor --json` on host 0: its exit status and findings by check name.
@@ -58,12 +60,14 @@ fn names(c: &StoreCluster, check: &str, status: &str, words: &str) -> Result<()>
     })
 }
 
+/// With the embedded store (also in the VMs, which have no etcd): the peer probes, the
+/// host's settings.
 #[test]
-fn doctor_finds_nothing_wrong_in_a_healthy_pair_and_names_each_fault() -> Result<()> {
-    if skip_without_root_or_etcd() {
+fn doctor_probes_peers_and_names_each_fault_of_a_host() -> Result<()> {
+    if skip_without_root() {
         return Ok(());
     }
-    let mut c = StoreCluster::new(2, true, 10)?;
+    let c = StoreCluster::new(2, false, 10)?;
     let peer = format!("peer {}", c.daemons[1].node);
     // Once host 0 knows its peer (the store's watch).
     let (ok, findings) = eventually(Duration::from_secs(10), || {
@@ -137,14 +141,26 @@ fn doctor_finds_nothing_wrong_in_a_healthy_pair_and_names_each_fault() -> Result
     names(&c, "rp_filter", "warn", "strict")?;
     host.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
 
-    // Healthy again, then the store stops.
+    // Healthy again.
     eventually(Duration::from_secs(10), || {
         let (ok, findings) = doctor(&c)?;
         let wrong: Vec<&Value> = findings.iter().filter(|f| f["status"] != "ok").collect();
         ensure!(ok && wrong.is_empty(), "after the repairs: {wrong:#?}");
         Ok(())
-    })?;
+    })
+}
+
+/// With etcd: the clock is read against etcd's, and a stopped etcd is named.
+#[test]
+fn doctor_reads_etcds_clock_and_names_a_stopped_store() -> Result<()> {
+    if skip_without_root_or_etcd() {
+        return Ok(());
+    }
+    let mut c = StoreCluster::new(2, true, 10)?;
+    names(&c, "clock", "ok", "of http://192.168.50.1:2379's clock")?;
+    names(&c, "store", "ok", "etcd http://192.168.50.1:2379 answers")?;
     c.etcd.as_mut().context("no etcd")?.stop()?;
     names(&c, "store", "fail", "has not answered")?;
+    names(&c, "clock", "warn", "cannot read")?;
     Ok(())
 }

@@ -49,7 +49,7 @@ const SUITES: &[(&str, &str, &str)] = &[
     // Probes with an ifindex in BPF_PROG_TEST_RUN's context.
     ("explain", "explain", ""),
     // Probes answered by the peer's program (XDP_TX and TC redirect), path MTU.
-    ("doctor", "doctor", ""),
+    ("doctor", "doctor", "doctor_probes_peers"),
     // The kernel's gretap on the other side needs ip_gre, which the machine lacks.
     (
         "gre",
@@ -322,8 +322,9 @@ fn initramfs_tree(dir: &Path, tests: &[(String, PathBuf)], oxlay: &Path) -> Resu
     }
     // bridge: the layer-2 test reads the parent NIC's unicast filter.
     // bpftool: the map-migration test pins maps the way an older build did; nft: the
-    // daemon's NAT table.
-    for tool in ["ip", "tc", "bpftool", "nft", "bridge"] {
+    // daemon's NAT table (and the doctor test's firewall); ethtool: the doctor test's
+    // offloads.
+    for tool in ["ip", "tc", "bpftool", "nft", "bridge", "ethtool"] {
         add_executable(
             &tree,
             &Path::new("/usr/sbin").join(tool),
