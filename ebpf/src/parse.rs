@@ -147,6 +147,13 @@ fn classify_vxlan(
         if !maps::is_peer(peer) {
             return Decap::Drop(Counter::DropUnknownPeer);
         }
+        // The answer goes to the probe's source port: never to a VXLAN port (a spoofed
+        // probe would have two hosts send it back and forth for ever) nor to a system
+        // port (a service trusting the peer's address).
+        let reply_port = u16::from_be_bytes(udp.src);
+        if reply_port < 1024 || reply_port == cfg.vxlan_port || reply_port == 4789 {
+            return Decap::Drop(Counter::DropBadVxlanFlags);
+        }
         return Decap::Echo;
     }
     if vxlan.flags & VXLAN_FLAG_VNI == 0 {

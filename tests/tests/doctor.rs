@@ -1,6 +1,7 @@
 //! `oxlay doctor` against real daemons: a healthy pair has nothing wrong (exit 0), and
-//! each fault made on purpose is named with its fix and a non-zero exit: a peer's link
-//! with a smaller MTU, a firewall dropping the VXLAN port, a kernel vxlan device on
+//! each fault made on purpose is named with its fix and its exit code (1 warning, 2
+//! failure): a peer's link with a smaller MTU, a firewall between the hosts dropping
+//! the VXLAN port, a kernel vxlan device on
 //! oxlay's port, one with TX checksum offload on, forwarding off, strict reverse path
 //! filtering, a stopped store.
 use std::{process::Command, time::Duration};
@@ -21,8 +22,12 @@ fn doctor(c: &StoreCluster) -> Result<(bool, Vec<Value>)> {
     let v: Value = serde_json::from_str(&text)
         .with_context(|| format!("{text}\n{}", String::from_utf8_lossy(&out.stderr)))?;
     let findings = v["findings"].as_array().context("no findings")?.clone();
+    // Monitoring plugins' codes: 0 ok, 1 warnings, 2 failures.
+    let code = ["ok", "warn", "fail"]
+        .iter()
+        .position(|s| v["status"] == *s);
     ensure!(
-        out.status.success() == (v["status"] == "ok"),
+        out.status.code().map(|c| c as usize) == code,
         "exit status {} with status {}",
         out.status,
         v["status"]
@@ -106,14 +111,14 @@ fn doctor_probes_peers_and_names_each_fault_of_a_host() -> Result<()> {
     peer_ns.ip(&["link", "set", "eth0", "mtu", "1500"])?;
     names(&c, &peer, "ok", "1500")?;
 
-    // A firewall drops UDP to the VXLAN port.
-    let host = &c.hosts[0].ns;
-    let nft = |script: &str| host.exec(&["nft", script]);
-    nft("add table ip doctortest")?;
-    nft("add chain ip doctortest out { type filter hook output priority 0 ; }")?;
-    nft("add rule ip doctortest out udp dport 4789 drop")?;
+    // A firewall between the hosts (on the switch) drops UDP to the VXLAN port.
+    let nft = |script: &str| c.underlay.ns.exec(&["nft", script]);
+    nft("add table bridge doctortest")?;
+    nft("add chain bridge doctortest pass { type filter hook forward priority 0 ; }")?;
+    nft("add rule bridge doctortest pass udp dport 4789 drop")?;
     names(&c, &peer, "fail", "does not answer")?;
-    nft("delete table ip doctortest")?;
+    nft("delete table bridge doctortest")?;
+    let host = &c.hosts[0].ns;
 
     // A kernel vxlan device on oxlay's port.
     host.ip(&[
@@ -140,6 +145,12 @@ fn doctor_probes_peers_and_names_each_fault_of_a_host() -> Result<()> {
     host.sysctl("net.ipv4.conf.all.rp_filter", "1")?;
     names(&c, "rp_filter", "warn", "strict")?;
     host.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+
+    // No daemon to ask: its own exit code.
+    let out = Command::new(oxlay_bin())
+        .args(["doctor", "--socket", "/run/oxlay/no-such-daemon.sock"])
+        .output()?;
+    ensure!(out.status.code() == Some(3), "no daemon: {out:?}");
 
     // Healthy again.
     eventually(Duration::from_secs(10), || {

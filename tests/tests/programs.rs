@@ -831,6 +831,15 @@ fn doctor_probes_from_a_peer_are_sent_back() -> Result<()> {
         assert_eq!(&out[38..], &frame[38..], "{program}: the rest as it was");
         assert_eq!(checksum(&out[14..34]), 0, "{program}: IPv4 checksum");
     }
+    // A probe whose answer would go to a VXLAN port (two hosts answering each other for
+    // ever) or a system port is no probe.
+    for reply_port in [4789u16, 53] {
+        let mut spoofed = frame.clone();
+        spoofed[34..36].copy_from_slice(&reply_port.to_be_bytes());
+        for (program, verdict) in DECAP_DROPS {
+            f.run(program, &spoofed, verdict, "drop_bad_vxlan_flags")?;
+        }
+    }
     let stranger = outer([192, 168, 50, 99], OUR_UNDERLAY, 4789, 0x4000, &probe);
     f.run(prog::DECAP_TC, &stranger, TC_ACT_SHOT, "drop_unknown_peer")?;
     let mut flagged = probe.clone();

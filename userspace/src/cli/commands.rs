@@ -38,18 +38,55 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         command => request(command)?,
     };
-    let answer = api::call(&target.socket()?, &request).await?;
-    let problems = matches!(request, Request::Doctor(_)) && answer["status"] != "ok";
+    let doctor = matches!(request, Request::Doctor(_));
+    let answer = match target.socket() {
+        Ok(socket) => api::call(&socket, &request).await,
+        Err(e) => Err(e),
+    };
+    let answer = match answer {
+        Err(e) if doctor => {
+            return Err(ExitWith::new(3, format!("doctor could not ask the daemon: {e:#}")).into())
+        }
+        other => other?,
+    };
+    let status = answer["status"].as_str().unwrap_or("").to_owned();
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         println!("{}", render(&request, answer)?);
     }
-    if problems {
-        bail!("doctor found problems (above, each with its fix)");
+    match status.as_str() {
+        _ if !doctor => Ok(()),
+        "ok" => Ok(()),
+        "warn" => Err(ExitWith::new(1, "doctor found warnings (above, each with its fix)").into()),
+        _ => Err(ExitWith::new(2, "doctor found failures (above, each with its fix)").into()),
     }
-    Ok(())
 }
+
+/// An error that asks for its own exit code. `oxlay doctor`'s, as monitoring plugins
+/// have them: 1 warnings, 2 failures, 3 it could not run.
+#[derive(Debug)]
+pub struct ExitWith {
+    pub code: u8,
+    message: String,
+}
+
+impl ExitWith {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExitWith {}
 
 /// The API request a command makes (every command but `daemon` and `uninstall`).
 fn request(command: Command) -> Result<Request> {

@@ -15,7 +15,7 @@ mod commands;
 mod monitor;
 mod tables;
 
-pub use commands::run;
+pub use commands::{run, ExitWith};
 
 #[derive(Parser)]
 #[command(
@@ -66,7 +66,8 @@ pub enum Command {
     Stats,
     /// Check this host and its peers: kernel features, the store and the lease, the
     /// clock, the route map, forwarding, the VXLAN port, and each peer's answer and
-    /// path MTU. Each finding with its fix; exit code 0 only when nothing is wrong.
+    /// path MTU. Each finding with its fix. Exit code 0 when nothing is wrong, 1 with
+    /// warnings, 2 with failures, 3 when doctor could not run.
     Doctor,
     /// What the datapath does with a packet: the loaded program runs on a probe
     /// against the live maps (route matched, peer and VNI, outer headers, or the drop

@@ -88,29 +88,45 @@ fn lease(d: &Daemon) -> Finding {
     }
 }
 
-/// The clock against etcd's (the Date header of its HTTP answer; second resolution).
+/// The clock against etcd's (the Date header of its HTTP answer; second resolution),
+/// from the first endpoint that answers.
 async fn clock(d: &Daemon) -> Finding {
-    let Some(endpoint) = d.config.store.etcd_endpoints.first() else {
+    let endpoints = &d.config.store.etcd_endpoints;
+    if endpoints.is_empty() {
         return Finding::ok("clock", "embedded store on this machine: one clock");
+    }
+    let mut errors = Vec::new();
+    let mut answer = None;
+    for endpoint in endpoints {
+        match etcd_date(endpoint).await {
+            Ok(offset) => {
+                answer = Some((endpoint, offset));
+                break;
+            }
+            Err(e) => errors.push(format!("{endpoint}: {e:#}")),
+        }
+    }
+    let Some((endpoint, offset)) = answer else {
+        return Finding::warn(
+            "clock",
+            format!("cannot read the store's clock ({})", errors.join("; ")),
+            "see the store finding; if the store answers, check that its endpoints serve HTTP (not HTTPS) from this host",
+        );
     };
-    match etcd_date(endpoint).await {
-        Ok(offset) if offset.abs() <= 2.0 => Finding::ok(
+    if offset.abs() <= 2.0 {
+        Finding::ok(
             "clock",
             format!(
                 "within {:.0} s of {endpoint}'s clock (its Date header has whole seconds)",
                 offset.abs().max(1.0)
             ),
-        ),
-        Ok(offset) => Finding::warn(
+        )
+    } else {
+        Finding::warn(
             "clock",
             format!("{offset:+.0} s from {endpoint}'s clock: logs and lease timings of the hosts disagree"),
             "run NTP (chrony, systemd-timesyncd) on every host and on the store",
-        ),
-        Err(e) => Finding::warn(
-            "clock",
-            format!("cannot read {endpoint}'s clock: {e:#}"),
-            "see the store finding",
-        ),
+        )
     }
 }
 
@@ -148,14 +164,26 @@ async fn etcd_date(endpoint: &str) -> anyhow::Result<f64> {
 async fn port(d: &Daemon) -> Finding {
     let port = d.config.vxlan_port;
     let handle = d.state.lock().await.handle.clone();
-    let devices: Vec<String> = netlink::vxlan_devices(&handle)
-        .await
-        .unwrap_or_default()
+    let (devices, sockets) = match (
+        netlink::vxlan_devices(&handle).await,
+        host::udp_sockets_on(port),
+    ) {
+        (Ok(devices), Ok(sockets)) => (devices, sockets),
+        (Err(e), _) | (_, Err(e)) => {
+            return Finding::warn(
+                "vxlan port",
+                format!("cannot tell whether something else uses UDP {port}: {e:#}"),
+                format!(
+                    "`ip -d link show type vxlan` and `ss -ulpn sport = :{port}` show it by hand"
+                ),
+            )
+        }
+    };
+    let devices: Vec<String> = devices
         .into_iter()
         .filter(|(_, p)| *p == port)
         .map(|(name, _)| name)
         .collect();
-    let sockets = host::udp_sockets_on(port);
     let why = "oxlay's program takes the VXLAN packets of its peers before any socket and drops the others, so that socket receives nothing";
     if !devices.is_empty() {
         return Finding::fail(
@@ -181,12 +209,25 @@ async fn port(d: &Daemon) -> Finding {
 /// the kernel's or the NIC's as for any TCP/UDP packet.
 async fn offloads(d: &Daemon) -> Finding {
     let handle = d.state.lock().await.handle.clone();
-    let devices = netlink::vxlan_devices(&handle).await.unwrap_or_default();
-    let risky: Vec<String> = devices
-        .into_iter()
-        .filter(|(name, _)| crate::net::ethtool::tx_checksum(name).unwrap_or(false))
-        .map(|(name, _)| name)
-        .collect();
+    let unknown = |e: anyhow::Error| {
+        Finding::warn(
+            "offloads",
+            format!("cannot read the vxlan devices' offloads: {e:#}"),
+            "`ethtool -k DEVICE | grep tx-checksum` for each kernel vxlan device",
+        )
+    };
+    let devices = match netlink::vxlan_devices(&handle).await {
+        Ok(devices) => devices,
+        Err(e) => return unknown(e),
+    };
+    let mut risky = Vec::new();
+    for (name, _) in devices {
+        match crate::net::ethtool::tx_checksum(&name) {
+            Ok(true) => risky.push(name),
+            Ok(false) => {}
+            Err(e) => return unknown(e),
+        }
+    }
     if risky.is_empty() {
         return Finding::ok(
             "offloads",
@@ -204,10 +245,26 @@ async fn offloads(d: &Daemon) -> Finding {
 /// container's full packet on a path 50 bytes short) and the underlay MTU (a
 /// container's full packet once encapsulated).
 async fn peers(d: &Daemon) -> Vec<Finding> {
+    let mut found = Vec::new();
     let mtu = {
         let handle = d.state.lock().await.handle.clone();
-        let link = netlink::link_by_name(&handle, &d.config.underlay_interface).await;
-        link.ok().flatten().map_or(1500, |l| l.mtu as usize)
+        match netlink::link_by_name(&handle, &d.config.underlay_interface).await {
+            Ok(Some(link)) => link.mtu as usize,
+            other => {
+                let why = other
+                    .err()
+                    .map_or("no such interface".into(), |e| format!("{e:#}"));
+                found.push(Finding::warn(
+                    "underlay mtu",
+                    format!(
+                        "cannot read the MTU of {}: {why}; peers are probed as if it were 1500",
+                        d.config.underlay_interface
+                    ),
+                    "check underlay_interface in the config against `ip link`",
+                ));
+                1500
+            }
+        }
     };
     let mut peers: Vec<(String, Ipv4Addr, bool)> = {
         let s = d.state.lock().await;
@@ -222,19 +279,25 @@ async fn peers(d: &Daemon) -> Vec<Finding> {
         }
     }
     let probes = peers.into_iter().map(|(name, addr, oxlay)| async move {
-        let answers =
-            |size| echo::answers(d.host.underlay_address, addr, d.config.vxlan_port, size);
         let sizes = [100, mtu - 50, mtu];
         let mut passed = Vec::new();
         for size in sizes {
-            if !answers(size).await.unwrap_or(false) {
-                break;
+            match echo::answers(d.host.underlay_address, addr, d.config.vxlan_port, size).await {
+                Ok(true) => passed.push(size),
+                Ok(false) => break,
+                Err(e) => {
+                    return Finding::warn(
+                        &format!("peer {name}"),
+                        format!("cannot probe {addr}: {e:#}"),
+                        "see the error; `oxlay doctor` probes from the underlay address with a UDP socket",
+                    )
+                }
             }
-            passed.push(size);
         }
         peer_finding(&name, addr, oxlay, d.config.vxlan_port, &sizes, &passed)
     });
-    futures::future::join_all(probes).await
+    found.extend(futures::future::join_all(probes).await);
+    found
 }
 
 fn peer_finding(
@@ -248,15 +311,15 @@ fn peer_finding(
     let check = format!("peer {name}");
     match passed.len() {
         3 => Finding::ok(&check, format!("{addr} answers on UDP {port} at {} bytes", sizes.map(|s| s.to_string()).join(", "))),
-        0 if !oxlay => Finding::warn(
+        // Nothing wrong in itself: only oxlay's programs answer the probe.
+        0 if !oxlay => Finding::ok(
             &check,
-            format!("{addr} (a static peer) does not answer oxlay's probe on UDP {port}: normal for a peer that is no oxlay host (kernel vxlan, Open vSwitch), else the port is blocked"),
-            format!("if it is an oxlay host: open UDP {port} between the hosts and check `oxlay status` there"),
+            format!("{addr} is a static peer that does not answer oxlay's probe on UDP {port}: as expected of a peer that is no oxlay host (kernel vxlan, Open vSwitch); if it is one, its port is blocked"),
         ),
         0 => Finding::fail(
             &check,
-            format!("{addr} does not answer on UDP {port}: a firewall on the way drops it, or oxlay's programs are not attached there"),
-            format!("open UDP {port} between the hosts (both ways); on {name}, `oxlay status` and `oxlay doctor`"),
+            format!("{addr} does not answer on UDP {port}: a firewall between the hosts drops it (or this host's own OUTPUT chain, which the probe passes and oxlay's packets do not), oxlay's programs are not attached there, or {name} does not know this host yet (it counts the probe as drop_unknown_peer)"),
+            format!("open UDP {port} between the hosts (both ways); on {name}, `oxlay status`, `oxlay stats` and `oxlay doctor`"),
         ),
         n => Finding::fail(
             &check,

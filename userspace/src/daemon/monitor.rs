@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::{
     io::{unix::AsyncFd, AsyncRead, AsyncReadExt, AsyncWriteExt, Interest},
     net::unix::OwnedWriteHalf,
+    time::MissedTickBehavior,
 };
 
 use super::{Daemon, State};
@@ -65,9 +66,13 @@ async fn read_events(d: &Daemon) -> Result<()> {
         .map_err(std::io::Error::from)
         .context("cannot poll the monitor's ring buffer")?;
     let mut cx = Fresh::new(&*d.state.lock().await);
+    // Timers idle while nobody listens: no burst of missed ticks when someone comes.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_EVERY_MS));
+    drain.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut listening = false;
+    let mut failing = false;
     loop {
         tokio::select! {
             // Woken by the programs when a batch waits; drained on the timer otherwise.
@@ -75,20 +80,44 @@ async fn read_events(d: &Daemon) -> Result<()> {
             _ = drain.tick(), if listening => {}
             _ = d.monitor.changed.notified() => {
                 let mut s = d.state.lock().await;
-                listening = write_switch(d, &mut s)?;
+                listening = renew(d, &mut s, &mut failing);
                 // A new listener may ask about what changed since the last tick.
                 cx = Fresh::new(&s);
             }
             _ = tick.tick(), if listening => {
                 let mut s = d.state.lock().await;
                 // Renewed while the daemon runs: it lapses when the daemon is gone.
-                listening = write_switch(d, &mut s)?;
+                listening = renew(d, &mut s, &mut failing);
                 cx = Fresh::new(&s);
-                let lost = s.datapath.counters()?[Counter::MonitorLost as usize].1.packets;
-                d.monitor.set_kernel_lost(lost);
+                match s.datapath.counters() {
+                    Ok(c) => d.monitor.set_kernel_lost(c[Counter::MonitorLost as usize].1.packets),
+                    Err(e) => log::warn!("oxlay monitor: cannot read the lost events' counter: {e:#}"),
+                }
             }
         }
+        // A flood is read a batch per turn (the programs wake the reader again while
+        // it lasts, and the switch is still renewed); what does not fit the ring
+        // meanwhile is counted as lost.
         drain_ring(d, ring.get_mut(), &mut cx);
+    }
+}
+
+/// Writes the switch; a failure is logged once (until it works again) and tried on
+/// the next tick, while the switch written last lapses by itself. Whether to go on
+/// ticking: somebody listens.
+fn renew(d: &Daemon, s: &mut State, failing: &mut bool) -> bool {
+    match write_switch(d, s) {
+        Ok(listening) => {
+            *failing = false;
+            listening
+        }
+        Err(e) => {
+            if !*failing {
+                log::warn!("oxlay monitor: cannot write the programs' switch (trying again every second): {e:#}");
+            }
+            *failing = true;
+            d.monitor.switch().counters != 0
+        }
     }
 }
 
@@ -107,10 +136,16 @@ impl Fresh {
     }
 }
 
-/// Decodes and publishes every record waiting in the ring buffer.
+/// Records read in one go before other tasks get their turn.
+const BATCH: usize = 1024;
+
+/// Decodes and publishes up to `BATCH` records waiting in the ring buffer.
 fn drain_ring(d: &Daemon, ring: &mut RingBuf<MapData>, fresh: &mut Fresh) {
     let (monotonic, wall) = (monotonic_now(), SystemTime::now());
-    while let Some(record) = ring.next() {
+    for _ in 0..BATCH {
+        let Some(record) = ring.next() else {
+            return;
+        };
         let mut event = decode(&record[..], &fresh.cx, monotonic, wall);
         // A network or veth newer than the context: look again (at most every 250 ms,
         // and never waiting for the state).

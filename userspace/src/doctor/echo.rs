@@ -20,8 +20,7 @@ const WAIT: Duration = Duration::from_millis(400);
 /// Whether `peer` answers a probe whose IPv4 packet is `size` bytes (DF set), sent
 /// from `local` to the peer's `port`.
 pub async fn answers(local: Ipv4Addr, peer: Ipv4Addr, port: u16, size: usize) -> Result<bool> {
-    let socket = std::net::UdpSocket::bind(SocketAddrV4::new(local, 0))
-        .with_context(|| format!("cannot bind a UDP socket to {local}"))?;
+    let socket = probe_socket(local, port)?;
     // DF on, and sizes above the cached path MTU sent all the same: the probe is
     // what finds the path MTU.
     let probe = libc::IP_PMTUDISC_PROBE;
@@ -59,6 +58,20 @@ pub async fn answers(local: Ipv4Addr, peer: Ipv4Addr, port: u16, size: usize) ->
         }
     }
     Ok(false)
+}
+
+/// A UDP socket on `local` whose port the peer's program answers: not a system port
+/// and not the VXLAN port (`ebpf/src/parse.rs` refuses both as reply ports).
+fn probe_socket(local: Ipv4Addr, vxlan_port: u16) -> Result<std::net::UdpSocket> {
+    for _ in 0..8 {
+        let socket = std::net::UdpSocket::bind(SocketAddrV4::new(local, 0))
+            .with_context(|| format!("cannot bind a UDP socket to {local}"))?;
+        let port = socket.local_addr()?.port();
+        if port >= 1024 && port != vxlan_port && port != 4789 {
+            return Ok(socket);
+        }
+    }
+    anyhow::bail!("the kernel gives only ports the peer does not answer (below 1024, or {vxlan_port}): check net.ipv4.ip_local_port_range")
 }
 
 /// A token that tells this probe's reply from a late one of another.

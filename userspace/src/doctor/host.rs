@@ -29,8 +29,16 @@ pub fn forwarding() -> Finding {
 
 /// Strict reverse path filtering (1) on the underlay, or on all interfaces.
 pub fn rp_filter(underlay: &str) -> Finding {
-    let all = sysctl("net/ipv4/conf/all/rp_filter").unwrap_or(0);
-    let dev = sysctl(&format!("net/ipv4/conf/{underlay}/rp_filter")).unwrap_or(0);
+    let dev_path = format!("net/ipv4/conf/{underlay}/rp_filter");
+    let (Some(all), Some(dev)) = (sysctl("net/ipv4/conf/all/rp_filter"), sysctl(&dev_path)) else {
+        return Finding::warn(
+            "rp_filter",
+            format!(
+                "cannot read net.ipv4.conf.all.rp_filter or net.ipv4.conf.{underlay}.rp_filter"
+            ),
+            format!("check /proc/sys/net/ipv4/conf/all/rp_filter and /proc/sys/{dev_path}"),
+        );
+    };
     // The kernel applies the larger of the two.
     if all.max(dev) == 1 {
         let which = if all == 1 { "all" } else { underlay };
@@ -47,12 +55,19 @@ pub fn rp_filter(underlay: &str) -> Finding {
     }
 }
 
-/// UDP sockets of this namespace bound to `port` (a kernel vxlan device's included).
-pub fn udp_sockets_on(port: u16) -> usize {
-    let Ok(table) = std::fs::read_to_string("/proc/net/udp") else {
-        return 0;
-    };
-    udp_sockets_in(&table, port)
+/// UDP sockets of this namespace bound to `port`, IPv4 and IPv6 (a dual-stack socket
+/// receives IPv4 too; a kernel vxlan device's included).
+pub fn udp_sockets_on(port: u16) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for path in ["/proc/net/udp", "/proc/net/udp6"] {
+        match std::fs::read_to_string(path) {
+            Ok(table) => n += udp_sockets_in(&table, port),
+            // No IPv6 in this kernel: no IPv6 sockets.
+            Err(e) if path.ends_with('6') && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::anyhow!("cannot read {path}: {e}")),
+        }
+    }
+    Ok(n)
 }
 
 fn udp_sockets_in(table: &str, port: u16) -> usize {
@@ -77,5 +92,8 @@ mod tests {
         assert_eq!(udp_sockets_in(table, 4789), 1);
         assert_eq!(udp_sockets_in(table, 53), 1);
         assert_eq!(udp_sockets_in(table, 8472), 0);
+        let table6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+          5: 00000000000000000000000000000000:12B5 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 0 2 0000000000000000 0\n";
+        assert_eq!(udp_sockets_in(table6, 4789), 1);
     }
 }
