@@ -90,6 +90,9 @@ const MODULES: &[&str] = &[
     "net/netfilter/nf_tables",
     "net/netfilter/nft_chain_nat",
     "net/netfilter/nft_masq",
+    // doctor's test: a firewall on the switch between the hosts (meta in the bridge
+    // family, which `udp dport` needs).
+    "net/bridge/netfilter/nft_meta_bridge",
     // GRE: the kernel's gretap device that oxlay interoperates with.
     "net/ipv4/gre",
     "net/ipv4/ip_tunnel",
