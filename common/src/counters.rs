@@ -51,6 +51,9 @@ pub enum Counter {
     L2ToHost,
     MonitorLost,
     EchoAnswered,
+    DropUnencrypted,
+    SentEncrypted,
+    ReceivedEncrypted,
 }
 
 /// Name and meaning of one counter.
@@ -80,7 +83,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 34] = [
+pub const COUNTERS: [CounterInfo; 37] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -284,6 +287,24 @@ pub const COUNTERS: [CounterInfo; 34] = [
         "echo_answered",
         Forward,
         "`oxlay doctor` probes from a peer sent back to it (the VXLAN port answers)",
+    ),
+    row(
+        Counter::DropUnencrypted,
+        "drop_unencrypted",
+        Drop,
+        "VXLAN, GRE or direct packet from a peer that encrypts with WireGuard, arriving unencrypted on the underlay: forged, or that peer lost its WireGuard setup",
+    ),
+    row(
+        Counter::SentEncrypted,
+        "sent_encrypted",
+        Forward,
+        "packets to a peer handed to oxlay's WireGuard device, which encrypts them (also counted as encapsulated or routed_direct)",
+    ),
+    row(
+        Counter::ReceivedEncrypted,
+        "received_encrypted",
+        Forward,
+        "packets that arrived through oxlay's WireGuard device, decrypted and authenticated as a peer's",
     ),
 ];
 

@@ -54,6 +54,8 @@ pub mod program_names {
     pub const DECAP_XDP: &str = "oxlay_decap_xdp";
     /// TC ingress on the underlay interface in XDP mode: delivers what XDP stripped.
     pub const XDP_DELIVER_TC: &str = "oxlay_xdp_deliver_tc";
+    /// TC ingress on oxlay's WireGuard device: decrypted packets from peers.
+    pub const FROM_WIREGUARD: &str = "oxlay_from_wireguard";
     /// TC ingress on a layer-2 network's parent NIC: frames for local containers.
     pub const L2_FROM_WIRE: &str = "oxlay_l2_from_wire";
     /// Programs that do nothing: the baselines of the per-packet benchmarks.
@@ -97,9 +99,14 @@ pub struct DatapathConfig {
     pub vtep_mac: [u8; 6],
     /// Non-zero once userspace has written the entry; programs pass everything before.
     pub ready: u32,
-    /// MTU of the underlay interface: encapsulated packets must fit in it.
+    /// MTU of the underlay interface: encapsulated packets must fit in it. With
+    /// WireGuard, the MTU of oxlay's WireGuard device (the underlay's less its 60 bytes).
     pub underlay_mtu: u16,
     pub _pad: u16,
+    /// oxlay's WireGuard device, when this host encrypts (0: it does not): packets to a
+    /// peer marked [`PEER_WIREGUARD`] go through it, and packets from such a peer are
+    /// accepted only from it.
+    pub wireguard_ifindex: u32,
 }
 
 /// The data part of a route-map key: a network id and an IPv4 address.
@@ -237,10 +244,15 @@ pub struct Endpoint {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Peer {
-    /// Reserved for per-peer flags; keeps the value 8 bytes.
+    /// [`PEER_WIREGUARD`], or 0.
     pub flags: u32,
     pub _pad: u32,
 }
+
+/// [`Peer::flags`]: this host and the peer both encrypt with WireGuard. Packets to it go
+/// through oxlay's WireGuard device; its packets arriving unencrypted on the underlay
+/// are dropped (`drop_unencrypted`). Zero, as old entries read, means plaintext.
+pub const PEER_WIREGUARD: u32 = 1;
 
 /// A network present on this host, keyed by its VNI.
 #[repr(C)]
@@ -311,7 +323,7 @@ mod tests {
     /// The sum of field sizes equals the struct size: there is no implicit padding.
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 2 + 6 + 4 + 2 + 2);
+        assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 2 + 6 + 4 + 2 + 2 + 4);
         assert_eq!(align_of::<DatapathConfig>(), 4);
         assert_eq!(size_of::<RouteDest>(), 8);
         assert_eq!(size_of::<Route>(), 1 + 3 + 4 + 4 + 6 + 6);

@@ -25,6 +25,11 @@ pub const DRAIN_EVERY_MS: u64 = 50;
 /// `OXLAY_PROBE` instead, so a probe never shows in the counters or the monitor.
 pub const PROBE_MARK: u32 = 0x6f78_7072; // "oxpr"
 
+/// In a probe's `cb[1]`: classify it as if it came through oxlay's WireGuard device
+/// (`oxlay explain --receive` from a peer that encrypts: on the underlay it would be
+/// `drop_unencrypted`).
+pub const PROBE_VIA_WIREGUARD: u32 = 0x6f78_7767; // "oxwg"
+
 /// The single entry of `OXLAY_MONITOR`, written by the daemon while monitors listen.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

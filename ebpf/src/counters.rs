@@ -114,6 +114,15 @@ pub fn count_in<F: Frame>(frame: &F, counter: Counter, vni: u32) {
     report(frame, counter, vni);
 }
 
+/// Counts `frame` under a second `counter` with no monitor event: for a packet already
+/// counted (and reported) under another.
+#[inline(always)]
+pub fn count_also<F: Frame>(frame: &F, counter: Counter) {
+    if !frame.is_probe() {
+        bump(counter, frame.frame_len());
+    }
+}
+
 /// Adds one packet of `bytes` to `counter`.
 #[inline(always)]
 pub fn bump(counter: Counter, bytes: u32) {

@@ -15,12 +15,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use network_types::eth::EthHdr;
-use oxlay_common::{wire::ETH_LEN, Counter, Route, XdpDeliveryMeta};
+use oxlay_common::{
+    monitor::PROBE_VIA_WIREGUARD, wire::ETH_LEN, Counter, Route, XdpDeliveryMeta,
+};
 
 use crate::{
-    counters::{count, count_in, count_network, Direction},
+    counters::{count, count_in, count_network, Direction, Frame},
     echo, maps,
-    parse::{classify, write, Decap, ETH_P_IPV4, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
+    parse::{classify, write, Arrival, Decap, ETH_P_IPV4, IPPROTO_UDP, VXLAN_CLASSIFY_LEN},
 };
 
 /// The Ethernet header a decapsulated frame gets: from the container's gateway to it.
@@ -44,6 +46,25 @@ pub fn tc_deliver_marked(ctx: &TcContext) -> i32 {
 }
 
 pub fn tc(ctx: &TcContext) -> i32 {
+    tc_from(ctx, probe_arrival(ctx))
+}
+
+/// Where a packet on the underlay came from: the underlay, unless it is `oxlay
+/// explain`'s probe of a packet from a peer that encrypts.
+#[inline(always)]
+fn probe_arrival(ctx: &TcContext) -> Arrival {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
+    let cb1 = unsafe { (*ctx.skb.skb).cb[1] };
+    if cb1 == PROBE_VIA_WIREGUARD && ctx.is_probe() {
+        Arrival::Wireguard
+    } else {
+        Arrival::Underlay
+    }
+}
+
+/// TC decapsulation of a packet that came `arrival` (its Ethernet header at the front).
+#[inline(always)]
+pub fn tc_from(ctx: &TcContext, arrival: Arrival) -> i32 {
     let Some(cfg) = maps::config() else {
         return TC_ACT_OK as i32;
     };
@@ -53,7 +74,7 @@ pub fn tc(ctx: &TcContext) -> i32 {
         // classification handles.
         let _ = ctx.pull_data((VXLAN_CLASSIFY_LEN as u32).min(ctx.len()));
     }
-    match classify(ctx.data(), ctx.data_end(), ctx.len() as usize, cfg) {
+    match classify(ctx.data(), ctx.data_end(), ctx.len() as usize, cfg, arrival) {
         Decap::Pass => {
             count(ctx, Counter::PassedToStack);
             TC_ACT_OK as i32
@@ -117,7 +138,9 @@ const DECAP_L4_UDP: u64 = 1 << 10;
 const DECAP_L4_GRE: u64 = 1 << 9;
 
 /// Removes the `strip` bytes in front of the inner Ethernet header (GRE's or VXLAN's
-/// outer headers) and delivers.
+/// outer headers) and delivers. (Inlined: six arguments are more than a BPF call
+/// takes, and two programs use it.)
+#[inline(always)]
 fn tc_strip_and_deliver(
     ctx: &TcContext,
     route: &Route,
@@ -190,7 +213,7 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
     // SAFETY: plain helper call on this program's own context; with frags, the first
     // buffer (data..data_end) may be only part of the frame.
     let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr() as *mut _) } as usize;
-    match classify(ctx.data(), ctx.data_end(), frame_len, cfg) {
+    match classify(ctx.data(), ctx.data_end(), frame_len, cfg, Arrival::Underlay) {
         Decap::Pass => {
             count(ctx, Counter::PassedToStack);
             xdp_action::XDP_PASS

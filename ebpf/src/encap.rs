@@ -20,7 +20,7 @@ use oxlay_common::{
 };
 
 use crate::{
-    arp, checksum,
+    arp, checksum, wireguard,
     counters::{count, count_in, count_network, Direction},
     l2, maps, mtu,
     parse::{read, write, ETH_P_IPV4, IPPROTO_UDP},
@@ -134,7 +134,7 @@ fn try_from_container(ctx: &TcContext, ep: &Endpoint) -> Result<Option<i32>, Cou
         return deliver_local(ctx, &route).map(Some);
     }
     if route.kind == RouteKind::Direct as u8 {
-        return Ok(Some(route_direct(ctx, cfg.underlay_ifindex, &route)));
+        return Ok(Some(route_direct(ctx, cfg, &route)));
     }
     let cfg = *cfg;
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed to this program.
@@ -190,19 +190,22 @@ fn segment_headers(data: usize, data_end: usize, ip: &Ipv4Hdr) -> usize {
 
 /// A direct network's peer on the same underlay subnet: send the packet as it is, with
 /// the peer's underlay address as next hop (the kernel fills in the MACs).
-fn route_direct(ctx: &TcContext, underlay_ifindex: u32, route: &Route) -> i32 {
+fn route_direct(ctx: &TcContext, cfg: &DatapathConfig, route: &Route) -> i32 {
+    count(ctx, Counter::RoutedDirect);
+    if let Some(device) = wireguard::device_to(cfg, route.underlay_addr) {
+        return wireguard::send(ctx, device);
+    }
     let mut next_hop = bpf_redir_neigh {
         nh_family: AF_INET,
         __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
             ipv4_nh: u32::from_ne_bytes(route.underlay_addr),
         },
     };
-    count(ctx, Counter::RoutedDirect);
     // SAFETY: next_hop is a valid bpf_redir_neigh that outlives the call, and its size
     // is passed along.
     unsafe {
         bpf_redirect_neigh(
-            underlay_ifindex,
+            cfg.underlay_ifindex,
             &mut next_hop,
             core::mem::size_of::<bpf_redir_neigh>() as i32,
             0,
@@ -258,7 +261,7 @@ fn encapsulate(
     if !write(ctx.data(), ctx.data_end(), 0, headers) {
         return Err(Counter::DropHeaderWriteFailed);
     }
-    Ok(send_to_peer(ctx, cfg, vni))
+    Ok(send_to_peer(ctx, cfg, vni, route.underlay_addr))
 }
 
 /// Another host over GRE: push outer IPv4 + GRE (key = the network's VNI).
@@ -285,7 +288,7 @@ fn encapsulate_gre(
     if !write(ctx.data(), ctx.data_end(), 0, headers) {
         return Err(Counter::DropHeaderWriteFailed);
     }
-    Ok(send_to_peer(ctx, cfg, vni))
+    Ok(send_to_peer(ctx, cfg, vni, route.underlay_addr))
 }
 
 /// The outer Ethernet header: `bpf_redirect_neigh` fills in the MACs from the
@@ -327,12 +330,16 @@ fn outer_ipv4(cfg: &DatapathConfig, route: &Route, proto: u8, total_len: u16) ->
     ip
 }
 
-/// Counts the packet (also in its network's traffic) and sends it out of the underlay; `bpf_redirect_neigh` fills in
-/// the outer MACs from the underlay's neighbour table.
+/// Counts the packet (also in its network's traffic) and sends it out of the underlay
+/// (`bpf_redirect_neigh` fills in the outer MACs from the underlay's neighbour table),
+/// or to be encrypted when this host and the peer use WireGuard.
 #[inline(always)]
-fn send_to_peer(ctx: &TcContext, cfg: &DatapathConfig, vni: u32) -> i32 {
+fn send_to_peer(ctx: &TcContext, cfg: &DatapathConfig, vni: u32, peer: [u8; 4]) -> i32 {
     count_in(ctx, Counter::Encapsulated, vni);
     count_network(ctx, vni, Direction::Encapsulated);
+    if let Some(device) = wireguard::device_to(cfg, peer) {
+        return wireguard::send(ctx, device);
+    }
     // SAFETY: plain helper call with no parameters struct; an unknown ifindex makes the
     // kernel drop the packet.
     (unsafe { bpf_redirect_neigh(cfg.underlay_ifindex, core::ptr::null_mut(), 0, 0) }) as i32

@@ -5,6 +5,7 @@
 //!                          │ route lookup (LPM: network, inner dst)
 //!                          ├─ local  ─▶ rewrite MACs, bpf_redirect_peer ─▶ other container
 //!                          ├─ remote ─▶ push outer IPv4/UDP/VXLAN (or IPv4/GRE), bpf_redirect_neigh ─▶ underlay
+//!                          │            (a peer both encrypt with: bpf_redirect ─▶ oxlay's WireGuard device)
 //!                          └─ other  ─▶ host stack
 //!
 //!   underlay ─▶ [oxlay_decap_tc] TC ingress  or  [oxlay_decap_xdp] XDP
@@ -14,6 +15,9 @@
 //!                          │ local endpoint?
 //!                          └─ strip 50 (GRE: 42) bytes, rewrite MACs, bpf_redirect_peer ─▶ container
 //!                             (XDP strips and marks the frame; TC on the same device delivers)
+//!
+//!   WireGuard device ─▶ [oxlay_from_wireguard] TC ingress: push an Ethernet header, then
+//!                          the same classification and delivery as from the underlay
 //! ```
 //!
 //! Parses: outer Ethernet, IPv4 (options only to reject them), UDP, VXLAN, GRE, inner
@@ -32,6 +36,7 @@ mod maps;
 mod monitor;
 mod mtu;
 mod parse;
+mod wireguard;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
@@ -54,6 +59,12 @@ pub fn oxlay_decap_tc(ctx: TcContext) -> i32 {
 #[xdp(frags)]
 pub fn oxlay_decap_xdp(ctx: XdpContext) -> u32 {
     decap::xdp(&ctx)
+}
+
+/// TC ingress on oxlay's WireGuard device: decrypted packets from peers.
+#[classifier]
+pub fn oxlay_from_wireguard(ctx: TcContext) -> i32 {
+    wireguard::from_wireguard(&ctx)
 }
 
 /// TC ingress on a layer-2 network's parent NIC: frames for its local containers.

@@ -91,6 +91,13 @@ pub fn is_peer(underlay_addr: [u8; 4]) -> bool {
     OXLAY_PEERS.get_ptr(underlay_addr).is_some()
 }
 
+/// The peer's [`oxlay_common::Peer::flags`] (0 for no peer).
+#[inline(always)]
+pub fn peer_flags(underlay_addr: [u8; 4]) -> u32 {
+    // SAFETY: the value is a plain u32 copied out; userspace replaces entries whole.
+    unsafe { OXLAY_PEERS.get(&underlay_addr) }.map_or(0, |p| p.flags)
+}
+
 #[inline(always)]
 pub fn has_network(vni: u32) -> bool {
     OXLAY_NETWORKS.get_ptr(vni).is_some()

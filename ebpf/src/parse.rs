@@ -9,7 +9,7 @@ use oxlay_common::{
     Counter, DatapathConfig, Route, RouteKind, DIRECT_NET_ID,
 };
 
-use crate::maps;
+use crate::{maps, wireguard};
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const IPPROTO_UDP: u8 = 17;
@@ -62,6 +62,15 @@ pub fn write<T>(data: usize, data_end: usize, offset: usize, value: T) -> bool {
     }
 }
 
+/// Where a packet to classify came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// The underlay interface, as it was on the wire.
+    Underlay,
+    /// oxlay's WireGuard device: decrypted, and authenticated as a peer's.
+    Wireguard,
+}
+
 /// What the decapsulation programs do with a packet from the underlay.
 pub enum Decap {
     /// Not VXLAN for this host: the host's own traffic.
@@ -85,7 +94,13 @@ pub enum Decap {
 /// Decides what to do with a frame that arrived on the underlay.
 /// `frame_len` is the whole frame's length (the linear part may be shorter).
 #[inline(always)]
-pub fn classify(data: usize, data_end: usize, frame_len: usize, cfg: &DatapathConfig) -> Decap {
+pub fn classify(
+    data: usize,
+    data_end: usize,
+    frame_len: usize,
+    cfg: &DatapathConfig,
+    arrival: Arrival,
+) -> Decap {
     let Some(eth) = read::<EthHdr>(data, data_end, 0) else {
         return Decap::Pass;
     };
@@ -96,11 +111,11 @@ pub fn classify(data: usize, data_end: usize, frame_len: usize, cfg: &DatapathCo
         return Decap::Pass;
     };
     if ip.dst_addr != cfg.underlay_addr {
-        return classify_direct(&ip);
+        return classify_direct(&ip, cfg, arrival);
     }
     match ip.proto {
-        IPPROTO_UDP => classify_vxlan(data, data_end, frame_len, cfg, &ip),
-        IPPROTO_GRE => classify_gre(data, data_end, frame_len, &ip),
+        IPPROTO_UDP => classify_vxlan(data, data_end, frame_len, cfg, &ip, arrival),
+        IPPROTO_GRE => classify_gre(data, data_end, frame_len, &ip, cfg, arrival),
         _ => Decap::Pass,
     }
 }
@@ -113,6 +128,7 @@ fn classify_vxlan(
     frame_len: usize,
     cfg: &DatapathConfig,
     ip: &Ipv4Hdr,
+    arrival: Arrival,
 ) -> Decap {
     // UDP sits after the IPv4 header, options included; mask keeps the offset bounded.
     let ihl = (ip.vihl & 0x0f) as usize;
@@ -156,6 +172,9 @@ fn classify_vxlan(
         }
         return Decap::Echo;
     }
+    if wireguard::arrived_unencrypted(cfg, peer, arrival) {
+        return Decap::Drop(Counter::DropUnencrypted);
+    }
     if vxlan.flags & VXLAN_FLAG_VNI == 0 {
         return Decap::Drop(unless_unknown(peer, None, Counter::DropBadVxlanFlags));
     }
@@ -190,7 +209,14 @@ fn classify_vxlan(
 /// from another address, or carrying something else, is the host's own (its own
 /// tunnels, if it has any).
 #[inline(always)]
-fn classify_gre(data: usize, data_end: usize, frame_len: usize, ip: &Ipv4Hdr) -> Decap {
+fn classify_gre(
+    data: usize,
+    data_end: usize,
+    frame_len: usize,
+    ip: &Ipv4Hdr,
+    cfg: &DatapathConfig,
+    arrival: Arrival,
+) -> Decap {
     let peer = ip.src_addr;
     if !maps::is_peer(peer) {
         return Decap::Pass;
@@ -209,6 +235,9 @@ fn classify_gre(data: usize, data_end: usize, frame_len: usize, ip: &Ipv4Hdr) ->
         _ => return Decap::Pass,
     }
     // From here on the packet claims to be oxlay's GRE: drop, never pass, on failure.
+    if wireguard::arrived_unencrypted(cfg, peer, arrival) {
+        return Decap::Drop(Counter::DropUnencrypted);
+    }
     let Some(gre) = read::<[u8; GRE_LEN]>(data, data_end, gre_off) else {
         return Decap::Drop(Counter::DropBadGre);
     };
@@ -305,12 +334,14 @@ fn unless_unknown(peer: [u8; 4], vni: Option<u32>, reason: Counter) -> Counter {
 /// when it comes from another direct network's block (networks are isolated); else it
 /// is not ours.
 #[inline(always)]
-fn classify_direct(ip: &Ipv4Hdr) -> Decap {
+fn classify_direct(ip: &Ipv4Hdr, cfg: &DatapathConfig, arrival: Arrival) -> Decap {
     match maps::route(DIRECT_NET_ID, ip.dst_addr) {
         Some(dst) if dst.kind == RouteKind::Local as u8 => {
             match maps::route(DIRECT_NET_ID, ip.src_addr) {
                 Some(src) if src.kind == RouteKind::Direct as u8 => {
-                    if src.vni == dst.vni {
+                    if wireguard::arrived_unencrypted(cfg, src.underlay_addr, arrival) {
+                        Decap::Drop(Counter::DropUnencrypted)
+                    } else if src.vni == dst.vni {
                         Decap::DeliverDirect(*dst)
                     } else {
                         Decap::Drop(Counter::DropDirectOtherNetwork)

@@ -191,6 +191,7 @@ fn scale(n: usize) -> Result<serde_json::Value> {
                             underlay_address: Ipv4Addr::from(0x6400_0000u32 + i as u32),
                             vtep_mac: MacAddr::derived(&name),
                             gre: true,
+                            wireguard: None,
                         };
                         model::register_host(&*store, &host, lease).await?;
                         // Blocks 10.1.0.0/24 upwards; the daemon's own is 10.0.0.0/24.

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{ensure, Result};
 use oxlay::{datapath::Datapath, net::Ipv4Net};
 use oxlay_common::{
-    monitor::MonitorConfig, program_names as prog, DatapathConfig, Endpoint, Route,
+    monitor::MonitorConfig, program_names as prog, DatapathConfig, Endpoint, Peer, Route,
 };
 
 const RUNS: u32 = 20_000;
@@ -51,9 +51,10 @@ fn measure(pins: &std::path::Path, routes: u32) -> Result<serde_json::Value> {
         ready: 1,
         underlay_mtu: 1500,
         _pad: 0,
+        wireguard_ifindex: 0,
     })?;
     dp.add_network(42)?;
-    dp.add_peer(Ipv4Addr::new(192, 168, 50, 12))?;
+    dp.set_peer(Ipv4Addr::new(192, 168, 50, 12), Peer::default())?;
     // The packets' peer block 10.244.2.0/24, `routes - 2` other /24 blocks from
     // 11.0.0.0 up, and the local container's /32.
     let remote = Route::remote([192, 168, 50, 12], [2, 0, 0, 0, 0, 0xb]);

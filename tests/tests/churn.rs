@@ -92,6 +92,7 @@ async fn churn(endpoint: String, add: bool) -> Result<f64> {
             underlay_address: Ipv4Addr::new(192, 168, 50, 99),
             vtep_mac: MacAddr::derived("churn-peer"),
             gre: true,
+            wireguard: None,
         };
         client
             .put(

@@ -51,6 +51,7 @@ fn fixture() -> Result<Option<Fixture>> {
         ready: 1,
         underlay_mtu: 1500,
         _pad: 0,
+        wireguard_ifindex: 0,
     })?;
     let endpoint = Endpoint {
         net_id: TAGGED,

@@ -7,7 +7,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use anyhow::{Context, Result};
 use oxlay::{datapath::Datapath, net::Ipv4Net};
 use oxlay_common::{
-    program_names as prog, CounterValue, DatapathConfig, Endpoint, Route, DIRECT_NET_ID,
+    program_names as prog, CounterValue, DatapathConfig, Endpoint, Peer, Route, DIRECT_NET_ID,
+    PEER_WIREGUARD,
 };
 use oxlay_testbed::{is_root, TempDir};
 
@@ -73,9 +74,10 @@ fn fixture() -> Result<Option<Fixture>> {
         ready: 1,
         underlay_mtu: 1500,
         _pad: 0,
+        wireguard_ifindex: 0,
     })?;
     dp.add_network(VNI)?;
-    dp.add_peer(Ipv4Addr::from(PEER_UNDERLAY))?;
+    dp.set_peer(Ipv4Addr::from(PEER_UNDERLAY), Peer::default())?;
     dp.set_route(
         VNI,
         "10.244.2.0/24".parse()?,
@@ -1349,6 +1351,112 @@ fn direct_packets_from_direct_peers_are_delivered() -> Result<()> {
         f.run(prog::DECAP_XDP, &frame, XDP_PASS, "passed_to_stack")?,
         frame
     );
+    Ok(())
+}
+
+// ---- WireGuard ----
+
+/// With WireGuard on (a device's ifindex in the config) and the peer marked as
+/// encrypting: its packets leave by the device, direct ones too; its plaintext from the
+/// underlay is dropped in TC and XDP, direct packets too; a packet handed over as the
+/// device would (explain's probe, which runs the underlay's program) is delivered. A
+/// peer that does not encrypt is untouched.
+#[test]
+fn wireguard_peers_get_encrypted_packets_and_their_plaintext_is_dropped() -> Result<()> {
+    const WG_IFINDEX: u32 = 77;
+    let Some(mut f) = fixture()? else {
+        return Ok(());
+    };
+    f.dp.set_config(DatapathConfig {
+        underlay_ifindex: 1,
+        underlay_addr: OUR_UNDERLAY,
+        vxlan_port: 4789,
+        vtep_mac: OUR_VTEP,
+        ready: 1,
+        underlay_mtu: 1440,
+        _pad: 0,
+        wireguard_ifindex: WG_IFINDEX,
+    })?;
+    let encrypting = Peer {
+        flags: PEER_WIREGUARD,
+        _pad: 0,
+    };
+    f.dp.set_peer(Ipv4Addr::from(PEER_UNDERLAY), encrypting)?;
+
+    // Out: the same VXLAN frame as ever, redirected (to the device), counted twice.
+    let (verdict, changed) =
+        f.run_counted(prog::FROM_CONTAINER, &container_frame(REMOTE_CONTAINER))?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        changed,
+        BTreeMap::from([("encapsulated", 1), ("sent_encrypted", 1)])
+    );
+    let out =
+        f.dp.test_run(prog::FROM_CONTAINER, &container_frame(REMOTE_CONTAINER), 1)?;
+    assert_eq!(&out.packet[12..14], &[0x08, 0x00]);
+    assert_eq!(
+        &out.packet[26..34],
+        &[OUR_UNDERLAY, PEER_UNDERLAY].concat()[..]
+    );
+    let (verdict, changed) = f.run_counted(
+        prog::FROM_CONTAINER,
+        &container_frame(DIRECT_PEER_CONTAINER),
+    )?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        changed,
+        BTreeMap::from([("routed_direct", 1), ("sent_encrypted", 1)])
+    );
+    // A peer that does not encrypt (192.168.50.13's block): plain.
+    let (verdict, changed) =
+        f.run_counted(prog::FROM_CONTAINER, &container_frame([10, 244, 3, 9]))?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(changed, BTreeMap::from([("encapsulated", 1)]));
+
+    // In, on the underlay: forged or misconfigured, dropped.
+    let (frame, inner_ip) = vxlan_frame(PEER_UNDERLAY, 0x08, VNI, LOCAL_CONTAINER);
+    f.run(prog::DECAP_TC, &frame, TC_ACT_SHOT, "drop_unencrypted")?;
+    f.run(prog::DECAP_XDP, &frame, XDP_DROP, "drop_unencrypted")?;
+    let (gre, _) = gre_frame(
+        PEER_UNDERLAY,
+        &gre(0x2000, 0x6558, VNI),
+        0x4000,
+        LOCAL_CONTAINER,
+    );
+    f.run(prog::DECAP_TC, &gre, TC_ACT_SHOT, "drop_unencrypted")?;
+    let direct = plain_frame(DIRECT_PEER_CONTAINER);
+    f.run(prog::DECAP_TC, &direct, TC_ACT_SHOT, "drop_unencrypted")?;
+    f.run(prog::DECAP_XDP, &direct, XDP_DROP, "drop_unencrypted")?;
+
+    // As the device hands it over: delivered, the same frame as from a plain peer.
+    let (out, counted) = f.dp.probe(prog::DECAP_TC, &frame, 1, true)?;
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(counted.map(|c| c.name), Some("decapsulated"));
+    assert_eq!(
+        out.packet,
+        [eth(LOCAL_MAC, GATEWAY_MAC, 0x0800), inner_ip].concat()
+    );
+    let (_, counted) = f.dp.probe(prog::DECAP_TC, &frame, 1, false)?;
+    assert_eq!(counted.map(|c| c.name), Some("drop_unencrypted"));
+
+    // This host does not encrypt (no device): the peer's flag changes nothing.
+    f.dp.set_config(DatapathConfig {
+        underlay_ifindex: 1,
+        underlay_addr: OUR_UNDERLAY,
+        vxlan_port: 4789,
+        vtep_mac: OUR_VTEP,
+        ready: 1,
+        underlay_mtu: 1500,
+        _pad: 0,
+        wireguard_ifindex: 0,
+    })?;
+    f.run(prog::DECAP_TC, &frame, TC_ACT_REDIRECT, "decapsulated")?;
+    f.run(
+        prog::FROM_CONTAINER,
+        &container_frame(REMOTE_CONTAINER),
+        TC_ACT_REDIRECT,
+        "encapsulated",
+    )?;
     Ok(())
 }
 

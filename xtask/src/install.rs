@@ -188,8 +188,13 @@ pub fn run() -> Result<()> {
                 describe(provides)
             ));
         }
-        let mut packages: Vec<&str> = missing.iter().map(|(p, _, _)| *p).collect();
-        packages.dedup();
+        // Each package once, in the order first needed (a package provides several files).
+        let mut packages: Vec<&str> = Vec::new();
+        for (package, _, _) in &missing {
+            if !packages.contains(package) {
+                packages.push(package);
+            }
+        }
         step(&format!(
             "installing Debian packages: {}",
             packages.join(" ")

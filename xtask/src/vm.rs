@@ -8,7 +8,8 @@
 //! uninstall, containers reaching an outside host through the NAT, oxlay's GRE
 //! with the kernel's gretap device (the machine's kernel has no GRE module),
 //! layer-2 networks with a machine on an 802.1Q VLAN (nor 8021q), and Open vSwitch
-//! hosts with VXLAN and GRE ports (nor openvswitch). Before 6.6 these exercise the netlink (cls_bpf) attachment instead
+//! hosts with VXLAN and GRE ports (nor openvswitch), and encryption between hosts with
+//! WireGuard (nor wireguard). Before 6.6 these exercise the netlink (cls_bpf) attachment instead
 //! of TCX links.
 //!
 //! The initramfs holds busybox, iproute2's `ip` and `tc`, bpftool, nft, the `oxlay`
@@ -63,6 +64,8 @@ const SUITES: &[(&str, &str, &str)] = &[
         "l2",
         "--include-ignored l2_tagged l2_containers l2_restart",
     ),
+    // Encryption needs the wireguard module, which the machine lacks.
+    ("wireguard", "wireguard", "--include-ignored wireguard_"),
     // Open vSwitch needs the openvswitch module, which the machine lacks.
     (
         "ovs",
@@ -112,6 +115,14 @@ const MODULES: &[&str] = &[
     "net/openvswitch/openvswitch",
     "net/openvswitch/vport-vxlan",
     "net/openvswitch/vport-gre",
+    // WireGuard (udp_tunnel and ip6_udp_tunnel are above) and its ciphers.
+    "lib/crypto/libcurve25519-generic",
+    "arch/x86/crypto/curve25519-x86_64",
+    "lib/crypto/libchacha",
+    "arch/x86/crypto/chacha-x86_64",
+    "arch/x86/crypto/poly1305-x86_64",
+    "lib/crypto/libchacha20poly1305",
+    "drivers/net/wireguard/wireguard",
 ];
 
 const INIT_HEAD: &str = r#"#!/bin/sh

@@ -302,6 +302,7 @@ fn status(v: &Value) -> String {
         ("routes", v["routes"].to_string()),
         ("egress", text("egress")),
         ("names", text("names")),
+        ("encryption", text("encryption")),
     ]
     .iter()
     .map(|(k, v)| format!("{k:<10} {v}"))

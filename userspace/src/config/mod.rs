@@ -80,6 +80,9 @@ pub struct Config {
     pub l2: L2Config,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Encryption between hosts; off without the section.
+    #[serde(default)]
+    pub wireguard: Option<WireguardConfig>,
 }
 
 /// The Prometheus endpoint: off unless an address is given.
@@ -201,6 +204,9 @@ impl Config {
         }
         self.names.upstream_servers()?;
         self.l2.check(&self.underlay_interface)?;
+        if let Some(wg) = &self.wireguard {
+            wg.check(self.vxlan_port, &self.underlay_interface)?;
+        }
         if self.vxlan_port == 0 {
             bail!("vxlan_port must not be 0 (the standard VXLAN port is {VXLAN_PORT})");
         }
@@ -266,6 +272,15 @@ impl Config {
     pub fn vtep_mac(&self) -> MacAddr {
         self.vtep_mac
             .unwrap_or_else(|| MacAddr::derived(&self.node_name))
+    }
+
+    /// Where this host's WireGuard private key is kept.
+    pub fn wireguard_key_file(&self) -> Option<PathBuf> {
+        self.wireguard.as_ref().map(|wg| {
+            wg.key_file.clone().unwrap_or_else(|| {
+                PathBuf::from(format!("/var/lib/oxlay/{}.wireguard.key", self.node_name))
+            })
+        })
     }
 
     /// MTU that containers get: the underlay's minus the VXLAN overhead.

@@ -1,5 +1,5 @@
 //! The config's optional sections, one struct each: `[l2]`, `[metrics]`, `[names]`,
-//! `[docker]`.
+//! `[docker]`, `[wireguard]`.
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -24,6 +24,72 @@ impl L2Config {
         }
         if parent == underlay_interface {
             bail!("l2.parent {parent:?} is the underlay interface: layer-2 networks take a NIC of their own (the second one, on their LAN)");
+        }
+        Ok(())
+    }
+}
+
+/// Encryption between hosts with WireGuard: on when the section is there (even empty).
+/// Traffic to a host that also encrypts goes through oxlay's WireGuard device; a host
+/// without it is reached in plain, so a cluster can turn it on host by host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireguardConfig {
+    /// The UDP port WireGuard listens on; peers learn it from the store.
+    #[serde(default = "default_wireguard_port")]
+    pub listen_port: u16,
+    /// The name of oxlay's WireGuard device.
+    #[serde(default = "default_wireguard_device")]
+    pub device: String,
+    /// Where this host's private key is kept (made at the first start, mode 0600); only
+    /// the public key leaves the host, in its store record. By default
+    /// /var/lib/oxlay/NODE.wireguard.key.
+    pub key_file: Option<PathBuf>,
+}
+
+/// The default WireGuard port (Cilium's; 51820, WireGuard's own, is left to the host).
+pub const WIREGUARD_PORT: u16 = 51871;
+
+fn default_wireguard_port() -> u16 {
+    WIREGUARD_PORT
+}
+
+fn default_wireguard_device() -> String {
+    "oxlay-wg".to_owned()
+}
+
+impl Default for WireguardConfig {
+    fn default() -> Self {
+        Self {
+            listen_port: WIREGUARD_PORT,
+            device: default_wireguard_device(),
+            key_file: None,
+        }
+    }
+}
+
+impl WireguardConfig {
+    pub(super) fn check(&self, vxlan_port: u16, underlay_interface: &str) -> Result<()> {
+        if self.listen_port == 0 {
+            bail!("wireguard.listen_port must not be 0 (peers must know it; the default is {WIREGUARD_PORT})");
+        }
+        if self.listen_port == vxlan_port {
+            bail!(
+                "wireguard.listen_port {} is the VXLAN port: pick another (the default is {WIREGUARD_PORT})",
+                self.listen_port
+            );
+        }
+        if self.device.is_empty() || self.device.len() > 15 || self.device.contains('/') {
+            bail!(
+                "wireguard.device {:?} is not a valid interface name (1 to 15 characters, no '/')",
+                self.device
+            );
+        }
+        if self.device == underlay_interface {
+            bail!(
+                "wireguard.device {:?} is the underlay interface: name a device of its own",
+                self.device
+            );
         }
         Ok(())
     }

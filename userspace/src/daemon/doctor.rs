@@ -31,7 +31,94 @@ pub(super) async fn findings(d: &Daemon) -> Vec<Finding> {
     found.push(host::rp_filter(&d.config.underlay_interface));
     found.push(port(d).await);
     found.push(offloads(d).await);
+    found.extend(wireguard(d).await);
     found.extend(peers(d).await);
+    found
+}
+
+/// With `[wireguard]`: the device, and for each other host whether traffic to it is
+/// encrypted and when its last handshake was. WireGuard shakes hands again every two
+/// minutes while traffic flows, and only then.
+async fn wireguard(d: &Daemon) -> Vec<Finding> {
+    let (device, hosts) = {
+        let s = d.state.lock().await;
+        let Some(e) = &s.encryption else {
+            return Vec::new();
+        };
+        let hosts: Vec<(String, Option<String>)> = s
+            .snapshot
+            .hosts
+            .values()
+            .filter(|h| h.name != d.host.name)
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    h.wireguard.as_ref().map(|w| w.public_key.clone()),
+                )
+            })
+            .collect();
+        (e.device.clone(), hosts)
+    };
+    let state = match crate::net::wireguard::device_state(&device).await {
+        Ok(state) => state,
+        Err(e) => {
+            return vec![Finding::fail(
+                "wireguard",
+                format!("cannot read {device}: {e:#}; traffic to hosts that encrypt is lost"),
+                "restart the daemon (it makes the device again); `ip -d link show` lists it",
+            )]
+        }
+    };
+    let mut found = vec![Finding::ok(
+        "wireguard",
+        format!(
+            "{device} listens on UDP {} with {} peers",
+            state.listen_port,
+            state.peers.len()
+        ),
+    )];
+    let port = state.listen_port;
+    for (name, key) in hosts {
+        let check = format!("wireguard {name}");
+        let Some(key) = key else {
+            found.push(Finding::warn(
+                &check,
+                format!(
+                    "{name} does not encrypt: traffic to and from it crosses the underlay in plain"
+                ),
+                format!("add [wireguard] to {name}'s config and restart its daemon"),
+            ));
+            continue;
+        };
+        let peer = crate::reconcile::decode_key(&key)
+            .and_then(|k| state.peers.iter().find(|p| p.spec.public_key == k));
+        found.push(match peer {
+            None => Finding::fail(
+                &check,
+                format!("{name} encrypts but {device} has no peer with its key: traffic to it is dropped"),
+                "see the daemon's log for the reconcile error; `oxlay status`",
+            ),
+            Some(p) => match p.last_handshake.and_then(|t| t.elapsed().ok()) {
+                Some(age) if age < Duration::from_secs(180) => Finding::ok(
+                    &check,
+                    format!(
+                        "handshake {:.0} s ago; {} bytes received, {} sent",
+                        age.as_secs_f64(),
+                        p.rx_bytes,
+                        p.tx_bytes
+                    ),
+                ),
+                age => Finding::warn(
+                    &check,
+                    format!(
+                        "{}: fine while no container talks to {name}; if they do, UDP {port} is blocked between the hosts",
+                        age.map_or("no handshake yet".to_owned(), |a| format!("last handshake {:.0} s ago", a.as_secs_f64()))
+                    ),
+                    format!("open UDP {port} between the hosts (both ways), then ping a container on {name}"),
+                ),
+            },
+        });
+    }
     found
 }
 

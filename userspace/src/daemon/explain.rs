@@ -94,14 +94,33 @@ async fn explain(d: &Daemon, ask: Ask) -> Result<ExplainView> {
         outer: None,
         outer_vni: None,
         delivered_to: None,
+        encrypted_by: None,
     };
-    let (mut v, program, frame, ifindex) = if ask.receive {
+    // The peer's packets travel inside WireGuard when both ends encrypt.
+    let encrypted = |s: &State, peer: Ipv4Addr| {
+        let flagged = s
+            .shadow
+            .as_ref()
+            .and_then(|m| m.peers.get(&peer))
+            .is_some_and(|p| p.flags & oxlay_common::PEER_WIREGUARD != 0);
+        s.encryption
+            .as_ref()
+            .filter(|_| flagged)
+            .map(|e| e.device.clone())
+    };
+    let (mut v, program, frame, ifindex, via_wireguard) = if ask.receive {
         let underlay = &s.config.underlay_interface;
         let ifindex = crate::net::ifindex(underlay)
             .with_context(|| format!("the underlay interface {underlay} is gone"))?;
-        let frame = explain::tunnelled_frame(&spec, &tunnel(d, &s, vni, encap, &ask)?);
-        let v = view(underlay.clone(), lookup(&s, vni, spec.to));
-        (v, program_names::DECAP_TC, frame, ifindex)
+        let tunnel = tunnel(d, &s, vni, encap, &ask)?;
+        let frame = explain::tunnelled_frame(&spec, &tunnel);
+        let mut v = view(underlay.clone(), lookup(&s, vni, spec.to));
+        v.encrypted_by = encrypted(&s, tunnel.peer);
+        if let Some(device) = &v.encrypted_by {
+            v.entered = device.clone();
+        }
+        let via_wireguard = v.encrypted_by.is_some();
+        (v, program_names::DECAP_TC, frame, ifindex, via_wireguard)
     } else {
         let ep = s
             .endpoints
@@ -114,9 +133,15 @@ async fn explain(d: &Daemon, ask: Ask) -> Result<ExplainView> {
         let frame = explain::container_frame(&spec, ep.container_mac.0, ep.host_mac.0);
         let net_id = ep.map_entry().net_id;
         let v = view(ep.host_ifname.clone(), lookup(&s, net_id, spec.to));
-        (v, program_names::FROM_CONTAINER, frame, ep.host_ifindex)
+        (
+            v,
+            program_names::FROM_CONTAINER,
+            frame,
+            ep.host_ifindex,
+            false,
+        )
     };
-    let (out, counter) = s.datapath.probe(program, &frame, ifindex)?;
+    let (out, counter) = s.datapath.probe(program, &frame, ifindex, via_wireguard)?;
     v.verdict = explain::verdict(counter).into();
     v.action = match out.verdict {
         0 => "pass (TC_ACT_OK)".into(),
@@ -129,6 +154,13 @@ async fn explain(d: &Daemon, ask: Ask) -> Result<ExplainView> {
     if v.verdict == "encapsulated" {
         let (outer, _, outer_vni) = flows(&out.packet, s.config.vxlan_port);
         (v.outer, v.outer_vni) = (outer, outer_vni);
+    }
+    if !ask.receive && matches!(v.verdict.as_str(), "encapsulated" | "routed") {
+        let peer = v
+            .route
+            .as_ref()
+            .and_then(|r| r.via.parse::<Ipv4Addr>().ok());
+        v.encrypted_by = peer.and_then(|p| encrypted(&s, p));
     }
     if v.verdict == "delivered" {
         v.delivered_to = v

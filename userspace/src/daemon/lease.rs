@@ -138,6 +138,7 @@ mod tests {
             underlay_address: Ipv4Addr::new(192, 168, 50, 11),
             vtep_mac: MacAddr([2, 0, 0, 0, 0, 11]),
             gre: true,
+            wireguard: None,
         }
     }
 

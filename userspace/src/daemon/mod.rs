@@ -49,6 +49,7 @@ mod state;
 mod stats;
 mod uninstall;
 mod watch;
+mod wireguard;
 pub mod wiring;
 
 pub(crate) use self::{
@@ -183,13 +184,21 @@ async fn start(
         // Leave nothing behind when nothing was there.
         std::fs::remove_dir_all(&pin_path).ok();
         l2::restore_parent(&handle, &config).await.ok();
+        if let Some(wg) = &config.wireguard {
+            wireguard::remove_device(&handle, &wg.device).await.ok();
+        }
     }
-    let (datapath, l2_parent) = loaded.map_err(|e| e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh"))?;
-    let host = host_record(&config, underlay);
+    let (datapath, l2_parent, encryption) = loaded.map_err(|e| e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh"))?;
+    let host = host_record(&config, underlay, encryption.as_ref());
     let ttl = Duration::from_secs(config.store.lease_ttl_secs);
     let lease = Arc::new(lease::HostLease::new(store.clone(), host.clone(), ttl));
     let mut state = State {
-        container_mtu: Config::container_mtu(underlay.link.mtu),
+        // With WireGuard, encapsulated packets must fit its device.
+        container_mtu: Config::container_mtu(
+            encryption.as_ref().map_or(underlay.link.mtu, |e| e.mtu),
+        ),
+        encryption,
+        wireguard_peers: None,
         l2_mtu: l2_parent.mtu,
         old_l2_parent: l2_parent.old_ifindex,
         state_path: config.socket_path().with_extension("endpoints.json"),
@@ -225,6 +234,11 @@ async fn start(
         if fresh {
             state.datapath.unpin().ok();
             l2::restore_parent(&state.handle, &config).await.ok();
+            if let Some(e) = &state.encryption {
+                wireguard::remove_device(&state.handle, &e.device)
+                    .await
+                    .ok();
+            }
         }
         return Err(e.context("cannot register this host in the store"));
     }
@@ -248,12 +262,17 @@ async fn start(
 }
 
 /// How this host appears to the others in the store.
-fn host_record(config: &Config, underlay: &Underlay) -> HostRecord {
+fn host_record(
+    config: &Config,
+    underlay: &Underlay,
+    encryption: Option<&wireguard::Encryption>,
+) -> HostRecord {
     HostRecord {
         name: config.node_name.clone(),
         underlay_address: underlay.address,
         vtep_mac: config.vtep_mac(),
         gre: true,
+        wireguard: encryption.map(|e| e.endpoint.clone()),
     }
 }
 
@@ -332,29 +351,33 @@ async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> Result<bool> {
     Ok(uninstall)
 }
 
-/// Loads the programs, writes the datapath config and attaches decapsulation, and the
-/// layer-2 program to the `[l2] parent` NIC (whose MTU comes back). Routes, peers,
-/// networks and endpoints come from reconciling.
+/// Loads the programs, sets up the WireGuard device (with `[wireguard]`), writes the
+/// datapath config and attaches decapsulation, and the layer-2 program to the
+/// `[l2] parent` NIC (whose MTU comes back). Routes, peers, networks and endpoints come
+/// from reconciling.
 async fn load_datapath(
     config: &Config,
     handle: &rtnetlink::Handle,
     underlay: &netlink::LinkInfo,
     underlay_addr: Ipv4Addr,
-) -> Result<(Datapath, l2::ParentAtStart)> {
+) -> Result<(Datapath, l2::ParentAtStart, Option<wireguard::Encryption>)> {
     let parent = l2::find_parent(handle, config).await?;
     let mut datapath = Datapath::load(&config.pin_path())?;
+    let encryption = wireguard::setup(handle, config, underlay, &mut datapath).await?;
+    let path_mtu = encryption.as_ref().map_or(underlay.mtu, |e| e.mtu);
     datapath.set_config(DatapathConfig {
         underlay_ifindex: underlay.index,
         underlay_addr: underlay_addr.octets(),
         vxlan_port: config.vxlan_port,
         vtep_mac: config.vtep_mac().0,
         ready: 1,
-        underlay_mtu: underlay.mtu.min(u16::MAX as u32) as u16,
+        underlay_mtu: path_mtu.min(u16::MAX as u32) as u16,
         _pad: 0,
+        wireguard_ifindex: encryption.as_ref().map_or(0, |e| e.ifindex),
     })?;
     // Nobody listens yet (whatever a daemon that crashed had asked for).
     datapath.set_monitor(Default::default())?;
     datapath.attach_decap(&underlay.name, config.decap)?;
     let l2_parent = l2::attach_parent(handle, config, &mut datapath, parent).await?;
-    Ok((datapath, l2_parent))
+    Ok((datapath, l2_parent, encryption))
 }

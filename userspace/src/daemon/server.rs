@@ -247,6 +247,21 @@ async fn status(d: &Daemon) -> Value {
         v["last_reconcile_error"] = s.last_reconcile_error.clone().into();
         v["routes"] = s.datapath.routes().map(|r| r.len()).unwrap_or(0).into();
         v["names"] = d.names_status().into();
+        v["encryption"] = match &s.encryption {
+            None => "none: traffic between hosts crosses the underlay in plain ([wireguard] turns it on)".to_owned(),
+            Some(e) => {
+                let encrypting = s
+                    .shadow
+                    .as_ref()
+                    .map_or(0, |m| m.peers.values().filter(|p| p.flags & oxlay_common::PEER_WIREGUARD != 0).count());
+                let hosts = s.snapshot.hosts.len().saturating_sub(1);
+                format!(
+                    "WireGuard on {} (UDP {}): {encrypting} of {hosts} other hosts encrypt",
+                    e.device, e.endpoint.port
+                )
+            }
+        }
+        .into();
         v["egress"] = match (&s.nat_unavailable, &s.nat_error, &s.nat) {
             (Some(why), _, _) => format!("no masquerade, no published ports: {why}"),
             (None, Some(e), _) => format!("NAT table not written (retried): {e}"),

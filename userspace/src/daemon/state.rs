@@ -61,6 +61,10 @@ pub(crate) struct State {
     pub(crate) last_reconcile_error: Option<String>,
     /// Reconcile and watch timings for the metrics endpoint.
     pub(crate) control: crate::metrics::ControlMetrics,
+    /// oxlay's WireGuard device, with `[wireguard]`.
+    pub(crate) encryption: Option<super::wireguard::Encryption>,
+    /// The device's peers as last written (None: read the device).
+    pub(crate) wireguard_peers: Option<Vec<crate::net::wireguard::PeerSpec>>,
 }
 
 impl State {
@@ -121,11 +125,16 @@ impl State {
     /// dump); reads the kernel's maps when there is no shadow yet (start, drift check).
     pub(crate) async fn reconcile(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
-        // The NAT is reconciled whatever the maps' fate (it is cheap when unchanged).
+        // WireGuard's peers before the maps send to them; the NAT whatever the maps'
+        // fate (each is cheap when unchanged).
+        let wireguard = self.reconcile_wireguard().await;
+        if wireguard.is_err() {
+            self.wireguard_peers = None;
+        }
         let maps = self.reconcile_maps().await;
         let nat = self.reconcile_nat();
         self.control.reconciled("full", started.elapsed());
-        maps.and(nat)
+        wireguard.and(maps).and(nat)
     }
 
     async fn reconcile_maps(&mut self) -> Result<()> {
@@ -192,6 +201,7 @@ impl State {
     pub(crate) fn forget_what_was_written(&mut self) {
         self.shadow = None;
         self.nat = None;
+        self.wireguard_peers = None;
     }
 
     /// Reconciles after changes of store blocks alone (`changed`: each block's store
@@ -243,7 +253,13 @@ impl State {
         self.shadow = Some(shadow);
         self.desired = Some((base, want));
         let maps = self.account(changes);
-        // A NAT write that failed earlier is retried here too.
+        // A direct block is a WireGuard peer's allowed source. A NAT write that failed
+        // earlier is retried here too.
+        let wireguard = self.reconcile_wireguard().await;
+        if wireguard.is_err() {
+            self.wireguard_peers = None;
+        }
+        let maps = wireguard.and(maps);
         let nat = self.reconcile_nat();
         self.control.reconciled("blocks", started.elapsed());
         maps.and(nat)

@@ -2,7 +2,7 @@
 use anyhow::Result;
 use log::warn;
 
-use super::{egress, endpoints, give_back_address, l2, names, Daemon, EndpointKey};
+use super::{egress, endpoints, give_back_address, l2, names, wireguard, Daemon, EndpointKey};
 use crate::{model, net};
 
 impl Daemon {
@@ -28,6 +28,11 @@ impl Daemon {
             }
             if let Err(e) = names::remove(&s.handle).await {
                 warn!("removing the resolver's address: {e:#}");
+            }
+            if let Some(e) = &s.encryption {
+                if let Err(e) = wireguard::remove_device(&s.handle, &e.device).await {
+                    warn!("removing the WireGuard device: {e:#}");
+                }
             }
             std::fs::remove_file(&s.state_path).ok();
             if s.nat_unavailable.is_none() {

@@ -69,6 +69,18 @@ impl Datapath {
         self.unpin_link(program_names::L2_FROM_WIRE, interface);
     }
 
+    /// Attaches the receive side of encryption to oxlay's WireGuard device: what it
+    /// decrypts is classified and delivered as if it came off the underlay.
+    pub fn attach_wireguard(&mut self, interface: &str) -> Result<()> {
+        self.attach_tc(program_names::FROM_WIREGUARD, interface)
+            .with_context(|| format!("cannot attach oxlay's program to {interface}"))
+    }
+
+    /// Forgets the program on a WireGuard device that goes away (its link's pin).
+    pub fn detach_wireguard(&self, interface: &str) {
+        self.unpin_link(program_names::FROM_WIREGUARD, interface);
+    }
+
     /// The `[l2] parent` NIC's ifindex, once its program is attached.
     pub fn l2_parent(&self) -> Option<u32> {
         self.l2_parent.as_ref().map(|(_, index)| *index)
@@ -207,6 +219,7 @@ pub(super) fn netlink_handle(program: &str) -> Option<TcHandle> {
         program_names::XDP_DELIVER_TC => 2,
         program_names::FROM_CONTAINER => 3,
         program_names::L2_FROM_WIRE => 4,
+        program_names::FROM_WIREGUARD => 5,
         _ => return None,
     };
     Some(TcHandle::new(0, minor))

@@ -64,15 +64,17 @@ impl Datapath {
             .with_context(|| format!("cannot remove peer {underlay}"))
     }
 
-    pub fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+    pub fn set_peer(&mut self, underlay: Ipv4Addr, peer: Peer) -> Result<()> {
         let mut map: BpfHashMap<&mut MapData, [u8; 4], Peer> = self.map_mut(map_names::PEERS)?;
-        map.insert(underlay.octets(), Peer::default(), 0)
+        map.insert(underlay.octets(), peer, 0)
             .with_context(|| format!("cannot add peer {underlay}"))
     }
 
-    pub fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+    pub fn peers(&self) -> Result<Vec<(Ipv4Addr, Peer)>> {
         let map: BpfHashMap<&MapData, [u8; 4], Peer> = self.map(map_names::PEERS)?;
-        map.keys().map(|k| Ok(Ipv4Addr::from(k?))).collect()
+        map.iter()
+            .map(|kv| kv.map(|(k, v)| (Ipv4Addr::from(k), v)).map_err(Into::into))
+            .collect()
     }
 
     pub fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()> {

@@ -35,21 +35,31 @@ impl Datapath {
     }
 
     /// Runs TC program `name` once on `packet` as `oxlay explain`'s probe, as if it
-    /// arrived on interface `ifindex`: the verdict and the output, and the counter the
-    /// program counted it under (the probe is counted nowhere else).
+    /// arrived on interface `ifindex` (`via_wireguard`: decrypted by oxlay's WireGuard
+    /// device): the verdict and the output, and the counter the program counted it
+    /// under (the probe is counted nowhere else).
     pub fn probe(
         &mut self,
         name: &str,
         packet: &[u8],
         ifindex: u32,
+        via_wireguard: bool,
     ) -> Result<(TestRunOutcome, Option<&'static oxlay_common::CounterInfo>)> {
         use aya::maps::{MapData, PerCpuArray, PerCpuValues};
-        use oxlay_common::{map_names, monitor::PROBE_MARK, COUNTERS};
-        // struct __sk_buff (uapi/linux/bpf.h): mark at 8, ifindex at 40, cb[0] at 48.
+        use oxlay_common::{
+            map_names,
+            monitor::{PROBE_MARK, PROBE_VIA_WIREGUARD},
+            COUNTERS,
+        };
+        // struct __sk_buff (uapi/linux/bpf.h): mark at 8, ifindex at 40, cb[0] at 48,
+        // cb[1] at 52.
         let mut ctx = [0u8; 192];
         ctx[8..12].copy_from_slice(&PROBE_MARK.to_ne_bytes());
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         ctx[48..52].copy_from_slice(&PROBE_MARK.to_ne_bytes());
+        if via_wireguard {
+            ctx[52..56].copy_from_slice(&PROBE_VIA_WIREGUARD.to_ne_bytes());
+        }
         let zero = || PerCpuValues::try_from(vec![0u32; aya::util::nr_cpus().map_err(|(_, e)| e)?]);
         {
             let mut probe: PerCpuArray<&mut MapData, u32> = self.map_mut(map_names::PROBE)?;

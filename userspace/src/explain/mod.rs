@@ -43,6 +43,10 @@ pub struct ExplainView {
     /// The container's interface it is delivered by (delivered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_to: Option<String>,
+    /// oxlay's WireGuard device, when the peer and this host encrypt: the packet
+    /// leaves through it (send) or arrives through it (receive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_by: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +121,14 @@ pub fn render(v: &ExplainView) -> String {
             .map(|n| format!(", vni {n}"))
             .unwrap_or_default();
         t += &format!("  outer    {}{vni}\n", flow(o));
+    }
+    if let Some(w) = &v.encrypted_by {
+        let way = if v.direction == "receive" {
+            "from"
+        } else {
+            "into"
+        };
+        t += &format!("  wire     encrypted: {way} WireGuard device {w}\n");
     }
     if let Some(d) = &v.delivered_to {
         t += &format!("  to       {d}\n");

@@ -24,6 +24,19 @@ pub struct HostRecord {
     /// host sends them VXLAN, also on GRE networks, until they are upgraded.
     #[serde(default)]
     pub gre: bool,
+    /// The host encrypts with WireGuard: how to reach its device. Hosts without it (or
+    /// from before it) are reached in plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardEndpoint>,
+}
+
+/// A host's WireGuard device as its peers configure it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireguardEndpoint {
+    /// The device's public key, base64 as `wg` prints it.
+    pub public_key: String,
+    /// Its UDP port (on the host's underlay address).
+    pub port: u16,
 }
 
 /// How a network's containers reach destinations outside every oxlay network.

@@ -1,6 +1,6 @@
 //! The host's network plumbing: address types, netlink (links and addresses), network
 //! namespaces, a container's veth, the veth offloads (ethtool), IPv4 forwarding and
-//! oxlay's nftables table (NAT).
+//! oxlay's nftables table (NAT), and the WireGuard device's generic netlink.
 pub mod addr;
 pub mod ethtool;
 pub mod forwarding;
@@ -8,6 +8,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nftables;
 pub mod veth;
+pub mod wireguard;
 
 pub use addr::{Ipv4Net, MacAddr};
 

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use oxlay_common::{Endpoint, Route};
+use oxlay_common::{Endpoint, Peer, Route};
 
 use oxlay_common::l2::L2Network;
 
@@ -17,8 +17,8 @@ pub trait RoutingMaps {
     fn networks(&self) -> Result<Vec<u32>>;
     fn add_network(&mut self, vni: u32) -> Result<()>;
     fn remove_network(&mut self, vni: u32) -> Result<()>;
-    fn peers(&self) -> Result<Vec<Ipv4Addr>>;
-    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()>;
+    fn peers(&self) -> Result<Vec<(Ipv4Addr, Peer)>>;
+    fn set_peer(&mut self, underlay: Ipv4Addr, peer: Peer) -> Result<()>;
     fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()>;
     fn routes(&self) -> Result<Vec<RouteEntry>>;
     fn set_route(&mut self, net_id: u32, dest: Ipv4Net, route: Route) -> Result<()>;
@@ -66,12 +66,12 @@ impl<M: RoutingMaps> RoutingMaps for Shadowed<'_, M> {
         self.shadow.networks.remove(&vni);
         Ok(())
     }
-    fn peers(&self) -> Result<Vec<Ipv4Addr>> {
-        Ok(self.shadow.peers.iter().copied().collect())
+    fn peers(&self) -> Result<Vec<(Ipv4Addr, Peer)>> {
+        Ok(self.shadow.peers.iter().map(|(a, p)| (*a, *p)).collect())
     }
-    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
-        self.maps.add_peer(underlay)?;
-        self.shadow.peers.insert(underlay);
+    fn set_peer(&mut self, underlay: Ipv4Addr, peer: Peer) -> Result<()> {
+        self.maps.set_peer(underlay, peer)?;
+        self.shadow.peers.insert(underlay, peer);
         Ok(())
     }
     fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
@@ -225,7 +225,8 @@ struct Plan {
     stale_networks: Vec<u32>,
     stale_endpoints: Vec<u32>,
     new_networks: Vec<u32>,
-    new_peers: Vec<Ipv4Addr>,
+    /// New peers, and those whose entry changes (they start or stop encrypting).
+    new_peers: Vec<(Ipv4Addr, Peer)>,
     new_endpoints: Vec<(u32, Endpoint)>,
     new_routes: Vec<(RouteKey, Route)>,
     stale_l2_ports: Vec<L2PortKey>,
@@ -244,7 +245,12 @@ impl Plan {
                 .filter(|k| !want.routes.contains_key(k))
                 .copied()
                 .collect(),
-            stale_peers: minus(&have.peers, &want.peers),
+            stale_peers: have
+                .peers
+                .keys()
+                .filter(|k| !want.peers.contains_key(k))
+                .copied()
+                .collect(),
             stale_networks: minus(&have.networks, &want.networks),
             stale_endpoints: have
                 .endpoints
@@ -253,7 +259,7 @@ impl Plan {
                 .copied()
                 .collect(),
             new_networks: minus(&want.networks, &have.networks),
-            new_peers: minus(&want.peers, &have.peers),
+            new_peers: changed(&have.peers, &want.peers),
             new_endpoints: want
                 .endpoints
                 .iter()
@@ -325,8 +331,8 @@ pub fn apply(maps: &mut impl RoutingMaps, want: &Desired) -> Result<Changes> {
     for vni in plan.new_networks {
         c.record(maps.add_network(vni), false);
     }
-    for peer in plan.new_peers {
-        c.record(maps.add_peer(peer), false);
+    for (underlay, peer) in plan.new_peers {
+        c.record(maps.set_peer(underlay, peer), false);
     }
     for (ifindex, endpoint) in plan.new_endpoints {
         c.record(maps.set_endpoint(ifindex, endpoint), false);

@@ -8,7 +8,7 @@ use std::{
 use anyhow::Result;
 use oxlay_common::{
     l2::{L2Network, MAX_L2_PORTS},
-    Endpoint, Route, DIRECT_NET_ID,
+    Endpoint, Peer, Route, DIRECT_NET_ID, PEER_WIREGUARD,
 };
 
 use super::snapshot::Snapshot;
@@ -24,8 +24,9 @@ use crate::{
 pub struct Desired {
     /// VNIs decapsulation accepts: the static one and those with local endpoints.
     pub networks: BTreeSet<u32>,
-    /// Underlay addresses whose VXLAN packets are accepted.
-    pub peers: BTreeSet<Ipv4Addr>,
+    /// Underlay addresses whose VXLAN packets are accepted, and whether packets to and
+    /// from them are encrypted (`PEER_WIREGUARD`).
+    pub peers: BTreeMap<Ipv4Addr, Peer>,
     pub routes: BTreeMap<(u32, Ipv4Net), Route>,
     /// The local endpoints by their host-side veth's ifindex (what encapsulation checks
     /// a container's packets against).
@@ -178,7 +179,7 @@ pub fn desired_base(
     if let Some((vni, _)) = config.static_network() {
         d.networks.insert(vni);
         for peer in &config.peers {
-            d.peers.insert(peer.underlay_address);
+            d.peers.insert(peer.underlay_address, Peer::default());
             let mac = peer
                 .vtep_mac
                 .unwrap_or_else(|| MacAddr::derived(&peer.name));
@@ -220,12 +221,22 @@ pub fn desired_base(
         }
     }
     let others = |name: &str| name != me.name;
+    // Both ends must encrypt: a host without WireGuard is reached in plain (a cluster
+    // turns encryption on host by host).
+    let encrypts = config.wireguard.is_some();
     d.peers.extend(
         snapshot
             .hosts
             .iter()
             .filter(|(name, _)| others(name))
-            .map(|(_, h)| h.underlay_address),
+            .map(|(_, h)| {
+                let flags = if encrypts && h.wireguard.is_some() {
+                    PEER_WIREGUARD
+                } else {
+                    0
+                };
+                (h.underlay_address, Peer { flags, _pad: 0 })
+            }),
     );
     Ok(d)
 }

@@ -2,7 +2,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use oxlay_common::{l2::L2Network, Endpoint, Route};
+use oxlay_common::{l2::L2Network, Endpoint, Peer, Route};
 
 use super::{desired::L2PortKey, RoutingMaps};
 use crate::{
@@ -20,11 +20,11 @@ impl RoutingMaps for Datapath {
     fn remove_network(&mut self, vni: u32) -> Result<()> {
         Datapath::remove_network(self, vni)
     }
-    fn peers(&self) -> Result<Vec<Ipv4Addr>> {
+    fn peers(&self) -> Result<Vec<(Ipv4Addr, Peer)>> {
         Datapath::peers(self)
     }
-    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
-        Datapath::add_peer(self, underlay)
+    fn set_peer(&mut self, underlay: Ipv4Addr, peer: Peer) -> Result<()> {
+        Datapath::set_peer(self, underlay, peer)
     }
     fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
         Datapath::remove_peer(self, underlay)

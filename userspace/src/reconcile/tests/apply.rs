@@ -25,7 +25,7 @@ fn apply_removes_before_adding_so_a_full_map_takes_the_new_routes() {
         l2_ports: BTreeMap::new(),
         l2_networks: BTreeMap::new(),
         networks: BTreeSet::from([100]),
-        peers: BTreeSet::from([Ipv4Addr::new(192, 168, 50, 12)]),
+        peers: BTreeMap::from([(Ipv4Addr::new(192, 168, 50, 12), Peer::default())]),
         routes: BTreeMap::from([
             ((100, net("10.10.1.0/24")), peer),
             ((100, net("10.10.3.0/24")), peer),
@@ -71,7 +71,7 @@ fn apply_carries_on_past_a_failed_entry_and_reports_it() {
         l2_ports: BTreeMap::new(),
         l2_networks: BTreeMap::new(),
         networks: BTreeSet::from([100]),
-        peers: BTreeSet::new(),
+        peers: BTreeMap::new(),
         routes: BTreeMap::from([
             ((100, net("10.10.1.0/24")), peer),
             ((100, net("10.10.2.0/24")), peer),

@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Result;
-use oxlay_common::{l2::L2Network, Endpoint, Route, DIRECT_NET_ID};
+use oxlay_common::{l2::L2Network, Endpoint, Peer, Route, DIRECT_NET_ID};
 
 use super::*;
 use crate::{
@@ -19,6 +19,7 @@ use crate::{
 
 mod apply;
 mod desired;
+mod wireguard;
 
 fn config() -> Config {
     "node_name = \"me\"\nunderlay_interface = \"eth0\"\n"
@@ -40,6 +41,7 @@ fn host(name: &str, last: u8) -> HostRecord {
         underlay_address: Ipv4Addr::new(192, 168, 50, last),
         vtep_mac: MacAddr([2, 0, 0, 0, 0, last]),
         gre: true,
+        wireguard: None,
     }
 }
 
@@ -89,7 +91,7 @@ fn local(vni: u32, addr: &str) -> LocalEndpoint {
 #[derive(Default)]
 struct FakeMaps {
     networks: BTreeSet<u32>,
-    peers: BTreeSet<Ipv4Addr>,
+    peers: BTreeMap<Ipv4Addr, Peer>,
     routes: BTreeMap<(u32, Ipv4Net), Route>,
     endpoints: BTreeMap<u32, Endpoint>,
     l2_ports: BTreeMap<L2PortKey, u32>,
@@ -153,12 +155,12 @@ impl RoutingMaps for FakeMaps {
         self.networks.remove(&vni);
         Ok(())
     }
-    fn peers(&self) -> Result<Vec<Ipv4Addr>> {
-        Ok(self.peers.iter().copied().collect())
+    fn peers(&self) -> Result<Vec<(Ipv4Addr, Peer)>> {
+        Ok(self.peers.iter().map(|(a, p)| (*a, *p)).collect())
     }
-    fn add_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
+    fn set_peer(&mut self, underlay: Ipv4Addr, peer: Peer) -> Result<()> {
         self.log.push(format!("+peer {underlay}"));
-        self.peers.insert(underlay);
+        self.peers.insert(underlay, peer);
         Ok(())
     }
     fn remove_peer(&mut self, underlay: Ipv4Addr) -> Result<()> {
