@@ -43,6 +43,10 @@ enum Cmd {
     VmTest {
         /// Only these kernel series (e.g. 6.1); all when none is given.
         series: Vec<String>,
+        /// Only these suites (e.g. --suite wireguard), for working on one feature;
+        /// all when none is given.
+        #[arg(long = "suite")]
+        suites: Vec<String>,
     },
     /// Install, build, and run the three-host demo.
     Demo {
@@ -108,7 +112,7 @@ fn run(command: Cmd) -> Result<()> {
             let mut total = testcount::cargo_test(&test_args, &skip_log)?;
             if total.failed == 0 && args.is_empty() {
                 step("the kernel matrix: oxlay in Linux 6.1 and 6.12 VMs");
-                total.add(vm::run(&[])?);
+                total.add(vm::run(&[], &[])?);
             }
             total.print_summary();
             if total.failed > 0 {
@@ -116,9 +120,9 @@ fn run(command: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::VmTest { series } => {
+        Cmd::VmTest { series, suites } => {
             install::run()?;
-            let counts = vm::run(&series)?;
+            let counts = vm::run(&series, &suites)?;
             counts.print_summary();
             Ok(())
         }

@@ -34,8 +34,11 @@ const KERNELS: &[(&str, &str)] = &[
     ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$"),
 ];
 
-/// The suites each VM runs: (name, test binary, libtest arguments).
-const SUITES: &[(&str, &str, &str)] = &[
+/// A suite: (name, test binary, libtest arguments).
+type Suite = (&'static str, &'static str, &'static str);
+
+/// The suites each VM runs.
+const SUITES: &[Suite] = &[
     ("programs", "programs", ""),
     ("l2-programs", "l2_programs", ""),
     (
@@ -318,7 +321,12 @@ fn add_modules(tree: &Path, kernel_root: &Path) -> Result<()> {
 
 /// The parts of the initramfs every kernel shares: busybox, ip, tc, oxlay, the test
 /// binaries with their libraries, /init.
-fn initramfs_tree(dir: &Path, tests: &[(String, PathBuf)], oxlay: &Path) -> Result<PathBuf> {
+fn initramfs_tree(
+    dir: &Path,
+    tests: &[(String, PathBuf)],
+    oxlay: &Path,
+    suites: &[&Suite],
+) -> Result<PathBuf> {
     let tree = dir.join("initramfs");
     let _ = std::fs::remove_dir_all(&tree);
     for d in ["bin", "proc", "sys", "dev", "tmp", "run", "var"] {
@@ -361,7 +369,7 @@ fn initramfs_tree(dir: &Path, tests: &[(String, PathBuf)], oxlay: &Path) -> Resu
     std::fs::copy(Path::new("/").join(schema), tree.join(schema))
         .context("the Open vSwitch schema is missing (cargo xtask install)")?;
     let mut init = INIT_HEAD.to_owned();
-    for (suite, test, args) in SUITES {
+    for (suite, test, args) in suites.iter().copied() {
         let (_, path) = tests.iter().find(|(name, _)| name == test).unwrap();
         add_executable(&tree, path, test)?;
         init += &format!("suite {suite} /{test} {args}\n");
@@ -394,8 +402,17 @@ fn pack(tree: &Path, kernel_root: &Path, image: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs the suites in the kernels of `only` (all when empty).
-pub fn run(only: &[String]) -> Result<Counts> {
+/// Runs the suites named in `suites` (all when empty) in the kernels of `only` (all
+/// when empty).
+pub fn run(only: &[String], suites: &[String]) -> Result<Counts> {
+    let selected: Vec<&Suite> = SUITES
+        .iter()
+        .filter(|(name, _, _)| suites.is_empty() || suites.iter().any(|s| s == name))
+        .collect();
+    if selected.len() < suites.len().max(1) {
+        let known: Vec<&str> = SUITES.iter().map(|(s, _, _)| *s).collect();
+        bail!("unknown suite in {suites:?}; known: {}", known.join(", "));
+    }
     let kernels: Vec<_> = KERNELS
         .iter()
         .filter(|(series, _)| only.is_empty() || only.iter().any(|o| o == series))
@@ -408,7 +425,7 @@ pub fn run(only: &[String]) -> Result<Counts> {
     std::fs::create_dir_all(&dir)?;
     step("building oxlay and its tests for the VMs");
     let (tests, oxlay) = binaries()?;
-    let tree = initramfs_tree(&dir, &tests, &oxlay)?;
+    let tree = initramfs_tree(&dir, &tests, &oxlay, &selected)?;
     let image = dir.join("initramfs.cpio");
     let mut failed = Vec::new();
     let mut counts = Counts::default();
@@ -419,7 +436,7 @@ pub fn run(only: &[String]) -> Result<Counts> {
         step(&format!(
             "booting Linux {series} ({}) under qemu: {} suites",
             vmlinuz.display(),
-            SUITES.len()
+            selected.len()
         ));
         let start = Instant::now();
         let out = Command::new("timeout")
@@ -458,7 +475,7 @@ pub fn run(only: &[String]) -> Result<Counts> {
             println!("    {line}");
         }
         let mut ok = true;
-        for (suite, _, _) in SUITES {
+        for (suite, _, _) in selected.iter().copied() {
             let (passed, suite_counts) = suite_result(&console, suite);
             let verdict = match (passed, suite_counts.passed) {
                 (false, _) => "FAILED".to_owned(),

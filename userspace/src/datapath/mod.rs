@@ -88,6 +88,7 @@ impl Datapath {
             program_names::FROM_CONTAINER,
             program_names::DECAP_TC,
             program_names::L2_FROM_WIRE,
+            program_names::FROM_WIREGUARD,
             program_names::XDP_DELIVER_TC,
             program_names::NOOP_TC,
             program_names::BENCH_FROM_CONTAINER_HASHED,
