@@ -54,6 +54,7 @@ pub enum Counter {
     DropUnencrypted,
     SentEncrypted,
     ReceivedEncrypted,
+    DropWireguardNotOverlay,
 }
 
 /// Name and meaning of one counter.
@@ -83,7 +84,7 @@ const fn row(
 use CounterKind::{Drop, Forward};
 
 /// Every counter, in index order.
-pub const COUNTERS: [CounterInfo; 37] = [
+pub const COUNTERS: [CounterInfo; 38] = [
     row(
         Counter::Encapsulated,
         "encapsulated",
@@ -305,6 +306,12 @@ pub const COUNTERS: [CounterInfo; 37] = [
         "received_encrypted",
         Forward,
         "packets that arrived through oxlay's WireGuard device, decrypted and authenticated as a peer's",
+    ),
+    row(
+        Counter::DropWireguardNotOverlay,
+        "drop_wireguard_not_overlay",
+        Drop,
+        "packet through oxlay's WireGuard device that is no overlay traffic for this host (a peer's own traffic belongs on the underlay)",
     ),
 ];
 

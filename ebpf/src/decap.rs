@@ -75,6 +75,11 @@ pub fn tc_from(ctx: &TcContext, arrival: Arrival) -> i32 {
         let _ = ctx.pull_data((VXLAN_CLASSIFY_LEN as u32).min(ctx.len()));
     }
     match classify(ctx.data(), ctx.data_end(), ctx.len() as usize, cfg, arrival) {
+        // The device carries peers' overlay packets only: the rest is not let in.
+        Decap::Pass if arrival == Arrival::Wireguard => {
+            count(ctx, Counter::DropWireguardNotOverlay);
+            TC_ACT_SHOT as i32
+        }
         Decap::Pass => {
             count(ctx, Counter::PassedToStack);
             TC_ACT_OK as i32

@@ -9,7 +9,7 @@
 //! are. WireGuard has authenticated the sender: only that peer's key can send from its
 //! allowed IPs.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::TC_ACT_SHOT,
     helpers::{bpf_redirect, bpf_skb_change_head},
     programs::TcContext,
 };
@@ -54,7 +54,8 @@ pub fn from_wireguard(ctx: &TcContext) -> i32 {
     let protocol = unsafe { (*ctx.skb.skb).protocol };
     if protocol != u32::from(ETH_P_IPV4.to_be()) {
         // Peers' allowed IPs are IPv4 only; nothing else is oxlay's.
-        return TC_ACT_OK as i32;
+        count(ctx, Counter::DropWireguardNotOverlay);
+        return TC_ACT_SHOT as i32;
     }
     count_also(ctx, Counter::ReceivedEncrypted);
     // SAFETY: ctx.skb.skb is this program's packet; the helper grows its headroom and

@@ -13,11 +13,17 @@ use oxlay_testbed::{
 const MB: u64 = 1024 * 1024;
 const WG_PORT: u16 = 51871;
 
+/// The direct network's subnet: its packets cross the wire without encapsulation.
+const DIRECT_SUBNET: &str = "10.85.0.0/16";
+
 /// Counters on the switch between the hosts (bridge family, so bridged frames count):
-/// VXLAN and WireGuard packets from host 0 to host 1.
+/// plain overlay packets between hosts 0 and 1 either way (VXLAN, GRE, a direct
+/// network's), and WireGuard packets from host 0 to host 1.
 fn count_on_the_wire(ul: &Underlay) -> Result<()> {
+    let pair =
+        "ip saddr { 192.168.50.11, 192.168.50.12 } ip daddr { 192.168.50.11, 192.168.50.12 }";
     let rules = format!(
-        "table bridge oxlaywire {{\n chain counting {{\n  type filter hook forward priority 0;\n  ip saddr 192.168.50.11 ip daddr 192.168.50.12 udp dport 4789 counter comment \"vxlan\"\n  ip saddr 192.168.50.11 ip daddr 192.168.50.12 udp dport {WG_PORT} counter comment \"wireguard\"\n }}\n}}\n"
+        "table bridge oxlaywire {{\n chain counting {{\n  type filter hook forward priority 0;\n  {pair} udp dport 4789 counter comment \"plain\"\n  {pair} ip protocol 47 counter comment \"plain\"\n  ip saddr {DIRECT_SUBNET} counter comment \"plain\"\n  ip saddr 192.168.50.11 ip daddr 192.168.50.12 udp dport {WG_PORT} counter comment \"wireguard\"\n }}\n}}\n"
     );
     let mut nft = ul
         .ns
@@ -35,13 +41,14 @@ fn count_on_the_wire(ul: &Underlay) -> Result<()> {
     Ok(())
 }
 
-/// (VXLAN packets, WireGuard packets) counted on the wire from host 0 to host 1.
+/// (plain overlay packets, WireGuard packets) counted on the wire (see
+/// `count_on_the_wire`).
 fn wire_counts(ul: &Underlay) -> Result<(u64, u64)> {
     let listed = ul
         .ns
         .exec(&["nft", "-j", "list", "table", "bridge", "oxlaywire"])?;
     let json: serde_json::Value = serde_json::from_str(&listed)?;
-    let mut counts = (None, None);
+    let (mut plain, mut wireguard, mut rules) = (0, 0, 0);
     for item in json["nftables"].as_array().context("nft -j")? {
         let rule = &item["rule"];
         let Some(exprs) = rule["expr"].as_array() else {
@@ -52,15 +59,14 @@ fn wire_counts(ul: &Underlay) -> Result<(u64, u64)> {
             .find_map(|e| e["counter"]["packets"].as_u64())
             .context("a rule without its counter")?;
         match rule["comment"].as_str() {
-            Some("vxlan") => counts.0 = Some(packets),
-            Some("wireguard") => counts.1 = Some(packets),
-            _ => {}
+            Some("plain") => plain += packets,
+            Some("wireguard") => wireguard += packets,
+            _ => continue,
         }
+        rules += 1;
     }
-    Ok((
-        counts.0.context("no vxlan rule")?,
-        counts.1.context("no wireguard rule")?,
-    ))
+    ensure!(rules == 4, "{rules} counting rules: {listed}");
+    Ok((plain, wireguard))
 }
 
 fn wireguard_toml(dir: &TempDir, host: usize) -> String {
@@ -122,10 +128,40 @@ fn wireguard_encrypts_between_hosts_that_both_use_it() -> Result<()> {
     ])?;
     tcp_transfer(&a, &b, b_ip, 4 * MB).context("a -> b")?;
     tcp_transfer(&b, &a, a_ip, 4 * MB).context("b -> a")?;
-    let (vxlan, wireguard) = wire_counts(&c.underlay)?;
+    // A GRE network and a direct one (the hosts share a subnet) go inside too.
+    c.daemons[0].cli(&[
+        "network",
+        "create",
+        "wgre",
+        "--subnet",
+        "10.84.0.0/16",
+        "--encap",
+        "gre",
+    ])?;
+    c.daemons[0].cli(&[
+        "network",
+        "create",
+        "wdir",
+        "--subnet",
+        DIRECT_SUBNET,
+        "--direct",
+    ])?;
+    for net in ["wgre", "wdir"] {
+        let (x, x_ip) = c.endpoint(0, net, &format!("{net}0"), None)?;
+        let (y, y_ip) = c.endpoint(1, net, &format!("{net}1"), None)?;
+        eventually(Duration::from_secs(10), || x.ping(&y_ip.to_string(), 1))
+            .with_context(|| format!("network {net}"))?;
+        tcp_transfer(&x, &y, y_ip, MB).with_context(|| format!("{net}: x -> y"))?;
+        tcp_transfer(&y, &x, x_ip, MB).with_context(|| format!("{net}: y -> x"))?;
+    }
     ensure!(
-        vxlan == 0,
-        "{vxlan} VXLAN packets crossed the wire in plain between hosts that encrypt"
+        c.daemons[0].counter("routed_direct")? > 0,
+        "the direct network routed nothing"
+    );
+    let (plain, wireguard) = wire_counts(&c.underlay)?;
+    ensure!(
+        plain == 0,
+        "{plain} overlay packets crossed the wire in plain between hosts that encrypt"
     );
     ensure!(
         wireguard > 1000,
@@ -139,6 +175,10 @@ fn wireguard_encrypts_between_hosts_that_both_use_it() -> Result<()> {
         sent > 100 && received > 1000,
         "sent {sent}, received {received}"
     );
+    let delivered =
+        c.daemons[1].counter("decapsulated")? + c.daemons[1].counter("delivered_direct")?;
+    ensure!(delivered > 1000, "host 1 delivered {delivered}");
+    ensure!(c.daemons[1].counter("drop_wireguard_not_overlay")? == 0);
     let kernel = c.hosts[0]
         .ns
         .exec(&["cat", "/sys/class/net/oxlay-wg/statistics/tx_packets"])?;
@@ -239,6 +279,30 @@ fn wireguard_encrypts_between_hosts_that_both_use_it() -> Result<()> {
         "{} plain VXLAN packets after the restart",
         vxlan_after - vxlan_before
     );
+
+    // Host 2 turns encryption on. A device of that name that is not its own is
+    // refused, not taken over; once it is gone, host 2 encrypts with both others.
+    c.hosts[2]
+        .ns
+        .ip(&["link", "add", "oxlay-wg", "type", "wireguard"])?;
+    c.set_extra_toml(2, wireguard_toml(&keys, 2));
+    let refused = c.restart_daemon(2);
+    ensure!(
+        refused.is_err(),
+        "host 2 took over a WireGuard device it did not make"
+    );
+    let why = format!("{:#}", refused.unwrap_err());
+    ensure!(why.contains("not this node's oxlay device"), "{why}");
+    c.hosts[2].ns.ip(&["link", "del", "oxlay-wg"])?;
+    c.restart_daemon(2)?;
+    eventually(Duration::from_secs(10), || {
+        let status = c.daemons[0].cli(&["status"])?;
+        ensure!(status.contains("2 of 2 other hosts encrypt"), "{status}");
+        Ok(())
+    })?;
+    eventually(Duration::from_secs(10), || a.ping(&p_ip.to_string(), 1))?;
+    p.ping(&a_ip.to_string(), 1)?;
+    ensure!(c.daemons[2].counter("received_encrypted")? > 0);
 
     // Uninstall takes the device away.
     c.daemons[0].uninstall()?;

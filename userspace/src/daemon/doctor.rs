@@ -40,7 +40,7 @@ pub(super) async fn findings(d: &Daemon) -> Vec<Finding> {
 /// encrypted and when its last handshake was. WireGuard shakes hands again every two
 /// minutes while traffic flows, and only then.
 async fn wireguard(d: &Daemon) -> Vec<Finding> {
-    let (device, hosts) = {
+    let (device, ifindex, handle, hosts) = {
         let s = d.state.lock().await;
         let Some(e) = &s.encryption else {
             return Vec::new();
@@ -57,8 +57,24 @@ async fn wireguard(d: &Daemon) -> Vec<Finding> {
                 )
             })
             .collect();
-        (e.device.clone(), hosts)
+        (e.device.clone(), e.ifindex, s.handle.clone(), hosts)
     };
+    // The programs send to the ifindex the daemon found at start.
+    match netlink::link_by_name(&handle, &device).await {
+        Ok(Some(link)) if link.index == ifindex => {}
+        other => {
+            let now = match other {
+                Ok(Some(link)) => format!("is interface {} now", link.index),
+                Ok(None) => "is gone".to_owned(),
+                Err(e) => format!("cannot be looked up ({e:#})"),
+            };
+            return vec![Finding::fail(
+                "wireguard",
+                format!("{device} was interface {ifindex} when the daemon started and {now}: packets to hosts that encrypt are lost"),
+                "restart the daemon (it makes the device again and sends to it)",
+            )];
+        }
+    }
     let state = match crate::net::wireguard::device_state(&device).await {
         Ok(state) => state,
         Err(e) => {

@@ -185,7 +185,9 @@ async fn start(
         std::fs::remove_dir_all(&pin_path).ok();
         l2::restore_parent(&handle, &config).await.ok();
         if let Some(wg) = &config.wireguard {
-            wireguard::remove_device(&handle, &wg.device).await.ok();
+            wireguard::remove_device(&handle, &config, &wg.device)
+                .await
+                .ok();
         }
     }
     let (datapath, l2_parent, encryption) = loaded.map_err(|e| e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh"))?;
@@ -235,7 +237,7 @@ async fn start(
             state.datapath.unpin().ok();
             l2::restore_parent(&state.handle, &config).await.ok();
             if let Some(e) = &state.encryption {
-                wireguard::remove_device(&state.handle, &e.device)
+                wireguard::remove_device(&state.handle, &config, &e.device)
                     .await
                     .ok();
             }

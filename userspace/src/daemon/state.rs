@@ -146,7 +146,8 @@ impl State {
             underlay_subnet: self.underlay_subnet,
             l2_parent: self.datapath.l2_parent(),
         };
-        let base = reconcile::desired_base(&me, &self.config, &self.snapshot, &local)?;
+        let mut base = reconcile::desired_base(&me, &self.config, &self.snapshot, &local)?;
+        self.confirm_encrypted_peers(&mut base);
         let want = reconcile::with_blocks(&me, &self.snapshot, &base);
         let mut shadow = match self.shadow.take() {
             Some(shadow) => shadow,
@@ -163,6 +164,31 @@ impl State {
         self.shadow = Some(shadow);
         self.desired = Some((base, want));
         self.account(changes)
+    }
+
+    /// Marks a peer as encrypting only when oxlay's WireGuard device has it: a packet
+    /// is never sent into the device for a peer it does not know (a key that did not
+    /// decode, two hosts with one key, or a WireGuard reconcile that failed). When the
+    /// device's peers are unknown (that reconcile failed), peers keep the mark the maps
+    /// hold.
+    fn confirm_encrypted_peers(&self, base: &mut reconcile::Desired) {
+        use oxlay_common::PEER_WIREGUARD;
+        for (addr, peer) in base.peers.iter_mut() {
+            if peer.flags & PEER_WIREGUARD == 0 {
+                continue;
+            }
+            let on_device = match &self.wireguard_peers {
+                Some(written) => written.iter().any(|w| w.endpoint.ip() == addr),
+                None => self
+                    .shadow
+                    .as_ref()
+                    .and_then(|m| m.peers.get(addr))
+                    .is_some_and(|p| p.flags & PEER_WIREGUARD != 0),
+            };
+            if !on_device {
+                peer.flags &= !PEER_WIREGUARD;
+            }
+        }
     }
 
     /// Brings oxlay's nftables table in step with the networks (only when what it
@@ -217,6 +243,13 @@ impl State {
             return self.reconcile().await;
         };
         let started = std::time::Instant::now();
+        // A direct block is a WireGuard peer's allowed source: the device learns it
+        // before a route sends into the device. A NAT write that failed earlier is
+        // retried below too.
+        let wireguard = self.reconcile_wireguard().await;
+        if wireguard.is_err() {
+            self.wireguard_peers = None;
+        }
         let me = reconcile::Me {
             name: &self.config.node_name,
             underlay_subnet: self.underlay_subnet,
@@ -252,14 +285,7 @@ impl State {
         );
         self.shadow = Some(shadow);
         self.desired = Some((base, want));
-        let maps = self.account(changes);
-        // A direct block is a WireGuard peer's allowed source. A NAT write that failed
-        // earlier is retried here too.
-        let wireguard = self.reconcile_wireguard().await;
-        if wireguard.is_err() {
-            self.wireguard_peers = None;
-        }
-        let maps = wireguard.and(maps);
+        let maps = wireguard.and(self.account(changes));
         let nat = self.reconcile_nat();
         self.control.reconciled("blocks", started.elapsed());
         maps.and(nat)

@@ -30,7 +30,7 @@ impl Daemon {
                 warn!("removing the resolver's address: {e:#}");
             }
             if let Some(e) = &s.encryption {
-                if let Err(e) = wireguard::remove_device(&s.handle, &e.device).await {
+                if let Err(e) = wireguard::remove_device(&s.handle, &self.config, &e.device).await {
                     warn!("removing the WireGuard device: {e:#}");
                 }
             }

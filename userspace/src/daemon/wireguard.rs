@@ -10,14 +10,15 @@
 //! peer that encrypts are dropped (`drop_unencrypted`).
 use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use log::{info, warn};
+use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::{LinkUnspec, LinkWireguard};
 
 use super::State;
 use crate::{
-    config::{Config, WireguardConfig},
+    config::Config,
     datapath::Datapath,
     model::WireguardEndpoint,
     net::{
@@ -43,19 +44,30 @@ pub(crate) struct Encryption {
     pub endpoint: WireguardEndpoint,
 }
 
+/// The alias that marks a WireGuard device as this node's oxlay device: only such a
+/// device is taken over, reconfigured or deleted.
+fn mark(config: &Config) -> String {
+    format!("oxlay:{}", config.node_name)
+}
+
 /// Creates the device (or takes over the one a previous daemon made), gives it this
 /// host's key, port and MTU, brings it up and attaches the program that receives from
-/// it. Without `[wireguard]`, removes a device an earlier config made.
+/// it. Removes this node's devices an earlier config made (turned off, or renamed).
 pub(crate) async fn setup(
     handle: &rtnetlink::Handle,
     config: &Config,
     underlay: &LinkInfo,
     datapath: &mut Datapath,
 ) -> Result<Option<Encryption>> {
+    let wanted = config.wireguard.as_ref().map(|w| w.device.as_str());
+    for old in netlink::links(handle).await? {
+        if old.alias.as_deref() == Some(mark(config).as_str()) && Some(old.name.as_str()) != wanted
+        {
+            remove_device(handle, config, &old.name).await?;
+            datapath.detach_wireguard(&old.name);
+        }
+    }
     let Some(wg_config) = &config.wireguard else {
-        let device = WireguardConfig::default().device;
-        remove_device(handle, &device).await?;
-        datapath.detach_wireguard(&device);
         return Ok(None);
     };
     let key_file = config
@@ -64,31 +76,42 @@ pub(crate) async fn setup(
     let private_key = load_or_create_key(&key_file)?;
     let mtu = underlay.mtu.saturating_sub(WIREGUARD_OVERHEAD);
     let device = &wg_config.device;
-    if netlink::link_by_name(handle, device).await?.is_none() {
-        handle
-            .link()
-            .add(LinkWireguard::new(device).mtu(mtu).build())
-            .execute()
-            .await
-            .with_context(|| {
-                format!("cannot create WireGuard device {device}: the kernel needs the wireguard module (Linux 5.6+)")
-            })?;
-        info!("created WireGuard device {device}");
+    match netlink::link_by_name(handle, device).await? {
+        Some(link) if link.alias.as_deref() != Some(mark(config).as_str()) => bail!(
+            "an interface {device} exists that is not this node's oxlay device (its alias is {:?}, not {:?}): name another with wireguard.device, or delete it",
+            link.alias.unwrap_or_default(),
+            mark(config)
+        ),
+        Some(_) => {}
+        None => {
+            handle
+                .link()
+                .add(LinkWireguard::new(device).mtu(mtu).build())
+                .execute()
+                .await
+                .with_context(|| {
+                    format!("cannot create WireGuard device {device}: the kernel needs the wireguard module (Linux 5.6+)")
+                })?;
+            info!("created WireGuard device {device}");
+        }
     }
     let link = netlink::link_by_name(handle, device)
         .await?
         .ok_or_else(|| anyhow!("WireGuard device {device} vanished"))?;
-    wg::set_key_and_port(device, &private_key, wg_config.listen_port)
-        .await
-        .with_context(|| {
-            format!("is {device} a WireGuard device? Name another with wireguard.device")
-        })?;
+    wg::set_key_and_port(device, &private_key, wg_config.listen_port).await?;
     handle
         .link()
-        .set(LinkUnspec::new_with_index(link.index).mtu(mtu).up().build())
+        .set(
+            LinkUnspec::new_with_index(link.index)
+                .mtu(mtu)
+                .up()
+                // The mark (the kernel takes an alias only on a change, not at creation).
+                .append_extra_attribute(LinkAttribute::IfAlias(mark(config)))
+                .build(),
+        )
         .execute()
         .await
-        .with_context(|| format!("cannot set the MTU of {device} and bring it up"))?;
+        .with_context(|| format!("cannot mark {device} as oxlay's, set its MTU and bring it up"))?;
     let public_key = wg::device_state(device)
         .await?
         .public_key
@@ -105,16 +128,21 @@ pub(crate) async fn setup(
     }))
 }
 
-/// Deletes the WireGuard device `name`, if there is one (`oxlay uninstall`, or a
-/// config without `[wireguard]` any more). A link of that name that is no WireGuard
-/// device is left alone.
-pub(crate) async fn remove_device(handle: &rtnetlink::Handle, name: &str) -> Result<()> {
-    if netlink::link_by_name(handle, name).await?.is_none() || wg::device_state(name).await.is_err()
-    {
-        return Ok(());
+/// Deletes `name` if it is this node's oxlay WireGuard device (`oxlay uninstall`, a
+/// failed first start, or a config that no longer has it). Anything else of that name
+/// is left alone.
+pub(crate) async fn remove_device(
+    handle: &rtnetlink::Handle,
+    config: &Config,
+    name: &str,
+) -> Result<()> {
+    match netlink::link_by_name(handle, name).await? {
+        Some(link) if link.alias.as_deref() == Some(mark(config).as_str()) => {
+            netlink::delete_link(handle, name).await?;
+            info!("removed WireGuard device {name}");
+        }
+        _ => {}
     }
-    netlink::delete_link(handle, name).await?;
-    info!("removed WireGuard device {name}");
     Ok(())
 }
 
@@ -122,12 +150,23 @@ pub(crate) async fn remove_device(handle: &rtnetlink::Handle, name: &str) -> Res
 /// first start. A key that changes would make every peer re-learn it from the store.
 pub(crate) fn load_or_create_key(path: &Path) -> Result<Key> {
     match std::fs::read_to_string(path) {
-        Ok(text) => reconcile::decode_key(text.trim()).ok_or_else(|| {
-            anyhow!(
-                "{} does not hold a WireGuard private key (32 bytes of base64): remove it to make a new one",
-                path.display()
-            )
-        }),
+        Ok(text) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{} holds this host's WireGuard private key but others may read it (mode {:o}): chmod 600 it, and make a new key (remove the file) if someone did",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+            reconcile::decode_key(text.trim()).ok_or_else(|| {
+                anyhow!(
+                    "{} does not hold a WireGuard private key (32 bytes of base64): remove it to make a new one",
+                    path.display()
+                )
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = wg::new_private_key()?;
             if let Some(dir) = path.parent() {
@@ -196,5 +235,30 @@ impl State {
         );
         self.wireguard_peers = Some(want);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_key_is_made_once_kept_private_and_checked() {
+        let dir = std::env::temp_dir().join(format!("oxlay-wgkey-{}", std::process::id()));
+        let path = dir.join("sub").join("node.wireguard.key");
+        let made = load_or_create_key(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create_key(&path).unwrap(), made, "read back");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_create_key(&path).unwrap_err().to_string();
+        assert!(e.contains("others may read it") && e.contains("644"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, "not a key\n").unwrap();
+        let e = load_or_create_key(&path).unwrap_err().to_string();
+        assert!(e.contains("does not hold a WireGuard private key"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -73,7 +73,9 @@ impl Datapath {
     /// decrypts is classified and delivered as if it came off the underlay.
     pub fn attach_wireguard(&mut self, interface: &str) -> Result<()> {
         self.attach_tc(program_names::FROM_WIREGUARD, interface)
-            .with_context(|| format!("cannot attach oxlay's program to {interface}"))
+            .with_context(|| format!("cannot attach oxlay's program to {interface}"))?;
+        self.wireguard = Some(interface.to_owned());
+        Ok(())
     }
 
     /// Forgets the program on a WireGuard device that goes away (its link's pin).

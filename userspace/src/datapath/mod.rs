@@ -31,6 +31,8 @@ pub struct Datapath {
     pub(super) decap_interface: Option<String>,
     /// The `[l2] parent` NIC (name, ifindex), once its program is attached.
     pub(super) l2_parent: Option<(String, u32)>,
+    /// oxlay's WireGuard device, once its program is attached.
+    pub(super) wireguard: Option<String>,
     /// Pins of maps an older build used, removed once this build is attached.
     pub(super) stale_pins: Vec<PathBuf>,
 }
@@ -113,6 +115,7 @@ impl Datapath {
             pin_dir: pin_dir.to_owned(),
             decap_interface: None,
             l2_parent: None,
+            wireguard: None,
             stale_pins,
         })
     }
@@ -141,6 +144,9 @@ impl Datapath {
         }
         if let Some((interface, _)) = &self.l2_parent {
             self.unpin_link(program_names::L2_FROM_WIRE, interface);
+        }
+        if let Some(interface) = &self.wireguard {
+            self.unpin_link(program_names::FROM_WIREGUARD, interface);
         }
         match std::fs::remove_dir_all(&self.pin_dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -19,6 +19,8 @@ pub struct LinkInfo {
     pub name: String,
     pub mac: MacAddr,
     pub mtu: u32,
+    /// The link's alias (`ip link set ... alias`), which marks oxlay's own devices.
+    pub alias: Option<String>,
 }
 
 /// Opens a netlink connection in the calling thread's network namespace.
@@ -34,6 +36,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
         name: String::new(),
         mac: MacAddr([0; 6]),
         mtu: 0,
+        alias: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -42,6 +45,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
                 info.mac = MacAddr(a.as_slice().try_into().unwrap_or_default())
             }
             LinkAttribute::Mtu(m) => info.mtu = *m,
+            LinkAttribute::IfAlias(a) => info.alias = Some(a.clone()),
             _ => {}
         }
     }
@@ -67,6 +71,16 @@ pub async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<LinkInf
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot look up interface {index}")),
     }
+}
+
+/// Every link in this namespace.
+pub async fn links(handle: &Handle) -> Result<Vec<LinkInfo>> {
+    let mut links = handle.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = links.try_next().await.context("cannot list interfaces")? {
+        out.push(link_info(&msg));
+    }
+    Ok(out)
 }
 
 /// The first IPv4 address on link `index`.

@@ -230,7 +230,11 @@ pub fn desired_base(
             .iter()
             .filter(|(name, _)| others(name))
             .map(|(_, h)| {
-                let flags = if encrypts && h.wireguard.is_some() {
+                let key = h
+                    .wireguard
+                    .as_ref()
+                    .and_then(|w| super::decode_key(&w.public_key));
+                let flags = if encrypts && key.is_some() {
                     PEER_WIREGUARD
                 } else {
                     0

@@ -13,10 +13,15 @@ use crate::net::{
 /// Every other host that encrypts, at its underlay address and WireGuard port. It may
 /// send from its underlay address (VXLAN and GRE come from there) and from its blocks
 /// of direct networks (direct packets travel unencapsulated inside WireGuard). Hosts
-/// whose key does not decode come back as warnings.
+/// whose key does not decode, or that share a key with another host (a copied key
+/// file: WireGuard would give one the other's addresses), come back as warnings.
 pub fn desired_wireguard_peers(me: &str, snapshot: &Snapshot) -> (Vec<PeerSpec>, Vec<String>) {
     let mut peers = Vec::new();
     let mut warnings = Vec::new();
+    let mut holders: std::collections::BTreeMap<&str, usize> = Default::default();
+    for h in snapshot.hosts.values().filter_map(|h| h.wireguard.as_ref()) {
+        *holders.entry(h.public_key.as_str()).or_default() += 1;
+    }
     for (name, host) in snapshot.hosts.iter().filter(|(name, _)| *name != me) {
         let Some(wg) = &host.wireguard else {
             continue;
@@ -28,6 +33,13 @@ pub fn desired_wireguard_peers(me: &str, snapshot: &Snapshot) -> (Vec<PeerSpec>,
             ));
             continue;
         };
+        if holders.get(wg.public_key.as_str()).copied().unwrap_or(0) > 1 {
+            warnings.push(format!(
+                "host {name} publishes WireGuard key {} like another host (a copied key file?): it is reached in plain until each host has its own key (remove the key file and restart its daemon)",
+                wg.public_key
+            ));
+            continue;
+        }
         let mut allowed: BTreeSet<Ipv4Net> = BTreeSet::new();
         if let Ok(own) = Ipv4Net::new(host.underlay_address, 32) {
             allowed.insert(own);

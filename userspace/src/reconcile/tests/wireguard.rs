@@ -13,6 +13,12 @@ fn encrypting(name: &str, last: u8, key_byte: u8) -> HostRecord {
     }
 }
 
+fn bad_key(last: u8) -> HostRecord {
+    let mut h = encrypting("bad", last, 9);
+    h.wireguard.as_mut().unwrap().public_key = "not a key".into();
+    h
+}
+
 #[test]
 fn peers_that_encrypt_get_their_address_and_direct_blocks() {
     let mut direct = network("flat", 300);
@@ -47,9 +53,34 @@ fn peers_that_encrypt_get_their_address_and_direct_blocks() {
 }
 
 #[test]
+fn hosts_sharing_a_key_are_not_peers() {
+    let snapshot = Snapshot::from_records(
+        vec![
+            encrypting("me", 11, 1),
+            encrypting("b", 12, 2),
+            encrypting("copy-of-b", 13, 2),
+            encrypting("copy-of-me", 14, 1),
+            encrypting("d", 15, 4),
+        ],
+        vec![network("blue", 100)],
+        vec![],
+    );
+    let (peers, warnings) = desired_wireguard_peers("me", &snapshot);
+    let keys: Vec<u8> = peers.iter().map(|p| p.public_key[0]).collect();
+    assert_eq!(keys, [4], "{warnings:?}");
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings.iter().all(|w| w.contains("like another host")));
+}
+
+#[test]
 fn peers_are_marked_encrypted_only_when_both_ends_encrypt() {
     let snapshot = Snapshot::from_records(
-        vec![host("me", 11), encrypting("b", 12, 2), host("plain", 14)],
+        vec![
+            host("me", 11),
+            encrypting("b", 12, 2),
+            host("plain", 14),
+            bad_key(15),
+        ],
         vec![network("blue", 100)],
         vec![],
     );
@@ -58,10 +89,11 @@ fn peers_are_marked_encrypted_only_when_both_ends_encrypt() {
         d.peers.values().map(|p| p.flags).collect()
     };
     // This host does not encrypt: everyone in plain.
-    assert_eq!(flags(&config()), [0, 0]);
+    assert_eq!(flags(&config()), [0, 0, 0]);
     let mut encrypts = config();
     encrypts.wireguard = Some(Default::default());
-    assert_eq!(flags(&encrypts), [PEER_WIREGUARD, 0]);
+    // A key that does not decode: no WireGuard peer, so no mark either.
+    assert_eq!(flags(&encrypts), [PEER_WIREGUARD, 0, 0]);
 }
 
 #[test]
