@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::Daemon;
 use crate::{
     config::DecapMode,
-    doctor::{echo, host, Finding},
+    doctor::{echo, host, wireguard as wg_doctor, Finding},
     net::netlink,
 };
 
@@ -36,9 +36,8 @@ pub(super) async fn findings(d: &Daemon) -> Vec<Finding> {
     found
 }
 
-/// With `[wireguard]`: the device, and for each other host whether traffic to it is
-/// encrypted and when its last handshake was. WireGuard shakes hands again every two
-/// minutes while traffic flows, and only then.
+/// With `[wireguard]`: the device (still the interface the programs send to), and
+/// each other host's encryption and handshake (`doctor/wireguard.rs`).
 async fn wireguard(d: &Daemon) -> Vec<Finding> {
     let (device, ifindex, handle, hosts) = {
         let s = d.state.lock().await;
@@ -51,91 +50,26 @@ async fn wireguard(d: &Daemon) -> Vec<Finding> {
             .values()
             .filter(|h| h.name != d.host.name)
             .map(|h| {
-                (
-                    h.name.clone(),
-                    h.wireguard.as_ref().map(|w| w.public_key.clone()),
-                )
+                let key = h.wireguard.as_ref().map(|w| w.public_key.clone());
+                (h.name.clone(), key)
             })
             .collect();
         (e.device.clone(), e.ifindex, s.handle.clone(), hosts)
     };
-    // The programs send to the ifindex the daemon found at start.
-    match netlink::link_by_name(&handle, &device).await {
-        Ok(Some(link)) if link.index == ifindex => {}
-        other => {
-            let now = match other {
-                Ok(Some(link)) => format!("is interface {} now", link.index),
-                Ok(None) => "is gone".to_owned(),
-                Err(e) => format!("cannot be looked up ({e:#})"),
-            };
-            return vec![Finding::fail(
-                "wireguard",
-                format!("{device} was interface {ifindex} when the daemon started and {now}: packets to hosts that encrypt are lost"),
-                "restart the daemon (it makes the device again and sends to it)",
-            )];
-        }
+    let now = netlink::link_by_name(&handle, &device)
+        .await
+        .map(|link| link.map(|l| l.index));
+    if let Some(f) = wg_doctor::device_moved(&device, ifindex, now) {
+        return vec![f];
     }
-    let state = match crate::net::wireguard::device_state(&device).await {
-        Ok(state) => state,
-        Err(e) => {
-            return vec![Finding::fail(
-                "wireguard",
-                format!("cannot read {device}: {e:#}; traffic to hosts that encrypt is lost"),
-                "restart the daemon (it makes the device again); `ip -d link show` lists it",
-            )]
-        }
-    };
-    let mut found = vec![Finding::ok(
-        "wireguard",
-        format!(
-            "{device} listens on UDP {} with {} peers",
-            state.listen_port,
-            state.peers.len()
-        ),
-    )];
-    let port = state.listen_port;
-    for (name, key) in hosts {
-        let check = format!("wireguard {name}");
-        let Some(key) = key else {
-            found.push(Finding::warn(
-                &check,
-                format!(
-                    "{name} does not encrypt: traffic to and from it crosses the underlay in plain"
-                ),
-                format!("add [wireguard] to {name}'s config and restart its daemon"),
-            ));
-            continue;
-        };
-        let peer = crate::reconcile::decode_key(&key)
-            .and_then(|k| state.peers.iter().find(|p| p.spec.public_key == k));
-        found.push(match peer {
-            None => Finding::fail(
-                &check,
-                format!("{name} encrypts but {device} has no peer with its key: traffic to it is dropped"),
-                "see the daemon's log for the reconcile error; `oxlay status`",
-            ),
-            Some(p) => match p.last_handshake.and_then(|t| t.elapsed().ok()) {
-                Some(age) if age < Duration::from_secs(180) => Finding::ok(
-                    &check,
-                    format!(
-                        "handshake {:.0} s ago; {} bytes received, {} sent",
-                        age.as_secs_f64(),
-                        p.rx_bytes,
-                        p.tx_bytes
-                    ),
-                ),
-                age => Finding::warn(
-                    &check,
-                    format!(
-                        "{}: fine while no container talks to {name}; if they do, UDP {port} is blocked between the hosts",
-                        age.map_or("no handshake yet".to_owned(), |a| format!("last handshake {:.0} s ago", a.as_secs_f64()))
-                    ),
-                    format!("open UDP {port} between the hosts (both ways), then ping a container on {name}"),
-                ),
-            },
-        });
+    match crate::net::wireguard::device_state(&device).await {
+        Ok(state) => wg_doctor::findings(&device, &state, &hosts, std::time::SystemTime::now()),
+        Err(e) => vec![Finding::fail(
+            "wireguard",
+            format!("cannot read {device}: {e:#}; traffic to hosts that encrypt is lost"),
+            "restart the daemon (it makes the device again); `ip -d link show` lists it",
+        )],
     }
-    found
 }
 
 fn kernel(d: &Daemon) -> Finding {

@@ -96,31 +96,16 @@ async fn explain(d: &Daemon, ask: Ask) -> Result<ExplainView> {
         delivered_to: None,
         encrypted_by: None,
     };
-    // The peer's packets travel inside WireGuard when both ends encrypt.
-    let encrypted = |s: &State, peer: Ipv4Addr| {
-        let flagged = s
-            .shadow
-            .as_ref()
-            .and_then(|m| m.peers.get(&peer))
-            .is_some_and(|p| p.flags & oxlay_common::PEER_WIREGUARD != 0);
-        s.encryption
-            .as_ref()
-            .filter(|_| flagged)
-            .map(|e| e.device.clone())
-    };
-    let (mut v, program, frame, ifindex, via_wireguard) = if ask.receive {
+    let (mut v, program, frame, ifindex) = if ask.receive {
         let underlay = &s.config.underlay_interface;
         let ifindex = crate::net::ifindex(underlay)
             .with_context(|| format!("the underlay interface {underlay} is gone"))?;
         let tunnel = tunnel(d, &s, vni, encap, &ask)?;
         let frame = explain::tunnelled_frame(&spec, &tunnel);
         let mut v = view(underlay.clone(), lookup(&s, vni, spec.to));
-        v.encrypted_by = encrypted(&s, tunnel.peer);
-        if let Some(device) = &v.encrypted_by {
-            v.entered = device.clone();
-        }
-        let via_wireguard = v.encrypted_by.is_some();
-        (v, program_names::DECAP_TC, frame, ifindex, via_wireguard)
+        v.encrypted_by = encrypted_by(&s, tunnel.peer);
+        v.entered = v.encrypted_by.clone().unwrap_or(v.entered);
+        (v, program_names::DECAP_TC, frame, ifindex)
     } else {
         let ep = s
             .endpoints
@@ -133,15 +118,22 @@ async fn explain(d: &Daemon, ask: Ask) -> Result<ExplainView> {
         let frame = explain::container_frame(&spec, ep.container_mac.0, ep.host_mac.0);
         let net_id = ep.map_entry().net_id;
         let v = view(ep.host_ifname.clone(), lookup(&s, net_id, spec.to));
-        (
-            v,
-            program_names::FROM_CONTAINER,
-            frame,
-            ep.host_ifindex,
-            false,
-        )
+        (v, program_names::FROM_CONTAINER, frame, ep.host_ifindex)
     };
+    // Received through the device: classified as what it hands over.
+    let via_wireguard = ask.receive && v.encrypted_by.is_some();
     let (out, counter) = s.datapath.probe(program, &frame, ifindex, via_wireguard)?;
+    outcome(&s, &mut v, &out, counter);
+    Ok(v)
+}
+
+/// What the program did with the probe, into the answer.
+fn outcome(
+    s: &State,
+    v: &mut ExplainView,
+    out: &crate::datapath::TestRunOutcome,
+    counter: Option<&oxlay_common::CounterInfo>,
+) {
     v.verdict = explain::verdict(counter).into();
     v.action = match out.verdict {
         0 => "pass (TC_ACT_OK)".into(),
@@ -155,12 +147,12 @@ async fn explain(d: &Daemon, ask: Ask) -> Result<ExplainView> {
         let (outer, _, outer_vni) = flows(&out.packet, s.config.vxlan_port);
         (v.outer, v.outer_vni) = (outer, outer_vni);
     }
-    if !ask.receive && matches!(v.verdict.as_str(), "encapsulated" | "routed") {
+    if v.direction == "send" && matches!(v.verdict.as_str(), "encapsulated" | "routed") {
         let peer = v
             .route
             .as_ref()
             .and_then(|r| r.via.parse::<Ipv4Addr>().ok());
-        v.encrypted_by = peer.and_then(|p| encrypted(&s, p));
+        v.encrypted_by = peer.and_then(|p| encrypted_by(s, p));
     }
     if v.verdict == "delivered" {
         v.delivered_to = v
@@ -169,7 +161,20 @@ async fn explain(d: &Daemon, ask: Ask) -> Result<ExplainView> {
             .filter(|r| r.kind == "local")
             .map(|r| r.via.clone());
     }
-    Ok(v)
+}
+
+/// oxlay's WireGuard device, when packets to and from `peer` travel inside it (both
+/// ends encrypt).
+fn encrypted_by(s: &State, peer: Ipv4Addr) -> Option<String> {
+    let flagged = s
+        .shadow
+        .as_ref()
+        .and_then(|m| m.peers.get(&peer))
+        .is_some_and(|p| p.flags & oxlay_common::PEER_WIREGUARD != 0);
+    s.encryption
+        .as_ref()
+        .filter(|_| flagged)
+        .map(|e| e.device.clone())
 }
 
 /// The VNI and encapsulation of network `name` ("static": the config's own).

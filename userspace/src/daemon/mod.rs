@@ -179,18 +179,7 @@ async fn start(
     // keeps flowing while this one starts (programs are replaced atomically).
     let pin_path = config.pin_path();
     let fresh = !pin_path.exists();
-    let loaded = load_datapath(&config, &handle, &underlay.link, underlay.address).await;
-    if loaded.is_err() && fresh {
-        // Leave nothing behind when nothing was there.
-        std::fs::remove_dir_all(&pin_path).ok();
-        l2::restore_parent(&handle, &config).await.ok();
-        if let Some(wg) = &config.wireguard {
-            wireguard::remove_device(&handle, &config, &wg.device)
-                .await
-                .ok();
-        }
-    }
-    let (datapath, l2_parent, encryption) = loaded.map_err(|e| e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh"))?;
+    let (datapath, l2_parent, encryption) = load_or_undo(&config, &handle, underlay, fresh).await?;
     let host = host_record(&config, underlay, encryption.as_ref());
     let ttl = Duration::from_secs(config.store.lease_ttl_secs);
     let lease = Arc::new(lease::HostLease::new(store.clone(), host.clone(), ttl));
@@ -235,12 +224,7 @@ async fn start(
     if let Err(e) = restored.await {
         if fresh {
             state.datapath.unpin().ok();
-            l2::restore_parent(&state.handle, &config).await.ok();
-            if let Some(e) = &state.encryption {
-                wireguard::remove_device(&state.handle, &config, &e.device)
-                    .await
-                    .ok();
-            }
+            undo_interfaces(&state.handle, &config).await;
         }
         return Err(e.context("cannot register this host in the store"));
     }
@@ -261,6 +245,32 @@ async fn start(
         names_status: std::sync::Mutex::new(names::NamesStatus::Starting),
         monitor: Default::default(),
     }))
+}
+
+/// `load_datapath`; when it fails on a first start, nothing is left behind.
+async fn load_or_undo(
+    config: &Config,
+    handle: &rtnetlink::Handle,
+    underlay: &Underlay,
+    fresh: bool,
+) -> Result<(Datapath, l2::ParentAtStart, Option<wireguard::Encryption>)> {
+    let loaded = load_datapath(config, handle, &underlay.link, underlay.address).await;
+    if loaded.is_err() && fresh {
+        std::fs::remove_dir_all(config.pin_path()).ok();
+        undo_interfaces(handle, config).await;
+    }
+    loaded.map_err(|e| e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh"))
+}
+
+/// What a failed first start made outside the pins goes: the parent NIC's program and
+/// clsact, the WireGuard device.
+async fn undo_interfaces(handle: &rtnetlink::Handle, config: &Config) {
+    l2::restore_parent(handle, config).await.ok();
+    if let Some(wg) = &config.wireguard {
+        wireguard::remove_device(handle, config, &wg.device)
+            .await
+            .ok();
+    }
 }
 
 /// How this host appears to the others in the store.

@@ -166,31 +166,6 @@ impl State {
         self.account(changes)
     }
 
-    /// Marks a peer as encrypting only when oxlay's WireGuard device has it: a packet
-    /// is never sent into the device for a peer it does not know (a key that did not
-    /// decode, two hosts with one key, or a WireGuard reconcile that failed). When the
-    /// device's peers are unknown (that reconcile failed), peers keep the mark the maps
-    /// hold.
-    fn confirm_encrypted_peers(&self, base: &mut reconcile::Desired) {
-        use oxlay_common::PEER_WIREGUARD;
-        for (addr, peer) in base.peers.iter_mut() {
-            if peer.flags & PEER_WIREGUARD == 0 {
-                continue;
-            }
-            let on_device = match &self.wireguard_peers {
-                Some(written) => written.iter().any(|w| w.endpoint.ip() == addr),
-                None => self
-                    .shadow
-                    .as_ref()
-                    .and_then(|m| m.peers.get(addr))
-                    .is_some_and(|p| p.flags & PEER_WIREGUARD != 0),
-            };
-            if !on_device {
-                peer.flags &= !PEER_WIREGUARD;
-            }
-        }
-    }
-
     /// Brings oxlay's nftables table in step with the networks (only when what it
     /// should hold changed, or after `forget_what_was_written`).
     /// Its own error stays in `nat_error` until a write succeeds (the maps' reconcile

@@ -194,6 +194,31 @@ pub(crate) fn load_or_create_key(path: &Path) -> Result<Key> {
 }
 
 impl State {
+    /// Marks a peer as encrypting only when oxlay's WireGuard device has it: a packet
+    /// is never sent into the device for a peer it does not know (a key that did not
+    /// decode, two hosts with one key, or a WireGuard reconcile that failed). When the
+    /// device's peers are unknown (that reconcile failed), peers keep the mark the maps
+    /// hold.
+    pub(crate) fn confirm_encrypted_peers(&self, base: &mut reconcile::Desired) {
+        use oxlay_common::PEER_WIREGUARD;
+        for (addr, peer) in base.peers.iter_mut() {
+            if peer.flags & PEER_WIREGUARD == 0 {
+                continue;
+            }
+            let on_device = match &self.wireguard_peers {
+                Some(written) => written.iter().any(|w| w.endpoint.ip() == addr),
+                None => self
+                    .shadow
+                    .as_ref()
+                    .and_then(|m| m.peers.get(addr))
+                    .is_some_and(|p| p.flags & PEER_WIREGUARD != 0),
+            };
+            if !on_device {
+                peer.flags &= !PEER_WIREGUARD;
+            }
+        }
+    }
+
     /// Brings the device's peers in step with the store's hosts that encrypt: new and
     /// changed peers are set in place (their sessions kept), gone ones removed. Compares
     /// with what was last written; reads the device when nothing was.

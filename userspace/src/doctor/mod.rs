@@ -1,9 +1,10 @@
 //! `oxlay doctor`: checks this host and its peers and says, for each finding, what is
 //! wrong and how to fix it. The host's own settings are read here (`host`), peers are
-//! probed through their programs (`echo`), the rest comes from the daemon's state
-//! (`daemon/doctor.rs`). Exit code 0 only when nothing is wrong.
+//! probed through their programs (`echo`), encryption is judged from the WireGuard
+//! device (`wireguard`), the rest comes from the daemon's state (`daemon/doctor.rs`). Exit code 0 only when nothing is wrong.
 pub mod echo;
 pub mod host;
+pub mod wireguard;
 
 use serde::{Deserialize, Serialize};
 
