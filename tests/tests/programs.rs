@@ -58,6 +58,21 @@ impl Drop for PinDir {
     }
 }
 
+/// The datapath config of these tests: this host, with an underlay of `underlay_mtu`
+/// and WireGuard's device at `wireguard_ifindex` (0: none).
+fn config(underlay_mtu: u16, wireguard_ifindex: u32) -> DatapathConfig {
+    DatapathConfig {
+        underlay_ifindex: 1,
+        underlay_addr: OUR_UNDERLAY,
+        vxlan_port: 4789,
+        vtep_mac: OUR_VTEP,
+        ready: 1,
+        underlay_mtu,
+        _pad: 0,
+        wireguard_ifindex,
+    }
+}
+
 fn fixture() -> Result<Option<Fixture>> {
     if !is_root() && oxlay_testbed::skip("root, for BPF_PROG_TEST_RUN") {
         return Ok(None);
@@ -66,16 +81,7 @@ fn fixture() -> Result<Option<Fixture>> {
     let pins =
         PinDir(std::path::Path::new("/sys/fs/bpf/oxlay-test").join(tag.path.file_name().unwrap()));
     let mut dp = Datapath::load(&pins.0)?;
-    dp.set_config(DatapathConfig {
-        underlay_ifindex: 1,
-        underlay_addr: OUR_UNDERLAY,
-        vxlan_port: 4789,
-        vtep_mac: OUR_VTEP,
-        ready: 1,
-        underlay_mtu: 1500,
-        _pad: 0,
-        wireguard_ifindex: 0,
-    })?;
+    dp.set_config(config(1500, 0))?;
     dp.add_network(VNI)?;
     dp.set_peer(Ipv4Addr::from(PEER_UNDERLAY), Peer::default())?;
     dp.set_route(
@@ -1367,16 +1373,7 @@ fn wireguard_peers_get_encrypted_packets_and_their_plaintext_is_dropped() -> Res
     let Some(mut f) = fixture()? else {
         return Ok(());
     };
-    f.dp.set_config(DatapathConfig {
-        underlay_ifindex: 1,
-        underlay_addr: OUR_UNDERLAY,
-        vxlan_port: 4789,
-        vtep_mac: OUR_VTEP,
-        ready: 1,
-        underlay_mtu: 1440,
-        _pad: 0,
-        wireguard_ifindex: WG_IFINDEX,
-    })?;
+    f.dp.set_config(config(1440, WG_IFINDEX))?;
     let encrypting = Peer {
         flags: PEER_WIREGUARD,
         _pad: 0,
@@ -1440,16 +1437,7 @@ fn wireguard_peers_get_encrypted_packets_and_their_plaintext_is_dropped() -> Res
     assert_eq!(counted.map(|c| c.name), Some("drop_unencrypted"));
 
     // This host does not encrypt (no device): the peer's flag changes nothing.
-    f.dp.set_config(DatapathConfig {
-        underlay_ifindex: 1,
-        underlay_addr: OUR_UNDERLAY,
-        vxlan_port: 4789,
-        vtep_mac: OUR_VTEP,
-        ready: 1,
-        underlay_mtu: 1500,
-        _pad: 0,
-        wireguard_ifindex: 0,
-    })?;
+    f.dp.set_config(config(1500, 0))?;
     f.run(prog::DECAP_TC, &frame, TC_ACT_REDIRECT, "decapsulated")?;
     f.run(
         prog::FROM_CONTAINER,
