@@ -259,7 +259,7 @@ async fn load_or_undo(
         std::fs::remove_dir_all(config.pin_path()).ok();
         undo_interfaces(handle, config).await;
     }
-    loaded.map_err(|e| e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh"))
+    loaded
 }
 
 /// What a failed first start made outside the pins goes: the parent NIC's program and
@@ -374,7 +374,9 @@ async fn load_datapath(
     underlay_addr: Ipv4Addr,
 ) -> Result<(Datapath, l2::ParentAtStart, Option<wireguard::Encryption>)> {
     let parent = l2::find_parent(handle, config).await?;
-    let mut datapath = Datapath::load(&config.pin_path())?;
+    let mut datapath = Datapath::load(&config.pin_path()).map_err(|e| {
+        e.context("if an older oxlay left incompatible pins, `oxlay uninstall` (or removing the pin path) starts afresh")
+    })?;
     let encryption = wireguard::setup(handle, config, underlay, &mut datapath).await?;
     let path_mtu = encryption.as_ref().map_or(underlay.mtu, |e| e.mtu);
     datapath.set_config(DatapathConfig {
